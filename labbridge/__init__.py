@@ -1,0 +1,7 @@
+"""labbridge: lab instrument middleware.
+
+Analyzers speak ASTM (E1381/E1394) or HL7 v2 over serial or TCP; labbridge stores every result durably
+before acknowledging it and relays it to the LIS. See docs/architecture.md.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,205 @@
+"""The ``labbridge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from labbridge import __version__, logs
+from labbridge.errors import ConfigError, LabbridgeError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from labbridge.config import load_config
+    from labbridge.driver import available_drivers
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration ({len(exc.problems)} problem(s))", file=sys.stderr)
+        for key, what in exc.problems:
+            print(f"  {exc.path}: {key or '(file)'}: {what}", file=sys.stderr)
+        return EXIT_CONFIG
+    known = available_drivers()
+    problems = [(f"instruments[{i}].driver", f"a known driver ({', '.join(sorted(known))}); got {inst.driver!r}")
+                for i, inst in enumerate(config.instruments) if inst.driver not in known]
+    if problems:
+        print(f"{args.config}: invalid configuration ({len(problems)} problem(s))", file=sys.stderr)
+        for key, what in problems:
+            print(f"  {args.config}: {key}: {what}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: OK ({len(config.sites)} sites, {len(config.instruments)} instruments, "
+          f"{len(config.lis)} LIS destinations)")
+    return EXIT_OK
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from labbridge.config import load_config
+    from labbridge.runtime.daemon import Daemon
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(config.log.level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_signals(stop)
+        await Daemon(config, ready_file=args.ready_file).run(stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from labbridge.demo import default_demo_config, run_demo
+
+    logs.configure(args.log_level)
+    config_path = Path(args.config) if args.config else default_demo_config()
+    if not config_path.exists():
+        print(f"demo config not found at {config_path}; pass -c config/demo.toml", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> int:
+        task = asyncio.create_task(run_demo(config_path=config_path, duration=args.duration,
+                                            summary_json=Path(args.summary_json) if args.summary_json else None,
+                                            http_port=args.port))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            summary = await task
+        except asyncio.CancelledError:
+            print("demo stopped", flush=True)
+            return EXIT_OK
+        return EXIT_OK if summary.lost == 0 and summary.duplicates == 0 else EXIT_FAILURE
+
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _fetch(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # loopback HTTP API of the daemon
+        return json.loads(resp.read().decode("utf-8"))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    try:
+        instruments = _fetch(f"{base}/api/instruments")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot reach the labbridge daemon at {base}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(instruments, indent=2))
+        return EXIT_OK
+    print(f"{'INSTRUMENT':<22} {'SITE':<11} {'STATE':<10} {'MSGS':>6}  REASON")
+    for i in instruments:
+        print(f"{i['id']:<22} {i['site']:<11} {i['state']:<10} {i['messages_received']:>6}  {i['reason']}")
+    return EXIT_OK
+
+
+def _cmd_drivers(args: argparse.Namespace) -> int:
+    from labbridge.driver import available_drivers, load_driver_class
+
+    rows = []
+    for name, info in sorted(available_drivers().items()):
+        row: dict[str, Any] = {"name": name, "target": info.target, "source": info.source}
+        try:
+            cls = load_driver_class(name)
+            row.update(protocol=cls.protocol, vendor=cls.vendor, version=cls.version, models=list(cls.models))
+        except LabbridgeError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            state = f"ERROR: {row['error']}" if "error" in row else f"{row['protocol']} v{row['version']}"
+            print(f"{row['name']:<20} {row['source']:<12} {state}")
+    return EXIT_OK
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.what == "lis":
+        from labbridge_simulators import lis
+
+        lis.main(args.rest)
+    else:
+        from labbridge_simulators import astm_analyzer
+
+        astm_analyzer.main(args.rest)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labbridge", description="Lab instrument middleware.")
+    parser.add_argument("--version", action="version", version=f"labbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--ready-file", help="write the bound addresses here as JSON once listening")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("demo", help="run the demo lab: simulated analyzers, simulated LIS, dashboard")
+    p.add_argument("-c", "--config", help="demo config (default: config/demo.toml)")
+    p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds and print a summary")
+    p.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    p.add_argument("--port", type=int, help="dashboard port (default: from the config)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("status", help="show link health from a running daemon")
+    p.add_argument("--url", default="http://127.0.0.1:8470")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("drivers", help="list the drivers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_drivers)
+
+    p = sub.add_parser("simulate", help="run a simulated analyzer or LIS")
+    p.add_argument("what", choices=["analyzer", "lis"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

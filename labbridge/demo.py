@@ -1,0 +1,137 @@
+"""``labbridge demo``: the daemon on embedded defaults with simulated analyzers and a simulated LIS.
+
+Reads ``config/demo.toml`` (six sites, their analyzers on loopback), starts a simulated LIS, points the
+config's LIS destination at it, keeps the store in a fresh temporary folder, starts one simulated
+analyzer per instrument, and serves the dashboard. With a duration it stops by itself, lets what is in
+flight reach the LIS, and prints a summary: results the analyzers were told were received (sent),
+stored, delivered to the LIS, lost (must be 0), delivered twice (must be 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
+from labbridge.runtime.daemon import Daemon
+
+DRAIN_TIMEOUT_S = 30.0
+
+
+def default_demo_config() -> Path:
+    return Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+
+
+@dataclass
+class Summary:
+    sent: int
+    stored: int
+    delivered: int
+    lost: int
+    duplicates: int
+    instruments: int
+    elapsed_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def render(self) -> str:
+        ok = "OK" if self.lost == 0 and self.duplicates == 0 else "PROBLEM"
+        return (f"demo summary ({self.instruments} analyzers, {self.elapsed_s:.0f} s): "
+                f"sent {self.sent} results, stored {self.stored}, delivered to the LIS {self.delivered}, "
+                f"lost {self.lost}, delivered twice {self.duplicates} -> {ok}")
+
+
+def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | None) -> Config:
+    lis = [d.model_copy(update={"host": "127.0.0.1", "port": lis_port}) for d in config.lis[:1]]
+    http = config.http if http_port is None else HttpConfig(host="127.0.0.1", port=http_port)
+    return config.model_copy(update={"lis": lis, "http": http,
+                                     "store": StoreConfig(path=str(store_dir / "labbridge-demo.db"))})
+
+
+async def run_demo(*, config_path: Path, duration: float | None, summary_json: Path | None = None,
+                   http_port: int | None = None, store_dir: Path | None = None, quiet: bool = False) -> Summary:
+    from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
+    from labbridge_simulators.lis import SimulatedLis
+
+    started = time.monotonic()
+    config = load_config(config_path)
+    lis = SimulatedLis()
+    await lis.start()
+    with contextlib.ExitStack() as stack:
+        if store_dir is None:
+            store_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="labbridge-demo-")))
+        demo_config = _prepare(config, lis.port, store_dir, http_port)
+        try:
+            daemon = Daemon(demo_config)
+            stop_daemon = asyncio.Event()
+            daemon_task = asyncio.create_task(daemon.run(stop_daemon))
+        except Exception:
+            await lis.stop()
+            raise
+        try:
+            return await _drive(daemon, daemon_task, lis, demo_config, duration, summary_json, started, quiet,
+                                AstmAnalyzerSim, MessageFactory)
+        finally:
+            stop_daemon.set()
+            await asyncio.gather(daemon_task, return_exceptions=True)
+            await lis.stop()
+
+
+async def _drive(daemon: Daemon, daemon_task: asyncio.Task[None], lis: Any, config: Config,
+                 duration: float | None, summary_json: Path | None, started: float, quiet: bool,
+                 sim_cls: Any, factory_cls: Any) -> Summary:
+    waiter = asyncio.create_task(daemon.started.wait())
+    await asyncio.wait({waiter, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
+    if daemon_task.done():
+        waiter.cancel()
+        daemon_task.result()  # raises the daemon's startup error
+        raise RuntimeError("the daemon stopped during startup")
+    if daemon.http_address and not quiet:
+        host, port = daemon.http_address
+        print(f"labbridge demo: dashboard at http://{host}:{port}/  "
+              f"({len(daemon.runners)} simulated analyzers, simulated LIS on 127.0.0.1:{lis.port})", flush=True)
+        if duration is None:
+            print("press Ctrl-C to stop", flush=True)
+    stop_sims = asyncio.Event()
+    sims = []
+    for n, inst in enumerate(config.instruments):
+        runner = daemon.runners[inst.id]
+        if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
+            continue
+        factory = factory_cls(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
+        sims.append(sim_cls(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
+                            corrupt_every=37 if n % 4 == 1 else 0))
+    sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]
+    try:
+        if duration is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(duration)
+    finally:
+        stop_sims.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await asyncio.gather(*sim_tasks, return_exceptions=True)
+        for task in sim_tasks:
+            task.cancel()
+        await asyncio.gather(*sim_tasks, return_exceptions=True)
+    acked = {identity for sim in sims for identity in sim.acked}
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline and not acked <= lis.delivered:
+        await asyncio.sleep(0.2)
+    counts = await daemon.store.counts()
+    summary = Summary(sent=len(acked), stored=counts["results"], delivered=len(lis.delivered & acked),
+                      lost=len(acked - lis.delivered), duplicates=lis.duplicates, instruments=len(sims),
+                      elapsed_s=time.monotonic() - started)
+    if not quiet:
+        print(summary.render(), flush=True)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+    return summary

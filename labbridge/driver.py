@@ -1,0 +1,121 @@
+"""The driver contract and the registry.
+
+A driver translates one analyzer family's dialect into the canonical model (labbridge.model). It is
+pure: no I/O, no sleeping, no link state. Built-in drivers and third-party ones register the same way,
+through the ``labbridge.drivers`` entry-point group (one line in the plugin's pyproject); a small
+built-in table keeps the built-ins available even when entry-point metadata is missing. Drivers are
+imported lazily, on first use; one that fails to load is reported by name and breaks no other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import zoneinfo
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import ClassVar, Literal
+
+from labbridge.errors import DriverLoadError, DriverNotFoundError
+from labbridge.model import Decoded
+
+ENTRY_POINT_GROUP = "labbridge.drivers"
+
+# name -> "module:Class"; entry points with the same name take precedence.
+BUILTIN_DRIVERS: dict[str, str] = {
+    "astm-generic": "labbridge_driver_astm:GenericAstmDriver",
+}
+
+
+_ASTM_TIME_FORMATS = {14: "%Y%m%d%H%M%S", 12: "%Y%m%d%H%M", 8: "%Y%m%d"}
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeContext:
+    """What a driver may know about the instrument a message came from."""
+
+    instrument: str
+    timezone: zoneinfo.ZoneInfo = field(default_factory=lambda: zoneinfo.ZoneInfo("UTC"))
+    test_map: Mapping[str, str] = field(default_factory=dict)
+    encoding: str = "latin-1"
+
+    def map_test(self, instrument_code: str) -> str:
+        return self.test_map.get(instrument_code, instrument_code)
+
+    def timestamp(self, astm_datetime: str) -> str | None:
+        """ASTM ``YYYYMMDD[HHMM[SS]]`` in the instrument's zone -> ISO 8601 with offset."""
+        digits = astm_datetime.strip()
+        fmt = _ASTM_TIME_FORMATS.get(len(digits))
+        if fmt is None or not digits.isdigit():
+            return None
+        try:
+            return datetime.strptime(digits, fmt).replace(tzinfo=self.timezone).isoformat()
+        except ValueError:
+            return None
+
+
+class Driver(ABC):
+    """Base of every driver."""
+
+    name: ClassVar[str]
+    vendor: ClassVar[str] = "generic"
+    models: ClassVar[tuple[str, ...]] = ()
+    protocol: ClassVar[Literal["astm", "hl7"]]
+    version: ClassVar[str] = "1.0"
+
+
+class AstmDriver(Driver):
+    """A driver for analyzers that send ASTM E1394 records."""
+
+    protocol: ClassVar[Literal["astm", "hl7"]] = "astm"
+
+    @abstractmethod
+    def decode(self, records: Sequence[bytes], context: DecodeContext) -> Decoded:
+        """Turn the records of one message (H..L, terminators removed) into canonical items.
+
+        Raise :class:`labbridge.errors.DecodeError` for a message that cannot be understood; any other
+        exception is treated the same way (the message goes to the dead letters, the link goes on).
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class DriverInfo:
+    name: str
+    target: str
+    source: str  # "built-in" or the distribution that provides the entry point
+
+
+def available_drivers() -> dict[str, DriverInfo]:
+    found = {name: DriverInfo(name, target, "built-in") for name, target in BUILTIN_DRIVERS.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "unknown"
+        source = "built-in" if dist == "labbridge" else dist
+        found[ep.name] = DriverInfo(ep.name, ep.value, source)
+    return found
+
+
+_cache: dict[str, type[Driver]] = {}
+
+
+def load_driver_class(name: str) -> type[Driver]:
+    if name in _cache:
+        return _cache[name]
+    drivers = available_drivers()
+    info = drivers.get(name)
+    if info is None:
+        raise DriverNotFoundError(name, list(drivers))
+    module_name, _, attr = info.target.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # a broken plugin is reported by name, never breaks the others
+        raise DriverLoadError(name, f"{type(exc).__name__}: {exc}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, Driver)):
+        raise DriverLoadError(name, f"{info.target} is not a labbridge Driver subclass")
+    _cache[name] = obj
+    return obj
+
+
+def load_driver(name: str) -> Driver:
+    return load_driver_class(name)()

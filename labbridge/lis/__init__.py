@@ -1,0 +1,1 @@
+"""LIS destinations: how results leave labbridge."""

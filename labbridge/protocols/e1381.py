@@ -1,0 +1,627 @@
+"""ASTM E1381 / CLSI LIS1-A low-level protocol as a sans-I/O state machine.
+
+Theory of operation
+-------------------
+The link is half duplex: at any moment one side is the *sender* and the other the *receiver*; both
+start *neutral*. This module never reads, writes or sleeps: the caller feeds it bytes with
+:meth:`E1381Link.receive_data` (and the current monotonic time ``now``), drains the bytes it wants
+sent with :meth:`E1381Link.data_to_send`, collects events with :meth:`E1381Link.next_event`, and arms
+one timer at :meth:`E1381Link.get_timer`, calling :meth:`E1381Link.handle_timer` when it expires.
+Tests drive it with a fake clock.
+
+Rules implemented (numbers refer to PROTOCOLS.md, part a):
+
+* neutral: only ENQ matters (R-A1). An ENQ is answered with ACK and the side becomes receiver.
+* sender: ENQ then wait 15 s for a reply (R-A2, R-A5). ACK -> transfer; NAK -> wait >= 10 s before
+  the next ENQ (R-A4); ENQ -> contention: the instrument has priority (R-A7..R-A9): an instrument
+  waits 1 s and asks again, a host gives up the line and waits 20 s before it tries again.
+* frames: ``STX FN text ETB|ETX C1 C2 CR LF`` (R-A10), at most 240 characters of text, longer records
+  continue in ETB frames (R-A11); FN runs 1..7,0,1.. from the first frame of each transfer (R-A13);
+  checksum = sum of FN..ETB/ETX modulo 256 as two hex digits (R-A14), lower case accepted on input.
+* receiver: ACK a good frame, NAK a bad one (checksum, layout, unexpected FN); a frame repeating the
+  last accepted FN is a retransmission whose ACK was lost: ACK it and discard it (R-A18). The
+  receiver gives up after 30 s without a frame (timers table). EOT ends the transfer (R-A21); an
+  unfinished message is reported as :class:`IncompleteMessage`, never as a message.
+* sender: on NAK retransmit the same frame; the 6th failure of one frame aborts the transfer with EOT
+  (R-A19). EOT in place of ACK (receiver interrupt) means the frame was received; this sender carries
+  on (R-A20 allows it).
+
+Persist before acknowledging: when a frame completes a message (its L record), the receiver does not
+ACK it. It emits :class:`MessageReceived` and holds; the caller commits the message durably, then
+calls :meth:`E1381Link.accept_message` (ACK goes out) or :meth:`E1381Link.reject_message` (NAK: the
+analyzer retransmits the frame, and the message is offered again).
+
+Records are split on CR inside frames, so a vendor that puts a whole message in one long frame is
+accepted (PROTOCOLS.md, vendor deviation 1); frames are bounded by ``LinkProfile.max_frame_bytes``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+# Control characters (PROTOCOLS.md "Control characters").
+STX = 0x02
+ETX = 0x03
+EOT = 0x04
+ENQ = 0x05
+ACK = 0x06
+LF = 0x0A
+CR = 0x0D
+NAK = 0x15
+ETB = 0x17
+
+# Timers, in seconds (PROTOCOLS.md timers table).
+T_SENDER_REPLY = 15.0  # LIS1-A: sender waits 15 s for a reply to ENQ or to a frame
+T_RECEIVER = 30.0  # LIS1-A: receiver waits 30 s for the next frame or EOT
+T_BUSY = 10.0  # LIS1-A: after a NAK to its ENQ, the sender waits at least 10 s
+T_CONTENTION_INSTRUMENT = 1.0  # the instrument repeats its ENQ after at least 1 s on contention
+T_CONTENTION_HOST = 20.0  # the host waits at least 20 s before its own ENQ after contention
+
+MAX_FRAME_TEXT = 240  # LIS1-A: 247-character frame minus 7 characters of overhead
+MAX_FRAME_ATTEMPTS = 6  # LIS1-A: the 6th failed attempt to send one frame aborts the transfer
+
+
+class Role(enum.Enum):
+    """Who this side is. The role decides contention (R-A7): the instrument has priority."""
+
+    HOST = "host"
+    INSTRUMENT = "instrument"
+
+
+class State(enum.Enum):
+    NEUTRAL = "neutral"
+    SENDER_ENQ = "sender: waiting for reply to ENQ"
+    SENDER_FRAME = "sender: waiting for reply to frame"
+    RECEIVER = "receiver"
+    RECEIVER_HOLD = "receiver: final frame held for commit"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProfile:
+    """Per-instrument protocol settings and vendor quirks (flags, not subclasses)."""
+
+    # LIS1-A numbers the first frame 1; some analyzers start at 0 or any digit.
+    strict_frame_numbers: bool = True
+    # Bound on one frame (STX to LF). Vendors that send a whole message in one frame exceed 247.
+    max_frame_bytes: int = 64 * 1024
+    # Bound on one message (H to L), in bytes of accepted frames.
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A whole message (H..L) arrived. The final frame's ACK is held until accept/reject."""
+
+    records: tuple[bytes, ...]
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IncompleteMessage:
+    """Records that never became a message (EOT or timeout before L, or a new H). Not a result."""
+
+    records: tuple[bytes, ...]
+    raw: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """A frame was NAKed (or, as sender, a frame of ours was NAKed by the peer)."""
+
+    reason: str
+    by_peer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAccepted:
+    """A frame passed every check (for a final frame: once the message is accepted)."""
+
+    frame_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRetransmitted:
+    """The peer repeated the last accepted frame (our ACK was lost): ACKed and discarded."""
+
+    frame_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class JunkDiscarded:
+    """Bytes outside any frame that the protocol ignores."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStarted:
+    as_sender: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEnded:
+    as_sender: bool
+    reason: str  # "eot", "timeout", "aborted", "restarted"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSent:
+    """Every frame of a queued message was acknowledged by the peer."""
+
+    handle: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendAborted:
+    """A transfer of ours ended before the whole message went through; it stays queued."""
+
+    handle: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Contention:
+    """Both sides sent ENQ at once."""
+
+    yielded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBusy:
+    """The peer answered our ENQ with NAK."""
+
+
+Event = (MessageReceived | IncompleteMessage | FrameRejected | FrameAccepted | FrameRetransmitted | JunkDiscarded
+         | TransferStarted | TransferEnded | MessageSent | SendAborted | Contention | PeerBusy)
+
+
+# ---- frames ------------------------------------------------------------------------------------
+
+
+def checksum(body: bytes) -> bytes:
+    """Two upper-case hex digits of the byte sum of FN..ETB/ETX modulo 256 (R-A14)."""
+    return b"%02X" % (sum(body) & 0xFF)
+
+
+def build_frames(records: list[bytes] | tuple[bytes, ...], first_fn: int = 1) -> list[bytes]:
+    """Frame a message: each record (without its CR) ends with CR; > 240 characters continue in ETB frames."""
+    frames: list[bytes] = []
+    fn = first_fn
+    for record in records:
+        text = record + b"\r"
+        for start in range(0, len(text), MAX_FRAME_TEXT):
+            chunk = text[start:start + MAX_FRAME_TEXT]
+            term = ETX if start + MAX_FRAME_TEXT >= len(text) else ETB
+            body = b"%d" % fn + chunk + bytes((term,))
+            frames.append(b"\x02" + body + checksum(body) + b"\r\n")
+            fn = (fn + 1) % 8
+    return frames
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    handle: int
+    records: tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """Receiver state before the final frame, restored if the held message is rejected."""
+
+    records: tuple[bytes, ...]
+    partial: bytes
+    raw: bytes
+
+
+class E1381Link:
+    """One end of an E1381 link. See the module docstring for the theory of operation."""
+
+    def __init__(self, role: Role, profile: LinkProfile | None = None) -> None:
+        self.role = role
+        self.profile = profile or LinkProfile()
+        self.state = State.NEUTRAL
+        self._inbuf = bytearray()
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._deadline: float | None = None  # reply/receive timer of the current state
+        self._not_before = 0.0  # earliest time for our next ENQ (busy, contention)
+        # receiver
+        self._expected_fn = 1
+        self._last_fn: int | None = None
+        self._records: list[bytes] = []
+        self._partial = b""  # text of a record continued in ETB frames
+        self._raw = bytearray()
+        self._hold_snapshot: _Snapshot | None = None
+        # sender
+        self._queue: deque[_Outgoing] = deque()
+        self._next_handle = 1
+        self._frames: list[bytes] = []
+        self._frame_index = 0
+        self._attempts = 0
+
+    # ---- public API ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        self._inbuf += data
+        self._process(now)
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def get_timer(self) -> float | None:
+        """The next deadline at which :meth:`handle_timer` must be called, or None."""
+        if self._deadline is not None:
+            return self._deadline
+        if self.state is State.NEUTRAL and self._queue:
+            return self._not_before
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            self._on_timeout(now)
+        if self.state is State.NEUTRAL:
+            self._maybe_start_sending(now)
+
+    def send_message(self, records: list[bytes] | tuple[bytes, ...], now: float) -> int:
+        """Queue a message (records without terminators) for sending; returns its handle."""
+        handle = self._next_handle
+        self._next_handle += 1
+        self._queue.append(_Outgoing(handle, tuple(records)))
+        if self.state is State.NEUTRAL:
+            self._maybe_start_sending(now)
+        return handle
+
+    @property
+    def pending_messages(self) -> int:
+        return len(self._queue)
+
+    @property
+    def holding(self) -> bool:
+        return self.state is State.RECEIVER_HOLD
+
+    def accept_message(self, now: float) -> None:
+        """The held message is committed: acknowledge its final frame."""
+        if self.state is not State.RECEIVER_HOLD:
+            return  # the transfer ended (peer closed or gave up) while the caller committed
+        self._hold_snapshot = None
+        self._send_byte(ACK)
+        self._accepted_frame()
+        self.state = State.RECEIVER
+        self._deadline = now + T_RECEIVER
+        self._process(now)
+
+    def reject_message(self, now: float) -> None:
+        """The held message could not be committed: NAK its final frame so the peer retransmits it."""
+        if self.state is not State.RECEIVER_HOLD:
+            return
+        snap = self._hold_snapshot
+        assert snap is not None
+        self._records = list(snap.records)
+        self._partial = snap.partial
+        self._raw = bytearray(snap.raw)
+        self._hold_snapshot = None
+        self._send_byte(NAK)
+        self._events.append(FrameRejected("message could not be stored"))
+        self.state = State.RECEIVER
+        self._deadline = now + T_RECEIVER
+        self._process(now)
+
+    def connection_lost(self) -> None:
+        """The transport went away: an unfinished message is reported; queued messages stay queued."""
+        if self.state in (State.RECEIVER, State.RECEIVER_HOLD):
+            self._abandon_message("connection lost")
+            self._events.append(TransferEnded(as_sender=False, reason="connection lost"))
+        elif self.state in (State.SENDER_ENQ, State.SENDER_FRAME) and self._queue:
+            self._events.append(SendAborted(self._queue[0].handle, "connection lost"))
+            self._events.append(TransferEnded(as_sender=True, reason="connection lost"))
+        self._reset_neutral()
+        self._inbuf.clear()
+        self._out.clear()
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _send_byte(self, byte: int) -> None:
+        self._out.append(byte)
+
+    def _reset_neutral(self) -> None:
+        self.state = State.NEUTRAL
+        self._deadline = None
+        self._hold_snapshot = None
+        self._records.clear()
+        self._partial = b""
+        self._raw.clear()
+
+    def _process(self, now: float) -> None:
+        while self._inbuf:
+            if self.state is State.NEUTRAL:
+                self._process_neutral(now)
+            elif self.state is State.RECEIVER:
+                if not self._process_receiver(now):
+                    return  # need more data
+            elif self.state is State.RECEIVER_HOLD:
+                self._bound_held_input()
+                return
+            elif self.state is State.SENDER_ENQ:
+                self._process_sender_enq(now)
+            else:
+                self._process_sender_frame(now)
+        if self.state is State.NEUTRAL:
+            self._maybe_start_sending(now)
+
+    def _bound_held_input(self) -> None:
+        overflow = len(self._inbuf) - self.profile.max_frame_bytes
+        if overflow > 0:
+            del self._inbuf[:overflow]
+            self._events.append(JunkDiscarded(overflow))
+
+    def _junk(self, count: int) -> None:
+        if count:
+            self._events.append(JunkDiscarded(count))
+
+    def _process_neutral(self, now: float) -> None:
+        buf = self._inbuf
+        idx = buf.find(ENQ)
+        if idx < 0:
+            # R-A1: outside a transfer everything but ENQ is ignored. A lone EOT is a common keep-alive.
+            self._junk(sum(1 for b in buf if b != EOT))
+            buf.clear()
+            return
+        self._junk(sum(1 for b in buf[:idx] if b != EOT))
+        del buf[:idx + 1]
+        self._start_receiving(now)
+
+    def _start_receiving(self, now: float) -> None:
+        self._send_byte(ACK)
+        self.state = State.RECEIVER
+        self._expected_fn = 1
+        self._last_fn = None
+        self._deadline = now + T_RECEIVER
+        self._events.append(TransferStarted(as_sender=False))
+
+    def _process_receiver(self, now: float) -> bool:
+        """Handle what starts the buffer; return False when a frame is incomplete."""
+        buf = self._inbuf
+        first = buf[0]
+        if first == EOT:
+            del buf[0]
+            self._abandon_message("EOT before the message terminator (L) record")
+            self._reset_neutral()
+            self._events.append(TransferEnded(as_sender=False, reason="eot"))
+            return True
+        if first == ENQ:
+            # The sender gave up on us (its timer ran out) and starts again: restart the transfer.
+            del buf[0]
+            self._abandon_message("sender restarted the transfer (ENQ)")
+            self._reset_neutral()
+            self._events.append(TransferEnded(as_sender=False, reason="restarted"))
+            self._start_receiving(now)
+            return True
+        if first != STX:
+            # Junk before a frame (R-A15): skip to the next byte that matters.
+            end = len(buf)
+            for i, b in enumerate(buf):
+                if b in (STX, EOT, ENQ):
+                    end = i
+                    break
+            del buf[:end]
+            self._junk(end)
+            return True
+        return self._take_frame(now)
+
+    def _take_frame(self, now: float) -> bool:
+        buf = self._inbuf
+        limit = self.profile.max_frame_bytes
+        term_at = -1
+        for i in range(1, min(len(buf), limit)):
+            b = buf[i]
+            if b in (ETX, ETB):
+                term_at = i
+                break
+            if b in (STX, EOT, ENQ):
+                # A frame cut short: the peer started over. Reject what we had.
+                del buf[:i]
+                self._reject(now, "frame interrupted before ETX/ETB")
+                return True
+        if term_at < 0:
+            if len(buf) >= limit:
+                self._reject(now, f"frame longer than {limit} bytes")
+                buf.clear()
+                return True
+            return False
+        if len(buf) < term_at + 5:
+            return False  # checksum, CR, LF still to come
+        frame = bytes(buf[:term_at + 5])
+        del buf[:term_at + 5]
+        body = frame[1:term_at + 1]
+        sent_sum = frame[term_at + 1:term_at + 3].upper()
+        if frame[term_at + 3:term_at + 5] != b"\r\n":
+            self._reject(now, "frame not ended by CR LF after its checksum")
+            return True
+        if sent_sum != checksum(body):
+            self._reject(now, f"checksum mismatch: frame says {sent_sum.decode('latin-1')!r}, "
+                              f"computed {checksum(body).decode()!r}")
+            return True
+        fn_char = body[0]
+        if not 0x30 <= fn_char <= 0x37:
+            self._reject(now, "frame number is not a digit 0-7")
+            return True
+        fn = fn_char - 0x30
+        if self._last_fn is not None and fn == self._last_fn:
+            self._send_byte(ACK)
+            self._deadline = now + T_RECEIVER
+            self._events.append(FrameRetransmitted(fn))
+            return True
+        if fn != self._expected_fn and (self.profile.strict_frame_numbers or self._last_fn is not None):
+            self._reject(now, f"unexpected frame number {fn} (expected {self._expected_fn})")
+            return True
+        self._expected_fn = fn
+        self._accept_frame(frame, body[1:-1], final=body[-1] == ETX, now=now)
+        return True
+
+    def _reject(self, now: float, reason: str) -> None:
+        self._send_byte(NAK)
+        self._deadline = now + T_RECEIVER
+        self._events.append(FrameRejected(reason))
+
+    def _accepted_frame(self) -> None:
+        self._events.append(FrameAccepted(self._expected_fn))
+        self._last_fn = self._expected_fn
+        self._expected_fn = (self._expected_fn + 1) % 8
+
+    def _accept_frame(self, frame: bytes, text: bytes, *, final: bool, now: float) -> None:
+        snapshot = _Snapshot(tuple(self._records), self._partial, bytes(self._raw)) if final else None
+        if len(self._raw) + len(frame) > self.profile.max_message_bytes:
+            self._abandon_message(f"message longer than {self.profile.max_message_bytes} bytes")
+        self._raw += frame
+        if not final:
+            self._partial += text
+            self._send_byte(ACK)
+            self._accepted_frame()
+            self._deadline = now + T_RECEIVER
+            return
+        text = self._partial + text
+        self._partial = b""
+        completed: list[MessageReceived] = []
+        for record in text.split(b"\r"):
+            record = record.strip(b"\n")
+            if not record:
+                continue
+            kind = record[:1].upper()
+            if kind == b"H" and self._records:
+                self._abandon_message("new header (H) record before the terminator (L) record",
+                                      keep_raw_tail=len(frame))
+            self._records.append(record)
+            if kind == b"L":
+                completed.append(MessageReceived(tuple(self._records), bytes(self._raw)))
+                self._records.clear()
+                self._raw.clear()
+        if completed:
+            self._events.extend(completed)
+            self._hold_snapshot = snapshot
+            self.state = State.RECEIVER_HOLD
+            self._deadline = None  # the caller owns the time while it commits
+            return
+        self._send_byte(ACK)
+        self._accepted_frame()
+        self._deadline = now + T_RECEIVER
+
+    def _abandon_message(self, reason: str, keep_raw_tail: int = 0) -> None:
+        if self._records or self._partial:
+            records = list(self._records)
+            if self._partial:
+                records.append(self._partial)
+            raw_end = len(self._raw) - keep_raw_tail
+            self._events.append(IncompleteMessage(tuple(records), bytes(self._raw[:raw_end]), reason))
+            del self._raw[:raw_end]
+        elif not keep_raw_tail:
+            self._raw.clear()
+        self._records.clear()
+        self._partial = b""
+
+    # ---- sender --------------------------------------------------------------------------------
+
+    def _maybe_start_sending(self, now: float) -> None:
+        if self.state is State.NEUTRAL and self._queue and now >= self._not_before:
+            self._send_byte(ENQ)
+            self.state = State.SENDER_ENQ
+            self._deadline = now + T_SENDER_REPLY
+
+    def _process_sender_enq(self, now: float) -> None:
+        buf = self._inbuf
+        byte = buf[0]
+        del buf[0]
+        if byte == ACK:
+            self._frames = build_frames(self._queue[0].records)
+            self._frame_index = 0
+            self._attempts = 0
+            self.state = State.SENDER_FRAME
+            self._events.append(TransferStarted(as_sender=True))
+            self._send_current_frame(now)
+        elif byte == NAK:
+            self.state = State.NEUTRAL
+            self._deadline = None
+            self._not_before = now + T_BUSY
+            self._events.append(PeerBusy())
+        elif byte == ENQ:
+            if self.role is Role.INSTRUMENT:
+                # R-A8: the instrument keeps priority; it asks again after 1 s.
+                self._not_before = now + T_CONTENTION_INSTRUMENT
+                self.state = State.NEUTRAL
+                self._deadline = None
+                self._events.append(Contention(yielded=False))
+            else:
+                # R-A7/R-A9: the host yields: it waits for the instrument's next ENQ, and waits 20 s
+                # before trying to send again.
+                self._not_before = now + T_CONTENTION_HOST
+                self.state = State.NEUTRAL
+                self._deadline = None
+                self._events.append(Contention(yielded=True))
+        else:
+            self._junk(1)
+
+    def _send_current_frame(self, now: float) -> None:
+        self._out += self._frames[self._frame_index]
+        self._deadline = now + T_SENDER_REPLY
+
+    def _process_sender_frame(self, now: float) -> None:
+        buf = self._inbuf
+        byte = buf[0]
+        del buf[0]
+        if byte in (ACK, EOT):
+            # EOT in place of ACK is a receiver interrupt: the frame was received (R-A20).
+            self._frame_index += 1
+            self._attempts = 0
+            if self._frame_index < len(self._frames):
+                self._send_current_frame(now)
+                return
+            done = self._queue.popleft()
+            self._events.append(MessageSent(done.handle))
+            self._end_sending(now, "eot")
+        elif byte == NAK:
+            self._attempts += 1
+            self._events.append(FrameRejected("peer NAKed our frame", by_peer=True))
+            if self._attempts >= MAX_FRAME_ATTEMPTS:
+                self._events.append(SendAborted(self._queue[0].handle,
+                                                f"frame refused {MAX_FRAME_ATTEMPTS} times"))
+                self._not_before = now + T_BUSY
+                self._end_sending(now, "aborted")
+                return
+            self._send_current_frame(now)
+        else:
+            self._junk(1)
+
+    def _end_sending(self, now: float, reason: str) -> None:
+        self._send_byte(EOT)
+        self.state = State.NEUTRAL
+        self._deadline = None
+        self._frames = []
+        self._events.append(TransferEnded(as_sender=True, reason=reason))
+        self._maybe_start_sending(now)
+
+    def _on_timeout(self, now: float) -> None:
+        if self.state in (State.SENDER_ENQ, State.SENDER_FRAME):
+            # R-A5: no reply in 15 s: termination phase, back to neutral; the message stays queued.
+            self._events.append(SendAborted(self._queue[0].handle, "no reply from the peer within 15 s"))
+            self._not_before = now + T_BUSY
+            self._end_sending(now, "timeout")
+        elif self.state is State.RECEIVER:
+            self._abandon_message("no frame from the sender within 30 s")
+            self._reset_neutral()
+            self._events.append(TransferEnded(as_sender=False, reason="timeout"))

@@ -1,0 +1,87 @@
+"""HL7 Minimal Lower Layer Protocol framing as a sans-I/O decoder (PROTOCOLS.md part c).
+
+A block is ``SB data EB CR`` with SB = 0x0B and EB = 0x1C (R-C1). It is a stream: one read may
+hold part of a block or several blocks (R-C4). Bytes outside blocks are counted and discarded; a block
+larger than the bound is dropped and reported, so memory stays bounded whatever the peer sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SB = 0x0B  # start block (VT)
+EB = 0x1C  # end block (FS)
+CR = 0x0D
+
+DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MllpMessage:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MllpJunk:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MllpOversize:
+    limit: int
+
+
+MllpEvent = MllpMessage | MllpJunk | MllpOversize
+
+
+def frame(payload: bytes) -> bytes:
+    return b"\x0b" + payload + b"\x1c\r"
+
+
+class MllpDecoder:
+    """Feed bytes, get whole messages back."""
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._in_block = False
+        self._skipping = False  # inside an oversize block: drop until its end
+
+    def receive_data(self, data: bytes) -> list[MllpEvent]:
+        events: list[MllpEvent] = []
+        self._buf += data
+        buf = self._buf
+        while buf:
+            if not self._in_block:
+                start = buf.find(SB)
+                if start < 0:
+                    events.append(MllpJunk(len(buf)))
+                    buf.clear()
+                    break
+                if start:
+                    events.append(MllpJunk(start))
+                del buf[:start + 1]
+                self._in_block = True
+                continue
+            end = buf.find(EB)
+            if end < 0:
+                if len(buf) > self.max_message:
+                    if not self._skipping:
+                        events.append(MllpOversize(self.max_message))
+                    self._skipping = True
+                    buf.clear()
+                break
+            if len(buf) < end + 2:
+                break  # wait for the CR after EB
+            payload = bytes(buf[:end])
+            trailer = buf[end + 1]
+            del buf[:end + 2 if trailer == CR else end + 1]
+            self._in_block = False
+            if self._skipping:
+                self._skipping = False
+                continue
+            if len(payload) > self.max_message:
+                events.append(MllpOversize(self.max_message))
+                continue
+            events.append(MllpMessage(payload))
+        return events

@@ -1,0 +1,1 @@
+"""The asyncio shell: sessions, instrument runners, store, relay, health, daemon."""

@@ -1,0 +1,144 @@
+"""The daemon: one store, one runner per instrument, one relay per LIS destination, the HTTP surface.
+
+Every long-running part is a tracked task under a supervisor that logs, shows and restarts it if it
+fails, so one broken part never stops the daemon. SIGTERM/SIGINT stop it cleanly; SIGKILL loses nothing
+that an analyzer was told was received (the store commits before the ACK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from labbridge.config import Config
+from labbridge.driver import AstmDriver, load_driver
+from labbridge.errors import DriverError
+from labbridge.logs import get_logger
+from labbridge.runtime.backoff import backoff_delay
+from labbridge.runtime.instrument import InstrumentRunner
+from labbridge.runtime.relay import Relay
+from labbridge.runtime.store import Store
+
+log = get_logger("labbridge.daemon")
+
+READY_TIMEOUT_S = 15.0
+
+
+class Daemon:
+    def __init__(self, config: Config, *, ready_file: str | Path | None = None) -> None:
+        self.config = config
+        self.ready_file = Path(ready_file) if ready_file else None
+        self.store = Store(config.store.path)
+        self.stored_event = asyncio.Event()
+        destinations = [d.id for d in config.lis]
+        self.runners: dict[str, InstrumentRunner] = {}
+        for inst in config.instruments:
+            driver: AstmDriver | None = None
+            driver_error: str | None = None
+            try:
+                loaded = load_driver(inst.driver)
+                if isinstance(loaded, AstmDriver):
+                    driver = loaded
+                else:
+                    driver_error = f"driver {inst.driver!r} does not speak ASTM"
+            except DriverError as exc:
+                driver_error = str(exc)
+            self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,
+                                                     store=self.store, destinations=destinations,
+                                                     stored_event=self.stored_event)
+        self.relays = [Relay(dest, self.store, self.stored_event) for dest in config.lis]
+        self.web: Any = None
+        self.http_address: tuple[str, int] | None = None
+        self.started = asyncio.Event()
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff_delay(attempt, 1.0, 60.0)
+                log.exception("task_failed", task=name, error=type(exc).__name__, restart_in_s=round(delay, 1))
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.store.open()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for runner in self.runners.values():
+                tasks.append(asyncio.create_task(self._supervise(f"instrument:{runner.cfg.id}", runner.run)))
+            for relay in self.relays:
+                tasks.append(asyncio.create_task(self._supervise(f"relay:{relay.dest.id}", relay.run)))
+            if self.config.http.enabled:
+                from labbridge.web.server import WebServer
+
+                self.web = WebServer(self)
+                self.http_address = await self.web.start(self.config.http.host, self.config.http.port)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    await asyncio.gather(*(r.ready.wait() for r in self.runners.values()))
+            self._write_ready_file()
+            self.started.set()
+            log.info("daemon_started", node=self.config.node, instruments=len(self.runners),
+                     destinations=len(self.relays),
+                     http=f"http://{self.http_address[0]}:{self.http_address[1]}/" if self.http_address else None)
+            await stop.wait()
+        finally:
+            log.info("daemon_stopping")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.web is not None:
+                await self.web.stop()
+            await self.store.close()
+            if self.ready_file is not None:
+                with contextlib.suppress(OSError):
+                    self.ready_file.unlink()
+            log.info("daemon_stopped")
+
+    def endpoints(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "http": {"host": self.http_address[0], "port": self.http_address[1]} if self.http_address else None,
+            "instruments": {
+                rid: {"host": r.bound[0], "port": r.bound[1]} if r.bound else None
+                for rid, r in self.runners.items()
+            },
+        }
+
+    def _write_ready_file(self) -> None:
+        if self.ready_file is None:
+            return
+        tmp = self.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.endpoints()), encoding="utf-8")
+        os.replace(tmp, self.ready_file)
+
+    # ---- views used by the HTTP API and the CLI ------------------------------------------------
+
+    def instruments_json(self) -> list[dict[str, Any]]:
+        out = []
+        for runner in self.runners.values():
+            data = runner.health.to_json()
+            data["site_name"] = self.config.site_name(runner.cfg.site)
+            out.append(data)
+        return out
+
+    def sites_json(self) -> list[dict[str, Any]]:
+        instruments = self.instruments_json()
+        sites = []
+        for site in self.config.sites:
+            mine = [i for i in instruments if i["site"] == site.id]
+            states: dict[str, int] = {}
+            for inst in mine:
+                states[inst["state"]] = states.get(inst["state"], 0) + 1
+            sites.append({"id": site.id, "name": site.name, "instruments": len(mine), "states": states})
+        return sites

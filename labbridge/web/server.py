@@ -1,0 +1,123 @@
+"""HTTP server embedded in the daemon (aiohttp), bound to 127.0.0.1 by default.
+
+Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
+``/api/outbox``, ``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from labbridge.runtime.health import STATES
+
+if TYPE_CHECKING:
+    from labbridge.runtime.daemon import Daemon
+
+
+class _Snapshot(Collector):
+    """Metrics read from the daemon's state at scrape time (no second set of books to keep)."""
+
+    def __init__(self, daemon: Daemon, counts: dict[str, Any]) -> None:
+        self.daemon = daemon
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily("labbridge_link_state", "1 for the link's current state",
+                                  labels=["instrument", "site", "state"])
+        messages = CounterMetricFamily("labbridge_messages_received", "Messages stored per instrument",
+                                       labels=["instrument"])
+        results = CounterMetricFamily("labbridge_results_received", "New results stored per instrument",
+                                      labels=["instrument"])
+        naks = CounterMetricFamily("labbridge_frames_rejected", "Frames NAKed by labbridge",
+                                   labels=["instrument"])
+        for runner in self.daemon.runners.values():
+            h = runner.health
+            current, _ = h.effective_state()
+            for s in STATES:
+                state.add_metric([h.id, h.site, s], 1.0 if s == current else 0.0)
+            messages.add_metric([h.id], h.counters.messages_received)
+            results.add_metric([h.id], h.counters.results_received)
+            naks.add_metric([h.id], h.counters.frames_rejected)
+        yield from (state, messages, results, naks)
+        outbox = GaugeMetricFamily("labbridge_outbox_items", "Outbox items per destination and state",
+                                   labels=["destination", "state"])
+        for dest, states in self.counts.get("outbox", {}).items():
+            for s, n in states.items():
+                outbox.add_metric([dest, s], n)
+        yield outbox
+        yield GaugeMetricFamily("labbridge_store_results", "Results in the store",
+                                value=self.counts.get("results", 0))
+
+
+class WebServer:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.app = web.Application()
+        self.app.add_routes([
+            web.get("/", self.index),
+            web.get("/api/health", self.health),
+            web.get("/api/instruments", self.instruments),
+            web.get("/api/instruments/{id}", self.instrument),
+            web.get("/api/sites", self.sites),
+            web.get("/api/outbox", self.outbox),
+            web.get("/metrics", self.metrics),
+        ])
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockname = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+        return str(sockname[0]), int(sockname[1])
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def index(self, _request: web.Request) -> web.Response:
+        page = resources.files("labbridge.web").joinpath("static/index.html").read_text(encoding="utf-8")
+        return web.Response(text=page, content_type="text/html")
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": self.daemon.config.node})
+
+    async def instruments(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.daemon.instruments_json())
+
+    async def instrument(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["id"]
+        for item in self.daemon.instruments_json():
+            if item["id"] == wanted:
+                return web.json_response(item)
+        return web.json_response({"error": f"no instrument {wanted!r}"}, status=404)
+
+    async def sites(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.daemon.sites_json())
+
+    async def outbox(self, _request: web.Request) -> web.Response:
+        counts = await self.daemon.store.counts()
+        return web.json_response({
+            "store": {k: v for k, v in counts.items() if k != "outbox"},
+            "destinations": [
+                {**relay.health.to_json(), **counts["outbox"].get(relay.dest.id, {"pending": 0, "delivered": 0,
+                                                                                  "dead": 0})}
+                for relay in self.daemon.relays
+            ],
+        })
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(self.daemon, await self.daemon.store.counts()))
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,191 @@
+"""A simulated LIS: an MLLP listener that acknowledges HL7 results and records what it received.
+
+It parses with python-hl7 (an implementation independent of labbridge's) and answers with python-hl7's
+``create_ack``. It can be told to be down, slow, or to answer AE/AR, and it keeps books a real LIS
+would: a message whose MSH-10 it has already accepted is acknowledged again but booked once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import hl7
+
+from labbridge.protocols import mllp
+
+Mode = Literal["AA", "AE", "AR", "silent"]
+ResultIdentity = tuple[str, str, str, str]  # instrument, sample, instrument test code, value
+
+
+@dataclass
+class Booked:
+    control_id: str
+    message_type: str
+    results: list[ResultIdentity] = field(default_factory=list)
+
+
+def read_results(message: hl7.Message) -> tuple[str, str, list[ResultIdentity]]:
+    msh = message.segment("MSH")
+    control_id = str(msh[10])
+    message_type = str(msh[9])
+    out: list[ResultIdentity] = []
+    sample = ""
+    for segment in message:
+        name = str(segment[0])
+        if name == "OBR":
+            sample = message.unescape(str(segment[3])) if len(segment) > 3 else ""
+        elif name == "OBX":
+            code_field = segment[3]
+            instrument_code = str(code_field[0][3]) if len(code_field[0]) > 3 else str(code_field[0][0])
+            instrument = str(segment[18]) if len(segment) > 18 else ""
+            value = message.unescape(str(segment[5]))
+            out.append((instrument, sample, message.unescape(instrument_code), value))
+    return control_id, message_type, out
+
+
+class SimulatedLis:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: Mode = "AA", delay: float = 0.0,
+                 error_text: str = "simulated rejection") -> None:
+        self.host = host
+        self.port = port
+        self.mode: Mode = mode
+        self.delay = delay
+        self.error_text = error_text
+        self.booked: dict[str, Booked] = {}  # accepted, by control ID
+        self.messages_received = 0
+        self.redeliveries = 0  # an already accepted control ID received again
+        self.rejected = 0
+        self.parse_errors = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    # ---- control -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._on_client, self.host, self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def go_down(self) -> None:
+        """Stop listening and drop every open connection (a LIS outage)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def come_back(self) -> None:
+        await self.start()
+
+    async def stop(self) -> None:
+        await self.go_down()
+
+    # ---- books ---------------------------------------------------------------------------------
+
+    def result_bookings(self) -> dict[ResultIdentity, set[str]]:
+        """Each result identity with the control IDs under which it was accepted."""
+        seen: dict[ResultIdentity, set[str]] = defaultdict(set)
+        for booked in self.booked.values():
+            for identity in booked.results:
+                seen[identity].add(booked.control_id)
+        return seen
+
+    @property
+    def delivered(self) -> set[ResultIdentity]:
+        return set(self.result_bookings())
+
+    @property
+    def duplicates(self) -> int:
+        """Results the LIS would have booked twice: accepted under more than one control ID."""
+        return sum(1 for ids in self.result_bookings().values() if len(ids) > 1)
+
+    # ---- protocol ------------------------------------------------------------------------------
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
+        decoder = mllp.MllpDecoder()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for event in decoder.receive_data(data):
+                    if isinstance(event, mllp.MllpMessage):
+                        reply = await self._handle(event.payload)
+                        if reply is not None:
+                            writer.write(mllp.frame(reply))
+                            await writer.drain()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(self, payload: bytes) -> bytes | None:
+        self.messages_received += 1
+        try:
+            message = hl7.parse(payload.decode("utf-8"))
+            control_id, message_type, results = read_results(message)
+        except Exception:
+            self.parse_errors += 1
+            return None
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        mode = self.mode
+        if mode == "silent":
+            return None
+        if mode == "AA":
+            if control_id in self.booked:
+                self.redeliveries += 1
+            else:
+                self.booked[control_id] = Booked(control_id, message_type, results)
+            ack = message.create_ack("AA")
+        else:
+            self.rejected += 1
+            ack = message.create_ack(mode)
+            # MSA-3 (text message) carries the reason, as a LIS would.
+            text = str(ack).rstrip("\r") + "|" + self.error_text + "\r"
+            return text.encode("utf-8")
+        return str(ack).encode("utf-8")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    lis = SimulatedLis(args.host, args.port, mode=args.mode, delay=args.delay)
+    await lis.start()
+    print(f"simulated LIS listening on {lis.host}:{lis.port} (answers {lis.mode})", flush=True)
+    try:
+        while True:
+            await asyncio.sleep(5)
+            print(f"received {lis.messages_received} messages, booked {len(lis.booked)}, "
+                  f"{len(lis.delivered)} results", flush=True)
+    finally:
+        await lis.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="labbridge simulate lis", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2575)
+    parser.add_argument("--mode", choices=["AA", "AE", "AR", "silent"], default="AA")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each ACK")
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

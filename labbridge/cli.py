@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from labbridge.demo import default_demo_config, run_demo
+    from labbridge.demo import Summary, default_demo_config, run_demo
 
     logs.configure(args.log_level)
     config_path = Path(args.config) if args.config else default_demo_config()
@@ -81,30 +81,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo config not found at {config_path}; pass -c config/demo.toml", file=sys.stderr)
         return EXIT_CONFIG
 
-    async def main() -> int:
+    async def main() -> Summary | None:
         task = asyncio.create_task(run_demo(config_path=config_path, duration=args.duration,
-                                            summary_json=Path(args.summary_json) if args.summary_json else None,
                                             http_port=args.port))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, task.cancel)
         try:
-            summary = await task
+            return await task
         except asyncio.CancelledError:
             print("demo stopped", flush=True)
-            return EXIT_OK
-        return EXIT_OK if summary.lost == 0 and summary.duplicates == 0 else EXIT_FAILURE
+            return None
 
     try:
-        return asyncio.run(main())
+        summary = asyncio.run(main())
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
+    if summary is None:
+        return EXIT_OK
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK if summary.lost == 0 and summary.duplicates == 0 else EXIT_FAILURE
 
 
 def _fetch(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # loopback HTTP API of the daemon
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an HTTP URL: {url}")
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (scheme checked above)
         return json.loads(resp.read().decode("utf-8"))
 
 
@@ -112,7 +117,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
     try:
         instruments = _fetch(f"{base}/api/instruments")
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"cannot reach the labbridge daemon at {base}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
+from labbridge_simulators.lis import SimulatedLis
 
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
 from labbridge.runtime.daemon import Daemon
@@ -55,11 +57,8 @@ def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | No
                                      "store": StoreConfig(path=str(store_dir / "labbridge-demo.db"))})
 
 
-async def run_demo(*, config_path: Path, duration: float | None, summary_json: Path | None = None,
-                   http_port: int | None = None, store_dir: Path | None = None, quiet: bool = False) -> Summary:
-    from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
-    from labbridge_simulators.lis import SimulatedLis
-
+async def run_demo(*, config_path: Path, duration: float | None, http_port: int | None = None,
+                   store_dir: Path | None = None, quiet: bool = False) -> Summary:
     started = time.monotonic()
     config = load_config(config_path)
     lis = SimulatedLis()
@@ -76,17 +75,16 @@ async def run_demo(*, config_path: Path, duration: float | None, summary_json: P
             await lis.stop()
             raise
         try:
-            return await _drive(daemon, daemon_task, lis, demo_config, duration, summary_json, started, quiet,
-                                AstmAnalyzerSim, MessageFactory)
+            return await _drive(daemon=daemon, daemon_task=daemon_task, lis=lis, config=demo_config,
+                                duration=duration, started=started, quiet=quiet)
         finally:
             stop_daemon.set()
             await asyncio.gather(daemon_task, return_exceptions=True)
             await lis.stop()
 
 
-async def _drive(daemon: Daemon, daemon_task: asyncio.Task[None], lis: Any, config: Config,
-                 duration: float | None, summary_json: Path | None, started: float, quiet: bool,
-                 sim_cls: Any, factory_cls: Any) -> Summary:
+async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: SimulatedLis, config: Config,
+                 duration: float | None, started: float, quiet: bool) -> Summary:
     waiter = asyncio.create_task(daemon.started.wait())
     await asyncio.wait({waiter, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
     if daemon_task.done():
@@ -100,13 +98,13 @@ async def _drive(daemon: Daemon, daemon_task: asyncio.Task[None], lis: Any, conf
         if duration is None:
             print("press Ctrl-C to stop", flush=True)
     stop_sims = asyncio.Event()
-    sims = []
+    sims: list[AstmAnalyzerSim] = []
     for n, inst in enumerate(config.instruments):
         runner = daemon.runners[inst.id]
         if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
             continue
-        factory = factory_cls(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
-        sims.append(sim_cls(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
+        factory = MessageFactory(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
+        sims.append(AstmAnalyzerSim(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
                             corrupt_every=37 if n % 4 == 1 else 0))
     sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]
     try:
@@ -124,7 +122,7 @@ async def _drive(daemon: Daemon, daemon_task: asyncio.Task[None], lis: Any, conf
         await asyncio.gather(*sim_tasks, return_exceptions=True)
     acked = {identity for sim in sims for identity in sim.acked}
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline and not acked <= lis.delivered:
+    while time.monotonic() < deadline and not acked <= lis.delivered:  # noqa: ASYNC110 (polls a peer's books)
         await asyncio.sleep(0.2)
     counts = await daemon.store.counts()
     summary = Summary(sent=len(acked), stored=counts["results"], delivered=len(lis.delivered & acked),
@@ -132,6 +130,4 @@ async def _drive(daemon: Daemon, daemon_task: asyncio.Task[None], lis: Any, conf
                       elapsed_s=time.monotonic() - started)
     if not quiet:
         print(summary.render(), flush=True)
-    if summary_json is not None:
-        summary_json.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
     return summary

@@ -499,8 +499,8 @@ class E1381Link:
         text = self._partial + text
         self._partial = b""
         completed: list[MessageReceived] = []
-        for record in text.split(b"\r"):
-            record = record.strip(b"\n")
+        for piece in text.split(b"\r"):
+            record = piece.strip(b"\n")
             if not record:
                 continue
             kind = record[:1].upper()

@@ -58,7 +58,8 @@ def build_oru_r01(results: Sequence[Result], *, control_id: str, created_at: dat
                   processing_id, "2.5.1", "", "", "", "", "", "UNICODE UTF-8"]),
     ]
     if first.patient_id:
-        segments.append(f"PID|1||{escape(first.patient_id)}^^^^PI")
+        # PID-5 (name) is required in v2.5.1; results are matched by specimen, so it is sent as null.
+        segments.append(f"PID|1||{escape(first.patient_id)}^^^^PI||\"\"")
     observed = hl7_timestamp(first.measured_at)
     sample = escape(first.sample_id)
     instrument = escape(first.instrument)

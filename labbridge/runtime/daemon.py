@@ -74,10 +74,9 @@ class Daemon:
         await self.store.open()
         tasks: list[asyncio.Task[None]] = []
         try:
-            for runner in self.runners.values():
-                tasks.append(asyncio.create_task(self._supervise(f"instrument:{runner.cfg.id}", runner.run)))
-            for relay in self.relays:
-                tasks.append(asyncio.create_task(self._supervise(f"relay:{relay.dest.id}", relay.run)))
+            tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
+                         for r in self.runners.values())
+            tasks.extend(asyncio.create_task(self._supervise(f"relay:{r.dest.id}", r.run)) for r in self.relays)
             if self.config.http.enabled:
                 from labbridge.web.server import WebServer
 

@@ -15,6 +15,7 @@ stable control ID and delivery state), ``incomplete`` (transmissions that never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -237,10 +238,8 @@ class Store:
             error = StoreError(f"commit failed: {exc}")
             outcomes = [(False, error)] * len(batch)
         for job, (ok, value) in zip(batch, outcomes, strict=True):
-            try:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
                 job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
-            except RuntimeError:
-                pass  # the caller's loop is closed: nobody is waiting any more
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:

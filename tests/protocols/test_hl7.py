@@ -1,0 +1,64 @@
+"""What labbridge builds for the LIS is valid HL7 v2.5.1 (hl7apy strict) and reads back (python-hl7)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import hl7
+from hl7apy.core import Message
+from hl7apy.parser import parse_message
+
+from labbridge.model import Result
+from labbridge.protocols.hl7 import Party, build_oru_r01, escape, parse_ack
+
+RESULTS = [
+    Result(instrument="arlon-chem-1", sample_id="S0001", test_code="GLUC", instrument_test_code="GLU",
+           value="5.4", units="mmol/L", reference_range="3.9 to 6.1", flags=("H",),
+           measured_at="2026-11-23T10:15:00+01:00", patient_id="PAT1"),
+    Result(instrument="arlon-chem-1", sample_id="S0001", test_code="HIV", instrument_test_code="HIV",
+           value="Non-reactive^x|y", measured_at="2026-11-23T10:15:00+01:00", patient_id="PAT1"),
+]
+
+
+def build() -> bytes:
+    return build_oru_r01(RESULTS, control_id="LB0123456789ABCDEF0", created_at=datetime(2026, 11, 23, tzinfo=UTC),
+                         sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB"))
+
+
+def test_oru_r01_passes_hl7apy_strict_validation() -> None:
+    text = build().decode("utf-8")
+    msg: Message = parse_message(text, validation_level=1, find_groups=True)  # 1 = STRICT
+    assert msg.validate() is True
+
+
+def test_oru_r01_reads_back_with_python_hl7() -> None:
+    msg = hl7.parse(build().decode("utf-8"))
+    assert str(msg.segment("MSH")[10]) == "LB0123456789ABCDEF0"
+    obx = msg.segments("OBX")
+    assert str(obx[0][5]) == "5.4" and str(obx[0][2]) == "NM"
+    assert msg.unescape(str(obx[1][5])) == "Non-reactive^x|y"
+    assert str(obx[0][3][0][3]) == "GLU"
+
+
+def test_escape() -> None:
+    assert escape("a|b^c~d\\e&f") == "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f"
+
+
+def test_parse_ack_reads_code_control_id_and_reason() -> None:
+    ack = parse_ack(b"MSH|^~\\&|LIS|LAB|LABBRIDGE||20261123||ACK^R01^ACK|1|P|2.5.1\rMSA|AE|LB1|unknown test\r"
+                    b"ERR|||207^Application internal error^HL70357")
+    assert ack is not None
+    assert (ack.code, ack.control_id, ack.accepted) == ("AE", "LB1", False)
+    assert "unknown test" in ack.text
+    assert parse_ack(b"MSH|^~\\&|x\rPID|1") is None
+    assert parse_ack(b"garbage") is None
+
+
+def test_oru_r01_without_patient_is_valid_too() -> None:
+    import dataclasses
+
+    anonymous = [dataclasses.replace(r, patient_id="") for r in RESULTS]
+    text = build_oru_r01(anonymous, control_id="LB1", created_at=datetime(2026, 11, 23, tzinfo=UTC),
+                         sender=Party("LABBRIDGE"), receiver=Party("LIS")).decode("utf-8")
+    assert "PID" not in text
+    assert parse_message(text, validation_level=1, find_groups=True).validate() is True

@@ -1,0 +1,78 @@
+"""Build a lab on loopback for a test: config, daemon, simulated LIS and analyzers (all on port 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labbridge.config import Config, parse_config
+from labbridge.runtime.daemon import Daemon
+from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
+from labbridge_simulators.lis import SimulatedLis
+
+
+def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,
+               extra_lis: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "node": "test",
+        "store": {"path": str(tmp_path / "labbridge.db")},
+        "http": {"enabled": http, "host": "127.0.0.1", "port": 0},
+        "sites": [{"id": "arlon", "name": "Arlon"}, {"id": "virton", "name": "Virton"}],
+        "instruments": [
+            {"id": f"an-{i}", "site": "arlon" if i % 2 == 0 else "virton", "driver": "astm-generic",
+             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0}}
+            for i in range(instruments)
+        ],
+        "lis": [{"id": "lis", "host": "127.0.0.1", "port": lis_port, "ack_timeout_s": 2.0,
+                 "connect_timeout_s": 2.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.3,
+                 **(extra_lis or {})}],
+    }
+
+
+@dataclass
+class Lab:
+    daemon: Daemon
+    lis: SimulatedLis
+    config: Config
+
+    def analyzer(self, instrument: str, *, messages: int, tests: int = 5, **kwargs: Any) -> AstmAnalyzerSim:
+        runner = self.daemon.runners[instrument]
+        assert runner.bound is not None
+        return AstmAnalyzerSim(instrument, runner.bound,
+                               MessageFactory(instrument, sample_prefix=f"{instrument}-", panel_size=tests, seed=1),
+                               interval=(0.0, 0.01), max_messages=messages, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = False,
+                      extra_lis: dict[str, Any] | None = None) -> AsyncIterator[Lab]:
+    lis = SimulatedLis()
+    await lis.start()
+    config = parse_config(lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
+                                     extra_lis=extra_lis))
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        started = asyncio.create_task(daemon.started.wait())
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        yield Lab(daemon, lis, config)
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await lis.stop()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,146 @@
+"""Analyzer -> labbridge -> LIS over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from tests.conftest import run
+from tests.integration.helpers import eventually, running_lab
+
+
+def test_results_reach_the_lis_once_with_a_corrupting_analyzer_beside_a_clean_one(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=2) as lab:
+            clean = lab.analyzer("an-0", messages=6)
+            noisy = lab.analyzer("an-1", messages=6, corrupt_every=3)
+            stop = asyncio.Event()
+            await asyncio.gather(clean.run(stop), noisy.run(stop))
+            acked = set(clean.acked) | set(noisy.acked)
+            assert len(acked) == 12 * 5
+            await eventually(lambda: acked <= lab.lis.delivered, what="delivery to the LIS")
+            assert lab.lis.duplicates == 0
+            assert lab.lis.delivered == acked  # nothing that was not ACKed arrived either
+            noisy_health = lab.daemon.runners["an-1"].health.counters
+            assert noisy.stats.frames_corrupted > 0
+            assert noisy_health.checksum_errors == noisy.stats.frames_corrupted
+            assert noisy.stats.naks_received == noisy.stats.frames_corrupted
+            assert lab.daemon.runners["an-0"].health.counters.frames_rejected == 0
+            counts = await lab.daemon.store.counts()
+            assert counts["results"] == 60 and counts["outbox"]["lis"]["delivered"] == 12
+
+    run(body())
+
+
+def test_lis_outage_results_wait_in_the_store_and_flow_when_it_returns(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1) as lab:
+            await lab.lis.go_down()
+            sim = lab.analyzer("an-0", messages=4)
+            await sim.run(asyncio.Event())
+            assert len(sim.acked) == 20  # the analyzer is acknowledged although the LIS is down
+            await eventually(lambda: lab.daemon.relays[0].health.state == "down", what="LIS marked down")
+            counts = await lab.daemon.store.counts()
+            assert counts["outbox"]["lis"]["pending"] == 4 and not lab.lis.delivered
+            await asyncio.sleep(0.5)  # a few failed attempts
+            await lab.lis.come_back()
+            await eventually(lambda: set(sim.acked) <= lab.lis.delivered, what="delivery after the outage")
+            assert lab.lis.duplicates == 0
+            assert lab.daemon.relays[0].health.state == "up"
+
+    run(body())
+
+
+def test_store_failure_means_no_ack_and_the_retransmission_is_kept(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1) as lab:
+            store = lab.daemon.store
+            health = lab.daemon.runners["an-0"].health
+            store.fail_commits = True
+            sim = lab.analyzer("an-0", messages=1)
+            task = asyncio.create_task(sim.run(asyncio.Event()))
+            await eventually(lambda: health.counters.store_failures >= 1, what="a failed commit")
+            assert sim.acked == [] and sim.stats.naks_received >= 1
+            assert health.to_json()["state"] == "degraded"
+            assert "cannot be stored" in health.to_json()["reason"]
+            store.fail_commits = False
+            await asyncio.wait_for(task, 30)
+            assert len(sim.acked) == 5
+            await eventually(lambda: set(sim.acked) <= lab.lis.delivered, what="delivery")
+            assert (await store.counts())["messages"] == 1
+
+    run(body())
+
+
+def test_lis_answering_ae_dead_letters_with_its_reason_and_ar_is_retried(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1) as lab:
+            lab.lis.mode = "AE"
+            lab.lis.error_text = "unknown test code GLU"
+            sim = lab.analyzer("an-0", messages=1)
+            await sim.run(asyncio.Event())
+            await eventually(lambda: lab.daemon.relays[0].health.dead_lettered == 1, what="dead letter")
+            dead = await lab.daemon.store.outbox_rows(state="dead")
+            assert dead[0]["last_error"] == "LIS answered AE: unknown test code GLU"
+
+            lab.lis.mode = "AR"
+            sim2 = lab.analyzer("an-0", messages=1)
+            sim2.factory.counter = 100  # new samples
+            await sim2.run(asyncio.Event())
+            await eventually(lambda: lab.daemon.relays[0].health.retried >= 2, what="AR retried")
+            lab.lis.mode = "AA"
+            await eventually(lambda: set(sim2.acked) <= lab.lis.delivered, what="delivery after AR")
+
+    run(body())
+
+
+def test_garbage_and_undecodable_messages_on_one_link_do_not_disturb_another(tmp_path: Path) -> None:
+    from labbridge.protocols.e1381 import build_frames
+
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=2) as lab:
+            bound = lab.daemon.runners["an-1"].bound
+            assert bound is not None
+            reader, writer = await asyncio.open_connection(*bound)
+            writer.write(b"\x00\xff garbage \x02 no frame end \r\n" * 50)
+            # A well-framed message the driver cannot understand (a result without an order).
+            writer.write(b"\x05")
+            await writer.drain()
+            assert await reader.readexactly(1) == b"\x06"
+            for frame in build_frames([b"H|\\^&", b"P|1", b"R|1|^^^GLU|1", b"L|1|N"]):
+                writer.write(frame)
+                await writer.drain()
+                assert await reader.readexactly(1) == b"\x06"  # stored raw, so acknowledged
+            writer.write(b"\x04")
+            sim = lab.analyzer("an-0", messages=3)
+            await sim.run(asyncio.Event())
+            await eventually(lambda: set(sim.acked) <= lab.lis.delivered, what="the clean link's delivery")
+            bad = lab.daemon.runners["an-1"].health.counters
+            assert bad.junk_bytes > 0 and bad.decode_errors == 1
+            counts = await lab.daemon.store.counts()
+            assert counts["undecodable"] == 1
+            writer.close()
+
+    run(body())
+
+
+def test_no_patient_data_in_log_events(tmp_path: Path) -> None:
+    async def body() -> list[dict[str, object]]:
+        with structlog.testing.capture_logs() as logs:
+            async with running_lab(tmp_path, instruments=1) as lab:
+                sim = lab.analyzer("an-0", messages=3)
+                await sim.run(asyncio.Event())
+                await eventually(lambda: set(sim.acked) <= lab.lis.delivered, what="delivery")
+                identifiers = {sample for _, sample, _, _ in sim.acked}
+        text = repr(logs)
+        assert logs, "expected log events"
+        for sample in identifiers:
+            assert sample not in text
+        for name in ("DUPONT", "MARTIN", "LAMBERT", "DUBOIS", "PEETERS", "JANSSENS", "PAT"):
+            assert name not in text
+        return logs
+
+    logs = run(body())
+    assert any(e.get("event") == "message_stored" for e in logs)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labbridge.config import load_config
+from labbridge.errors import ConfigError
+
+GOOD = """
+[[sites]]
+id = "arlon"
+name = "Arlon"
+
+[[instruments]]
+id = "chem-1"
+site = "arlon"
+driver = "astm-generic"
+transport = { kind = "tcp-server", port = 4001 }
+
+[[instruments]]
+id = "chem-2"
+site = "arlon"
+driver = "astm-generic"
+transport = { kind = "tcp-client", host = "127.0.0.1", port = 5001 }
+
+[[lis]]
+id = "lis"
+host = "127.0.0.1"
+port = 2575
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "labbridge.toml"
+    path.write_text(text)
+    return path
+
+
+def check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labbridge.cli", "check-config", str(path)],
+                          capture_output=True, text=True, check=False)
+
+
+def test_good_config_passes_and_store_path_follows_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    proc = check(path)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    assert load_config(path).store.path == str(tmp_path / "labbridge.db")
+
+
+def test_shipped_configs_are_valid(repo: Path) -> None:
+    for name in ("demo.toml", "example.toml"):
+        proc = check(repo / "config" / name)
+        assert proc.returncode == 0, proc.stderr
+    demo = load_config(repo / "config" / "demo.toml")
+    assert {s.name for s in demo.sites} == {"Arlon", "Libramont", "Marche", "Bastogne", "Bertrix", "Virton"}
+    assert len(demo.instruments) >= 12
+
+
+@pytest.mark.parametrize(("mutation", "key", "expected"), [
+    (("port = 5001", "port = 70000"), "instruments[1].transport.port", "less than or equal to 65535"),
+    (('site = "arlon"\ndriver = "astm-generic"\ntransport = { kind = "tcp-client"',
+      'site = "nowhere"\ndriver = "astm-generic"\ntransport = { kind = "tcp-client"'),
+     "instruments[1].site", "a site id from [[sites]]"),
+    (('id = "lis"', 'id = "lis"\ncolour = "blue"'), "lis[0].colour", "unknown key"),
+    (('transport = { kind = "tcp-server", port = 4001 }', 'transport = { kind = "carrier-pigeon" }'),
+     "instruments[0].transport", "tcp-server"),
+    (('id = "chem-2"', 'id = "chem-1"'), "instruments[1].id", "duplicate id"),
+    (('driver = "astm-generic"\ntransport = { kind = "tcp-server"', 'driver = "no-such-driver"\n'
+      'transport = { kind = "tcp-server"'), "instruments[0].driver", "a known driver"),
+])
+def test_bad_config_names_file_key_path_and_expectation(tmp_path: Path, mutation: tuple[str, str], key: str,
+                                                        expected: str) -> None:
+    assert mutation[0] in GOOD
+    path = write(tmp_path, GOOD.replace(*mutation))
+    proc = check(path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if key in line]
+    assert lines, proc.stderr
+    assert str(path) in lines[0] and expected in lines[0], lines[0]
+
+
+def test_toml_syntax_error_is_reported_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[sites]\nid=")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid TOML" in str(info.value) and str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    proc = check(tmp_path / "absent.toml")
+    assert proc.returncode != 0 and "file not found" in proc.stderr

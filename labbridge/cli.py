@@ -202,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # e.g. `labbridge status | head`
+        sys.stderr.close()
+        return EXIT_OK
     return result
 
 

@@ -173,6 +173,8 @@ class AstmAnalyzerSim:
             self.connected.set()
             try:
                 next_at = await self._session(reader, writer, stop, rng, next_at)
+            except (ConnectionError, OSError):
+                pass  # the host went away: what was not ACKed stays pending and is sent again
             finally:
                 self.connected.clear()
                 writer.close()

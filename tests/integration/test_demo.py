@@ -1,0 +1,27 @@
+"""The README's demo command: `labbridge demo --for SECONDS --summary-json PATH`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_for_a_while_and_loses_nothing(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, "-m", "labbridge.cli", "demo", "--for", "8", "--port", "0",
+                           "--summary-json", str(summary)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dashboard at http://127.0.0.1:" in proc.stdout
+    assert "lost 0" in proc.stdout and "delivered twice 0" in proc.stdout
+    data = json.loads(summary.read_text())
+    assert {"sent", "stored", "delivered", "lost", "duplicates"} <= set(data)
+    assert data["instruments"] >= 12
+    assert data["sent"] > 0 and data["delivered"] == data["sent"] == data["stored"]
+    assert data["lost"] == 0 and data["duplicates"] == 0

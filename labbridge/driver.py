@@ -9,6 +9,7 @@ imported lazily, on first use; one that fails to load is reported by name and br
 
 from __future__ import annotations
 
+import functools
 import importlib
 import zoneinfo
 from abc import ABC, abstractmethod
@@ -29,7 +30,20 @@ BUILTIN_DRIVERS: dict[str, str] = {
 }
 
 
-_ASTM_TIME_FORMATS = {14: "%Y%m%d%H%M%S", 12: "%Y%m%d%H%M", 8: "%Y%m%d"}
+@functools.lru_cache(maxsize=4096)
+def _astm_timestamp(digits: str, zone: zoneinfo.ZoneInfo) -> str | None:
+    """``YYYYMMDD[HHMM[SS]]`` -> ISO 8601 in ``zone``; cached, since every result of a message repeats it."""
+    if len(digits) not in (8, 12, 14) or not digits.isascii() or not digits.isdigit():
+        return None
+    hour = int(digits[8:10]) if len(digits) >= 12 else 0
+    minute = int(digits[10:12]) if len(digits) >= 12 else 0
+    second = int(digits[12:14]) if len(digits) == 14 else 0
+    try:
+        return datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), hour, minute, second,
+                        tzinfo=zone).isoformat()
+    except ValueError:
+        return None
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +60,7 @@ class DecodeContext:
 
     def timestamp(self, astm_datetime: str) -> str | None:
         """ASTM ``YYYYMMDD[HHMM[SS]]`` in the instrument's zone -> ISO 8601 with offset."""
-        digits = astm_datetime.strip()
-        fmt = _ASTM_TIME_FORMATS.get(len(digits))
-        if fmt is None or not digits.isdigit():
-            return None
-        try:
-            return datetime.strptime(digits, fmt).replace(tzinfo=self.timezone).isoformat()
-        except ValueError:
-            return None
+        return _astm_timestamp(astm_datetime.strip(), self.timezone)
 
 
 class Driver(ABC):

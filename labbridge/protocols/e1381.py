@@ -204,6 +204,21 @@ def build_frames(records: list[bytes] | tuple[bytes, ...], first_fn: int = 1) ->
     return frames
 
 
+_TERMINATORS = (ETX, ETB)
+_RESTARTS = (STX, EOT, ENQ)
+
+
+def _first_of(buf: bytearray, values: tuple[int, ...], start: int, end: int) -> int:
+    """Index of the first of ``values`` in ``buf[start:end]``, or -1 (C-speed scans, not a Python loop)."""
+    best = -1
+    for value in values:
+        i = buf.find(value, start, end)
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+            end = i
+    return best
+
+
 @dataclass(slots=True)
 class _Outgoing:
     handle: int
@@ -415,11 +430,9 @@ class E1381Link:
             return True
         if first != STX:
             # Junk before a frame (R-A15): skip to the next byte that matters.
-            end = len(buf)
-            for i, b in enumerate(buf):
-                if b in (STX, EOT, ENQ):
-                    end = i
-                    break
+            end = _first_of(buf, _RESTARTS, 0, len(buf))
+            if end < 0:
+                end = len(buf)
             del buf[:end]
             self._junk(end)
             return True
@@ -428,17 +441,14 @@ class E1381Link:
     def _take_frame(self, now: float) -> bool:
         buf = self._inbuf
         limit = self.profile.max_frame_bytes
-        term_at = -1
-        for i in range(1, min(len(buf), limit)):
-            b = buf[i]
-            if b in (ETX, ETB):
-                term_at = i
-                break
-            if b in (STX, EOT, ENQ):
-                # A frame cut short: the peer started over. Reject what we had.
-                del buf[:i]
-                self._reject(now, "frame interrupted before ETX/ETB")
-                return True
+        end = min(len(buf), limit)
+        term_at = _first_of(buf, _TERMINATORS, 1, end)
+        cut_at = _first_of(buf, _RESTARTS, 1, term_at if term_at >= 0 else end)
+        if cut_at >= 0:
+            # A frame cut short: the peer started over. Reject what we had.
+            del buf[:cut_at]
+            self._reject(now, "frame interrupted before ETX/ETB")
+            return True
         if term_at < 0:
             if len(buf) >= limit:
                 self._reject(now, f"frame longer than {limit} bytes")

@@ -4,8 +4,7 @@ import zoneinfo
 
 import pytest
 
-from labbridge.driver import DecodeContext, available_drivers, load_driver
-from labbridge.driver import AstmDriver
+from labbridge.driver import AstmDriver, DecodeContext, available_drivers, load_driver
 from labbridge.errors import DecodeError, DriverNotFoundError
 
 CAPTURE = [

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labbridge.config import Config, parse_config
-from labbridge.runtime.daemon import Daemon
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
 from labbridge_simulators.lis import SimulatedLis
+
+from labbridge.config import Config, parse_config
+from labbridge.runtime.daemon import Daemon
 
 
 def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
 from labbridge_simulators.lis import SimulatedLis
+
 from tests.conftest import run
 from tests.integration.helpers import eventually, lab_config
 

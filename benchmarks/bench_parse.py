@@ -13,9 +13,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+from labbridge_simulators.astm_analyzer import MessageFactory
+
 from labbridge.driver import AstmDriver, DecodeContext, load_driver
 from labbridge.protocols import e1381
-from labbridge_simulators.astm_analyzer import MessageFactory
 
 
 def measure(fn: Callable[[], int], seconds: float) -> float:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from labbridge.driver import AstmDriver, DecodeContext
+from labbridge.errors import DecodeError
 from labbridge.logs import get_logger
 from labbridge.protocols import e1381
 from labbridge.runtime.health import InstrumentHealth
@@ -27,7 +29,7 @@ READ_SIZE = 64 * 1024
 class AstmSession:
     def __init__(self, *, link: e1381.E1381Link, driver: AstmDriver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, on_stored: asyncio.Event | None = None) -> None:
+                 writer: asyncio.StreamWriter, on_stored: Callable[[], None] | None = None) -> None:
         self.link = link
         self.driver = driver
         self.context = context
@@ -120,9 +122,11 @@ class AstmSession:
         try:
             results = self.driver.decode(event.records, self.context).results
         except Exception as exc:  # a driver bug or an undecodable message: kept raw, dead-lettered
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"  # kept in the store, next to the raw message
             counters.decode_errors += 1
-            log.warning("decode_failed", instrument=self.health.id, driver=self.driver.name, error=error)
+            # The log gets only text labbridge controls: an arbitrary exception may quote patient data.
+            reason = exc.reason if isinstance(exc, DecodeError) else type(exc).__name__
+            log.warning("decode_failed", instrument=self.health.id, driver=self.driver.name, reason=reason)
         try:
             stored = await self.store.commit_message(
                 instrument=self.health.id, protocol="astm", raw=event.raw, received_at=time.time(),
@@ -141,6 +145,6 @@ class AstmSession:
         self.health.last_message_at = time.time()
         log.info("message_stored", instrument=self.health.id, message_id=stored.message_id,
                  results=stored.new_results, duplicates=stored.duplicate_results)
-        if self.on_stored is not None:
-            self.on_stored.set()
+        if self.on_stored is not None and stored.outbox_ids:
+            self.on_stored()
         return True

@@ -34,7 +34,6 @@ class Daemon:
         self.config = config
         self.ready_file = Path(ready_file) if ready_file else None
         self.store = Store(config.store.path)
-        self.stored_event = asyncio.Event()
         destinations = [d.id for d in config.lis]
         self.runners: dict[str, InstrumentRunner] = {}
         for inst in config.instruments:
@@ -50,11 +49,16 @@ class Daemon:
                 driver_error = str(exc)
             self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,
                                                      store=self.store, destinations=destinations,
-                                                     stored_event=self.stored_event)
-        self.relays = [Relay(dest, self.store, self.stored_event) for dest in config.lis]
+                                                     on_stored=self._wake_relays)
+        self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
         self.web: Any = None
         self.http_address: tuple[str, int] | None = None
         self.started = asyncio.Event()
+
+    def _wake_relays(self) -> None:
+        """New outbox items were committed: every relay looks at its queue now."""
+        for relay in self.relays:
+            relay.wakeup.set()
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         attempt = 0

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import zoneinfo
+from collections.abc import Callable
 
 from labbridge.config import InstrumentConfig, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext
@@ -34,13 +35,13 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | None, driver_error: str | None,
-                 store: Store, destinations: list[str], stored_event: asyncio.Event) -> None:
+                 store: Store, destinations: list[str], on_stored: Callable[[], None]) -> None:
         self.cfg = cfg
         self.driver = driver
         self.driver_error = driver_error
         self.store = store
         self.destinations = destinations
-        self.stored_event = stored_event
+        self.on_stored = on_stored
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
         self.bound: tuple[str, int] | None = None
@@ -149,7 +150,7 @@ class InstrumentRunner:
                                e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
         session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                               health=self.health, destinations=self.destinations, reader=reader,
-                              writer=writer, on_stored=self.stored_event)
+                              writer=writer, on_stored=self.on_stored)
         try:
             await session.run()
         except asyncio.CancelledError:

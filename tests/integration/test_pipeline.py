@@ -144,3 +144,66 @@ def test_no_patient_data_in_log_events(tmp_path: Path) -> None:
 
     logs = run(body())
     assert any(e.get("event") == "message_stored" for e in logs)
+
+
+def test_every_destination_gets_every_result(tmp_path: Path) -> None:
+    from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
+    from labbridge_simulators.lis import SimulatedLis
+
+    from labbridge.config import parse_config
+    from labbridge.runtime.daemon import Daemon
+    from tests.integration.helpers import lab_config
+
+    async def body() -> None:
+        first, second = SimulatedLis(), SimulatedLis()
+        await first.start()
+        await second.start()
+        data = lab_config(tmp_path, instruments=1, lis_port=first.port)
+        data["lis"].append({**data["lis"][0], "id": "lis-b", "port": second.port})
+        daemon = Daemon(parse_config(data))
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            await asyncio.wait_for(daemon.started.wait(), 10)
+            bound = daemon.runners["an-0"].bound
+            assert bound is not None
+            sim = AstmAnalyzerSim("an-0", bound, MessageFactory("an-0", sample_prefix="M", panel_size=3),
+                                  interval=(0.0, 0.01), max_messages=5)
+            await sim.run(asyncio.Event())
+            # Well under the relays' 5 s idle poll: both were woken by the commit.
+            await eventually(lambda: set(sim.acked) <= first.delivered and set(sim.acked) <= second.delivered,
+                             timeout=3, what="both destinations")
+        finally:
+            stop.set()
+            await task
+            await first.stop()
+            await second.stop()
+
+    run(body())
+
+
+def test_a_driver_exception_quoting_patient_data_stays_out_of_the_logs(tmp_path: Path) -> None:
+    from collections.abc import Sequence
+
+    from labbridge.driver import AstmDriver, DecodeContext
+    from labbridge.model import Decoded
+
+    class LeakyDriver(AstmDriver):
+        name = "leaky"
+
+        def decode(self, records: Sequence[bytes], context: DecodeContext) -> Decoded:
+            raise ValueError("could not convert 'DUPONT^JANE' to float")
+
+    async def body() -> None:
+        with structlog.testing.capture_logs() as logs:
+            async with running_lab(tmp_path, instruments=1) as lab:
+                lab.daemon.runners["an-0"].driver = LeakyDriver()
+                sim = lab.analyzer("an-0", messages=1)
+                await sim.run(asyncio.Event())
+                assert len(sim.acked) == 5  # stored raw, so acknowledged
+                counts = await lab.daemon.store.counts()
+                assert counts["undecodable"] == 1
+        assert any(e.get("event") == "decode_failed" and e.get("reason") == "ValueError" for e in logs)
+        assert "DUPONT" not in repr(logs)
+
+    run(body())

@@ -150,6 +150,49 @@ def _cmd_drivers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from labbridge.driver import load_driver
+    from labbridge.replay import ReplayProblem, replay
+
+    try:
+        driver = load_driver(args.driver)
+        capture = Path(args.file).read_bytes()
+        items = list(replay(driver, capture, instrument=args.instrument, timezone=args.timezone,
+                            encoding=args.encoding))
+    except (LabbridgeError, OSError) as exc:
+        print(f"labbridge replay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    failures = 0
+    for item in items:
+        if isinstance(item, ReplayProblem):
+            failures += 1
+            if args.json:
+                print(json.dumps({"problem": item.kind, "detail": item.detail}))
+            else:
+                print(f"! {item.kind}: {item.detail}")
+            continue
+        if item.decoded is None:
+            failures += 1
+            if args.json:
+                print(json.dumps({"message": item.index, "error": item.error}))
+            else:
+                print(f"message {item.index}: cannot decode: {item.error}")
+            continue
+        for result in item.decoded.results:
+            if args.json:
+                print(json.dumps({"message": item.index, **result.to_json()}, ensure_ascii=False))
+            else:
+                flags = ",".join(result.flags)
+                print(f"message {item.index}: {result.kind:<7} {result.sample_id:<14} {result.test_code:<8} "
+                      f"{result.value:>10} {result.units:<8} {flags:<4} {result.measured_at or ''}")
+        for query in item.decoded.queries:
+            if args.json:
+                print(json.dumps({"message": item.index, "query": list(query.sample_ids)}))
+            else:
+                print(f"message {item.index}: host query for {len(query.sample_ids)} sample(s)")
+    return EXIT_OK if failures == 0 else EXIT_FAILURE
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.what == "lis":
         from labbridge_simulators import lis
@@ -192,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drivers", help="list the drivers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_drivers)
+
+    p = sub.add_parser("replay", help="decode a capture offline into canonical results (driver test kit)")
+    p.add_argument("--driver", required=True, help="driver name (see `labbridge drivers`)")
+    p.add_argument("file", help="capture: an E1381-framed byte stream, or records one per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--instrument", default="replay", help="instrument id to put in the results")
+    p.add_argument("--timezone", default="UTC", help="the analyzer's time zone")
+    p.add_argument("--encoding", default="latin-1", help="the analyzer's character set")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("simulate", help="run a simulated analyzer or LIS")
     p.add_argument("what", choices=["analyzer", "lis"])

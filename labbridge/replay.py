@@ -1,0 +1,94 @@
+"""Offline decoding of a capture: the driver test kit's ``labbridge replay``.
+
+A capture is what an analyzer sent, as bytes: either an E1381-framed stream (ENQ, frames with checksums,
+EOT; what a serial or TCP trace shows) or bare records, one per line (CR, LF or CRLF). Framed captures go
+through the same E1381 receiver the daemon runs (checksums and frame numbers are checked); every whole
+message is decoded by the driver, with no network and no store.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from labbridge.driver import AstmDriver, DecodeContext, Driver
+from labbridge.errors import DecodeError, LabbridgeError
+from labbridge.model import Decoded
+from labbridge.protocols import e1381
+
+_FRAMING_BYTES = (e1381.ENQ, e1381.STX)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedMessage:
+    index: int
+    records: tuple[bytes, ...]
+    decoded: Decoded | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayProblem:
+    """Something in the capture that is not a message: a rejected frame, an incomplete transmission."""
+
+    kind: str
+    detail: str
+
+
+def split_messages(capture: bytes) -> Iterator[tuple[bytes, ...] | ReplayProblem]:
+    """Whole messages (records without terminators) from a capture, and what went wrong on the way."""
+    if any(b in capture for b in _FRAMING_BYTES):
+        link = e1381.E1381Link(e1381.Role.HOST, e1381.LinkProfile(strict_frame_numbers=False))
+        link.receive_data(capture, 0.0)
+        while True:
+            event = link.next_event()
+            if event is None:
+                break
+            if isinstance(event, e1381.MessageReceived):
+                yield event.records
+                link.accept_message(0.0)
+            elif isinstance(event, e1381.FrameRejected) and not event.by_peer:
+                yield ReplayProblem("frame rejected", event.reason)
+            elif isinstance(event, e1381.IncompleteMessage):
+                yield ReplayProblem("incomplete transmission", event.reason)
+        link.connection_lost()
+        for event in link.events():
+            if isinstance(event, e1381.IncompleteMessage):
+                yield ReplayProblem("incomplete transmission", f"capture ends before the L record ({event.reason})")
+        return
+    records: list[bytes] = []
+    for line in capture.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        record = line.strip()
+        if not record:
+            continue
+        if record[:1] in (b"H", b"h") and records:
+            yield ReplayProblem("incomplete transmission", "a new H record before the L record")
+            records = []
+        records.append(record)
+        if record[:1] in (b"L", b"l"):
+            yield tuple(records)
+            records = []
+    if records:
+        yield ReplayProblem("incomplete transmission", "capture ends before the L record")
+
+
+def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezone: str = "UTC",
+           encoding: str = "latin-1", test_map: dict[str, str] | None = None,
+           ) -> Iterator[ReplayedMessage | ReplayProblem]:
+    if not isinstance(driver, AstmDriver):
+        raise LabbridgeError(f"driver {driver.name!r} speaks {driver.protocol}; replay reads ASTM captures")
+    context = DecodeContext(instrument=instrument, timezone=zoneinfo.ZoneInfo(timezone),
+                            test_map=test_map or {}, encoding=encoding)
+    index = 0
+    for item in split_messages(capture):
+        if isinstance(item, ReplayProblem):
+            yield item
+            continue
+        index += 1
+        try:
+            yield ReplayedMessage(index, item, driver.decode(item, context), None)
+        except DecodeError as exc:
+            yield ReplayedMessage(index, item, None, str(exc))
+        except Exception as exc:  # a driver bug is reported like any decode failure, with its type
+            yield ReplayedMessage(index, item, None, f"{type(exc).__name__}: {exc}")

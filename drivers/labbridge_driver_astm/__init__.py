@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from labbridge.driver import AstmDriver, DecodeContext
-from labbridge.errors import DecodeError
+from labbridge.errors import DecodeError, RemoteProtocolError
 from labbridge.model import Decoded, Result, ResultStatus
 from labbridge.protocols.e1394 import parse_records
 
@@ -35,7 +35,10 @@ class GenericAstmDriver(AstmDriver):
     version = "1.0"
 
     def decode(self, records: Sequence[bytes], context: DecodeContext) -> Decoded:
-        parsed = parse_records(records, context.encoding)
+        try:
+            parsed = parse_records(records, context.encoding)
+        except RemoteProtocolError as exc:
+            raise DecodeError(str(exc), record_index=0) from exc
         out = Decoded()
         qc_message = False
         patient_id = ""

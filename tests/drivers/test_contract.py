@@ -1,0 +1,63 @@
+"""One contract every registered driver passes (STYLE.md: python-can / zigpy style plugin contract)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labbridge.driver import AstmDriver, DecodeContext, Driver, available_drivers, load_driver_class
+from labbridge.errors import DecodeError
+from labbridge.model import Decoded
+
+DRIVERS = sorted(available_drivers())
+ASTM_DRIVERS = [n for n in DRIVERS if load_driver_class(n).protocol == "astm"]
+
+record_bytes = st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+record_type = st.sampled_from([b"H|\\^&|", b"P|", b"O|", b"R|", b"C|", b"Q|", b"M|", b"S|", b"L|", b"h|@^\\|", b""])
+records = st.lists(st.tuples(record_type, record_bytes).map(lambda t: t[0] + t[1]), max_size=12)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Drivers never do I/O: any socket use during a contract test fails it."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a driver opened a socket")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield
+
+
+@pytest.mark.parametrize("name", DRIVERS)
+def test_metadata(name: str) -> None:
+    cls = load_driver_class(name)
+    assert issubclass(cls, Driver)
+    assert cls.name == name
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", cls.name)
+    assert cls.vendor and cls.version and cls.models
+    assert cls.protocol in ("astm", "hl7")
+
+
+@pytest.mark.parametrize("name", ASTM_DRIVERS)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=records)
+def test_any_records_give_results_or_a_decode_error(name: str, message: list[bytes]) -> None:
+    driver = load_driver_class(name)()
+    assert isinstance(driver, AstmDriver)
+    context = DecodeContext(instrument="contract")
+    try:
+        decoded = driver.decode(message, context)
+    except DecodeError:
+        return
+    assert isinstance(decoded, Decoded)
+    for result in decoded.results:
+        assert result.instrument == "contract"
+        assert result.sample_id and result.instrument_test_code
+    # Pure: the same input gives the same output.
+    assert driver.decode(message, context) == decoded

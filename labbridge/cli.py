@@ -193,6 +193,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if failures == 0 else EXIT_FAILURE
 
 
+def _cmd_driver_new(args: argparse.Namespace) -> int:
+    from labbridge.scaffold import scaffold
+
+    target = Path(args.dir) if args.dir else Path(f"labbridge-driver-{args.name}")
+    try:
+        written = scaffold(args.name, target)
+    except LabbridgeError as exc:
+        print(f"labbridge driver new: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for path in written:
+        print(f"created {path}")
+    print(f"next: pip install -e {target}; labbridge drivers; then replace the example capture with real ones "
+          "and write their golden JSON (see docs/drivers.md)")
+    return EXIT_OK
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.what == "lis":
         from labbridge_simulators import lis
@@ -244,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", default="UTC", help="the analyzer's time zone")
     p.add_argument("--encoding", default="latin-1", help="the analyzer's character set")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("driver", help="driver development tools")
+    driver_sub = p.add_subparsers(dest="driver_command", required=True)
+    d = driver_sub.add_parser("new", help="scaffold a new driver as its own plugin project")
+    d.add_argument("name", help="driver name, e.g. acme-chem")
+    d.add_argument("--dir", help="where to create it (default: ./labbridge-driver-NAME)")
+    d.set_defaults(func=_cmd_driver_new)
 
     p = sub.add_parser("simulate", help="run a simulated analyzer or LIS")
     p.add_argument("what", choices=["analyzer", "lis"])

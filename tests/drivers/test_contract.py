@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +22,7 @@ records = st.lists(st.tuples(record_type, record_bytes).map(lambda t: t[0] + t[1
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Drivers never do I/O: any socket use during a contract test fails it."""
 
     def refuse(*_args: object, **_kwargs: object) -> None:
@@ -31,7 +30,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    yield
 
 
 @pytest.mark.parametrize("name", DRIVERS)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
+from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory, MessageSource
 from labbridge_simulators.lis import SimulatedLis
+from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
 from labbridge.runtime.daemon import Daemon
@@ -103,7 +104,12 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
         runner = daemon.runners[inst.id]
         if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
             continue
-        factory = MessageFactory(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
+        factory: MessageSource
+        if inst.driver in FAMILIES:  # the family's own dialect, codes and QC runs
+            factory = FamilyFactory(inst.driver, inst.id, sample_prefix=f"{n + 1:02d}", seed=n, panel_size=8,
+                                    qc_every=7)
+        else:
+            factory = MessageFactory(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
         sims.append(AstmAnalyzerSim(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
                             corrupt_every=37 if n % 4 == 1 else 0))
     sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]

@@ -27,6 +27,11 @@ ENTRY_POINT_GROUP = "labbridge.drivers"
 # name -> "module:Class"; entry points with the same name take precedence.
 BUILTIN_DRIVERS: dict[str, str] = {
     "astm-generic": "labbridge_driver_astm:GenericAstmDriver",
+    "sysmex-xn": "labbridge_driver_sysmex_xn:SysmexXnDriver",
+    "roche-cobas": "labbridge_driver_roche_cobas:RocheCobasDriver",
+    "abbott-architect": "labbridge_driver_abbott_architect:AbbottArchitectDriver",
+    "horiba-yumizen": "labbridge_driver_horiba_yumizen:HoribaYumizenDriver",
+    "cepheid-genexpert": "labbridge_driver_cepheid_genexpert:CepheidGenexpertDriver",
 }
 
 

@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from labbridge.protocols import e1381
 from labbridge.protocols.e1394 import encode_record
@@ -122,6 +123,12 @@ class MessageFactory:
         return SimMessage(tuple(records), tuple(identities))
 
 
+class MessageSource(Protocol):
+    """What the simulator sends: this module's chemistry factory or a family profile (profiles.py)."""
+
+    def next(self, now: datetime | None = None) -> SimMessage: ...
+
+
 Address = tuple[str, int] | Callable[[], tuple[str, int]]
 
 
@@ -131,7 +138,7 @@ class AstmAnalyzerSim:
 
     name: str
     address: Address
-    factory: MessageFactory
+    factory: MessageSource
     interval: tuple[float, float] = (0.5, 2.0)  # seconds between messages
     max_messages: int | None = None
     corrupt_every: int = 0

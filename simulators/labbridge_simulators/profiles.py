@@ -1,0 +1,175 @@
+"""Per-family traffic for the simulated ASTM analyzer: each family's record layout, codes, flags, QC runs.
+
+Each factory mirrors one driver in ``drivers/`` and the captures it ships (whose docstrings cite the
+vendor documents): the same fields in the same places, the family's test codes, flags and status codes,
+and a QC run every ``qc_every`` messages in the family's way of marking QC. ``next()`` returns a
+:class:`~labbridge_simulators.astm_analyzer.SimMessage` whose ``results`` are the identities the LIS must
+receive (instrument, sample, instrument test code *as the driver reports it*, value). The sample IDs of QC
+runs are collected in ``qc_samples`` so a test can check that the daemon stored them as QC.
+
+Framing: every family is sent with standard E1381 framing (one record per frame). Roche cobas analyzers
+send a whole message in one frame; the E1381 core's sender cannot do that yet (the link-dialect work adds
+it), so the cobas simulator differs from the real analyzer in framing only. Its captures carry the
+one-frame form.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
+
+FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert")
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    code: str
+    units: str
+    low: float
+    high: float
+    decimals: int = 1
+    extra: str = ""  # family-specific: Horiba LOINC, Architect assay name
+
+
+SYSMEX = (Param("WBC", "10*3/uL", 4.0, 10.0, 2), Param("RBC", "10*6/uL", 4.0, 5.5, 2),
+          Param("HGB", "g/dL", 12.0, 16.0), Param("HCT", "%", 36, 48), Param("MCV", "fL", 80, 100),
+          Param("PLT", "10*3/uL", 150, 400, 0), Param("NEUT#", "10*3/uL", 1.8, 7.5, 2),
+          Param("LYMPH#", "10*3/uL", 1.0, 4.0, 2))
+COBAS = (Param("687", "U/L", 7, 56, 0), Param("767", "mmol/L", 3.9, 6.1), Param("690", "umol/L", 59, 104, 0),
+         Param("10", "uIU/mL", 0.27, 4.2, 2), Param("20", "pmol/L", 12, 22))
+ARCHITECT = (Param("16", "uIU/mL", 0.35, 4.94, 3, "TSH"), Param("196", "ng/mL", 10, 291, 1, "Ferritin"),
+             Param("580", "S/CO", 0, 1, 2, "Anti-HBcII"), Param("531", "AU/mL", 0, 6, 1, "CMV IgG"))
+ARCHITECT_QUALITATIVE = {"580": 1.0, "531": 6.0}  # assay -> cut-off: interpretation row sent too
+HORIBA = (Param("WBC", "10^3/uL", 4.0, 10.0, 1, "26464-8"), Param("RBC", "10^6/uL", 4.0, 5.5, 2, "26453-1"),
+          Param("HGB", "g/dL", 12.0, 16.0, 1, "718-7"), Param("PLT", "10^3/uL", 150, 400, 0, "777-3"),
+          Param("MCV", "fL", 80, 100, 0, "30428-7"))
+GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
+             ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
+             ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
+
+
+def _esc(text: str) -> str:
+    """LIS2-A2 escapes for the default delimiters (a '^' in units is sent as &S&)."""
+    return text.replace("&", "&E&").replace("|", "&F&").replace("\\", "&R&").replace("^", "&S&")
+
+
+@dataclass
+class FamilyFactory:
+    """Messages in one family's dialect. ``qc_every=N``: every Nth message is a QC run."""
+
+    family: str
+    instrument: str
+    sample_prefix: str
+    seed: int | None = None
+    panel_size: int = 5
+    qc_every: int = 5
+    counter: int = 0
+    qc_samples: set[str] = field(default_factory=set)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; known: {', '.join(FAMILIES)}")
+        self.rng = random.Random(self.seed)
+
+    def next(self, now: datetime | None = None) -> SimMessage:
+        now = now or datetime.now()
+        self.counter += 1
+        qc = self.qc_every > 0 and self.counter % self.qc_every == 0
+        sample = f"{'QC-' if qc else ''}{self.sample_prefix}{self.counter:06d}"
+        if qc:
+            self.qc_samples.add(sample)
+        build: Callable[[str, bool, str], tuple[list[str], list[ResultIdentity]]] = {
+            "sysmex-xn": self._sysmex, "roche-cobas": self._cobas, "abbott-architect": self._architect,
+            "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
+        }[self.family]
+        records, identities = build(sample, qc, now.strftime("%Y%m%d%H%M%S"))
+        return SimMessage(tuple(r.encode("latin-1") for r in records), tuple(identities))
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _panel(self, params: tuple[Param, ...]) -> list[Param]:
+        return list(params[:max(1, min(self.panel_size, len(params)))])
+
+    def _value(self, p: Param) -> tuple[str, str]:
+        spread = p.high - p.low
+        v = max(self.rng.uniform(p.low - spread * 0.3, p.high + spread * 0.3), 0.0)
+        return f"{v:.{p.decimals}f}", "H" if v > p.high else "L" if v < p.low else "N"
+
+    def _patient(self) -> str:
+        return f"PAT{self.rng.randrange(10**6):06d}"
+
+    # ---- families ----------------------------------------------------------------------------
+
+    def _sysmex(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(SYSMEX)
+        recs = [f"H|\\^&|||XN-1000^00-24^13126^^^^{self.instrument}||||||||E1394-97",
+                "P|1" if qc else f"P|1|||{self._patient()}|^DUPONT^JANE||19700101|F",
+                f"O|1||^^{sample:>22}^B|" + "\\".join(f"^^^^{p.code}" for p in panel)
+                + f"|||||||{'Q' if qc else 'N'}||||||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^^{p.code}^1|{value:>6}|{p.units}||{'' if qc else flag}||||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _cobas(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(COBAS)
+        recs = ["H|\\^&|||cobas-c311^1|||||host|RSUPL^REAL|P|1",
+                "P|1" if qc else f"P|1||{self._patient()}||MARTIN^LUC",
+                f"O|1|{sample}|0^801^3^^S1^SC|" + "\\".join(f"^^^{p.code}" for p in panel)
+                + f"|R||||||{'Q' if qc else 'N'}||||1|||||||{ts}|||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^{p.code}/1/not|{value}|{p.units}|{p.low}\\{p.high}|{flag}||F||admin|{ts}|{ts}|E11")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _architect(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        p = ARCHITECT[(self.counter - 1) % min(self.panel_size, len(ARCHITECT))]
+        test = f"^^^{p.code}^{p.extra}^UNDILUTED^P"
+        recs = ["H|\\^&|||ARCHITECT^9.45^F3452430028^H1P1O1R1C1Q1L1|||||||P|1|" + ts,
+                "P|1|||||||U" if qc else f"P|1|{self._patient()}||||||U",
+                f"O|1|{sample}|{sample}^C101^1|{test}|R||||||{'Q' if qc else ''}||||||||||||||F"]
+        value, flag = self._value(p)
+        lot = "^12345LI00^09876^" + ("40123L100" if qc else "")
+        recs.append(f"R|1|{test}{lot}^F|{value}|{p.units}||{flag}||F||ADMIN^ADMIN||{ts}|i1SR52842")
+        ids: list[ResultIdentity] = [(self.instrument, sample, p.code, value)]
+        cutoff = ARCHITECT_QUALITATIVE.get(p.code)
+        if cutoff is not None:
+            word = "Reactive" if float(value) >= cutoff else "Nonreactive"
+            recs.append(f"R|2|{test}{lot}^I|{word}|||||F||ADMIN^ADMIN||{ts}|i1SR52842")
+            ids.append((self.instrument, sample, f"{p.code}-I", word.upper()))
+        rlu = self.rng.randrange(500, 90000)
+        recs.append(f"R|{len(recs) - 2}|{test}{lot}^P|{rlu}|RLU||||F||ADMIN^ADMIN||{ts}|i1SR52842")
+        return [*recs, "L|1"], ids
+
+    def _horiba(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(HORIBA)
+        recs = [f"H|\\^&|||H500^CT^2.1.0^{self.instrument}|||||||{'Q' if qc else 'P'}|LIS2-A2|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||LAMBERT^SOPHIE||19851212|F",
+                f"O|1|{sample}||^^^^CBC|R|{ts}|||||N||||BLOOD||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^^{p.code}^{p.extra}|{value}|{_esc(p.units)}|{p.low}-{p.high}|{flag}||F||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _genexpert(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        code, name, outcomes = GENEXPERT[(self.counter - 1) % len(GENEXPERT)]
+        outcome = outcomes[-1] if qc else self.rng.choice(outcomes)
+        recs = [f"H|@^\\|GXM-{self.counter:011d}||{self.instrument}^GeneXpert^6.4|||||LIS||P|1394-97|{ts}",
+                "P|1" if qc else f"P|1|||{self._patient()}|PEETERS^LUC",
+                f"O|1|{sample}||^^^{code}|R|{ts}|||||{'Q' if qc else ''}||||ORH|||||||||||F",
+                f"R|1|^^^{code}^{name}^4^^|{outcome}^|||||F||Operator One|{ts}|{ts}|Cepheid-1F28376^110012723",
+                f"R|2|^^^{code}^^^{code}-target^|POS^|||",
+                f"R|3|^^^{code}^^^{code}-target^Ct|^{self.rng.uniform(15, 38):.1f}|||",
+                "L|1|N"]
+        return recs, [(self.instrument, sample, code, outcome)]

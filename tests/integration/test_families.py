@@ -1,0 +1,44 @@
+"""Each analyzer family's simulator sends through a running daemon configured with that family's driver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+from labbridge_simulators.astm_analyzer import AstmAnalyzerSim
+from labbridge_simulators.profiles import FAMILIES, FamilyFactory
+
+from tests.conftest import run
+from tests.integration.helpers import eventually, running_lab
+
+
+def test_every_family_reaches_the_lis_with_its_sample_ids_test_codes_and_qc_kinds(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, drivers=list(FAMILIES)) as lab:
+            sims: list[tuple[AstmAnalyzerSim, FamilyFactory]] = []
+            for i, family in enumerate(FAMILIES):
+                instrument = f"an-{i}"
+                runner = lab.daemon.runners[instrument]
+                assert runner.bound is not None and runner.cfg.driver == family
+                factory = FamilyFactory(family, instrument, sample_prefix=f"{i}X", seed=i, qc_every=3)
+                sims.append((AstmAnalyzerSim(instrument, runner.bound, factory, interval=(0.0, 0.01),
+                                             max_messages=6), factory))
+            await asyncio.gather(*(sim.run(asyncio.Event()) for sim, _ in sims))
+            acked = {identity for sim, _ in sims for identity in sim.acked}
+            for sim, _ in sims:
+                assert sim.stats.messages_acked == 6
+            await eventually(lambda: acked <= lab.lis.delivered, what="every family's results at the LIS")
+            assert lab.lis.delivered == acked and lab.lis.duplicates == 0
+            assert (await lab.daemon.store.counts())["undecodable"] == 0
+            with sqlite3.connect(lab.config.store.path) as conn:
+                stored = [json.loads(d) for (d,) in conn.execute("SELECT data FROM results")]
+        qc_samples = {s for _, factory in sims for s in factory.qc_samples}
+        assert len(qc_samples) == 2 * len(FAMILIES)
+        kinds = {(r["instrument"], r["sample_id"], r["kind"]) for r in stored}
+        assert {k for _, s, k in kinds if s in qc_samples} == {"qc"}
+        assert {k for _, s, k in kinds if s not in qc_samples} == {"patient"}
+        assert {i for i, s, _ in kinds if s in qc_samples} == {f"an-{i}" for i in range(len(FAMILIES))}
+
+    run(body())

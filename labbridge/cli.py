@@ -155,6 +155,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from labbridge_simulators import lis
 
         lis.main(args.rest)
+    elif args.what == "hl7-analyzer":
+        from labbridge_simulators import hl7_analyzer
+
+        hl7_analyzer.main(args.rest)
     else:
         from labbridge_simulators import astm_analyzer
 
@@ -193,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_drivers)
 
-    p = sub.add_parser("simulate", help="run a simulated analyzer or LIS")
-    p.add_argument("what", choices=["analyzer", "lis"])
+    p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7) or LIS")
+    p.add_argument("what", choices=["analyzer", "hl7-analyzer", "lis"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_simulate)
     return parser

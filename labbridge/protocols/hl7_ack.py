@@ -12,7 +12,9 @@ Theory of operation (PROTOCOLS.md part c, R-C5..R-C7):
 * Enhanced mode (either non-empty): a commit ACK (CA when stored, CE when the message cannot be read, CR
   when it could not be stored), sent per MSH-15; then, only after a CA, the application ACK (AA / AE / AR)
   per MSH-16. AL = always, NE = never, ER = only when not accepted, SU = only when accepted; an empty
-  field in enhanced mode means NE (the sender asked for the other one only).
+  field in enhanced mode means NE (the sender asked for the other one only). A value outside HL7 table
+  0155 counts as empty: Mindray's v2.3.1 dialect puts the result type (``0``, ``1``, ``2``) in MSH-16,
+  and such analyzers expect an original-mode ACK.
 * Every ACK: MSH-9 ``ACK^<trigger>^ACK``, MSH-3/4 and MSH-5/6 swapped, the same MSH-12 version and MSH-11
   processing ID, MSA-2 = the original MSH-10, MSA-3 and ERR with the reason when not accepted (ERR-3/4/8
   from v2.5 on, ERR-1 before).
@@ -39,7 +41,8 @@ from labbridge.protocols.hl7_parse import (
     parse_message,
 )
 
-MSA_TEXT_MAX = 80  # MSA-3 is ST(80) in v2.5.1
+MSA_TEXT_MAX = 80
+ACK_CONDITIONS = frozenset({"AL", "NE", "ER", "SU"})  # HL7 table 0155  # MSA-3 is ST(80) in v2.5.1
 
 
 class Outcome(enum.Enum):
@@ -71,6 +74,8 @@ def _wanted(condition: str, accepted: bool) -> bool:
 def ack_codes(accept_ack_type: str, application_ack_type: str, *, outcome: Outcome, stored: bool,
               readable: bool = True) -> list[str]:
     """Which MSA-1 codes to send, in order, for one message (R-C5, R-C6)."""
+    accept_ack_type = accept_ack_type if accept_ack_type in ACK_CONDITIONS else ""
+    application_ack_type = application_ack_type if application_ack_type in ACK_CONDITIONS else ""
     if not accept_ack_type and not application_ack_type:
         return ["A" + outcome.value]
     codes: list[str] = []

@@ -88,7 +88,7 @@ class Hl7MessageFactory:
             ]
             for i, (a, text, flag) in enumerate(values, start=1):
                 segments.append(f"OBX|{i}|NM|{a.code}^{escape(a.name)}^99ROC||{text}|{a.units}^{a.units}^UCUM|"
-                                f"{a.low}-{a.high}|{flag}|||F|||||||{escape(self.instrument)}||{ts}")
+                                f"{a.low}-{a.high}|{flag}|||F|||||||{escape(self.instrument)}|{ts}")
         else:
             segments = [
                 f"MSH|^~\\&|Mindray|{escape(self.instrument)}|||{ts}||ORU^R01|{control_id}|P|2.3.1||||0||UNICODE|||",

@@ -21,7 +21,7 @@ LAW = (
     "ORC|SC\r"
     "OBX|1|NM|GLU^Glucose^99ROC||7.2|mmol/L^mmol/L^UCUM|3.9-6.1|H~A|||F|||||||BA400|20261123101200\r"
     "OBX|2|SN|CRP^CRP^99ROC||<^0.5|mg/L|0-5|N|||C\r"
-    "OBX|3|ST|COM^Comment^99ROC||lipemic \\T\\ icteric\\F\\x|||||X\r"
+    "OBX|3|ST|COM^Comment^99ROC||lipemic \\T\\ icteric\\F\\x||||||X\r"
     "SPM|2|QC-L1&BA400||SER|||||||Q\r"
     "OBR|1|\"\"||GLU\r"
     "OBX|1|NM|GLU^Glucose^99ROC||5.0|mmol/L|||||F|||20261123101300+0000\r"

@@ -119,7 +119,6 @@ class Hl7Session:
                 reason = exc.reason if isinstance(exc, DecodeError) else f"internal error ({type(exc).__name__})"
                 error = f"{type(exc).__name__}: {exc}"
                 outcome, error_code = Outcome.ERROR, ERR_INTERNAL
-                event = Hl7Received(event.raw, msg, None)
                 log.warning("decode_failed", instrument=self.health.id, driver=self.driver.name, reason=reason)
                 error_text = reason
         stored_ok = True

@@ -214,6 +214,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from labbridge_simulators import lis
 
         lis.main(args.rest)
+    elif args.what == "hl7-analyzer":
+        from labbridge_simulators import hl7_analyzer
+
+        hl7_analyzer.main(args.rest)
     else:
         from labbridge_simulators import astm_analyzer
 
@@ -268,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", help="where to create it (default: ./labbridge-driver-NAME)")
     d.set_defaults(func=_cmd_driver_new)
 
-    p = sub.add_parser("simulate", help="run a simulated analyzer or LIS")
-    p.add_argument("what", choices=["analyzer", "lis"])
+    p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7) or LIS")
+    p.add_argument("what", choices=["analyzer", "hl7-analyzer", "lis"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_simulate)
     return parser

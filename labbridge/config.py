@@ -31,6 +31,23 @@ class SiteConfig(_Model):
     name: str
 
 
+class TlsConfig(_Model):
+    """TLS on a TCP link. Paths are relative to the config file's folder.
+
+    Server side (labbridge listens): ``cert`` and ``key`` are required; with ``ca``, the analyzer must
+    present a certificate signed by it (mutual TLS). Client side (labbridge dials an analyzer or a LIS):
+    ``ca`` verifies the peer (the system's trust store when absent); ``cert``/``key`` present a client
+    certificate when the peer asks for one; ``server_hostname`` is the name checked in the peer's
+    certificate (default: the host dialed).
+    """
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    server_hostname: str | None = None
+    check_hostname: bool = True
+
+
 class TcpServerTransport(_Model):
     """labbridge listens; the analyzer dials in."""
 
@@ -41,6 +58,7 @@ class TcpServerTransport(_Model):
     # safe default: a stray connection cannot cut off a working analyzer) or replace the old one
     # (for analyzers that reconnect without closing).
     second_connection: Literal["reject", "replace"] = "reject"
+    tls: TlsConfig | None = None
 
 
 class TcpClientTransport(_Model):
@@ -52,6 +70,7 @@ class TcpClientTransport(_Model):
     connect_timeout_s: Seconds = 10.0
     reconnect_initial_s: Seconds = 1.0
     reconnect_max_s: Seconds = 60.0
+    tls: TlsConfig | None = None
 
 
 Transport = Annotated[TcpServerTransport | TcpClientTransport, Field(discriminator="kind")]
@@ -59,8 +78,12 @@ TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client"})
 
 
 class LinkConfig(_Model):
-    framing: Literal["e1381"] = "e1381"
+    # e1381: ASTM LIS1-A framing (ASTM drivers); mllp: HL7 v2 over MLLP (HL7 drivers).
+    framing: Literal["e1381", "mllp"] = "e1381"
+    # ASTM: the character set of the records. HL7: the fallback when MSH-18 is empty or ASCII.
     encoding: str = "latin-1"
+    # MLLP: accept a block ended by FS without the CR after it (some senders omit it).
+    allow_missing_cr: bool = False
     # ASTM LIS1-A: the first frame of a transfer is numbered 1. Some analyzers start at 0.
     strict_frame_numbers: bool = True
 
@@ -99,12 +122,15 @@ class InstrumentConfig(_Model):
 
 
 class MllpDestination(_Model):
-    """A LIS that takes HL7 v2.5.1 ORU^R01 over MLLP and answers with an ACK."""
+    """A LIS that takes HL7 v2.5.1 results (ORU^R01 or OUL^R22) over MLLP and answers with an ACK."""
 
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     kind: Literal["mllp"] = "mllp"
     host: str
     port: Port
+    # ORU^R01 (the default; what most LIS take) or OUL^R22 (IHE LAW shape), both HL7 v2.5.1.
+    message_type: Literal["ORU^R01", "OUL^R22"] = "ORU^R01"
+    tls: TlsConfig | None = None
     connect_timeout_s: Seconds = 10.0
     ack_timeout_s: Seconds = 30.0
     sending_application: str = "LABBRIDGE"
@@ -195,6 +221,8 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
             known = ", ".join(sorted(site_ids)) or "none defined"
             problems.append((f"instruments[{i}].site", f"a site id from [[sites]] (known: {known}); got {inst.site!r}"))
         t = inst.transport
+        if isinstance(t, TcpServerTransport) and t.tls is not None and not (t.tls.cert and t.tls.key):
+            problems.append((f"instruments[{i}].transport.tls", "a listening TLS link needs both cert and key"))
         if isinstance(t, TcpServerTransport) and t.port != 0 and inst.enabled:
             key = (t.host, t.port)
             if key in listeners:
@@ -232,4 +260,18 @@ def load_config(path: str | Path) -> Config:
     if not store_path.is_absolute():
         store_path = (path.parent / store_path).resolve()
         config = config.model_copy(update={"store": StoreConfig(path=str(store_path))})
-    return config
+    return _resolve_tls_paths(config, path.parent)
+
+
+def _resolve_tls_paths(config: Config, base: Path) -> Config:
+    def fix(tls: TlsConfig | None) -> TlsConfig | None:
+        if tls is None:
+            return None
+        update = {k: str((base / v).resolve()) for k in ("cert", "key", "ca")
+                  if (v := getattr(tls, k)) is not None and not Path(v).is_absolute()}
+        return tls.model_copy(update=update) if update else tls
+
+    instruments = [i.model_copy(update={"transport": i.transport.model_copy(update={"tls": fix(i.transport.tls)})})
+                   for i in config.instruments]
+    lis = [d.model_copy(update={"tls": fix(d.tls)}) for d in config.lis]
+    return config.model_copy(update={"instruments": instruments, "lis": lis})

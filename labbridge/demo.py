@@ -15,9 +15,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory, MessageSource
+from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
 from labbridge_simulators.lis import SimulatedLis
 from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 
@@ -99,10 +100,19 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
         if duration is None:
             print("press Ctrl-C to stop", flush=True)
     stop_sims = asyncio.Event()
-    sims: list[AstmAnalyzerSim] = []
+    sims: list[AstmAnalyzerSim | Hl7AnalyzerSim] = []
+    hl7_count = 0
     for n, inst in enumerate(config.instruments):
         runner = daemon.runners[inst.id]
         if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
+            continue
+        if inst.link.framing == "mllp":
+            dialect: Literal["law", "mindray"] = "law" if hl7_count % 2 == 0 else "mindray"
+            hl7_count += 1
+            hl7_factory = Hl7MessageFactory(inst.id, dialect=dialect, sample_prefix=f"{n + 1:02d}",
+                                            panel_size=6 + (n * 3) % 10, seed=n)
+            sims.append(Hl7AnalyzerSim(inst.id, runner.bound, hl7_factory, interval=(1.0, 4.0), seed=n,
+                                       resend_every=11, junk_every=17))
             continue
         factory: MessageSource
         if inst.driver in FAMILIES:  # the family's own dialect, codes and QC runs

@@ -15,12 +15,13 @@ import zoneinfo
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone, tzinfo
 from importlib.metadata import entry_points
 from typing import ClassVar, Literal
 
 from labbridge.errors import DriverLoadError, DriverNotFoundError
 from labbridge.model import Decoded
+from labbridge.protocols.hl7_parse import Hl7Message
 
 ENTRY_POINT_GROUP = "labbridge.drivers"
 
@@ -32,6 +33,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "abbott-architect": "labbridge_driver_abbott_architect:AbbottArchitectDriver",
     "horiba-yumizen": "labbridge_driver_horiba_yumizen:HoribaYumizenDriver",
     "cepheid-genexpert": "labbridge_driver_cepheid_genexpert:CepheidGenexpertDriver",
+    "hl7-generic": "labbridge_driver_hl7:GenericHl7Driver",
 }
 
 
@@ -50,6 +52,30 @@ def _astm_timestamp(digits: str, zone: zoneinfo.ZoneInfo) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _hl7_timestamp(value: str, zone: zoneinfo.ZoneInfo) -> str | None:
+    """HL7 TS/DTM ``YYYYMMDD[HHMM[SS[.S+]]][+/-ZZZZ]`` -> ISO 8601; the offset given wins over ``zone``."""
+    digits, offset = value, ""
+    for sign in "+-":
+        if sign in value[8:]:
+            cut = value.index(sign, 8)
+            digits, offset = value[:cut], value[cut:]
+    digits = digits.split(".", 1)[0]
+    if len(digits) not in (8, 10, 12, 14) or not digits.isascii() or not digits.isdigit():
+        return None
+    tz: tzinfo = zone
+    if offset:
+        if len(offset) != 5 or not offset[1:].isdigit():
+            return None
+        minutes = int(offset[1:3]) * 60 + int(offset[3:5])
+        tz = timezone(timedelta(minutes=-minutes if offset[0] == "-" else minutes))
+    try:
+        return datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]),
+                        int(digits[8:10] or 0), int(digits[10:12] or 0), int(digits[12:14] or 0),
+                        tzinfo=tz).isoformat()
+    except ValueError:
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class DecodeContext:
@@ -66,6 +92,11 @@ class DecodeContext:
     def timestamp(self, astm_datetime: str) -> str | None:
         """ASTM ``YYYYMMDD[HHMM[SS]]`` in the instrument's zone -> ISO 8601 with offset."""
         return _astm_timestamp(astm_datetime.strip(), self.timezone)
+
+    def hl7_timestamp(self, value: str) -> str | None:
+        """HL7 TS/DTM -> ISO 8601; without an offset in the value, the instrument's zone applies."""
+        value = value.strip()
+        return _hl7_timestamp(value, self.timezone) if value else None
 
 
 class Driver(ABC):
@@ -90,6 +121,20 @@ class AstmDriver(Driver):
         Raise :class:`labbridge.errors.DecodeError` for a message that cannot be understood; any other
         exception is treated the same way (the message goes to the dead letters, the link goes on).
         """
+
+
+class Hl7Driver(Driver):
+    """A driver for analyzers that send HL7 v2 messages (over MLLP)."""
+
+    protocol: ClassVar[Literal["astm", "hl7"]] = "hl7"
+    # MSH-9.1^MSH-9.2 values this driver decodes; others are answered AR (unsupported message type).
+    message_types: ClassVar[frozenset[str]] = frozenset({"ORU^R01", "OUL^R22"})
+
+    @abstractmethod
+    def decode(self, message: Hl7Message, context: DecodeContext) -> Decoded:
+        """Turn one parsed HL7 message (escapes still in the raw fields; read values with
+        ``message.value``) into canonical items. Raise :class:`labbridge.errors.DecodeError` for a
+        message that cannot be understood (the analyzer gets AE with the reason)."""
 
 
 @dataclass(frozen=True, slots=True)

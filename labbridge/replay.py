@@ -1,9 +1,11 @@
 """Offline decoding of a capture: the driver test kit's ``labbridge replay``.
 
-A capture is what an analyzer sent, as bytes: either an E1381-framed stream (ENQ, frames with checksums,
-EOT; what a serial or TCP trace shows) or bare records, one per line (CR, LF or CRLF). Framed captures go
-through the same E1381 receiver the daemon runs (checksums and frame numbers are checked); every whole
-message is decoded by the driver, with no network and no store.
+A capture is what an analyzer sent, as bytes. For an ASTM driver: either an E1381-framed stream (ENQ,
+frames with checksums, EOT; what a serial or TCP trace shows) or bare records, one per line (CR, LF or
+CRLF). Framed captures go through the same E1381 receiver the daemon runs (checksums and frame numbers
+are checked). For an HL7 driver: an MLLP stream (VT ... FS CR blocks) or bare messages, segments one per
+line, each message starting with MSH; they go through the daemon's MLLP framer and HL7 parser. Every
+whole message is decoded by the driver, with no network and no store.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from labbridge.driver import AstmDriver, DecodeContext, Driver
+from labbridge.driver import AstmDriver, DecodeContext, Driver, Hl7Driver
 from labbridge.errors import DecodeError, LabbridgeError
 from labbridge.model import Decoded
-from labbridge.protocols import e1381
+from labbridge.protocols import e1381, mllp
+from labbridge.protocols.hl7_parse import Hl7ParseError, parse_message
 
 _FRAMING_BYTES = (e1381.ENQ, e1381.STX)
 
@@ -23,7 +26,7 @@ _FRAMING_BYTES = (e1381.ENQ, e1381.STX)
 @dataclass(frozen=True, slots=True)
 class ReplayedMessage:
     index: int
-    records: tuple[bytes, ...]
+    records: tuple[bytes, ...]  # ASTM records, or HL7 segments
     decoded: Decoded | None
     error: str | None
 
@@ -73,13 +76,67 @@ def split_messages(capture: bytes) -> Iterator[tuple[bytes, ...] | ReplayProblem
         yield ReplayProblem("incomplete transmission", "capture ends before the L record")
 
 
+def split_hl7_messages(capture: bytes) -> Iterator[bytes | ReplayProblem]:
+    """Whole HL7 messages (segments CR-separated) from an MLLP stream or from bare segments."""
+    if mllp.SB in capture:
+        decoder = mllp.MllpDecoder(allow_missing_cr=True)
+        for event in decoder.receive_data(capture):
+            if isinstance(event, mllp.MllpMessage):
+                yield event.payload
+            elif isinstance(event, mllp.MllpOversize):
+                yield ReplayProblem("oversize block", f"an MLLP block larger than {event.limit} bytes")
+        if decoder.pending():
+            yield ReplayProblem("incomplete transmission", "capture ends inside an MLLP block")
+        return
+    segments: list[bytes] = []
+    for line in capture.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        segment = line.strip()
+        if not segment:
+            continue
+        if segment.startswith(b"MSH") and segments:
+            yield b"\r".join(segments) + b"\r"
+            segments = []
+        segments.append(segment)
+    if segments:
+        yield b"\r".join(segments) + b"\r"
+
+
+def _replay_hl7(driver: Hl7Driver, capture: bytes, context: DecodeContext,
+                encoding: str) -> Iterator[ReplayedMessage | ReplayProblem]:
+    index = 0
+    for item in split_hl7_messages(capture):
+        if isinstance(item, ReplayProblem):
+            yield item
+            continue
+        index += 1
+        segments = tuple(s for s in item.split(b"\r") if s)
+        try:
+            message = parse_message(item, default_charset=encoding)
+        except Hl7ParseError as exc:
+            yield ReplayedMessage(index, segments, None, f"not a readable HL7 message: {exc}")
+            continue
+        if message.message_type not in driver.message_types:
+            yield ReplayedMessage(index, segments, None,
+                                  f"message type {message.message_type} is not one this driver decodes")
+            continue
+        try:
+            yield ReplayedMessage(index, segments, driver.decode(message, context), None)
+        except DecodeError as exc:
+            yield ReplayedMessage(index, segments, None, str(exc))
+        except Exception as exc:  # a driver bug is reported like any decode failure, with its type
+            yield ReplayedMessage(index, segments, None, f"{type(exc).__name__}: {exc}")
+
+
 def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezone: str = "UTC",
            encoding: str = "latin-1", test_map: dict[str, str] | None = None,
            ) -> Iterator[ReplayedMessage | ReplayProblem]:
-    if not isinstance(driver, AstmDriver):
-        raise LabbridgeError(f"driver {driver.name!r} speaks {driver.protocol}; replay reads ASTM captures")
     context = DecodeContext(instrument=instrument, timezone=zoneinfo.ZoneInfo(timezone),
                             test_map=test_map or {}, encoding=encoding)
+    if isinstance(driver, Hl7Driver):
+        yield from _replay_hl7(driver, capture, context, encoding)
+        return
+    if not isinstance(driver, AstmDriver):
+        raise LabbridgeError(f"driver {driver.name!r} speaks {driver.protocol}, which replay cannot read")
     index = 0
     for item in split_messages(capture):
         if isinstance(item, ReplayProblem):

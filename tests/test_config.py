@@ -94,3 +94,23 @@ def test_toml_syntax_error_is_reported_with_the_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     proc = check(tmp_path / "absent.toml")
     assert proc.returncode != 0 and "file not found" in proc.stderr
+
+
+def test_hl7_link_tls_paths_follow_the_file_and_a_tls_listener_needs_cert_and_key(tmp_path: Path) -> None:
+    hl7 = GOOD + """
+[[instruments]]
+id = "hl7-1"
+site = "arlon"
+driver = "hl7-generic"
+transport = { kind = "tcp-server", port = 4002, tls = { cert = "tls/c.pem", key = "tls/k.pem" } }
+link = { framing = "mllp" }
+"""
+    config = load_config(write(tmp_path, hl7 + '\n[lis.tls]\nca = "ca.pem"\nserver_hostname = "lis"\n'))
+    tls = config.instruments[2].transport.tls
+    assert tls is not None and tls.cert == str(tmp_path / "tls" / "c.pem")
+    assert config.lis[0].tls is not None and config.lis[0].tls.ca == str(tmp_path / "ca.pem")
+    proc = check(write(tmp_path, hl7.replace(', key = "tls/k.pem"', "")))
+    assert proc.returncode != 0
+    assert "instruments[2].transport.tls: a listening TLS link needs both cert and key" in proc.stderr
+    proc = check(write(tmp_path, hl7.replace('framing = "mllp"', 'framing = "hl7"')))
+    assert "instruments[2].link.framing" in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from labbridge.errors import TransientLinkError
 from labbridge.protocols import mllp
@@ -11,9 +12,12 @@ from labbridge.protocols.hl7 import AckInfo, parse_ack
 
 
 class MllpSender:
-    def __init__(self, host: str, port: int, *, connect_timeout: float, ack_timeout: float) -> None:
+    def __init__(self, host: str, port: int, *, connect_timeout: float, ack_timeout: float,
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
         self._reader: asyncio.StreamReader | None = None
@@ -24,10 +28,15 @@ class MllpSender:
         if self._reader is None or self._writer is None or self._writer.is_closing():
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                    self._reader, self._writer = await asyncio.open_connection(
+                        self.host, self.port, ssl=self.ssl_context,
+                        server_hostname=(self.server_hostname or self.host) if self.ssl_context else None)
             except TimeoutError:
                 raise TransientLinkError(f"no answer from the LIS at {self.host}:{self.port} "
                                          f"within {self.connect_timeout:g} s") from None
+            except ssl.SSLError as exc:
+                raise TransientLinkError(f"TLS handshake with the LIS at {self.host}:{self.port} failed: "
+                                         f"{exc.reason or exc}") from None
             except OSError as exc:
                 raise TransientLinkError(f"cannot connect to the LIS at {self.host}:{self.port}: "
                                          f"{exc.strerror or exc}") from None

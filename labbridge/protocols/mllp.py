@@ -3,6 +3,11 @@
 A block is ``SB data EB CR`` with SB = 0x0B and EB = 0x1C (R-C1). It is a stream: one read may
 hold part of a block or several blocks (R-C4). Bytes outside blocks are counted and discarded; a block
 larger than the bound is dropped and reported, so memory stays bounded whatever the peer sends.
+
+A block must end with ``EB CR``. Some senders omit the CR; that is accepted only when configured
+(``allow_missing_cr``, PROTOCOLS.md "receiver robustness"): then a block ends at EB and a CR right after
+it is swallowed. Otherwise a block whose EB is not followed by CR is dropped and reported
+(:class:`MllpBadEnd`), since its end cannot be trusted.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ class MllpOversize:
     limit: int
 
 
-MllpEvent = MllpMessage | MllpJunk | MllpOversize
+@dataclass(frozen=True, slots=True)
+class MllpBadEnd:
+    """A block ended by EB without the CR after it (and ``allow_missing_cr`` is off): dropped."""
+
+    size: int
+
+
+MllpEvent = MllpMessage | MllpJunk | MllpOversize | MllpBadEnd
 
 
 def frame(payload: bytes) -> bytes:
@@ -41,16 +53,29 @@ def frame(payload: bytes) -> bytes:
 class MllpDecoder:
     """Feed bytes, get whole messages back."""
 
-    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE, *, allow_missing_cr: bool = False) -> None:
         self.max_message = max_message
+        self.allow_missing_cr = allow_missing_cr
         self._buf = bytearray()
         self._in_block = False
         self._skipping = False  # inside an oversize block: drop until its end
+        self._swallow_cr = False  # lenient mode: a block ended at EB; its CR may follow
+
+    def pending(self) -> bytes:
+        """The bytes of an unfinished block (e.g. when the connection ends), and forget them."""
+        out = bytes(self._buf) if self._in_block and not self._skipping else b""
+        self._buf.clear()
+        self._in_block = self._skipping = False
+        return out
 
     def receive_data(self, data: bytes) -> list[MllpEvent]:
         events: list[MllpEvent] = []
         self._buf += data
         buf = self._buf
+        if self._swallow_cr and buf:
+            self._swallow_cr = False
+            if buf[0] == CR:
+                del buf[:1]
         while buf:
             if not self._in_block:
                 start = buf.find(SB)
@@ -71,11 +96,26 @@ class MllpDecoder:
                     self._skipping = True
                     buf.clear()
                 break
-            if len(buf) < end + 2:
-                break  # wait for the CR after EB
-            payload = bytes(buf[:end])
-            trailer = buf[end + 1]
-            del buf[:end + 2 if trailer == CR else end + 1]
+            if self.allow_missing_cr:
+                payload = bytes(buf[:end])
+                if len(buf) > end + 1 and buf[end + 1] == CR:
+                    del buf[:end + 2]
+                else:
+                    del buf[:end + 1]
+                    self._swallow_cr = not buf
+            else:
+                if len(buf) < end + 2:
+                    break  # wait for the CR after EB
+                payload = bytes(buf[:end])
+                if buf[end + 1] != CR:
+                    del buf[:end + 1]
+                    self._in_block = False
+                    if self._skipping:
+                        self._skipping = False
+                    else:
+                        events.append(MllpBadEnd(len(payload)))
+                    continue
+                del buf[:end + 2]
             self._in_block = False
             if self._skipping:
                 self._skipping = False

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from labbridge.config import Config
-from labbridge.driver import AstmDriver, load_driver
+from labbridge.driver import AstmDriver, Hl7Driver, load_driver
 from labbridge.errors import DriverError
 from labbridge.logs import get_logger
 from labbridge.runtime.backoff import backoff_delay
@@ -37,14 +37,22 @@ class Daemon:
         destinations = [d.id for d in config.lis]
         self.runners: dict[str, InstrumentRunner] = {}
         for inst in config.instruments:
-            driver: AstmDriver | None = None
+            driver: AstmDriver | Hl7Driver | None = None
             driver_error: str | None = None
             try:
                 loaded = load_driver(inst.driver)
-                if isinstance(loaded, AstmDriver):
+                framing = inst.link.framing
+                if ((isinstance(loaded, AstmDriver) and framing == "e1381")
+                        or (isinstance(loaded, Hl7Driver) and framing == "mllp")):
                     driver = loaded
+                elif isinstance(loaded, Hl7Driver):
+                    driver_error = (f"driver {inst.driver!r} speaks HL7 but the link's framing is {framing!r}: "
+                                    'set [instruments.link] framing = "mllp"')
+                elif isinstance(loaded, AstmDriver):
+                    driver_error = (f"driver {inst.driver!r} speaks ASTM but the link's framing is {framing!r}: "
+                                    'set [instruments.link] framing = "e1381"')
                 else:
-                    driver_error = f"driver {inst.driver!r} does not speak ASTM"
+                    driver_error = f"driver {inst.driver!r} is neither an ASTM nor an HL7 driver"
             except DriverError as exc:
                 driver_error = str(exc)
             self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,

@@ -46,6 +46,8 @@ class Counters:
     incomplete_transmissions: int = 0
     decode_errors: int = 0
     store_failures: int = 0
+    duplicate_messages: int = 0  # HL7: the same MSH-10 and content again (acknowledged, not stored twice)
+    acks_sent: int = 0  # HL7 acknowledgements sent (AA/AE/AR, CA/CE/CR)
 
 
 @dataclass

@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ssl
 import zoneinfo
 from collections.abc import Callable
 
 from labbridge.config import InstrumentConfig, TcpClientTransport, TcpServerTransport
-from labbridge.driver import AstmDriver, DecodeContext
+from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
+from labbridge.errors import PermanentLinkError
 from labbridge.logs import get_logger
 from labbridge.protocols import e1381
+from labbridge.protocols.hl7_ack import Hl7Receiver
 from labbridge.runtime.astm_session import AstmSession
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.hl7_session import Hl7Session
 from labbridge.runtime.store import Store
 
 log = get_logger("labbridge.instrument")
@@ -28,13 +32,14 @@ BIND_RETRY_S = 30.0
 
 def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
+    tls = "+tls" if t.tls is not None else ""
     if isinstance(t, TcpServerTransport):
-        return f"tcp-server {t.host}:{t.port}"
-    return f"tcp-client {t.host}:{t.port}"
+        return f"tcp-server{tls} {t.host}:{t.port}"
+    return f"tcp-client{tls} {t.host}:{t.port}"
 
 
 class InstrumentRunner:
-    def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | None, driver_error: str | None,
+    def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | Hl7Driver | None, driver_error: str | None,
                  store: Store, destinations: list[str], on_stored: Callable[[], None]) -> None:
         self.cfg = cfg
         self.driver = driver
@@ -59,20 +64,27 @@ class InstrumentRunner:
                 self.health.set_state("failed", f"driver cannot be used: {self.driver_error}")
                 return
             t = self.cfg.transport
-            if isinstance(t, TcpServerTransport):
-                await self._serve(t)
-            else:
-                await self._dial(t)
+            try:
+                if isinstance(t, TcpServerTransport):
+                    await self._serve(t)
+                else:
+                    await self._dial(t)
+            except PermanentLinkError as exc:
+                self.health.set_state("failed", f"{exc}: fix the [instruments.transport.tls] settings")
+                log.error("link_failed", instrument=self.cfg.id, reason=str(exc))
         finally:
             self.ready.set()
 
     # ---- TCP server: the analyzer dials in -----------------------------------------------------
 
     async def _serve(self, t: TcpServerTransport) -> None:
+        from labbridge.runtime.tls import server_context
+
+        ssl_ctx = server_context(t.tls) if t.tls is not None else None
         attempt = 0
         while True:
             try:
-                server = await asyncio.start_server(self._on_client, t.host, t.port)
+                server = await asyncio.start_server(self._on_client, t.host, t.port, ssl=ssl_ctx)
                 break
             except OSError as exc:
                 hint = ("another program (or another labbridge) already uses this port"
@@ -119,6 +131,10 @@ class InstrumentRunner:
     # ---- TCP client: labbridge dials the analyzer ----------------------------------------------
 
     async def _dial(self, t: TcpClientTransport) -> None:
+        from labbridge.runtime.tls import client_context
+
+        ssl_ctx: ssl.SSLContext | None = client_context(t.tls) if t.tls is not None else None
+        server_hostname = t.tls.server_hostname if t.tls is not None and t.tls.server_hostname else None
         self.ready.set()
         attempt = 0
         while True:
@@ -126,7 +142,8 @@ class InstrumentRunner:
                 self.health.set_state("connecting", f"dialing the analyzer at {t.host}:{t.port}")
             try:
                 async with asyncio.timeout(t.connect_timeout_s):
-                    reader, writer = await asyncio.open_connection(t.host, t.port)
+                    reader, writer = await asyncio.open_connection(
+                        t.host, t.port, ssl=ssl_ctx, server_hostname=server_hostname if ssl_ctx else None)
             except (OSError, TimeoutError) as exc:
                 why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
                 self.health.set_state("down", f"cannot reach the analyzer at {t.host}:{t.port} ({why}); "
@@ -146,11 +163,19 @@ class InstrumentRunner:
         self.health.counters.connections += 1
         self.health.peer = peer
         self.health.set_state("up", f"analyzer connected from {peer}")
-        link = e1381.E1381Link(e1381.Role.HOST,
-                               e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
-        session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
-                              health=self.health, destinations=self.destinations, reader=reader,
-                              writer=writer, on_stored=self.on_stored)
+        session: AstmSession | Hl7Session
+        if isinstance(self.driver, Hl7Driver):
+            receiver = Hl7Receiver(default_charset=self.cfg.link.encoding,
+                                   allow_missing_cr=self.cfg.link.allow_missing_cr)
+            session = Hl7Session(receiver=receiver, driver=self.driver, context=self.context, store=self.store,
+                                 health=self.health, destinations=self.destinations, reader=reader,
+                                 writer=writer, on_stored=self.on_stored)
+        else:
+            link = e1381.E1381Link(e1381.Role.HOST,
+                                   e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
+            session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
+                                  health=self.health, destinations=self.destinations, reader=reader,
+                                  writer=writer, on_stored=self.on_stored)
         try:
             await session.run()
         except asyncio.CancelledError:

@@ -24,7 +24,7 @@ from labbridge.config import MllpDestination
 from labbridge.errors import TransientLinkError
 from labbridge.lis.mllp import MllpSender
 from labbridge.logs import get_logger
-from labbridge.protocols.hl7 import Party, build_oru_r01
+from labbridge.protocols.hl7 import Party, build_oru_r01, build_oul_r22
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.store import OutboxItem, Store
 
@@ -63,12 +63,19 @@ class Relay:
         self.store = store
         self.wakeup = wakeup
         self.health = DestinationHealth(dest.id, f"{dest.host}:{dest.port}")
+        ssl_context = None
+        if dest.tls is not None:
+            from labbridge.runtime.tls import client_context
+
+            ssl_context = client_context(dest.tls)
         self.sender = MllpSender(dest.host, dest.port, connect_timeout=dest.connect_timeout_s,
-                                 ack_timeout=dest.ack_timeout_s)
+                                 ack_timeout=dest.ack_timeout_s, ssl_context=ssl_context,
+                                 server_hostname=dest.tls.server_hostname if dest.tls is not None else None)
         self._outage_attempts = 0
 
     def render(self, item: OutboxItem) -> bytes:
-        return build_oru_r01(
+        build = build_oul_r22 if self.dest.message_type == "OUL^R22" else build_oru_r01
+        return build(
             item.results, control_id=item.control_id,
             created_at=datetime.fromtimestamp(item.created_at, UTC),
             sender=Party(self.dest.sending_application, self.dest.sending_facility),

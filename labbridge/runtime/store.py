@@ -83,6 +83,13 @@ CREATE TABLE IF NOT EXISTS incomplete (
     raw BLOB NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS received_ids (   -- HL7 MSH-10 per analyzer, to recognise a resent message
+    instrument TEXT NOT NULL,
+    control_id TEXT NOT NULL,
+    digest TEXT NOT NULL,             -- content without MSH-7: a reused MSH-10 with new content is new
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    PRIMARY KEY (instrument, control_id, digest)
+);
 """
 
 GROUP_COMMIT_MAX = 512  # write requests folded into one transaction at most
@@ -94,6 +101,7 @@ class StoredMessage:
     new_results: int
     duplicate_results: int
     outbox_ids: tuple[int, ...]
+    duplicate: bool = False  # the same message (sender's ID and content) was already stored: nothing new
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,14 +267,21 @@ class Store:
 
     async def commit_message(self, *, instrument: str, protocol: str, raw: bytes, received_at: float,
                              results: Sequence[Result], destinations: Sequence[str],
-                             error: str | None = None) -> StoredMessage:
+                             error: str | None = None, sender_id: tuple[str, str] | None = None) -> StoredMessage:
         """Store one whole message, its results and their outbox entries in one durable transaction.
 
         A result already stored for this instrument (same content key) is counted as a duplicate and
-        queued nowhere again. Returns only after the commit is on disk.
+        queued nowhere again. ``sender_id`` is the sender's message ID and a content digest (HL7 MSH-10):
+        a message already stored under both is not stored again (``duplicate``). Returns only after the
+        commit is on disk.
         """
 
         def work(conn: sqlite3.Connection) -> StoredMessage:
+            if sender_id is not None:
+                row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
+                                   " AND digest = ?", (instrument, *sender_id)).fetchone()
+                if row is not None:
+                    return StoredMessage(int(row[0]), 0, len(results), (), duplicate=True)
             status = "undecodable" if error is not None else "decoded"
             cur = conn.execute(
                 "INSERT INTO messages (instrument, protocol, received_at, raw, status, error) "
@@ -288,6 +303,9 @@ class Store:
                     duplicates += 1
             conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
                          (len(new), duplicates, message_id))
+            if sender_id is not None and error is None:
+                conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
+                             " VALUES (?, ?, ?, ?)", (instrument, *sender_id, message_id))
             outbox_ids: list[int] = []
             for group in _group_by_sample(new).values():
                 keys = sorted(r.idempotency_key() for _, r in group)

@@ -37,7 +37,9 @@ def read_results(message: hl7.Message) -> tuple[str, str, list[ResultIdentity]]:
     sample = ""
     for segment in message:
         name = str(segment[0])
-        if name == "OBR":
+        if name == "SPM":  # OUL^R22: the specimen ID is SPM-2
+            sample = message.unescape(str(segment[2][0][0]).split("&")[0]) if len(segment) > 2 else ""
+        elif name == "OBR" and not sample:
             sample = message.unescape(str(segment[3])) if len(segment) > 3 else ""
         elif name == "OBX":
             code_field = segment[3]

@@ -9,7 +9,7 @@ from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
 from labbridge.model import Result
-from labbridge.protocols.hl7 import Party, build_oru_r01, escape, parse_ack
+from labbridge.protocols.hl7 import Party, build_oru_r01, build_oul_r22, escape, parse_ack
 
 RESULTS = [
     Result(instrument="arlon-chem-1", sample_id="S0001", test_code="GLUC", instrument_test_code="GLU",
@@ -62,3 +62,18 @@ def test_oru_r01_without_patient_is_valid_too() -> None:
                          sender=Party("LABBRIDGE"), receiver=Party("LIS")).decode("utf-8")
     assert "PID" not in text
     assert parse_message(text, validation_level=1, find_groups=True).validate() is True
+
+
+def test_oul_r22_passes_hl7apy_strict_validation_and_reads_back() -> None:
+    import dataclasses
+
+    for kind in ("patient", "qc"):
+        results = [dataclasses.replace(r, kind=kind) for r in RESULTS]
+        text = build_oul_r22(results, control_id="LB7", created_at=datetime(2026, 11, 23, tzinfo=UTC),
+                             sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB")).decode("utf-8")
+        assert parse_message(text, validation_level=1, find_groups=True).validate() is True
+        msg = hl7.parse(text)
+        assert str(msg.segment("MSH")[9]) == "OUL^R22^OUL_R22"
+        assert str(msg.segment("SPM")[2][0][0]).split("&")[0] == "S0001"
+        assert str(msg.segment("SPM")[11][0][0]) == ("Q" if kind == "qc" else "P")
+        assert msg.unescape(str(msg.segments("OBX")[1][5])) == "Non-reactive^x|y"

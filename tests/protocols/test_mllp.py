@@ -32,3 +32,49 @@ def test_oversize_block_is_dropped_and_reported_and_the_next_one_gets_through() 
     events += decoder.receive_data(b"a" * 100 + b"\x1c\r" + mllp.frame(b"MSH|ok"))
     assert any(isinstance(e, mllp.MllpOversize) for e in events)
     assert [e.payload for e in events if isinstance(e, mllp.MllpMessage)] == [b"MSH|ok"]
+
+
+def test_several_messages_in_one_read_and_one_message_over_many_reads() -> None:
+    decoder = mllp.MllpDecoder()
+    events = decoder.receive_data(mllp.frame(b"MSH|1") + mllp.frame(b"MSH|2") + mllp.frame(b"MSH|3"))
+    assert [e.payload for e in events if isinstance(e, mllp.MllpMessage)] == [b"MSH|1", b"MSH|2", b"MSH|3"]
+    got = []
+    for byte in mllp.frame(b"MSH|slow\rPID|1"):
+        got += decoder.receive_data(bytes([byte]))
+    assert got == [mllp.MllpMessage(b"MSH|slow\rPID|1")]
+
+
+def test_block_without_final_cr_is_dropped_and_reported_unless_allowed() -> None:
+    strict = mllp.MllpDecoder()
+    events = strict.receive_data(b"\x0bMSH|a\x1c" + mllp.frame(b"MSH|b"))
+    assert events == [mllp.MllpBadEnd(5), mllp.MllpMessage(b"MSH|b")]
+    lenient = mllp.MllpDecoder(allow_missing_cr=True)
+    # Delivered at FS at once (a sender that omits the CR waits for the ACK without sending more) ...
+    assert lenient.receive_data(b"\x0bMSH|a\x1c") == [mllp.MllpMessage(b"MSH|a")]
+    # ... and a CR that does come later is not counted as junk.
+    assert lenient.receive_data(b"\r" + mllp.frame(b"MSH|b")) == [mllp.MllpMessage(b"MSH|b")]
+
+
+def test_unfinished_block_is_handed_back_when_the_connection_ends() -> None:
+    decoder = mllp.MllpDecoder()
+    assert decoder.receive_data(b"junk\x0bMSH|cut") == [mllp.MllpJunk(4)]
+    assert decoder.pending() == b"MSH|cut"
+    assert decoder.pending() == b""
+    assert decoder.receive_data(mllp.frame(b"MSH|next")) == [mllp.MllpMessage(b"MSH|next")]
+
+
+@given(st.lists(payload, min_size=1, max_size=5), st.lists(st.integers(min_value=1, max_value=40), min_size=1))
+def test_lenient_decoder_under_any_chunking_loses_and_doubles_nothing(payloads: list[bytes], sizes: list[int]) -> None:
+    stream = b"".join(mllp.frame(p) for p in payloads)
+    decoder = mllp.MllpDecoder(allow_missing_cr=True)
+    got: list[bytes] = []
+    pos = i = 0
+    while pos < len(stream):
+        size = sizes[i % len(sizes)]
+        i += 1
+        for event in decoder.receive_data(stream[pos:pos + size]):
+            assert not isinstance(event, mllp.MllpJunk | mllp.MllpBadEnd)
+            if isinstance(event, mllp.MllpMessage):
+                got.append(event.payload)
+        pos += size
+    assert got == payloads

@@ -1,0 +1,96 @@
+"""Generic HL7 v2 results driver: ORU^R01 (v2.3.1 and v2.5.1) and OUL^R22 (IHE LAW LAB-29).
+
+Where values sit (HL7 v2.5.1 chapter 7, IHE LAW LAB-29; v2.3.1 dialects such as Mindray BS/BC/CL):
+
+* specimen ID: SPM-2 (first component of the placer part, else the filler part) when there is an SPM
+  (LAW, v2.5.1), else OBR-2 placer order number unless empty or ``""`` (Mindray puts the barcode
+  there), else OBR-3 filler order number; QC when SPM-11 (specimen role) is ``Q`` or ``C``;
+* patient ID: PID-3 (first repetition, first component), else PID-2 (v2.3.1 external ID);
+* results: every OBX after an OBR (OBX right after SPM describe the specimen and are skipped):
+  OBX-3.1 the analyzer's test code, OBX-5 the value (CE/CWE: the identifier; SN: comparator and
+  number joined, e.g. ``<0.5``), OBX-6.1 units, OBX-7 reference range, OBX-8 abnormal flags (repeats,
+  ``N`` dropped), OBX-11 status, OBX-19 (analysis time, v2.5) else OBX-14 else OBR-7 the time measured.
+
+Escapes are decoded after splitting (``Hl7Message.value``). Vendor drivers subclass this and change
+what they need.
+"""
+
+from __future__ import annotations
+
+from labbridge.driver import DecodeContext, Hl7Driver
+from labbridge.errors import DecodeError
+from labbridge.model import Decoded, Result, ResultStatus
+from labbridge.protocols.hl7_parse import Hl7Message, Segment
+
+# HL7 table 0085 (observation result status).
+STATUS_CODES: dict[str, ResultStatus] = {
+    "F": "final", "C": "correction", "P": "preliminary", "R": "preliminary", "S": "preliminary",
+    "I": "preliminary", "X": "cancelled", "D": "cancelled", "W": "cancelled", "U": "final",
+}
+NULL = '""'
+
+
+class GenericHl7Driver(Hl7Driver):
+    name = "hl7-generic"
+    vendor = "generic"
+    models = ("any HL7 v2.3.1/v2.5.1 analyzer sending ORU^R01", "IHE LAW analyzers (OUL^R22)")
+    version = "1.0"
+
+    def value(self, message: Hl7Message, obx: Segment) -> str:
+        kind = message.value(obx, 2).upper()
+        if kind == "SN":
+            parts = [message.value(obx, 5, c) for c in (1, 2, 3, 4)]
+            return "".join(parts).strip()
+        if kind in ("CE", "CWE", "CNE"):
+            return message.value(obx, 5, 1) or message.value(obx, 5, 2)
+        return message.value(obx, 5, 1) if kind == "NM" else message.value(obx, 5, 0)
+
+    def decode(self, message: Hl7Message, context: DecodeContext) -> Decoded:
+        out = Decoded(sender=message.value(message.header, 3))
+        patient_id = ""
+        sample_id = ""
+        spm_sample = ""
+        qc = False
+        order_time = ""
+        in_order = False
+        for index, seg in enumerate(message.segments):
+            name = seg.name
+            if name == "PID":
+                patient_id = message.value(seg, 3, 1) or message.value(seg, 2, 1)
+                in_order = False
+            elif name == "SPM":
+                spm_sample = (message.value(seg, 2, 1, subcomponent=1)
+                              or message.value(seg, 2, 2, subcomponent=1))
+                qc = message.value(seg, 11, 1).upper() in ("Q", "C")
+                in_order = False
+            elif name == "OBR":
+                placer = message.value(seg, 2, 1)
+                sample_id = spm_sample or (placer if placer and placer != NULL else "") or message.value(seg, 3, 1)
+                order_time = message.value(seg, 7, 1)
+                in_order = True
+            elif name == "OBX" and in_order:
+                code = message.value(seg, 3, 1) or message.value(seg, 3, 2)
+                if not code:
+                    raise DecodeError(f"OBX without a test code in OBX-3 (segment {index + 1})", record_index=index)
+                if not sample_id:
+                    raise DecodeError(f"no specimen ID (SPM-2, OBR-2 or OBR-3) for the OBX in segment {index + 1}",
+                                      record_index=index)
+                status = STATUS_CODES.get(message.value(seg, 11).upper()[:1], "final")
+                when = message.value(seg, 19, 1) or message.value(seg, 14, 1) or order_time
+                out.results.append(Result(
+                    instrument=context.instrument,
+                    sample_id=sample_id,
+                    test_code=context.map_test(code),
+                    instrument_test_code=code,
+                    value=self.value(message, seg),
+                    units=message.value(seg, 6, 1),
+                    reference_range=message.value(seg, 7, 0),
+                    flags=tuple(f for f in message.repeats(seg, 8) if f and f != "N"),
+                    status=status,
+                    measured_at=context.hl7_timestamp(when),
+                    kind="qc" if qc else "patient",
+                    patient_id=patient_id,
+                ))
+        if not any(seg.name == "OBR" for seg in message.segments):
+            raise DecodeError("no OBR segment: a results message needs an OBR before its OBX")
+        return out

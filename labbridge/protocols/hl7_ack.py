@@ -1,0 +1,195 @@
+"""The analyzer side of HL7 over MLLP as a sans-I/O core: messages in, acknowledgements out.
+
+Theory of operation (PROTOCOLS.md part c, R-C5..R-C7):
+
+* Bytes go in with :meth:`Hl7Receiver.receive_data`; the MLLP framer cuts blocks (R-C1, R-C4) and each
+  block becomes one :class:`Hl7Received` event holding the raw bytes and either the parsed message or
+  the :class:`~labbridge.protocols.hl7_parse.Hl7ParseError` that says why it cannot be read.
+* The shell stores the message (raw, always: a malformed one is kept for inspection), then calls
+  :meth:`Hl7Receiver.acknowledge` with the outcome; only then are acknowledgement bytes queued
+  (:meth:`data_to_send`). So an acknowledgement that says "accepted" (AA, CA) can only follow a commit.
+* Original mode (MSH-15 and MSH-16 both empty): one application ACK, AA / AE / AR.
+* Enhanced mode (either non-empty): a commit ACK (CA when stored, CE when the message cannot be read, CR
+  when it could not be stored), sent per MSH-15; then, only after a CA, the application ACK (AA / AE / AR)
+  per MSH-16. AL = always, NE = never, ER = only when not accepted, SU = only when accepted; an empty
+  field in enhanced mode means NE (the sender asked for the other one only). A value outside HL7 table
+  0155 counts as empty: Mindray's v2.3.1 dialect puts the result type (``0``, ``1``, ``2``) in MSH-16,
+  and such analyzers expect an original-mode ACK.
+* Every ACK: MSH-9 ``ACK^<trigger>^ACK``, MSH-3/4 and MSH-5/6 swapped, the same MSH-12 version and MSH-11
+  processing ID, MSA-2 = the original MSH-10, MSA-3 and ERR with the reason when not accepted (ERR-3/4/8
+  from v2.5 on, ERR-1 before).
+
+Time is an input (``now`` as an aware datetime for MSH-7); there are no timers on this side: the sender
+owns the retry.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from labbridge.protocols import mllp
+from labbridge.protocols.hl7_parse import (
+    DEFAULT_SEPARATORS,
+    ERROR_TEXT,
+    Hl7Message,
+    Hl7ParseError,
+    Segment,
+    Separators,
+    escape,
+    parse_message,
+)
+
+MSA_TEXT_MAX = 80
+ACK_CONDITIONS = frozenset({"AL", "NE", "ER", "SU"})  # HL7 table 0155  # MSA-3 is ST(80) in v2.5.1
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "A"  # stored and understood (or a duplicate of one that was): AA
+    ERROR = "E"  # stored for inspection, but the message is wrong: AE, the sender should fix it
+    REJECTED = "R"  # unsupported type/version, or labbridge could not store it: AR, may be resent
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Received:
+    raw: bytes
+    message: Hl7Message | None
+    error: Hl7ParseError | None
+
+
+Hl7Event = Hl7Received | mllp.MllpJunk | mllp.MllpOversize | mllp.MllpBadEnd
+
+
+def _wanted(condition: str, accepted: bool) -> bool:
+    if condition == "AL":
+        return True
+    if condition == "ER":
+        return not accepted
+    if condition == "SU":
+        return accepted
+    return False  # NE, empty (in enhanced mode) or unknown
+
+
+def ack_codes(accept_ack_type: str, application_ack_type: str, *, outcome: Outcome, stored: bool,
+              readable: bool = True) -> list[str]:
+    """Which MSA-1 codes to send, in order, for one message (R-C5, R-C6)."""
+    accept_ack_type = accept_ack_type if accept_ack_type in ACK_CONDITIONS else ""
+    application_ack_type = application_ack_type if application_ack_type in ACK_CONDITIONS else ""
+    if not accept_ack_type and not application_ack_type:
+        return ["A" + outcome.value]
+    codes: list[str] = []
+    commit = "CA" if stored and readable else ("CE" if not readable else "CR")
+    if _wanted(accept_ack_type, commit == "CA"):
+        codes.append(commit)
+    if commit == "CA":
+        app = "A" + outcome.value
+        if _wanted(application_ack_type, app == "AA"):
+            codes.append(app)
+    return codes
+
+
+def hl7_now(now: datetime) -> str:
+    return now.strftime("%Y%m%d%H%M%S%z")
+
+
+def _version_at_least_25(version: str) -> bool:
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) >= (2, 5)
+    except ValueError:
+        return True
+
+
+def build_ack(code: str, *, header: Segment | None, separators: Separators = DEFAULT_SEPARATORS,
+              charset: str = "utf-8", control_id: str, now: datetime, text: str = "",
+              error_code: str = "") -> bytes:
+    """One ACK for a message whose MSH (possibly None, when there was none) is ``header``."""
+    s = separators
+    f = s.field
+
+    def raw(n: int) -> str:
+        return header.raw(n) if header is not None else ""
+
+    trigger = raw(9).split(s.component)[1] if s.component in raw(9) else ""
+    version = raw(12) or "2.5.1"
+    message_type = s.component.join(["ACK", trigger, "ACK"]) if trigger else "ACK"
+    msh = f.join(["MSH", s.encoding_characters, raw(5), raw(6), raw(3), raw(4), hl7_now(now), "", message_type,
+                  control_id, raw(11) or "P", version, "", "", "", "", "", raw(18)]).rstrip(f)
+    msa_text = escape(text[:MSA_TEXT_MAX], s)
+    original_id = raw(10).split(s.component)[0] if header is not None else ""
+    segments = [msh, f.join(["MSA", code, original_id, msa_text]).rstrip(f)]
+    if code not in ("AA", "CA") and (error_code or text):
+        error_code = error_code or "207"
+        label = ERROR_TEXT.get(error_code, "Application internal error")
+        if _version_at_least_25(version):
+            segments.append(f.join(["ERR", "", "", s.component.join([error_code, label, "HL70357"]), "E", "", "",
+                                    "", escape(text, s)]))
+        else:
+            segments.append(f.join(["ERR", s.component.join(["", "", "", s.subcomponent.join(
+                [error_code, escape(label, s), "HL70357"])])]))
+    return ("\r".join(segments) + "\r").encode(charset, errors="replace")
+
+
+class Hl7Receiver:
+    """One analyzer connection's HL7 receiving side: MLLP blocks in, acknowledgement bytes out."""
+
+    def __init__(self, *, default_charset: str = "latin-1", max_message: int = mllp.DEFAULT_MAX_MESSAGE,
+                 allow_missing_cr: bool = False, ack_id_prefix: str = "LBA") -> None:
+        self.default_charset = default_charset
+        self._decoder = mllp.MllpDecoder(max_message=max_message, allow_missing_cr=allow_missing_cr)
+        self._out = bytearray()
+        self._ack_prefix = ack_id_prefix
+        self._acks_sent = 0
+
+    def receive_data(self, data: bytes) -> list[Hl7Event]:
+        events: list[Hl7Event] = []
+        for event in self._decoder.receive_data(data):
+            if isinstance(event, mllp.MllpMessage):
+                try:
+                    message = parse_message(event.payload, default_charset=self.default_charset)
+                except Hl7ParseError as exc:
+                    events.append(Hl7Received(event.payload, None, exc))
+                else:
+                    events.append(Hl7Received(event.payload, message, None))
+            else:
+                events.append(event)
+        return events
+
+    def acknowledge(self, received: Hl7Received, *, outcome: Outcome, stored: bool, now: datetime,
+                    text: str = "", error_code: str = "") -> list[str]:
+        """Queue the acknowledgement(s) for one message after the shell stored it (or failed to).
+
+        Returns the MSA-1 codes queued (possibly none, when the sender asked for none).
+        """
+        msg = received.message
+        err = received.error
+        if msg is not None:
+            header: Segment | None = msg.header
+            seps, charset = msg.separators, msg.charset
+            codes = ack_codes(msg.accept_ack_type, msg.application_ack_type, outcome=outcome, stored=stored)
+        else:
+            assert err is not None
+            header, seps, charset = err.header, err.separators, err.charset
+            accept = application = ""
+            if header is not None:
+                accept = header.raw(15).split(seps.component)[0].upper()
+                application = header.raw(16).split(seps.component)[0].upper()
+            codes = ack_codes(accept, application, outcome=outcome, stored=stored, readable=False)
+            text = text or err.reason
+            error_code = error_code or err.error_code
+        for code in codes:
+            self._acks_sent += 1
+            self._out += mllp.frame(build_ack(code, header=header, separators=seps, charset=charset,
+                                              control_id=f"{self._ack_prefix}{self._acks_sent}", now=now,
+                                              text="" if code in ("AA", "CA") else text, error_code=error_code))
+        return codes
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def connection_lost(self) -> bytes:
+        """The bytes of a block cut off by the end of the connection (for the store), if any."""
+        return self._decoder.pending()

@@ -1,0 +1,271 @@
+"""A simulated HL7 analyzer: results over MLLP, the instrument side, in two dialects.
+
+* ``law``: IHE Laboratory Analytical Workflow LAB-29, OUL^R22 v2.5.1, MSH-18 ``UNICODE UTF-8``, MSH-15
+  ``ER`` / MSH-16 ``AL`` (as a BA400 sends: no commit ACK unless an error, always an application ACK),
+  SPM-2 the specimen, OBR-2 ``""``, OBX-3 ``code^name^99ROC``, OBX-19 the analysis time.
+* ``mindray``: the v2.3.1 ORU^R01 dialect of Mindray BS/BC analyzers: MSH-18 ``UNICODE`` (bytes are
+  UTF-8), MSH-16 ``0`` (Mindray reuses it for the result type: not a valid acknowledgement condition,
+  so original mode), OBR-2 the barcode, OBR-3 the analyzer's sample number, OBX-3 the test code and
+  OBX-4 its name, OBX-14 the time.
+
+Like a real analyzer it sends one message, waits for its acknowledgement on the same connection,
+resends the same message (same MSH-10) after a timeout or a reconnect, and keeps what was accepted in
+``acked``. It dials the host (``run``) or, for a ``tcp-client`` link, listens for it (``serve``).
+Fault injection: ``resend_every=N`` sends every Nth message a second time after its ACK (a lost ACK, seen
+from the host); ``junk_every=N`` puts noise before every Nth block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from labbridge.protocols import mllp
+from labbridge.protocols.hl7 import escape
+from labbridge.protocols.hl7_parse import parse_message
+from labbridge_simulators.astm_analyzer import CHEMISTRY_PANEL, FIRST_NAMES, LAST_NAMES, Address, ResultIdentity
+
+Dialect = Literal["law", "mindray"]
+
+
+@dataclass
+class Hl7SimMessage:
+    control_id: str
+    payload: bytes
+    results: tuple[ResultIdentity, ...]
+
+
+@dataclass
+class Hl7AnalyzerStats:
+    messages_acked: int = 0
+    connects: int = 0
+    resends: int = 0
+    rejected: int = 0  # AE/AR received
+    ack_codes: list[str] = field(default_factory=list)
+
+
+class Hl7MessageFactory:
+    """Realistic results messages with synthetic patients (accented names: the character set matters)."""
+
+    def __init__(self, instrument: str, *, dialect: Dialect, sample_prefix: str, panel_size: int = 10,
+                 seed: int | None = None) -> None:
+        self.instrument = instrument
+        self.dialect: Dialect = dialect
+        self.prefix = sample_prefix
+        self.panel = CHEMISTRY_PANEL[:max(1, min(panel_size, len(CHEMISTRY_PANEL)))]
+        self.rng = random.Random(seed)
+        self.counter = 0
+
+    def next(self, now: datetime | None = None) -> Hl7SimMessage:
+        now = now or datetime.now().astimezone()
+        self.counter += 1
+        sample = f"{self.prefix}{self.counter:06d}"
+        patient = f"PAT{self.rng.randrange(10**6):06d}"
+        last, first = self.rng.choice(LAST_NAMES), self.rng.choice(FIRST_NAMES) + "-Zoé"
+        ts = now.strftime("%Y%m%d%H%M%S")
+        values = []
+        for analyte in self.panel:
+            spread = analyte.high - analyte.low
+            value = self.rng.uniform(analyte.low - spread * 0.3, analyte.high + spread * 0.3)
+            text = f"{max(value, 0):.{analyte.decimals}f}"
+            flag = "H" if value > analyte.high else "L" if value < analyte.low else "N"
+            values.append((analyte, text, flag))
+        control_id = f"{self.instrument[:8].upper()}{self.counter}"
+        if self.dialect == "law":
+            segments = [
+                f"MSH|^~\\&|SIMLAW|{escape(self.instrument)}|LABBRIDGE|LAB|{ts}{now.strftime('%z')}||OUL^R22^OUL_R22|"
+                f"{control_id}|P|2.5.1|||ER|AL||UNICODE UTF-8|||LAB-29^IHE",
+                f"PID|1||{patient}^^^HOSP^PI||{last}^{first}",
+                f"SPM|1|{sample}&SIMLAW||SER^Serum^HL70487|||||||P^Patient^HL70369",
+                f"SAC|||{sample}",
+                "OBR|1|\"\"||PANEL^Chemistry panel^99ROC|||" + ts,
+                "ORC|SC|||||||||||||||||" + ts,
+            ]
+            for i, (a, text, flag) in enumerate(values, start=1):
+                segments.append(f"OBX|{i}|NM|{a.code}^{escape(a.name)}^99ROC||{text}|{a.units}^{a.units}^UCUM|"
+                                f"{a.low}-{a.high}|{flag}|||F|||||||{escape(self.instrument)}|{ts}")
+        else:
+            segments = [
+                f"MSH|^~\\&|Mindray|{escape(self.instrument)}|||{ts}||ORU^R01|{control_id}|P|2.3.1||||0||UNICODE|||",
+                f"PID|1||{patient}^^^^MR||{last}^{first}|||U",
+                f"OBR|1|{sample}|{self.counter}|^|N||{ts}||||||||Serum|||||||||||||||||||||||||||||||||",
+            ]
+            for i, (a, text, flag) in enumerate(values, start=1):
+                segments.append(f"OBX|{i}|NM|{a.code}|{escape(a.name)}|{text}|{a.units}|{a.low}-{a.high}|{flag}|||F|"
+                                f"|{text}|{ts}||Admin|0|")
+        payload = ("\r".join(segments) + "\r").encode("utf-8")
+        identities = tuple((self.instrument, sample, a.code, text) for a, text, _ in values)
+        return Hl7SimMessage(control_id, payload, identities)
+
+
+@dataclass
+class Hl7AnalyzerSim:
+    name: str
+    address: Address
+    factory: Hl7MessageFactory
+    interval: tuple[float, float] = (0.5, 2.0)
+    max_messages: int | None = None
+    ack_timeout: float = 10.0
+    reconnect_delay: float = 0.5
+    resend_every: int = 0
+    junk_every: int = 0
+    seed: int | None = None
+    acked: list[ResultIdentity] = field(default_factory=list)
+    stats: Hl7AnalyzerStats = field(default_factory=Hl7AnalyzerStats)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _pending: Hl7SimMessage | None = None
+    _generated: int = 0
+
+    def done(self) -> bool:
+        return self.max_messages is not None and self._generated >= self.max_messages and self._pending is None
+
+    def _resolve(self) -> tuple[str, int]:
+        return self.address() if callable(self.address) else self.address
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dial the host and send until ``stop`` (the message in flight is finished first) or done."""
+        rng = random.Random(self.seed)
+        while not self.done() and not (stop.is_set() and self._pending is None):
+            try:
+                host, port = self._resolve()
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                if stop.is_set():
+                    return
+                await asyncio.sleep(self.reconnect_delay)
+                continue
+            try:
+                await self._session(reader, writer, stop, rng)
+            except (ConnectionError, OSError, TimeoutError):
+                pass  # what was not acknowledged stays pending and is sent again
+            finally:
+                self.connected.clear()
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            if not self.done() and not stop.is_set():
+                await asyncio.sleep(self.reconnect_delay)
+
+    async def serve(self, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 0,
+                    bound: asyncio.Future[tuple[str, int]] | None = None) -> None:
+        """Listen and let the host dial in (a ``tcp-client`` link); one connection at a time."""
+        rng = random.Random(self.seed)
+        lock = asyncio.Lock()
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            async with lock:
+                try:
+                    await self._session(reader, writer, stop, rng)
+                except (ConnectionError, OSError, TimeoutError):
+                    pass
+                finally:
+                    self.connected.clear()
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+
+        server = await asyncio.start_server(on_client, host, port)
+        if bound is not None:
+            sock = server.sockets[0].getsockname()
+            bound.set_result((str(sock[0]), int(sock[1])))
+        async with server:
+            while not (stop.is_set() or self.done()):  # noqa: ASYNC110 (the sessions do the work)
+                await asyncio.sleep(0.05)
+
+    async def _send_and_wait(self, msg: Hl7SimMessage, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             decoder: mllp.MllpDecoder, junk: bool) -> str:
+        """Send one message; return the MSA-1 that settles it (AA, AE or AR)."""
+        writer.write((b"noise\r\n" if junk else b"") + mllp.frame(msg.payload))
+        await writer.drain()
+        async with asyncio.timeout(self.ack_timeout):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("host closed the connection")
+                for event in decoder.receive_data(data):
+                    if not isinstance(event, mllp.MllpMessage):
+                        continue
+                    ack = parse_message(event.payload)
+                    msa = ack.first("MSA")
+                    if msa is None or ack.value(msa, 2) != msg.control_id:
+                        continue
+                    code = ack.value(msa, 1).upper()
+                    self.stats.ack_codes.append(code)
+                    if code in ("AA", "AE", "AR", "CE", "CR"):
+                        return code
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: asyncio.Event,
+                       rng: random.Random) -> None:
+        self.stats.connects += 1
+        self.connected.set()
+        decoder = mllp.MllpDecoder()
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            if self._pending is None:
+                if stop.is_set() or self.done():
+                    return
+                if self.max_messages is not None and self._generated >= self.max_messages:
+                    return
+                delay = next_at - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await stop.wait()
+                    continue
+                self._pending = self.factory.next()
+                self._generated += 1
+                next_at = loop.time() + rng.uniform(*self.interval)
+            msg = self._pending
+            junk = bool(self.junk_every) and self._generated % self.junk_every == 0
+            try:
+                code = await self._send_and_wait(msg, reader, writer, decoder, junk)
+            except TimeoutError:
+                self.stats.resends += 1
+                continue  # no answer: the same message again, same MSH-10
+            if code == "AA":
+                self.acked.extend(msg.results)
+                self.stats.messages_acked += 1
+                if self.resend_every and self._generated % self.resend_every == 0:
+                    self.stats.resends += 1
+                    await self._send_and_wait(msg, reader, writer, decoder, False)
+                self._pending = None
+            elif code in ("AE", "CE"):
+                self.stats.rejected += 1
+                self._pending = None  # "fix it, do not resend": an operator would look at it
+            else:
+                self.stats.rejected += 1
+                await asyncio.sleep(self.reconnect_delay)  # AR / CR: may be sent again later
+
+
+async def _main(args: argparse.Namespace) -> None:
+    factory = Hl7MessageFactory(args.name, dialect=args.dialect, sample_prefix=args.name[:3].upper(),
+                                panel_size=args.tests)
+    sim = Hl7AnalyzerSim(args.name, (args.host, args.port), factory, interval=(args.interval, args.interval),
+                         max_messages=args.count)
+    await sim.run(asyncio.Event())
+    print(f"{args.name}: {sim.stats.messages_acked} messages acknowledged, {len(sim.acked)} results, "
+          f"{sim.stats.rejected} rejected", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="labbridge simulate hl7-analyzer", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="sim-hl7")
+    parser.add_argument("--dialect", choices=["law", "mindray"], default="law")
+    parser.add_argument("--count", type=int, default=10, help="messages to send")
+    parser.add_argument("--tests", type=int, default=10, help="results per message")
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

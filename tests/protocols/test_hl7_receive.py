@@ -1,0 +1,176 @@
+"""Reading what analyzers send (MSH-2, MSH-18, escapes after split) and acknowledging it (MSA, ERR)."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+
+import hl7
+import pytest
+from hl7apy.parser import parse_message as hl7apy_parse
+from hypothesis import given
+from hypothesis import strategies as st
+
+from labbridge.protocols import mllp
+from labbridge.protocols.hl7_ack import Hl7Receiver, Outcome, ack_codes, build_ack
+from labbridge.protocols.hl7_parse import Hl7ParseError, Separators, escape, parse_message, unescape
+
+NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
+LAW = ("MSH|^~\\&|BA400|LAB1|LIS|HOSP|20261123101500||OUL^R22^OUL_R22|MSG0001|P|2.5.1|||ER|AL||UNICODE UTF-8"
+       "|||LAB-29^IHE\rPID|1||PAT1||Dupont^Zoé\rSPM|1|S0001&BA400||SER\rOBR|1|\"\"||GLU\r"
+       "OBX|1|NM|GLU^Glucose^99ROC||5.4|mmol/L\r")
+
+delimiters = st.lists(st.sampled_from("|^~\\&#!$%*@?"), min_size=5, max_size=5, unique=True).map(
+    lambda c: Separators(c[0], c[1], c[2], c[3], c[4]))
+
+
+@given(st.text(), delimiters)
+def test_escape_round_trip_with_any_delimiters(value: str, seps: Separators) -> None:
+    encoded = escape(value, seps)
+    for c in (seps.field, seps.component, seps.repetition, seps.subcomponent, "\r", "\n"):
+        assert c not in encoded
+    assert unescape(encoded, seps) == value
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_escaped_value_survives_a_whole_message_round_trip(value: str) -> None:
+    """Escapes decoded after splitting: a value holding every delimiter comes back from its field."""
+    text = f"MSH|^~\\&|A|B|C|D|20261123||ORU^R01|1|P|2.5.1||||||UNICODE UTF-8\rOBX|1|ST|X||{escape(value)}|u\r"
+    msg = parse_message(text.encode("utf-8"))
+    obx = msg.segments[1]
+    assert msg.value(obx, 5, 0) == value
+    assert msg.value(obx, 6) == "u"
+
+
+def test_escapes_decoded_as_python_hl7_decodes_them() -> None:
+    raw = "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f\\X41\\\\.br\\g"
+    assert unescape(raw) == "a|b^c&d~e\\fA\ng"
+    assert hl7.parse(f"MSH|^~\\&|x\rOBX|1|ST|X||{raw}").unescape(raw).replace("\r", "\n") == unescape(raw)
+    assert unescape("\\Zvendor\\ and \\unterminated") == "\\Zvendor\\ and \\unterminated"
+
+
+def test_unicode_is_utf8_never_utf16_and_latin1_is_read_as_declared() -> None:
+    name = "Zoé Müller"
+    for declared in ("UNICODE", "UNICODE UTF-8"):
+        text = f"MSH|^~\\&|A||B||20261123||ORU^R01|1|P|2.3.1||||||{declared}\rPID|1||P1||{name}\r"
+        msg = parse_message(text.encode("utf-8"))
+        assert msg.charset == "utf-8"
+        assert msg.value(msg.segments[1], 5, 0) == name
+    text = f"MSH|^~\\&|A||B||20261123||ORU^R01|1|P|2.3.1||||||8859/1\rPID|1||P1||{name}\r"
+    msg = parse_message(text.encode("latin-1"))
+    assert msg.value(msg.segments[1], 5, 0) == name
+    with pytest.raises(Hl7ParseError) as err:
+        parse_message(b"MSH|^~\\&|A||B||20261123||ORU^R01|1|P|2.5.1||||||UNICODE UTF-16\r")
+    assert err.value.ack_code == "AR" and "MLLP" in err.value.reason
+
+
+def test_delimiters_are_read_from_each_message_and_lf_is_accepted() -> None:
+    msg = parse_message(b"MSH#$%*!#A##B##20261123##ORU$R01#7#P#2.5.1\nOBX#1#ST#X##a*F*b$c\n")
+    assert msg.separators == Separators("#", "$", "%", "*", "!")
+    assert (msg.message_type, msg.control_id, msg.version) == ("ORU^R01", "7", "2.5.1")
+    assert msg.value(msg.segments[1], 5, 1) == "a#b"
+
+
+@pytest.mark.parametrize(("payload", "code", "words"), [
+    (b"PID|1||P1\rOBX|1|NM|GLU||5", "AE", "does not start with an MSH"),
+    (b"", "AE", "does not start with an MSH"),
+    (b"MSH|^^\\&|A||B||20261123||ORU^R01|1|P|2.5.1", "AE", "encoding characters"),
+    (b"MSHA^~\\&|A", "AE", "encoding characters"),
+    (b"MSH|^~\\&|A||B||2026", "AR", "MSH-9, MSH-10, MSH-12"),
+    (b"MSH|^~\\&|A||B||20261123||ORU^R01|1|P|2.5.1\rOB", "AE", "segment 2"),
+    (b"MSH|^~\\&|A||B||20261123||ORU^R01|1|P|2.5.1||||||UNICODE UTF-8\rPID|\xff\xfe", "AE", "not valid utf-8"),
+    (b"MSH|^~\\&|A||B||20261123||ORU^R01|1|P|2.5.1||||||KLINGON\r", "AR", "unknown character set"),
+])
+def test_malformed_messages_raise_only_the_documented_error_with_a_reason(payload: bytes, code: str,
+                                                                         words: str) -> None:
+    with pytest.raises(Hl7ParseError) as err:
+        parse_message(payload)
+    assert err.value.ack_code == code
+    assert words in err.value.reason
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_message_or_the_documented_error(data: bytes) -> None:
+    """Any other exception (IndexError, UnicodeError...) would be a bug and fails this test."""
+    with contextlib.suppress(Hl7ParseError):
+        parse_message(b"MSH|^~\\&|" + data)
+    with contextlib.suppress(Hl7ParseError):
+        parse_message(data)
+
+
+@pytest.mark.parametrize(("msh15", "msh16", "outcome", "stored", "expected"), [
+    ("", "", Outcome.ACCEPTED, True, ["AA"]),
+    ("", "", Outcome.ERROR, True, ["AE"]),
+    ("", "", Outcome.REJECTED, False, ["AR"]),
+    ("AL", "AL", Outcome.ACCEPTED, True, ["CA", "AA"]),
+    ("AL", "NE", Outcome.ACCEPTED, True, ["CA"]),
+    ("ER", "AL", Outcome.ACCEPTED, True, ["AA"]),  # BA400: no commit ACK unless an error
+    ("ER", "AL", Outcome.ACCEPTED, False, ["CR"]),  # not stored: commit reject, no application ACK
+    ("AL", "ER", Outcome.ACCEPTED, True, ["CA"]),
+    ("AL", "ER", Outcome.ERROR, True, ["CA", "AE"]),
+    ("AL", "SU", Outcome.ERROR, True, ["CA"]),
+    ("NE", "NE", Outcome.ACCEPTED, True, []),
+    ("", "0", Outcome.ACCEPTED, True, ["AA"]),  # Mindray: MSH-16 holds the result type, not a condition
+])
+def test_acknowledgement_modes(msh15: str, msh16: str, outcome: Outcome, stored: bool,
+                               expected: list[str]) -> None:
+    assert ack_codes(msh15, msh16, outcome=outcome, stored=stored) == expected
+
+
+def test_enhanced_mode_unreadable_message_gets_commit_error() -> None:
+    assert ack_codes("AL", "AL", outcome=Outcome.ERROR, stored=True, readable=False) == ["CE"]
+
+
+def _ack_for(payload: bytes, outcome: Outcome, *, stored: bool = True, text: str = "", code: str = "") -> list[bytes]:
+    receiver = Hl7Receiver()
+    [event] = receiver.receive_data(mllp.frame(payload))
+    from labbridge.protocols.hl7_ack import Hl7Received
+
+    assert isinstance(event, Hl7Received)
+    receiver.acknowledge(event, outcome=outcome, stored=stored, now=NOW, text=text, error_code=code)
+    return [e.payload for e in mllp.MllpDecoder().receive_data(receiver.data_to_send())
+            if isinstance(e, mllp.MllpMessage)]
+
+
+def test_ack_swaps_parties_echoes_msh10_and_version_and_passes_hl7apy_strict() -> None:
+    [ack] = _ack_for(LAW.encode("utf-8"), Outcome.ACCEPTED)
+    text = ack.decode("utf-8")
+    parsed = hl7.parse(text)
+    msh = parsed.segment("MSH")
+    assert (str(msh[3]), str(msh[4]), str(msh[5]), str(msh[6])) == ("LIS", "HOSP", "BA400", "LAB1")
+    assert str(msh[9]) == "ACK^R22^ACK" and str(msh[12]) == "2.5.1"
+    assert str(parsed.segment("MSA")[1]) == "AA" and str(parsed.segment("MSA")[2]) == "MSG0001"
+    assert hl7apy_parse(text, validation_level=1, find_groups=True).validate() is True
+
+
+def test_error_ack_carries_the_reason_in_msa_and_err_and_passes_hl7apy_strict() -> None:
+    [ack] = _ack_for(LAW.replace("ER|AL", "|").encode("utf-8"), Outcome.ERROR,
+                     text="OBX without a test code | segment 5", code="207")
+    text = ack.decode("utf-8")
+    parsed = hl7.parse(text)
+    assert str(parsed.segment("MSA")[1]) == "AE"
+    assert parsed.unescape(str(parsed.segment("MSA")[3])) == "OBX without a test code | segment 5"
+    err = parsed.segment("ERR")
+    assert str(err[3]).startswith("207^") and str(err[4]) == "E"
+    assert hl7apy_parse(text, validation_level=1, find_groups=True).validate() is True
+
+
+def test_message_without_msh_still_gets_an_ae_with_the_reason() -> None:
+    [ack] = _ack_for(b"PID|1||P1\rOBX|1|NM|GLU||5", Outcome.ERROR)
+    parsed = hl7.parse(ack.decode())
+    assert str(parsed.segment("MSA")[1]) == "AE"
+    assert "MSH" in str(parsed.segment("MSA")[3])
+
+
+def test_v231_error_ack_uses_err_1() -> None:
+    msg = b"MSH|^~\\&|Mindray|BS|||20261123||ORU^R01|9|P|2.3.1||||0||UNICODE\rOBR|1|S1\r"
+    [ack] = _ack_for(msg, Outcome.REJECTED, stored=False, text="could not store", code="207")
+    parsed = hl7.parse(ack.decode())
+    assert str(parsed.segment("MSH")[9]) == "ACK^R01^ACK"
+    assert str(parsed.segment("MSA")[1]) == "AR" and str(parsed.segment("MSA")[2]) == "9"
+    assert "207" in str(parsed.segment("ERR")[1])
+
+
+def test_build_ack_without_header() -> None:
+    ack = build_ack("AE", header=None, control_id="X1", now=NOW, text="no MSH")
+    assert ack.startswith(b"MSH|^~\\&|") and b"MSA|AE||no MSH" in ack

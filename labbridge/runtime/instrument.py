@@ -15,6 +15,7 @@ from collections.abc import Callable
 from labbridge.config import InstrumentConfig, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.logs import get_logger
+from labbridge.orders import OrderSource
 from labbridge.protocols import e1381
 from labbridge.runtime.astm_session import AstmSession
 from labbridge.runtime.backoff import backoff_delay
@@ -35,13 +36,17 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | None, driver_error: str | None,
-                 store: Store, destinations: list[str], on_stored: Callable[[], None]) -> None:
+                 store: Store, destinations: list[str], on_stored: Callable[[], None],
+                 orders: OrderSource | None = None) -> None:
         self.cfg = cfg
         self.driver = driver
         self.driver_error = driver_error
         self.store = store
         self.destinations = destinations
         self.on_stored = on_stored
+        self.orders = orders
+        # Set when an order for this instrument was added: the connected session looks for work to push.
+        self.orders_wakeup = asyncio.Event()
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
         self.bound: tuple[str, int] | None = None

@@ -218,6 +218,7 @@ def _cmd_orders(args: argparse.Namespace) -> int:
 
     from labbridge.orders import NewOrder
 
+    logs.configure("warning")  # stdout is the command's answer; only problems go to stderr
     try:
         kind, where = _order_target(args)
     except ConfigError as exc:

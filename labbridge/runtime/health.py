@@ -46,6 +46,10 @@ class Counters:
     incomplete_transmissions: int = 0
     decode_errors: int = 0
     store_failures: int = 0
+    host_queries: int = 0  # Q records received
+    query_answers_sent: int = 0  # answers the analyzer acknowledged
+    orders_sent: int = 0  # orders delivered (query answers and pushes), acknowledged by the analyzer
+    sends_aborted: int = 0  # transfers of ours that failed (retried by the link)
 
 
 @dataclass

@@ -37,7 +37,7 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | None, driver_error: str | None,
                  store: Store, destinations: list[str], on_stored: Callable[[], None],
-                 orders: OrderSource | None = None) -> None:
+                 orders: OrderSource | None = None, host_name: str = "labbridge") -> None:
         self.cfg = cfg
         self.driver = driver
         self.driver_error = driver_error
@@ -53,7 +53,8 @@ class InstrumentRunner:
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self._active: asyncio.StreamWriter | None = None
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
-                                     test_map=dict(cfg.test_map), encoding=cfg.link.encoding)
+                                     test_map=dict(cfg.test_map), encoding=cfg.link.encoding,
+                                     host_name=host_name)
 
     async def run(self) -> None:
         try:
@@ -155,7 +156,8 @@ class InstrumentRunner:
                                e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
         session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                               health=self.health, destinations=self.destinations, reader=reader,
-                              writer=writer, on_stored=self.on_stored)
+                              writer=writer, on_stored=self.on_stored, orders=self.orders, site=self.cfg.site,
+                              wakeup=self.orders_wakeup)
         try:
             await session.run()
         except asyncio.CancelledError:

@@ -5,6 +5,11 @@ config's LIS destination at it, keeps the store in a fresh temporary folder, sta
 analyzer per instrument, and serves the dashboard. With a duration it stops by itself, lets what is in
 flight reach the LIS, and prints a summary: results the analyzers were told were received (sent),
 stored, delivered to the LIS, lost (must be 0), delivered twice (must be 0).
+
+Orders: every third analyzer asks the host about half of its samples first (ASTM host query); the demo
+seeds site-wide orders for every other one of those samples, so the analyzers get some orders (O-26
+``Q``) and some "no record of this sample" answers (``Z``). Another third get orders pushed to them
+(addressed to the instrument). The summary counts queries, answers and order lines received.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
 from labbridge_simulators.lis import SimulatedLis
 
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
+from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
 
 DRAIN_TIMEOUT_S = 30.0
+SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples
+PUSHED_ORDERS = 3  # per analyzer that gets orders pushed
 
 
 def default_demo_config() -> Path:
@@ -39,6 +47,9 @@ class Summary:
     duplicates: int
     instruments: int
     elapsed_s: float
+    host_queries: int = 0
+    query_answers: int = 0
+    order_lines_received: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -47,7 +58,9 @@ class Summary:
         ok = "OK" if self.lost == 0 and self.duplicates == 0 else "PROBLEM"
         return (f"demo summary ({self.instruments} analyzers, {self.elapsed_s:.0f} s): "
                 f"sent {self.sent} results, stored {self.stored}, delivered to the LIS {self.delivered}, "
-                f"lost {self.lost}, delivered twice {self.duplicates} -> {ok}")
+                f"lost {self.lost}, delivered twice {self.duplicates} -> {ok}; "
+                f"host queries {self.host_queries}, answered {self.query_answers}, "
+                f"order lines received by analyzers {self.order_lines_received}")
 
 
 def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | None) -> Config:
@@ -104,8 +117,19 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
         if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
             continue
         factory = MessageFactory(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
+        queries = n % 3 == 0
         sims.append(AstmAnalyzerSim(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
-                            corrupt_every=37 if n % 4 == 1 else 0))
+                                    corrupt_every=37 if n % 4 == 1 else 0, query_share=0.5 if queries else 0.0))
+        codes = tuple(inst.test_map.get(a.code, a.code) for a in factory.panel[:3])  # LIS codes
+        if queries:
+            await asyncio.gather(*(daemon.add_order(NewOrder(factory.sample_id(k), codes, site=inst.site,
+                                                             patient_id=f"DEMO{n:02d}{k:04d}", source="demo"),
+                                                    now=time.time())
+                                   for k in range(1, SEEDED_SAMPLES + 1, 2)))
+        elif n % 3 == 1:
+            await asyncio.gather(*(daemon.add_order(NewOrder(f"{n + 1:02d}P{k:05d}", codes, instrument=inst.id,
+                                                             source="demo"), now=time.time())
+                                   for k in range(1, PUSHED_ORDERS + 1)))
     sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]
     try:
         if duration is None:
@@ -127,7 +151,10 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
     counts = await daemon.store.counts()
     summary = Summary(sent=len(acked), stored=counts["results"], delivered=len(lis.delivered & acked),
                       lost=len(acked - lis.delivered), duplicates=lis.duplicates, instruments=len(sims),
-                      elapsed_s=time.monotonic() - started)
+                      elapsed_s=time.monotonic() - started,
+                      host_queries=sum(sim.stats.queries_sent for sim in sims),
+                      query_answers=sum(sim.stats.query_answers for sim in sims),
+                      order_lines_received=sum(len(sim.orders_received) for sim in sims))
     if not quiet:
         print(summary.render(), flush=True)
     return summary

@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,137 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _order_target(args: argparse.Namespace) -> tuple[str, str]:
+    """("url", base) for a running daemon, or ("store", path) for a store file (from --store or -c)."""
+    if args.store:
+        return "store", args.store
+    if args.config:
+        from labbridge.config import load_config
+
+        return "store", load_config(args.config).store.path
+    return "url", args.url.rstrip("/")
+
+
+def _http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an HTTP URL: {url}")
+    data = json.dumps(body).encode("utf-8") if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (scheme checked above)
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (scheme checked above)
+            return resp.status, json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read().decode("utf-8") or "{}")
+
+
+def _with_store(path: str, work: Any) -> Any:
+    from labbridge.runtime.order_store import SqliteOrderSource
+    from labbridge.runtime.store import Store
+
+    async def main() -> Any:
+        store = Store(path)
+        await store.open()
+        try:
+            return await work(SqliteOrderSource(store))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _print_orders(orders: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(orders, indent=2))
+        return
+    print(f"{'ID':>6} {'STATE':<10} {'PRIORITY':<8} {'INSTRUMENT':<22} {'SITE':<11} {'SAMPLE':<16} TESTS")
+    for o in orders:
+        where = o["instrument"] or "(any)"
+        print(f"{o['id']:>6} {o['state']:<10} {o['priority']:<8} {where:<22} {o['site']:<11} "
+              f"{o['sample_id']:<16} {','.join(o['test_codes'])}")
+
+
+def _cmd_orders(args: argparse.Namespace) -> int:
+    import time
+
+    from labbridge.orders import NewOrder
+
+    logs.configure("warning")  # stdout is the command's answer; only problems go to stderr
+    try:
+        kind, where = _order_target(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.action == "add":
+            order = NewOrder(sample_id=args.sample, test_codes=tuple(args.tests), instrument=args.instrument or "",
+                             site=args.site or "", priority=args.priority, patient_id=args.patient or "",
+                             source="cli")
+            if kind == "url":
+                status, data = _http_json("POST", f"{where}/api/orders", {
+                    "sample_id": order.sample_id, "test_codes": list(order.test_codes),
+                    "instrument": order.instrument, "site": order.site, "priority": order.priority,
+                    "patient_id": order.patient_id, "source": "cli"})
+                if status != 201:
+                    print(f"order refused: {'; '.join(data.get('problems', [data.get('error', status)]))}",
+                          file=sys.stderr)
+                    return EXIT_FAILURE
+            else:
+                problems = order.problems()
+                if args.config:
+                    from labbridge.config import load_config
+                    from labbridge.runtime.daemon import complete_order, order_problems
+
+                    config = load_config(args.config)
+                    problems = order_problems(config, order)
+                    order = complete_order(config, order)
+                if problems:
+                    print(f"order refused: {'; '.join(problems)}", file=sys.stderr)
+                    return EXIT_FAILURE
+                data = _with_store(where, lambda src: _to_json(src.add_order(order, now=time.time())))
+            print(json.dumps(data) if args.json else f"order {data['id']} added ({data['state']})")
+            return EXIT_OK
+        if args.action == "cancel":
+            if kind == "url":
+                status, data = _http_json("POST", f"{where}/api/orders/{args.id}/cancel")
+                found = status == 200
+            else:
+                data = _with_store(where, lambda src: _to_json(src.cancel(args.id, now=time.time())))
+                found = data is not None
+            if not found:
+                print(f"no order {args.id}", file=sys.stderr)
+                return EXIT_FAILURE
+            print(json.dumps(data) if args.json else f"order {data['id']} {data['state']}")
+            return EXIT_OK
+        filters = {k: v for k, v in (("instrument", args.instrument), ("site", args.site),
+                                     ("sample_id", args.sample), ("state", args.state)) if v}
+        if kind == "url":
+            query = urllib.parse.urlencode({**filters, "limit": args.limit})
+            status, data = _http_json("GET", f"{where}/api/orders?{query}")
+            if status != 200:
+                print(f"cannot list orders: {data}", file=sys.stderr)
+                return EXIT_FAILURE
+        else:
+            data = _with_store(where, lambda src: _list_json(src.list_orders(**filters, limit=args.limit)))
+        _print_orders(data, args.json)
+        return EXIT_OK
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"cannot reach the labbridge daemon at {where}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except LabbridgeError as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _to_json(pending: Any) -> Any:
+    order = await pending
+    return order.to_json() if order is not None else None
+
+
+async def _list_json(pending: Any) -> Any:
+    return [o.to_json() for o in await pending]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labbridge", description="Lab instrument middleware.")
     parser.add_argument("--version", action="version", version=f"labbridge {__version__}")
@@ -271,6 +403,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", help="driver name, e.g. acme-chem")
     d.add_argument("--dir", help="where to create it (default: ./labbridge-driver-NAME)")
     d.set_defaults(func=_cmd_driver_new)
+
+    p = sub.add_parser("orders", help="add, list and cancel orders (the embedded order source)")
+    osub = p.add_subparsers(dest="action", required=True)
+
+    def target(q: argparse.ArgumentParser) -> None:
+        group = q.add_mutually_exclusive_group()
+        group.add_argument("--url", default="http://127.0.0.1:8470",
+                           help="a running daemon's HTTP address (the default target)")
+        group.add_argument("--store", help="work on this store file directly (no daemon needed)")
+        group.add_argument("-c", "--config", help="work on this config's store file, checking names against it")
+        q.add_argument("--json", action="store_true")
+
+    q = osub.add_parser("add", help="add an order")
+    q.add_argument("--sample", required=True, help="sample (specimen) ID")
+    q.add_argument("--test", dest="tests", action="append", required=True,
+                   help="LIS test code (repeat for several tests)")
+    q.add_argument("--instrument", help="the instrument that runs it (orders for one instrument are pushed)")
+    q.add_argument("--site", help="any instrument of this site (answered when an analyzer asks)")
+    q.add_argument("--priority", default="routine", choices=["routine", "asap", "stat"])
+    q.add_argument("--patient", help="patient ID")
+    target(q)
+    q = osub.add_parser("list", help="list orders, newest first")
+    q.add_argument("--instrument")
+    q.add_argument("--site")
+    q.add_argument("--sample")
+    q.add_argument("--state", choices=["pending", "sent", "accepted", "cancelled"])
+    q.add_argument("--limit", type=int, default=200)
+    target(q)
+    q = osub.add_parser("cancel", help="cancel an order")
+    q.add_argument("id", type=int)
+    target(q)
+    p.set_defaults(func=_cmd_orders)
 
     p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7) or LIS")
     p.add_argument("what", choices=["analyzer", "hl7-analyzer", "lis"])

@@ -5,6 +5,11 @@ config's LIS destination at it, keeps the store in a fresh temporary folder, sta
 analyzer per instrument, and serves the dashboard. With a duration it stops by itself, lets what is in
 flight reach the LIS, and prints a summary: results the analyzers were told were received (sent),
 stored, delivered to the LIS, lost (must be 0), delivered twice (must be 0).
+
+Orders: every third analyzer asks the host about half of its samples first (ASTM host query); the demo
+seeds site-wide orders for every other one of those samples, so the analyzers get some orders (O-26
+``Q``) and some "no record of this sample" answers (``Z``). Another third get orders pushed to them
+(addressed to the instrument). The summary counts queries, answers and order lines received.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from labbridge_simulators.lis import SimulatedLis
 from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
+from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
 
 DRAIN_TIMEOUT_S = 30.0
+SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples
+PUSHED_ORDERS = 3  # per analyzer that gets orders pushed
 
 
 def default_demo_config() -> Path:
@@ -41,6 +49,9 @@ class Summary:
     duplicates: int
     instruments: int
     elapsed_s: float
+    host_queries: int = 0
+    query_answers: int = 0
+    order_lines_received: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -49,7 +60,9 @@ class Summary:
         ok = "OK" if self.lost == 0 and self.duplicates == 0 else "PROBLEM"
         return (f"demo summary ({self.instruments} analyzers, {self.elapsed_s:.0f} s): "
                 f"sent {self.sent} results, stored {self.stored}, delivered to the LIS {self.delivered}, "
-                f"lost {self.lost}, delivered twice {self.duplicates} -> {ok}")
+                f"lost {self.lost}, delivered twice {self.duplicates} -> {ok}; "
+                f"host queries {self.host_queries}, answered {self.query_answers}, "
+                f"order lines received by analyzers {self.order_lines_received}")
 
 
 def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | None) -> Config:
@@ -101,7 +114,7 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
             print("press Ctrl-C to stop", flush=True)
     stop_sims = asyncio.Event()
     sims: list[AstmAnalyzerSim | Hl7AnalyzerSim] = []
-    hl7_count = 0
+    hl7_count = generic_count = 0
     for n, inst in enumerate(config.instruments):
         runner = daemon.runners[inst.id]
         if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
@@ -115,13 +128,29 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
                                        resend_every=11, junk_every=17))
             continue
         factory: MessageSource
+        queries = pushes = False
         if inst.driver in FAMILIES:  # the family's own dialect, codes and QC runs
             factory = FamilyFactory(inst.driver, inst.id, sample_prefix=f"{n + 1:02d}", seed=n, panel_size=8,
                                     qc_every=7)
         else:
+            # Generic ASTM analyzers show the order flow: alternately host queries and pushed orders.
             factory = MessageFactory(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
+            queries, pushes = generic_count % 2 == 0, generic_count % 2 == 1
+            generic_count += 1
         sims.append(AstmAnalyzerSim(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
-                            corrupt_every=37 if n % 4 == 1 else 0))
+                                    corrupt_every=37 if n % 4 == 1 else 0, query_share=0.5 if queries else 0.0))
+        if not isinstance(factory, MessageFactory):
+            continue
+        codes = tuple(inst.test_map.get(a.code, a.code) for a in factory.panel[:3])  # LIS codes
+        if queries:
+            await asyncio.gather(*(daemon.add_order(NewOrder(factory.sample_id(k), codes, site=inst.site,
+                                                             patient_id=f"DEMO{n:02d}{k:04d}", source="demo"),
+                                                    now=time.time())
+                                   for k in range(1, SEEDED_SAMPLES + 1, 2)))
+        elif pushes:
+            await asyncio.gather(*(daemon.add_order(NewOrder(f"{n + 1:02d}P{k:05d}", codes, instrument=inst.id,
+                                                             source="demo"), now=time.time())
+                                   for k in range(1, PUSHED_ORDERS + 1)))
     sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]
     try:
         if duration is None:
@@ -141,9 +170,13 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
     while time.monotonic() < deadline and not acked <= lis.delivered:  # noqa: ASYNC110 (polls a peer's books)
         await asyncio.sleep(0.2)
     counts = await daemon.store.counts()
+    astm_sims = [sim for sim in sims if isinstance(sim, AstmAnalyzerSim)]
     summary = Summary(sent=len(acked), stored=counts["results"], delivered=len(lis.delivered & acked),
                       lost=len(acked - lis.delivered), duplicates=lis.duplicates, instruments=len(sims),
-                      elapsed_s=time.monotonic() - started)
+                      elapsed_s=time.monotonic() - started,
+                      host_queries=sum(sim.stats.queries_sent for sim in astm_sims),
+                      query_answers=sum(sim.stats.query_answers for sim in astm_sims),
+                      order_lines_received=sum(len(sim.orders_received) for sim in astm_sims))
     if not quiet:
         print(summary.render(), flush=True)
     return summary

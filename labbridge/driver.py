@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from typing import ClassVar, Literal
 
 from labbridge.errors import DriverLoadError, DriverNotFoundError
-from labbridge.model import Decoded
+from labbridge.model import Decoded, HostQuery, OrderLine
 from labbridge.protocols.hl7_parse import Hl7Message
 
 ENTRY_POINT_GROUP = "labbridge.drivers"
@@ -77,6 +77,14 @@ def _hl7_timestamp(value: str, zone: zoneinfo.ZoneInfo) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _inverse_map(items: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    inverse: dict[str, str] = {}
+    for instrument_code, lis_code in items:
+        inverse.setdefault(lis_code, instrument_code)
+    return inverse
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeContext:
     """What a driver may know about the instrument a message came from."""
@@ -86,8 +94,19 @@ class DecodeContext:
     test_map: Mapping[str, str] = field(default_factory=dict)
     encoding: str = "latin-1"
 
+    # How labbridge names itself as the sender of the messages it sends (ASTM H-5).
+    host_name: str = "labbridge"
+
     def map_test(self, instrument_code: str) -> str:
         return self.test_map.get(instrument_code, instrument_code)
+
+    def instrument_test(self, lis_code: str) -> str:
+        """LIS code -> the instrument's code, through the inverse of the test map (unmapped: as is).
+
+        When two instrument codes map to one LIS code, the first in the map is used.
+        """
+        inverse = _inverse_map(tuple(self.test_map.items()))
+        return inverse.get(lis_code, lis_code)
 
     def timestamp(self, astm_datetime: str) -> str | None:
         """ASTM ``YYYYMMDD[HHMM[SS]]`` in the instrument's zone -> ISO 8601 with offset."""
@@ -120,7 +139,38 @@ class AstmDriver(Driver):
 
         Raise :class:`labbridge.errors.DecodeError` for a message that cannot be understood; any other
         exception is treated the same way (the message goes to the dead letters, the link goes on).
+
+        Host queries (ASTM Q records) come back in ``Decoded.queries`` as :class:`HostQuery` items, one
+        per Q record, with test codes mapped to LIS codes (``context.map_test``) and ``all_samples``
+        set for a query for ``ALL`` specimens. A message may hold results and queries together.
         """
+
+    # ---- host side: answers to queries and orders (optional; see supports_orders) ---------------
+
+    #: True when the driver implements :meth:`encode_query_reply` and :meth:`encode_orders`. The
+    #: runtime stores the queries of a driver without it and answers nothing.
+    supports_orders: ClassVar[bool] = False
+
+    def encode_query_reply(self, query: HostQuery, lines: Sequence[OrderLine], context: DecodeContext, *,
+                           at: datetime) -> list[bytes]:
+        """The records (H..L, without terminators) of the host's answer to ``query``.
+
+        ``lines`` is the answer (:func:`labbridge.orders.answer_query`): tests to run (``ordered``), tests
+        without an order (``no_order``), samples the host knows nothing of (``unknown_sample``); test
+        codes are LIS codes, to map with ``context.instrument_test``. ``at`` is the message time in the
+        instrument's zone. For ASTM (LIS2-A2 §11, PROTOCOLS.md R-B11): H with labbridge as sender, then
+        per sample P and O with O-26 ``Q``, ``Y`` or ``Z``, then L with L-3 ``N``, or ``I`` when there
+        is no order for any of the samples asked for. Pure: no I/O, no clock.
+        """
+        raise NotImplementedError(f"driver {self.name!r} does not answer host queries")
+
+    def encode_orders(self, lines: Sequence[OrderLine], context: DecodeContext, *, at: datetime) -> list[bytes]:
+        """The records (H..L) of a message that downloads orders to the analyzer unasked.
+
+        For ASTM: H, then per sample P and O with O-26 ``O`` and action code ``N``, then L (L-3 ``N``).
+        Pure, like :meth:`encode_query_reply`.
+        """
+        raise NotImplementedError(f"driver {self.name!r} does not download orders")
 
 
 class Hl7Driver(Driver):

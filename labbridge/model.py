@@ -63,12 +63,48 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class HostQuery:
-    """An analyzer asks the host which tests to run on these samples."""
+    """An analyzer asks the host which tests to run on these samples.
+
+    ``test_codes`` are LIS codes (the driver maps the instrument's codes back through the test map);
+    empty means all tests. ``all_samples`` is a query for every sample the host has work for (ASTM
+    Q-3 ``ALL``). ``request_status`` is the protocol's request code (ASTM Q-13: ``O`` orders, ``A``
+    cancel the outstanding request, ...).
+    """
 
     instrument: str
     sample_ids: tuple[str, ...]
     test_codes: tuple[str, ...] = ()
     request_status: str = "O"
+    all_samples: bool = False
+
+    @property
+    def cancels(self) -> bool:
+        """The analyzer withdraws its outstanding request (ASTM Q-13 ``A``): it wants no answer."""
+        return self.request_status.upper() == "A"
+
+
+OrderPriority = Literal["routine", "stat", "asap"]
+PRIORITIES: tuple[OrderPriority, ...] = ("routine", "asap", "stat")  # lowest to highest
+OrderLineStatus = Literal["ordered", "no_order", "unknown_sample"]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    """Work for one sample on one instrument, as a driver encodes it.
+
+    ``status`` says what the line is: ``ordered`` (tests to run: a pushed order, or a query answer),
+    ``no_order`` (the host knows the sample but has no order for these tests: ASTM O-26 ``Y``),
+    ``unknown_sample`` (the host has no record of the sample: ASTM O-26 ``Z``). ``test_codes`` are LIS
+    codes; the driver maps them to the instrument's codes. ``order_ids`` are the order source's IDs
+    this line carries (drivers ignore them).
+    """
+
+    sample_id: str
+    test_codes: tuple[str, ...]
+    status: OrderLineStatus = "ordered"
+    priority: OrderPriority = "routine"
+    patient_id: str = ""
+    order_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)

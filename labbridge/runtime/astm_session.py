@@ -6,17 +6,33 @@ waits for bytes; no callbacks, so the link is never entered twice at once.
 
 A complete message is decoded by the driver (pure), committed to the store, and only then is its final
 frame acknowledged; if the commit fails, the frame is NAKed and the analyzer retransmits it.
+
+Host side (labbridge sends): a host query in a stored message is answered from the order source as a
+separate message, queued on the link right after the ACK; the link sends it once the analyzer's EOT
+has returned the line to neutral (and yields to the analyzer on contention, R-A7). Orders addressed to
+this instrument are pushed the same way whenever the link is neutral with nothing else to send: the
+session looks when woken (an order was added), and every ``ORDER_POLL_S`` (orders written to the
+store by another process). At most one message of ours is on the link at a time, the query answer
+first; one query answer is outstanding at a time (R-B10), a newer query replaces an unsent answer and
+Q-13 ``A`` withdraws it. Orders are recorded as sent only when the link reports ``MessageSent`` (the
+analyzer ACKed the last frame); a transfer that fails is retried by the link, and orders lost with a
+connection stay pending and are pushed again on the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError
 from labbridge.logs import get_logger
+from labbridge.model import HostQuery, OrderLine
+from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.store import Store
@@ -24,12 +40,24 @@ from labbridge.runtime.store import Store
 log = get_logger("labbridge.astm")
 
 READ_SIZE = 64 * 1024
+ORDER_POLL_S = 5.0  # look for orders added to the store by another process this often
+PUSH_BATCH = 50  # orders (at most) in one pushed message
+
+
+@dataclass(slots=True)
+class _Job:
+    """A message of ours handed to the link."""
+
+    kind: str  # "reply" (answer to a host query) or "orders" (push)
+    records: list[bytes]
+    order_ids: tuple[int, ...]
 
 
 class AstmSession:
     def __init__(self, *, link: e1381.E1381Link, driver: AstmDriver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, on_stored: Callable[[], None] | None = None) -> None:
+                 writer: asyncio.StreamWriter, on_stored: Callable[[], None] | None = None,
+                 orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None) -> None:
         self.link = link
         self.driver = driver
         self.context = context
@@ -39,30 +67,167 @@ class AstmSession:
         self.reader = reader
         self.writer = writer
         self.on_stored = on_stored
+        self.orders = orders if driver.supports_orders else None
+        self.site = site
+        self.wakeup = wakeup
+        self._reply: _Job | None = None  # the answer to the last host query, not yet on the link
+        self._on_link: dict[int, _Job] = {}  # link handle -> our message being sent
+        self._next_poll = 0.0  # when to look for orders to push (0: at once)
+        self._warned_no_orders = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         link = self.link
+        read_task: asyncio.Task[bytes] | None = None
+        wake_task: asyncio.Task[bool] | None = None
         try:
+            await self._offer_work()
             while True:
-                try:
-                    async with asyncio.timeout_at(link.get_timer()):
-                        data = await self.reader.read(READ_SIZE)
-                except TimeoutError:
+                if read_task is None:
+                    read_task = asyncio.create_task(self.reader.read(READ_SIZE))
+                waiters: set[asyncio.Task[bytes] | asyncio.Task[bool]] = {read_task}
+                if self.wakeup is not None and self.orders is not None:
+                    if wake_task is None:
+                        wake_task = asyncio.create_task(self.wakeup.wait())
+                    waiters.add(wake_task)
+                deadline = self._deadline()
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if wake_task is not None and wake_task in done:
+                    wake_task = None
+                    assert self.wakeup is not None
+                    self.wakeup.clear()
+                    self._next_poll = 0.0
+                if read_task in done:
+                    data = read_task.result()
+                    read_task = None
+                    if not data:
+                        break
+                    self.health.counters.bytes_received += len(data)
+                    self.health.last_byte_at = time.time()
+                    link.receive_data(data, loop.time())
+                timer = link.get_timer()
+                if timer is not None and loop.time() >= timer:
                     link.handle_timer(loop.time())
-                    await self._pump()
-                    continue
-                if not data:
-                    break
-                self.health.counters.bytes_received += len(data)
-                self.health.last_byte_at = time.time()
-                link.receive_data(data, loop.time())
                 await self._pump()
+                await self._offer_work()
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
+            for task in (read_task, wake_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                        await task
             link.connection_lost()
             await self._handle_events(flush=False)
+            if self._on_link or self._reply is not None:
+                log.info("host_messages_not_delivered", instrument=self.health.id,
+                         messages=len(self._on_link) + (self._reply is not None),
+                         note="orders stay pending and are pushed again on the next connection")
+
+    def _link_idle(self) -> bool:
+        return self.link.state is e1381.State.NEUTRAL and self.link.pending_messages == 0
+
+    def _deadline(self) -> float | None:
+        timer = self.link.get_timer()
+        if self.orders is not None and self._link_idle() and (timer is None or self._next_poll < timer):
+            return self._next_poll
+        return timer
+
+    # ---- host side: query answers and order push ------------------------------------------------
+
+    async def _offer_work(self) -> None:
+        """Hand our next message to the link when it is neutral with nothing of ours queued."""
+        if not self._link_idle():
+            return
+        loop = asyncio.get_running_loop()
+        job = self._reply
+        self._reply = None
+        if job is None and self.orders is not None and loop.time() >= self._next_poll:
+            self._next_poll = loop.time() + ORDER_POLL_S
+            job = await self._push_job()
+        if job is None or not self._link_idle():
+            if job is not None and job.kind == "reply":
+                self._reply = job  # the analyzer took the line while we looked: answer after its transfer
+            return
+        handle = self.link.send_message(job.records, loop.time())
+        self._on_link[handle] = job
+        await self._flush()
+
+    async def _push_job(self) -> _Job | None:
+        assert self.orders is not None
+        try:
+            orders = await self.orders.orders_to_push(instrument=self.health.id, limit=PUSH_BATCH)
+        except Exception as exc:  # the store is unreachable: push later, never crash the link
+            log.error("orders_unavailable", instrument=self.health.id, error=type(exc).__name__)
+            return None
+        if not orders:
+            return None
+        lines = push_lines(orders)
+        try:
+            records = self.driver.encode_orders(lines, self.context, at=datetime.now(self.context.timezone))
+        except Exception as exc:
+            log.error("order_encode_failed", instrument=self.health.id, driver=self.driver.name,
+                      error=type(exc).__name__)
+            return None
+        log.info("orders_push", instrument=self.health.id, orders=len(orders), samples=len(lines))
+        return _Job("orders", records, tuple(o.id for o in orders))
+
+    async def _answer(self, queries: Sequence[HostQuery]) -> None:
+        """Prepare the answer to the host queries of a stored message (one answer outstanding: R-B10)."""
+        counters = self.health.counters
+        counters.host_queries += len(queries)
+        if any(q.cancels for q in queries):
+            if self._reply is not None:
+                log.info("query_answer_withdrawn", instrument=self.health.id)
+            self._reply = None
+            queries = [q for q in queries if not q.cancels]
+        if not queries:
+            return
+        if self.orders is None:
+            if not self._warned_no_orders:
+                self._warned_no_orders = True
+                log.warning("host_query_not_answered", instrument=self.health.id, driver=self.driver.name,
+                            reason="no order source, or the driver cannot encode answers")
+            return
+        lines: list[OrderLine] = []
+        try:
+            for query in queries:
+                found: list[Order]
+                if query.all_samples:
+                    found = await self.orders.orders_for_instrument(instrument=self.health.id, site=self.site,
+                                                                    states=LIVE_STATES)
+                else:
+                    found = await self.orders.orders_for_samples(instrument=self.health.id, site=self.site,
+                                                                 sample_ids=query.sample_ids)
+                lines.extend(answer_query(query, found))
+            records = self.driver.encode_query_reply(queries[0], lines, self.context,
+                                                     at=datetime.now(self.context.timezone))
+        except Exception as exc:  # no answer rather than a wrong one; the analyzer's own timeout applies
+            log.error("host_query_failed", instrument=self.health.id, error=type(exc).__name__)
+            return
+        ids = tuple(i for line in lines if line.status == "ordered" for i in line.order_ids)
+        log.info("host_query", instrument=self.health.id, samples=sum(len(q.sample_ids) for q in queries),
+                 ordered=sum(1 for line in lines if line.status == "ordered"),
+                 without_order=sum(1 for line in lines if line.status != "ordered"))
+        self._reply = _Job("reply", records, ids)
+
+    async def _sent(self, handle: int) -> None:
+        job = self._on_link.pop(handle, None)
+        if job is None:
+            return
+        if job.kind == "reply":
+            self.health.counters.query_answers_sent += 1
+        if not job.order_ids or self.orders is None:
+            return
+        try:
+            await self.orders.mark_sent(job.order_ids, instrument=self.health.id, now=time.time())
+        except Exception as exc:  # delivered but not recorded: it stays pending and is sent again
+            log.error("order_state_not_saved", instrument=self.health.id, error=type(exc).__name__)
+            return
+        self.health.counters.orders_sent += len(job.order_ids)
+        log.info("orders_sent", instrument=self.health.id, orders=len(job.order_ids), kind=job.kind)
 
     async def _flush(self) -> None:
         out = self.link.data_to_send()
@@ -84,11 +249,19 @@ class AstmSession:
             if event is None:
                 return
             if isinstance(event, e1381.MessageReceived):
-                ok = await self._store_message(event)
-                if ok:
+                queries = await self._store_message(event)
+                if queries is not None:
                     link.accept_message(loop.time())
+                    if flush and queries:
+                        await self._flush()  # the ACK first, then the time to look the orders up
+                        await self._answer(queries)
                 else:
                     link.reject_message(loop.time())
+            elif isinstance(event, e1381.MessageSent):
+                await self._sent(event.handle)
+            elif isinstance(event, e1381.SendAborted):
+                counters.sends_aborted += 1
+                log.info("send_aborted", instrument=self.health.id, reason=event.reason)
             elif isinstance(event, e1381.FrameRejected):
                 if event.by_peer:
                     counters.naks_received += 1
@@ -115,12 +288,16 @@ class AstmSession:
             elif isinstance(event, e1381.TransferEnded) and event.reason == "timeout":
                 counters.timeouts += 1
 
-    async def _store_message(self, event: e1381.MessageReceived) -> bool:
+    async def _store_message(self, event: e1381.MessageReceived) -> list[HostQuery] | None:
+        """Decode and commit; the message's host queries once it is stored, None if it is not."""
         counters = self.health.counters
         error: str | None = None
         results = []
+        queries: list[HostQuery] = []
         try:
-            results = self.driver.decode(event.records, self.context).results
+            decoded = self.driver.decode(event.records, self.context)
+            results = decoded.results
+            queries = decoded.queries
         except Exception as exc:  # a driver bug or an undecodable message: kept raw, dead-lettered
             error = f"{type(exc).__name__}: {exc}"  # kept in the store, next to the raw message
             counters.decode_errors += 1
@@ -136,7 +313,7 @@ class AstmSession:
             self.health.set_state("degraded", f"results cannot be stored ({exc}); the analyzer is not "
                                               "acknowledged and will retransmit: check the disk")
             log.error("store_failed", instrument=self.health.id, error=str(exc))
-            return False
+            return None
         if self.health.state == "degraded" and counters.store_failures:
             self.health.set_state("up", "store writable again")
         counters.messages_received += 1
@@ -147,4 +324,4 @@ class AstmSession:
                  results=stored.new_results, duplicates=stored.duplicate_results)
         if self.on_stored is not None and stored.outbox_ids:
             self.on_stored()
-        return True
+        return queries

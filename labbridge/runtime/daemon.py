@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,10 @@ from labbridge.config import Config
 from labbridge.driver import AstmDriver, Hl7Driver, load_driver
 from labbridge.errors import DriverError
 from labbridge.logs import get_logger
+from labbridge.orders import NewOrder, Order
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.instrument import InstrumentRunner
+from labbridge.runtime.order_store import SqliteOrderSource
 from labbridge.runtime.relay import Relay
 from labbridge.runtime.store import Store
 
@@ -29,11 +32,33 @@ log = get_logger("labbridge.daemon")
 READY_TIMEOUT_S = 15.0
 
 
+def order_problems(config: Config, order: NewOrder) -> list[str]:
+    """What makes an order unusable in this configuration (bad fields, unknown instrument or site)."""
+    problems = order.problems()
+    inst = next((i for i in config.instruments if i.id == order.instrument), None)
+    if order.instrument and inst is None:
+        problems.append(f"instrument: no instrument {order.instrument!r} in this configuration")
+    if inst is not None and order.site and order.site != inst.site:
+        problems.append(f"site: instrument {inst.id!r} is at site {inst.site!r}, not {order.site!r}")
+    if order.site and order.site not in {s.id for s in config.sites}:
+        problems.append(f"site: no site {order.site!r} in this configuration")
+    return problems
+
+
+def complete_order(config: Config, order: NewOrder) -> NewOrder:
+    """Fill in the site of an order addressed to an instrument."""
+    inst = next((i for i in config.instruments if i.id == order.instrument), None)
+    if inst is not None and not order.site:
+        return dataclasses.replace(order, site=inst.site)
+    return order
+
+
 class Daemon:
     def __init__(self, config: Config, *, ready_file: str | Path | None = None) -> None:
         self.config = config
         self.ready_file = Path(ready_file) if ready_file else None
         self.store = Store(config.store.path)
+        self.orders = SqliteOrderSource(self.store)
         destinations = [d.id for d in config.lis]
         self.runners: dict[str, InstrumentRunner] = {}
         for inst in config.instruments:
@@ -57,7 +82,7 @@ class Daemon:
                 driver_error = str(exc)
             self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,
                                                      store=self.store, destinations=destinations,
-                                                     on_stored=self._wake_relays)
+                                                     on_stored=self._wake_relays, orders=self.orders)
         self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
         self.web: Any = None
         self.http_address: tuple[str, int] | None = None
@@ -67,6 +92,19 @@ class Daemon:
         """New outbox items were committed: every relay looks at its queue now."""
         for relay in self.relays:
             relay.wakeup.set()
+
+    def order_problems(self, order: NewOrder) -> list[str]:
+        return order_problems(self.config, order)
+
+    async def add_order(self, order: NewOrder, *, now: float) -> Order:
+        """Add a valid order (see :func:`order_problems`) and wake the runner that may push it."""
+        stored = await self.orders.add_order(complete_order(self.config, order), now=now)
+        log.info("order_added", order_id=stored.id, instrument=stored.instrument or None, site=stored.site,
+                 tests=len(stored.test_codes), source=stored.source)
+        runner = self.runners.get(stored.instrument)
+        if runner is not None:
+            runner.orders_wakeup.set()
+        return stored
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         attempt = 0

@@ -48,6 +48,10 @@ class Counters:
     store_failures: int = 0
     duplicate_messages: int = 0  # HL7: the same MSH-10 and content again (acknowledged, not stored twice)
     acks_sent: int = 0  # HL7 acknowledgements sent (AA/AE/AR, CA/CE/CR)
+    host_queries: int = 0  # Q records received
+    query_answers_sent: int = 0  # answers the analyzer acknowledged
+    orders_sent: int = 0  # orders delivered (query answers and pushes), acknowledged by the analyzer
+    sends_aborted: int = 0  # transfers of ours that failed (retried by the link)
 
 
 @dataclass

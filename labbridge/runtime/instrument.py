@@ -17,6 +17,7 @@ from labbridge.config import InstrumentConfig, TcpClientTransport, TcpServerTran
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
 from labbridge.errors import PermanentLinkError
 from labbridge.logs import get_logger
+from labbridge.orders import OrderSource
 from labbridge.protocols import e1381
 from labbridge.protocols.hl7_ack import Hl7Receiver
 from labbridge.runtime.astm_session import AstmSession
@@ -40,20 +41,25 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | Hl7Driver | None, driver_error: str | None,
-                 store: Store, destinations: list[str], on_stored: Callable[[], None]) -> None:
+                 store: Store, destinations: list[str], on_stored: Callable[[], None],
+                 orders: OrderSource | None = None, host_name: str = "labbridge") -> None:
         self.cfg = cfg
         self.driver = driver
         self.driver_error = driver_error
         self.store = store
         self.destinations = destinations
         self.on_stored = on_stored
+        self.orders = orders
+        # Set when an order for this instrument was added: the connected session looks for work to push.
+        self.orders_wakeup = asyncio.Event()
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
         self.bound: tuple[str, int] | None = None
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self._active: asyncio.StreamWriter | None = None
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
-                                     test_map=dict(cfg.test_map), encoding=cfg.link.encoding)
+                                     test_map=dict(cfg.test_map), encoding=cfg.link.encoding,
+                                     host_name=host_name)
 
     async def run(self) -> None:
         try:
@@ -175,7 +181,8 @@ class InstrumentRunner:
                                    e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
             session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                                   health=self.health, destinations=self.destinations, reader=reader,
-                                  writer=writer, on_stored=self.on_stored)
+                                  writer=writer, on_stored=self.on_stored, orders=self.orders,
+                                  site=self.cfg.site, wakeup=self.orders_wakeup)
         try:
             await session.run()
         except asyncio.CancelledError:

@@ -9,7 +9,11 @@ Reads use a second connection on their own thread (WAL readers never block the w
 
 Tables: ``messages`` (raw bytes as received, per instrument), ``results`` (canonical JSON, unique per
 instrument and content key), ``outbox`` (one row per LIS destination and group of results, with its
-stable control ID and delivery state), ``incomplete`` (transmissions that never became a message).
+stable control ID and delivery state), ``incomplete`` (transmissions that never became a message),
+``orders`` (schema 2: the embedded order source, :mod:`labbridge.runtime.order_store`).
+
+Schema versions live in ``PRAGMA user_version``; an older store is migrated step by step on open, in
+one transaction per step (``MIGRATIONS``), so a store written by an earlier labbridge keeps working.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from labbridge.model import Result
 log = get_logger("labbridge.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1, as the first labbridge wrote it; later versions are MIGRATIONS applied on top.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
@@ -91,6 +96,57 @@ CREATE TABLE IF NOT EXISTS received_ids (   -- HL7 MSH-10 per analyzer, to recog
     PRIMARY KEY (instrument, control_id, digest)
 );
 """
+
+# MIGRATIONS[n] takes a store from schema n to n + 1.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY,
+    sample_id TEXT NOT NULL,
+    tests TEXT NOT NULL,              -- JSON list of LIS test codes
+    instrument TEXT NOT NULL DEFAULT '',  -- '' = any instrument of the site
+    site TEXT NOT NULL DEFAULT '',
+    priority TEXT NOT NULL DEFAULT 'routine',
+    patient_id TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | accepted | cancelled
+    source TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    sent_to TEXT,
+    accepted_at REAL,
+    cancelled_at REAL
+);
+CREATE INDEX IF NOT EXISTS orders_sample ON orders(sample_id, state);
+CREATE INDEX IF NOT EXISTS orders_instrument ON orders(instrument, state, id);
+CREATE INDEX IF NOT EXISTS orders_site ON orders(site, state, id);
+""",
+}
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring a store to SCHEMA_VERSION: create schema 1 if empty, then apply each migration in turn."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"store {path} has schema version {version}, newer than this labbridge "
+                         f"({SCHEMA_VERSION}): upgrade labbridge")
+    if version == 0:
+        conn.executescript(SCHEMA)
+        conn.execute("PRAGMA user_version=1")
+        version = 1
+    while version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"store {path}: migration from schema {version} failed: {exc}") from exc
+        log.info("store_migrated", from_version=version, to_version=version + 1)
+        version += 1
+
 
 GROUP_COMMIT_MAX = 512  # write requests folded into one transaction at most
 
@@ -174,13 +230,11 @@ class Store:
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        try:
+            migrate(conn, self.path)
+        except (StoreError, sqlite3.Error):
             conn.close()
-            raise StoreError(f"store {self.path} has schema version {version}, newer than this labbridge "
-                             f"({SCHEMA_VERSION}): upgrade labbridge")
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            raise
         self._write_conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="labbridge-store-write", daemon=True)
         self._writer.start()
@@ -262,6 +316,17 @@ class Store:
         if conn is None:
             raise StoreError("store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the writer thread inside a transaction; returns after the commit is on disk.
+
+        For store extensions (the order source); ``fn`` must not commit or roll back itself.
+        """
+        return await self._write(fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the read connection (it sees every committed write)."""
+        return await self._read(fn)
 
     # ---- writes --------------------------------------------------------------------------------
 

@@ -1,20 +1,25 @@
 """HTTP server embedded in the daemon (aiohttp), bound to 127.0.0.1 by default.
 
 Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
-``/api/outbox``, ``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
+``/api/outbox``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
+``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labbridge.model import PRIORITIES, OrderPriority
+from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.runtime.health import STATES
 
 if TYPE_CHECKING:
@@ -67,6 +72,10 @@ class WebServer:
             web.get("/api/instruments/{id}", self.instrument),
             web.get("/api/sites", self.sites),
             web.get("/api/outbox", self.outbox),
+            web.get("/api/orders", self.list_orders),
+            web.post("/api/orders", self.add_order),
+            web.get("/api/orders/{id}", self.get_order),
+            web.post("/api/orders/{id}/cancel", self.cancel_order),
             web.get("/metrics", self.metrics),
         ])
         self.runner: web.AppRunner | None = None
@@ -116,8 +125,88 @@ class WebServer:
             ],
         })
 
+    # ---- orders --------------------------------------------------------------------------------
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        q = request.query
+        state: OrderState | None = None
+        if "state" in q:
+            wanted = next((s for s in ORDER_STATES if s == q["state"]), None)
+            if wanted is None:
+                return _bad_request([f"state: one of {', '.join(ORDER_STATES)}"])
+            state = wanted
+        try:
+            limit = max(1, min(int(q.get("limit", "200")), 5000))
+        except ValueError:
+            return _bad_request(["limit: an integer"])
+        orders = await self.daemon.orders.list_orders(
+            instrument=q.get("instrument"), site=q.get("site"), sample_id=q.get("sample_id"),
+            state=state, limit=limit)
+        return web.json_response([o.to_json() for o in orders])
+
+    async def add_order(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad_request(["body: a JSON object"])
+        order, problems = _order_from_json(body)
+        if order is not None:
+            problems = self.daemon.order_problems(order)
+        if problems or order is None:
+            return _bad_request(problems)
+        stored = await self.daemon.add_order(order, now=time.time())
+        return web.json_response(stored.to_json(), status=201)
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        order_id = _int_id(request)
+        order = await self.daemon.orders.get(order_id) if order_id is not None else None
+        if order is None:
+            return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
+        return web.json_response(order.to_json())
+
+    async def cancel_order(self, request: web.Request) -> web.Response:
+        order_id = _int_id(request)
+        order = await self.daemon.orders.cancel(order_id, now=time.time()) if order_id is not None else None
+        if order is None:
+            return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
+        return web.json_response(order.to_json())
+
     async def metrics(self, _request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Snapshot(self.daemon, await self.daemon.store.counts()))
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def _bad_request(problems: list[str]) -> web.Response:
+    return web.json_response({"error": "invalid order request", "problems": problems}, status=400)
+
+
+def _int_id(request: web.Request) -> int | None:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        return None
+
+
+ORDER_FIELDS = frozenset({"sample_id", "test_codes", "instrument", "site", "priority", "patient_id", "source"})
+
+
+def _order_from_json(body: Any) -> tuple[NewOrder | None, list[str]]:
+    """A NewOrder from a POST body, or the problems with it (unknown fields are an error, as in the config)."""
+    if not isinstance(body, dict):
+        return None, ["body: a JSON object"]
+    problems = [f"{key}: unknown field" for key in body if key not in ORDER_FIELDS]
+    problems.extend(f"{key}: a string" for key in ("sample_id", "instrument", "site", "priority", "patient_id",
+                                                   "source") if key in body and not isinstance(body[key], str))
+    tests = body.get("test_codes")
+    if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
+        problems.append("test_codes: a list of LIS test codes (strings)")
+    priority = body.get("priority", "routine")
+    if priority not in PRIORITIES:
+        problems.append(f"priority: one of {', '.join(PRIORITIES)}")
+    if problems or not isinstance(tests, list):
+        return None, problems
+    return NewOrder(sample_id=body.get("sample_id", ""), test_codes=tuple(tests), instrument=body.get("instrument", ""),
+                    site=body.get("site", ""), priority=cast(OrderPriority, priority),
+                    patient_id=body.get("patient_id", ""), source=body.get("source", "api")), []

@@ -7,6 +7,14 @@ again after a reconnect if it was not, as analyzers do; ``acked`` holds the resu
 Fault injection: ``corrupt_every=N`` corrupts the checksum of every Nth frame (the host must NAK it and
 accept the retransmission); ``disconnect_every=N`` drops the connection in the middle of every Nth
 message.
+
+Host side: with ``query_share`` > 0 that share of samples is first asked about with a host query
+(``Q|1|^sample||ALL||||||||O``, as VITROS sends it); the analyzer waits for the answer (at most
+``query_timeout`` s) and then runs the tests it was given (those of its panel), or its whole panel when
+the host has no order (O-26 ``Y``/``Z``). It also accepts orders the host pushes unasked (O-26 ``O``).
+Every order line it acknowledged is in ``orders_received``. ``drop_before_ack=N`` hangs up instead of
+acknowledging the last frame of the host's first N messages (the host must not count them as
+delivered). ``linger=True`` keeps the connection open when there is nothing left to send.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from datetime import datetime
 from typing import Protocol
 
 from labbridge.protocols import e1381
-from labbridge.protocols.e1394 import encode_record
+from labbridge.protocols.e1394 import encode_record, parse_records
 
 ResultIdentity = tuple[str, str, str, str]  # instrument, sample, instrument test code, value
 
@@ -67,6 +75,18 @@ LAST_NAMES = ("DUPONT", "MARTIN", "LAMBERT", "DUBOIS", "PEETERS", "JANSSENS")
 class SimMessage:
     records: tuple[bytes, ...]
     results: tuple[ResultIdentity, ...]
+    query_for: str | None = None  # the sample a host query asks about
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedOrder:
+    """One O record of a message from the host, as the analyzer acknowledged it."""
+
+    sample_id: str
+    test_codes: tuple[str, ...]  # the instrument's codes (O-5, 4th components)
+    report_type: str  # O-26: O (pushed), Q (query answer), Y (no order for the test), Z (unknown sample)
+    priority: str  # O-6
+    patient_id: str
 
 
 @dataclass
@@ -77,6 +97,12 @@ class AnalyzerStats:
     frames_corrupted: int = 0
     disconnects_injected: int = 0
     aborted_transfers: int = 0
+    queries_sent: int = 0
+    query_answers: int = 0
+    query_timeouts: int = 0
+    host_messages: int = 0
+    host_messages_dropped: int = 0
+    contentions: int = 0
 
 
 def _astm_time(dt: datetime) -> str:
@@ -95,10 +121,32 @@ class MessageFactory:
         self.model = model
         self.counter = 0
 
-    def next(self, now: datetime | None = None) -> SimMessage:
-        now = now or datetime.now()
+    def sample_id(self, number: int) -> str:
+        """The ID of the ``number``-th sample this factory makes (1-based): lets a test or demo order it."""
+        return f"{self.prefix}{number:06d}"
+
+    def new_sample(self) -> str:
         self.counter += 1
-        sample = f"{self.prefix}{self.counter:06d}"
+        return self.sample_id(self.counter)
+
+    def query(self, sample: str, now: datetime | None = None) -> SimMessage:
+        """A host query for one sample, all tests (Q-13 ``O``: orders and demographics)."""
+        ts = _astm_time(now or datetime.now())
+        records = (
+            encode_record("H", ["", "", [self.model, "1.0", self.instrument], "", "", "", "", "", "", "P",
+                                "LIS2-A2", ts]),
+            encode_record("Q", ["1", ["", sample], "", "ALL", "", "", "", "", "", "", "", "O"]),
+            b"L|1|N",
+        )
+        return SimMessage(records, (), query_for=sample)
+
+    def next(self, now: datetime | None = None) -> SimMessage:
+        return self.results_for(self.new_sample(), now=now)
+
+    def results_for(self, sample: str, codes: tuple[str, ...] = (), now: datetime | None = None) -> SimMessage:
+        """Results for ``sample``: the tests in ``codes`` that are on the panel, else the whole panel."""
+        now = now or datetime.now()
+        panel = tuple(a for a in self.panel if a.code in codes) or self.panel
         patient = f"PAT{self.rng.randrange(10**6):06d}"
         name = [self.rng.choice(LAST_NAMES), self.rng.choice(FIRST_NAMES)]
         ts = _astm_time(now)
@@ -106,11 +154,11 @@ class MessageFactory:
             encode_record("H", ["", "", [self.model, "1.0", self.instrument], "", "", "", "", "", "", "P",
                                 "LIS2-A2", ts]),
             encode_record("P", ["1", patient, "", "", name]),
-            encode_record("O", ["1", sample, "", [["", "", "", a.code] for a in self.panel], "R", ts, ts,
+            encode_record("O", ["1", sample, "", [["", "", "", a.code] for a in panel], "R", ts, ts,
                                 "", "", "", "N"]),
         ]
         identities: list[ResultIdentity] = []
-        for i, analyte in enumerate(self.panel, start=1):
+        for i, analyte in enumerate(panel, start=1):
             spread = analyte.high - analyte.low
             value = self.rng.uniform(analyte.low - spread * 0.3, analyte.high + spread * 0.3)
             text = f"{max(value, 0):.{analyte.decimals}f}"
@@ -145,13 +193,23 @@ class AstmAnalyzerSim:
     disconnect_every: int = 0
     reconnect_delay: float = 0.5
     seed: int | None = None
+    query_share: float = 0.0
+    query_timeout: float = 10.0
+    drop_before_ack: int = 0
+    linger: bool = False
     acked: list[ResultIdentity] = field(default_factory=list)
+    orders_received: list[ReceivedOrder] = field(default_factory=list)
     stats: AnalyzerStats = field(default_factory=AnalyzerStats)
     _pending: list[SimMessage] = field(default_factory=list)
     _generated: int = 0
     _frames_out: int = 0
     _messages_started: int = 0
+    _awaiting: str | None = None  # the sample whose query answer we wait for
+    _awaiting_until: float | None = None
+    _answer: tuple[str, ...] = ()
+    _answered: bool = False
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    host_message_dropped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _resolve(self) -> tuple[str, int]:
         return self.address() if callable(self.address) else self.address
@@ -161,13 +219,17 @@ class AstmAnalyzerSim:
         return len(self._pending)
 
     def done(self) -> bool:
-        return self.max_messages is not None and self._generated >= self.max_messages and not self._pending
+        return (self.max_messages is not None and self._generated >= self.max_messages and not self._pending
+                and self._awaiting is None)
+
+    def _finished(self, stop: asyncio.Event) -> bool:
+        return stop.is_set() or (self.done() and not self.linger)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send until ``stop`` is set (the message in flight is finished first) or max_messages are ACKed."""
         rng = random.Random(self.seed)
         next_at = 0.0
-        while not self.done() and not (stop.is_set() and not self._in_flight()):
+        while not (self.done() and not self.linger) and not (stop.is_set() and not self._in_flight()):
             try:
                 host, port = self._resolve()
                 reader, writer = await asyncio.open_connection(host, port)
@@ -187,7 +249,7 @@ class AstmAnalyzerSim:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-            if not self.done() and not stop.is_set():
+            if not self._finished(stop):
                 await asyncio.sleep(self.reconnect_delay)
 
     def _in_flight(self) -> bool:
@@ -204,18 +266,40 @@ class AstmAnalyzerSim:
         drop_after_frames: int | None = None
         while True:
             now = loop.time()
-            may_generate = (not stop.is_set() and not self._pending and now >= next_at
+            if self._awaiting is not None and (self._answered or stop.is_set() or (
+                    self._awaiting_until is not None and now >= self._awaiting_until)):
+                if not self._answered:
+                    self.stats.query_timeouts += 1
+                sample, codes = self._awaiting, self._answer
+                self._awaiting, self._awaiting_until, self._answer, self._answered = None, None, (), False
+                if not stop.is_set():
+                    assert isinstance(self.factory, MessageFactory)  # only it sends host queries
+                    msg = self.factory.results_for(sample, codes)
+                    self._generated += 1
+                    self._pending.append(msg)
+                    handles[link.send_message(msg.records, now)] = msg
+            may_generate = (not stop.is_set() and not self._pending and now >= next_at and self._awaiting is None
                             and (self.max_messages is None or self._generated < self.max_messages))
             if may_generate:
-                msg = self.factory.next()
-                self._generated += 1
+                factory = self.factory
+                if not isinstance(factory, MessageFactory):  # a family profile: results only
+                    msg = factory.next()
+                    self._generated += 1
+                elif self.query_share and rng.random() < self.query_share:
+                    sample = factory.new_sample()
+                    msg = factory.query(sample)
+                    self._awaiting = sample
+                    self.stats.queries_sent += 1
+                else:
+                    msg = factory.results_for(factory.new_sample())
+                    self._generated += 1
                 self._pending.append(msg)
                 handles[link.send_message(msg.records, now)] = msg
                 self._messages_started += 1
                 if self.disconnect_every and self._messages_started % self.disconnect_every == 0:
                     drop_after_frames = len(msg.records) // 2
                 next_at = now + rng.uniform(*self.interval)
-            if (stop.is_set() or self.done()) and not self._pending:
+            if self._finished(stop) and not self._pending and self._awaiting is None:
                 return next_at
             out = link.data_to_send()
             if out:
@@ -226,7 +310,8 @@ class AstmAnalyzerSim:
                     if drop_after_frames <= 0:
                         self.stats.disconnects_injected += 1
                         return next_at  # hang up in the middle of a message
-            deadlines = [d for d in (link.get_timer(), None if self._pending else next_at) if d is not None]
+            deadlines = [d for d in (link.get_timer(), None if self._pending else next_at, self._awaiting_until,
+                                     now + 0.2 if self.linger else None) if d is not None]
             deadline = min(deadlines) if deadlines else None
             if stop.is_set() and not self._pending:
                 deadline = None
@@ -242,15 +327,49 @@ class AstmAnalyzerSim:
             if data:
                 link.receive_data(data, loop.time())
             for event in link.events():
-                if isinstance(event, e1381.MessageSent):
+                if isinstance(event, e1381.MessageReceived):
+                    if self.stats.host_messages_dropped < self.drop_before_ack:
+                        self.stats.host_messages_dropped += 1
+                        self.host_message_dropped.set()
+                        link.connection_lost()
+                        return next_at  # hang up with the host's last frame unacknowledged
+                    self._host_message(event.records)
+                    link.accept_message(loop.time())
+                elif isinstance(event, e1381.MessageSent):
                     done = handles.pop(event.handle)
                     self._pending.remove(done)
                     self.acked.extend(done.results)
                     self.stats.messages_acked += 1
+                    if done.query_for is not None and done.query_for == self._awaiting:
+                        self._awaiting_until = loop.time() + self.query_timeout
+                elif isinstance(event, e1381.Contention):
+                    self.stats.contentions += 1
                 elif isinstance(event, e1381.FrameRejected) and event.by_peer:
                     self.stats.naks_received += 1
                 elif isinstance(event, e1381.SendAborted):
                     self.stats.aborted_transfers += 1
+
+    def _host_message(self, records: tuple[bytes, ...]) -> None:
+        """Book the O records of a message from the host; an answer to our query unblocks that sample."""
+        self.stats.host_messages += 1
+        patient = ""
+        answered = False
+        parsed = parse_records(records)
+        for rec in parsed:
+            if rec.type == "P":
+                patient = rec.component(3, 1)
+            elif rec.type == "O":
+                codes = tuple(c for r in range(len(rec.repeats(5))) if (c := rec.component(5, 4, repeat=r)))
+                order = ReceivedOrder(rec.field(3), codes, rec.field(26).upper(), rec.field(6), patient)
+                self.orders_received.append(order)
+                if order.sample_id == self._awaiting and order.report_type in ("Q", "Y", "Z"):
+                    answered = True
+                    if order.report_type == "Q":
+                        self._answer = codes
+        if self._awaiting is not None and (answered or any(r.type == "L" and r.field(3).upper() == "I"
+                                                           for r in parsed)):
+            self._answered = True
+            self.stats.query_answers += 1
 
     def _maybe_corrupt(self, out: bytes) -> bytes:
         if out[:1] != b"\x02":
@@ -269,11 +388,12 @@ async def _main(args: argparse.Namespace) -> None:
     sim = AstmAnalyzerSim(args.name, (args.host, args.port),
                           MessageFactory(args.name, sample_prefix=args.name[:3].upper(), panel_size=args.tests),
                           interval=(args.interval, args.interval), max_messages=args.count,
-                          corrupt_every=args.corrupt_every)
+                          corrupt_every=args.corrupt_every, query_share=args.query_share)
     stop = asyncio.Event()
     await sim.run(stop)
     print(f"{args.name}: {sim.stats.messages_acked} messages acknowledged, {len(sim.acked)} results, "
-          f"{sim.stats.naks_received} NAKs", flush=True)
+          f"{sim.stats.naks_received} NAKs, {sim.stats.queries_sent} host queries, "
+          f"{len(sim.orders_received)} order lines received", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -285,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tests", type=int, default=20, help="results per message")
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--corrupt-every", type=int, default=0, help="corrupt every Nth frame's checksum")
+    parser.add_argument("--query-share", type=float, default=0.0,
+                        help="share of samples asked about with a host query first (0 to 1)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))

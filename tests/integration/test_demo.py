@@ -25,3 +25,4 @@ def test_demo_runs_for_a_while_and_loses_nothing(tmp_path: Path) -> None:
     assert data["instruments"] >= 12
     assert data["sent"] > 0 and data["delivered"] == data["sent"] == data["stored"]
     assert data["lost"] == 0 and data["duplicates"] == 0
+    assert data["host_queries"] > 0 and data["query_answers"] > 0 and data["order_lines_received"] > 0

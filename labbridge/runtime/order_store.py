@@ -1,0 +1,148 @@
+"""The embedded order source: orders kept in the SQLite store (table ``orders``, schema 2).
+
+Writes go through the store's writer thread (durable when the call returns); reads use its read
+connection. Another process (``labbridge orders add --store FILE``) may write the same file while the
+daemon runs: SQLite's WAL mode lets it, and the daemon's runners poll for new orders.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, cast
+
+from labbridge.model import OrderPriority
+from labbridge.orders import LIVE_STATES, NewOrder, Order, OrderState
+from labbridge.runtime.store import Store
+
+_COLUMNS = ("id, sample_id, tests, instrument, site, priority, patient_id, state, source, created_at, sent_at,"
+            " sent_to, accepted_at, cancelled_at")
+
+
+def _order(row: Sequence[Any]) -> Order:
+    return Order(id=row[0], sample_id=row[1], test_codes=tuple(json.loads(row[2])), instrument=row[3],
+                 site=row[4], priority=cast(OrderPriority, row[5]), patient_id=row[6],
+                 state=cast(OrderState, row[7]), source=row[8], created_at=row[9], sent_at=row[10],
+                 sent_to=row[11], accepted_at=row[12], cancelled_at=row[13])
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+# Orders this instrument may run: addressed to it, or to any instrument of its site.
+_FOR_INSTRUMENT = "(instrument = ? OR (instrument = '' AND site = ? AND site != ''))"
+# Stat first, then ASAP, then routine; oldest first within a priority.
+_PUSH_ORDER = "CASE priority WHEN 'stat' THEN 0 WHEN 'asap' THEN 1 ELSE 2 END, id"
+
+
+class SqliteOrderSource:
+    """:class:`labbridge.orders.OrderSource` on the labbridge store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def add_order(self, order: NewOrder, *, now: float) -> Order:
+        def work(conn: sqlite3.Connection) -> Order:
+            cur = conn.execute(
+                "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
+                 order.priority, order.patient_id, order.source, now))
+            row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (cur.lastrowid,)).fetchone()
+            return _order(row)
+
+        return await self.store.write(work)
+
+    async def orders_for_samples(self, *, instrument: str, site: str, sample_ids: Sequence[str]) -> list[Order]:
+        samples = list(dict.fromkeys(sample_ids))
+        if not samples:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[Order]:
+            out: list[Order] = []
+            for start in range(0, len(samples), 500):  # SQLite's bound on host parameters
+                chunk = samples[start:start + 500]
+                out.extend(_order(r) for r in conn.execute(
+                    f"SELECT {_COLUMNS} FROM orders WHERE sample_id IN ({_marks(chunk)})"
+                    f" AND state IN ({_marks(LIVE_STATES)}) AND {_FOR_INSTRUMENT} ORDER BY id",
+                    (*chunk, *LIVE_STATES, instrument, site)))
+            return out
+
+        return await self.store.read(work)
+
+    async def orders_for_instrument(self, *, instrument: str, site: str, states: Sequence[OrderState],
+                                    limit: int = 100) -> list[Order]:
+        def work(conn: sqlite3.Connection) -> list[Order]:
+            return [_order(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM orders WHERE state IN ({_marks(states)}) AND {_FOR_INSTRUMENT}"
+                f" ORDER BY {_PUSH_ORDER} LIMIT ?", (*states, instrument, site, limit))]
+
+        return await self.store.read(work)
+
+    async def orders_to_push(self, *, instrument: str, limit: int = 50) -> list[Order]:
+        def work(conn: sqlite3.Connection) -> list[Order]:
+            return [_order(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM orders WHERE instrument = ? AND state = 'pending'"
+                f" ORDER BY {_PUSH_ORDER} LIMIT ?", (instrument, limit))]
+
+        return await self.store.read(work)
+
+    async def mark_sent(self, order_ids: Sequence[int], *, instrument: str, now: float) -> None:
+        ids = list(order_ids)
+        if not ids:
+            return
+
+        def work(conn: sqlite3.Connection) -> None:
+            # Only pending orders move: a cancelled order stays cancelled; a resent one keeps its first time.
+            conn.execute(f"UPDATE orders SET state = 'sent', sent_at = ?, sent_to = ? WHERE id IN ({_marks(ids)})"
+                         " AND state = 'pending'", (now, instrument, *ids))
+
+        await self.store.write(work)
+
+    async def mark_accepted(self, order_ids: Sequence[int], *, instrument: str, now: float) -> None:
+        ids = list(order_ids)
+        if not ids:
+            return
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(f"UPDATE orders SET state = 'accepted', accepted_at = ?, sent_to = ?,"
+                         f" sent_at = COALESCE(sent_at, ?) WHERE id IN ({_marks(ids)})"
+                         " AND state IN ('pending', 'sent')", (now, instrument, now, *ids))
+
+        await self.store.write(work)
+
+    async def cancel(self, order_id: int, *, now: float) -> Order | None:
+        def work(conn: sqlite3.Connection) -> Order | None:
+            conn.execute("UPDATE orders SET state = 'cancelled', cancelled_at = ? WHERE id = ?"
+                         " AND state != 'cancelled'", (now, order_id))
+            row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (order_id,)).fetchone()
+            return _order(row) if row else None
+
+        return await self.store.write(work)
+
+    async def get(self, order_id: int) -> Order | None:
+        def work(conn: sqlite3.Connection) -> Order | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (order_id,)).fetchone()
+            return _order(row) if row else None
+
+        return await self.store.read(work)
+
+    async def list_orders(self, *, instrument: str | None = None, site: str | None = None,
+                          sample_id: str | None = None, state: OrderState | None = None,
+                          limit: int = 200) -> list[Order]:
+        def work(conn: sqlite3.Connection) -> list[Order]:
+            where: list[str] = []
+            args: list[Any] = []
+            for column, value in (("instrument", instrument), ("site", site), ("sample_id", sample_id),
+                                  ("state", state)):
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    args.append(value)
+            sql = f"SELECT {_COLUMNS} FROM orders"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            return [_order(r) for r in conn.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit))]
+
+        return await self.store.read(work)

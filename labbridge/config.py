@@ -59,10 +59,18 @@ TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client"})
 
 
 class LinkConfig(_Model):
-    framing: Literal["e1381"] = "e1381"
+    framing: Literal["e1381", "raw"] = "e1381"
     encoding: str = "latin-1"
     # ASTM LIS1-A: the first frame of a transfer is numbered 1. Some analyzers start at 0.
     strict_frame_numbers: bool = True
+    # Dialects (flags on the link profile; defaults are the standard).
+    frame_numbers: bool = True  # false: frames carry no frame number digit (Snibe MAGLUMI)
+    checksums: bool = True  # false: frames carry no checksum (Snibe MAGLUMI)
+    record_terminator: Literal["cr", "lf", "crlf"] = "cr"
+    lenient_whitespace: bool = False  # newlines before STX and extra CRs after frames are expected
+    enq_eot_keepalive: bool = False  # ENQ then EOT with no frame is the analyzer's keep-alive
+    # framing = "raw": a message not finished (no L record) this long after its last byte is incomplete.
+    raw_idle_timeout_s: Seconds = 30.0
 
     @field_validator("encoding")
     @classmethod

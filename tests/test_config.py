@@ -94,3 +94,25 @@ def test_toml_syntax_error_is_reported_with_the_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     proc = check(tmp_path / "absent.toml")
     assert proc.returncode != 0 and "file not found" in proc.stderr
+
+
+def test_link_dialect_flags_reach_the_link_profile(tmp_path: Path) -> None:
+    from labbridge.runtime.instrument import link_profile
+
+    text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
+                        'transport = { kind = "tcp-server", port = 4001 }\n'
+                        'link = { frame_numbers = false, checksums = false, record_terminator = "crlf", '
+                        'lenient_whitespace = true, enq_eot_keepalive = true }')
+    cfg = load_config(write(tmp_path, text))
+    profile = link_profile(cfg.instruments[0].link)
+    assert (profile.frame_numbers, profile.checksums, profile.record_terminator) == (False, False, b"\r\n")
+    assert profile.lenient_whitespace and profile.enq_eot_keepalive
+    assert link_profile(cfg.instruments[1].link) == link_profile(type(cfg.instruments[1].link)())
+
+
+def test_unknown_record_terminator_names_the_key(tmp_path: Path) -> None:
+    text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
+                        'transport = { kind = "tcp-server", port = 4001 }\nlink = { record_terminator = "nl" }')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.problems[0][0] == "instruments[0].link.record_terminator"

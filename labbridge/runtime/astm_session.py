@@ -114,6 +114,8 @@ class AstmSession:
                     log.error("incomplete_not_kept", instrument=self.health.id, error=str(exc))
             elif isinstance(event, e1381.TransferEnded) and event.reason == "timeout":
                 counters.timeouts += 1
+            elif isinstance(event, e1381.KeepAlive):
+                counters.keepalives += 1
 
     async def _store_message(self, event: e1381.MessageReceived) -> bool:
         counters = self.health.counters

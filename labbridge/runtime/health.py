@@ -46,6 +46,7 @@ class Counters:
     incomplete_transmissions: int = 0
     decode_errors: int = 0
     store_failures: int = 0
+    keepalives: int = 0  # ENQ/EOT keep-alives (link.enq_eot_keepalive)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import errno
 import zoneinfo
 from collections.abc import Callable
 
-from labbridge.config import InstrumentConfig, TcpClientTransport, TcpServerTransport
+from labbridge.config import InstrumentConfig, LinkConfig, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.logs import get_logger
 from labbridge.protocols import e1381
@@ -24,6 +24,15 @@ from labbridge.runtime.store import Store
 log = get_logger("labbridge.instrument")
 
 BIND_RETRY_S = 30.0
+
+_TERMINATORS = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}
+
+
+def link_profile(link: LinkConfig) -> e1381.LinkProfile:
+    """The sans-I/O link profile (dialect flags) for an instrument's ``[link]`` settings."""
+    return e1381.LinkProfile(strict_frame_numbers=link.strict_frame_numbers, frame_numbers=link.frame_numbers,
+                             checksums=link.checksums, record_terminator=_TERMINATORS[link.record_terminator],
+                             lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive)
 
 
 def _transport_label(cfg: InstrumentConfig) -> str:
@@ -146,8 +155,7 @@ class InstrumentRunner:
         self.health.counters.connections += 1
         self.health.peer = peer
         self.health.set_state("up", f"analyzer connected from {peer}")
-        link = e1381.E1381Link(e1381.Role.HOST,
-                               e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
+        link = e1381.E1381Link(e1381.Role.HOST, link_profile(self.cfg.link))
         session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                               health=self.health, destinations=self.destinations, reader=reader,
                               writer=writer, on_stored=self.on_stored)

@@ -1,4 +1,5 @@
-"""One ASTM E1381 connection: the thin asyncio shell around :class:`labbridge.protocols.e1381.E1381Link`.
+"""One ASTM connection: the thin asyncio shell around :class:`labbridge.protocols.e1381.E1381Link` (or, for
+``framing = "raw"``, :class:`labbridge.protocols.raw.RawLink`, which has the same interface and events).
 
 A single task per connection reads bytes, feeds them to the link with the loop's clock, writes what the
 link wants sent, and waits for the link's next deadline (``asyncio.timeout_at``) at the same time as it
@@ -13,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError
 from labbridge.logs import get_logger
-from labbridge.protocols import e1381
+from labbridge.protocols import e1381, raw
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.store import Store
 
@@ -26,10 +28,17 @@ log = get_logger("labbridge.astm")
 READ_SIZE = 64 * 1024
 
 
+class ByteWriter(Protocol):
+    """What a session writes to: an asyncio.StreamWriter, or the serial transport's writer."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+
+
 class AstmSession:
-    def __init__(self, *, link: e1381.E1381Link, driver: AstmDriver, context: DecodeContext, store: Store,
+    def __init__(self, *, link: e1381.E1381Link | raw.RawLink, driver: AstmDriver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, on_stored: Callable[[], None] | None = None) -> None:
+                 writer: ByteWriter, on_stored: Callable[[], None] | None = None) -> None:
         self.link = link
         self.driver = driver
         self.context = context

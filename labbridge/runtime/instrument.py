@@ -15,7 +15,7 @@ from collections.abc import Callable
 from labbridge.config import InstrumentConfig, LinkConfig, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.logs import get_logger
-from labbridge.protocols import e1381
+from labbridge.protocols import e1381, raw
 from labbridge.runtime.astm_session import AstmSession
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
@@ -155,7 +155,12 @@ class InstrumentRunner:
         self.health.counters.connections += 1
         self.health.peer = peer
         self.health.set_state("up", f"analyzer connected from {peer}")
-        link = e1381.E1381Link(e1381.Role.HOST, link_profile(self.cfg.link))
+        link: e1381.E1381Link | raw.RawLink
+        if self.cfg.link.framing == "raw":
+            link = raw.RawLink(raw.RawProfile(record_terminator=_TERMINATORS[self.cfg.link.record_terminator],
+                                              idle_timeout=self.cfg.link.raw_idle_timeout_s))
+        else:
+            link = e1381.E1381Link(e1381.Role.HOST, link_profile(self.cfg.link))
         session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                               health=self.health, destinations=self.destinations, reader=reader,
                               writer=writer, on_stored=self.on_stored)

@@ -18,7 +18,9 @@ from labbridge.runtime.daemon import Daemon
 
 
 def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,
-               extra_lis: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra_lis: dict[str, Any] | None = None,
+               overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``overrides`` maps an instrument id (``an-0``...) to keys replacing its defaults (``link``, ``transport``)."""
     return {
         "node": "test",
         "store": {"path": str(tmp_path / "labbridge.db")},
@@ -26,7 +28,8 @@ def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = 
         "sites": [{"id": "arlon", "name": "Arlon"}, {"id": "virton", "name": "Virton"}],
         "instruments": [
             {"id": f"an-{i}", "site": "arlon" if i % 2 == 0 else "virton", "driver": "astm-generic",
-             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0}}
+             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0},
+             **(overrides or {}).get(f"an-{i}", {})}
             for i in range(instruments)
         ],
         "lis": [{"id": "lis", "host": "127.0.0.1", "port": lis_port, "ack_timeout_s": 2.0,
@@ -51,11 +54,12 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = False,
-                      extra_lis: dict[str, Any] | None = None) -> AsyncIterator[Lab]:
+                      extra_lis: dict[str, Any] | None = None,
+                      overrides: dict[str, dict[str, Any]] | None = None) -> AsyncIterator[Lab]:
     lis = SimulatedLis()
     await lis.start()
     config = parse_config(lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
-                                     extra_lis=extra_lis))
+                                     extra_lis=extra_lis, overrides=overrides))
     daemon = Daemon(config)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))

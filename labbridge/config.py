@@ -54,8 +54,31 @@ class TcpClientTransport(_Model):
     reconnect_max_s: Seconds = 60.0
 
 
-Transport = Annotated[TcpServerTransport | TcpClientTransport, Field(discriminator="kind")]
-TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client"})
+class SerialTransport(_Model):
+    """An RS-232 port through pyserial: a device path (/dev/ttyS0, /dev/ttyUSB0, COM3) or a pyserial URL
+    (socket://host:port, rfc2217://host:port, loop://). Reopened with capped backoff and jitter."""
+
+    kind: Literal["serial"]
+    port: Annotated[str, Field(min_length=1)]
+    baudrate: Annotated[int, Field(gt=0, le=4_000_000)] = 9600
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"  # none, even, odd, mark, space
+    stopbits: float = 1  # 1, 1.5 or 2
+    xonxoff: bool = False  # software flow control
+    rtscts: bool = False  # hardware flow control
+    reopen_initial_s: Seconds = 1.0
+    reopen_max_s: Seconds = 60.0
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, value: float) -> float:
+        if value not in (1, 1.5, 2):
+            raise ValueError("1, 1.5 or 2 stop bits")
+        return value
+
+
+Transport = Annotated[TcpServerTransport | TcpClientTransport | SerialTransport, Field(discriminator="kind")]
+TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client", "serial"})
 
 
 class LinkConfig(_Model):
@@ -198,6 +221,7 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
     unique(config.lis, "lis")
     site_ids = {s.id for s in config.sites}
     listeners: dict[tuple[str, int], int] = {}
+    serial_ports: dict[str, int] = {}
     for i, inst in enumerate(config.instruments):
         if inst.site not in site_ids:
             known = ", ".join(sorted(site_ids)) or "none defined"
@@ -210,6 +234,12 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
                                  f"a port no other instrument listens on; {t.host}:{t.port} is already "
                                  f"used by instruments[{listeners[key]}]"))
             listeners.setdefault(key, i)
+        if isinstance(t, SerialTransport) and inst.enabled:
+            if t.port in serial_ports:
+                problems.append((f"instruments[{i}].transport.port",
+                                 f"a serial port no other instrument uses; {t.port} is already used by "
+                                 f"instruments[{serial_ports[t.port]}]"))
+            serial_ports.setdefault(t.port, i)
     return problems
 
 

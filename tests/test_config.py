@@ -116,3 +116,23 @@ def test_unknown_record_terminator_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert info.value.problems[0][0] == "instruments[0].link.record_terminator"
+
+
+def test_serial_transport_is_validated_and_a_port_used_twice_is_refused(tmp_path: Path) -> None:
+    serial = 'transport = { kind = "serial", port = "/dev/ttyS0", baudrate = 9600, bytesize = 7, parity = "E", ' \
+             'stopbits = 2, xonxoff = true }'
+    text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }', serial)
+    cfg = load_config(write(tmp_path, text))
+    t = cfg.instruments[0].transport
+    assert (t.kind, t.bytesize, t.parity, t.stopbits, t.xonxoff) == ("serial", 7, "E", 2, True)
+    bad = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
+                       'transport = { kind = "serial", port = "/dev/ttyS0", stopbits = 3, parity = "X" }')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, bad))
+    keys = {key for key, _ in info.value.problems}
+    assert keys == {"instruments[0].transport.stopbits", "instruments[0].transport.parity"}
+    twice = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }', serial) \
+                .replace('transport = { kind = "tcp-client", host = "127.0.0.1", port = 5001 }', serial)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, twice))
+    assert info.value.problems[0][0] == "instruments[1].transport.port"

@@ -12,14 +12,16 @@ import errno
 import zoneinfo
 from collections.abc import Callable
 
-from labbridge.config import InstrumentConfig, LinkConfig, TcpClientTransport, TcpServerTransport
+from labbridge.config import InstrumentConfig, LinkConfig, SerialTransport, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext
+from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.logs import get_logger
 from labbridge.protocols import e1381, raw
-from labbridge.runtime.astm_session import AstmSession
+from labbridge.runtime.astm_session import AstmSession, ByteWriter
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.store import Store
+from labbridge.transports import serial as serial_transport
 
 log = get_logger("labbridge.instrument")
 
@@ -39,6 +41,8 @@ def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
     if isinstance(t, TcpServerTransport):
         return f"tcp-server {t.host}:{t.port}"
+    if isinstance(t, SerialTransport):
+        return serial_transport.describe(t)
     return f"tcp-client {t.host}:{t.port}"
 
 
@@ -70,6 +74,8 @@ class InstrumentRunner:
             t = self.cfg.transport
             if isinstance(t, TcpServerTransport):
                 await self._serve(t)
+            elif isinstance(t, SerialTransport):
+                await self._serial(t)
             else:
                 await self._dial(t)
         finally:
@@ -148,9 +154,47 @@ class InstrumentRunner:
             self.health.set_state("down", "the analyzer closed the connection; redialing")
             await asyncio.sleep(backoff_delay(0, t.reconnect_initial_s, t.reconnect_max_s))
 
+    # ---- serial: the analyzer's RS-232 port -----------------------------------------------------
+
+    async def _serial(self, t: SerialTransport) -> None:
+        self.ready.set()
+        attempt = 0
+        while True:
+            if attempt == 0:
+                self.health.set_state("connecting", f"opening {t.port}")
+            try:
+                conn = await serial_transport.SerialConnection.open(t)
+            except PermanentLinkError as exc:
+                self.health.set_state("failed", f"{exc}; retrying every {t.reopen_max_s:g} s at most")
+                await asyncio.sleep(backoff_delay(attempt, t.reopen_initial_s, t.reopen_max_s))
+                attempt += 1
+                continue
+            except TransientLinkError as exc:
+                self.health.set_state("down", f"{exc}; retrying")
+                await asyncio.sleep(backoff_delay(attempt, t.reopen_initial_s, t.reopen_max_s))
+                attempt += 1
+                continue
+            attempt = 0
+            try:
+                await self._run_link(conn.reader, conn, t.port)
+            finally:
+                await conn.close()
+            self.health.peer = None
+            self.health.set_state("down", f"the serial device {t.port} went away (unplugged or closed); "
+                                          "reopening: check the cable and the USB-serial adapter")
+            await asyncio.sleep(backoff_delay(0, t.reopen_initial_s, t.reopen_max_s))
+
     # ---- one connection ------------------------------------------------------------------------
 
     async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        try:
+            await self._run_link(reader, writer, peer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _run_link(self, reader: asyncio.StreamReader, writer: ByteWriter, peer: str) -> None:
         assert self.driver is not None
         self.health.counters.connections += 1
         self.health.peer = peer
@@ -171,7 +215,3 @@ class InstrumentRunner:
         except Exception as exc:  # isolation: a bug on one link is logged and shown, never spreads
             log.exception("session_crashed", instrument=self.cfg.id, error=type(exc).__name__)
             self.health.set_state("down", f"internal error on this link ({type(exc).__name__}); reconnecting")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()

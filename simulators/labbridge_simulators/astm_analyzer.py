@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -123,6 +123,7 @@ class MessageFactory:
 
 
 Address = tuple[str, int] | Callable[[], tuple[str, int]]
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @dataclass
@@ -145,6 +146,8 @@ class AstmAnalyzerSim:
     _frames_out: int = 0
     _messages_started: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    # Instead of dialing ``address`` over TCP: open any byte stream (a pseudo-terminal for serial).
+    opener: Opener | None = None
 
     def _resolve(self) -> tuple[str, int]:
         return self.address() if callable(self.address) else self.address
@@ -162,8 +165,11 @@ class AstmAnalyzerSim:
         next_at = 0.0
         while not self.done() and not (stop.is_set() and not self._in_flight()):
             try:
-                host, port = self._resolve()
-                reader, writer = await asyncio.open_connection(host, port)
+                if self.opener is not None:
+                    reader, writer = await self.opener()
+                else:
+                    host, port = self._resolve()
+                    reader, writer = await asyncio.open_connection(host, port)
             except OSError:
                 if stop.is_set():
                     return

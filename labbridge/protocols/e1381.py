@@ -523,12 +523,10 @@ class E1381Link:
         sum_len = 2 if profile.checksums else 0
         end = term_at + 1 + sum_len
         if profile.skips_whitespace:
-            # The CR LF after the checksum is optional here: take what of it has arrived; a CR or LF that comes
-            # later is skipped as whitespace between frames.
+            # The CR LF after the checksum is optional here: it is skipped as whitespace between frames, and
+            # the frame (as kept in the raw message) runs from STX through its checksum, whatever the chunking.
             if len(buf) < end:
                 return False
-            while end < len(buf) and buf[end] in _WHITESPACE and end < term_at + 3 + sum_len:
-                end += 1
         else:
             if len(buf) < end + 2:
                 return False  # checksum, CR, LF still to come
@@ -679,6 +677,11 @@ class E1381Link:
         buf = self._inbuf
         byte = buf[0]
         del buf[0]
+        if byte in (ACK, EOT, NAK):
+            # One reply per frame: whatever else is already buffered was sent before our next frame went out,
+            # so it is stale (a duplicated ACK must not acknowledge a frame the peer has not seen).
+            self._junk(len(buf))
+            buf.clear()
         if byte in (ACK, EOT):
             # EOT in place of ACK is a receiver interrupt: the frame was received (R-A20).
             self._frame_index += 1

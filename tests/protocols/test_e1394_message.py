@@ -131,7 +131,7 @@ def _notes_unambiguous(node: Node) -> bool:
     return all(_notes_unambiguous(c) for c in (*node.notes, *node.children))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(messages)
 def test_decode_of_encode_is_identity_with_any_delimiters(m: AstmMessage) -> None:
     assert _notes_unambiguous(m.header) and all(_notes_unambiguous(i) for i in m.items)

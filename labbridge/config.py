@@ -73,19 +73,51 @@ class TcpClientTransport(_Model):
     tls: TlsConfig | None = None
 
 
-Transport = Annotated[TcpServerTransport | TcpClientTransport, Field(discriminator="kind")]
-TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client"})
+class SerialTransport(_Model):
+    """An RS-232 port through pyserial: a device path (/dev/ttyS0, /dev/ttyUSB0, COM3) or a pyserial URL
+    (socket://host:port, rfc2217://host:port, loop://). Reopened with capped backoff and jitter."""
+
+    kind: Literal["serial"]
+    port: Annotated[str, Field(min_length=1)]
+    baudrate: Annotated[int, Field(gt=0, le=4_000_000)] = 9600
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"  # none, even, odd, mark, space
+    stopbits: float = 1  # 1, 1.5 or 2
+    xonxoff: bool = False  # software flow control
+    rtscts: bool = False  # hardware flow control
+    reopen_initial_s: Seconds = 1.0
+    reopen_max_s: Seconds = 60.0
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, value: float) -> float:
+        if value not in (1, 1.5, 2):
+            raise ValueError("1, 1.5 or 2 stop bits")
+        return value
+
+
+Transport = Annotated[TcpServerTransport | TcpClientTransport | SerialTransport, Field(discriminator="kind")]
+TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client", "serial"})
 
 
 class LinkConfig(_Model):
-    # e1381: ASTM LIS1-A framing (ASTM drivers); mllp: HL7 v2 over MLLP (HL7 drivers).
-    framing: Literal["e1381", "mllp"] = "e1381"
+    # e1381: ASTM LIS1-A framing; raw: ASTM records on a byte stream, no low-level framing (ASTM drivers);
+    # mllp: HL7 v2 over MLLP (HL7 drivers).
+    framing: Literal["e1381", "raw", "mllp"] = "e1381"
     # ASTM: the character set of the records. HL7: the fallback when MSH-18 is empty or ASCII.
     encoding: str = "latin-1"
     # MLLP: accept a block ended by FS without the CR after it (some senders omit it).
     allow_missing_cr: bool = False
     # ASTM LIS1-A: the first frame of a transfer is numbered 1. Some analyzers start at 0.
     strict_frame_numbers: bool = True
+    # Dialects (flags on the link profile; defaults are the standard).
+    frame_numbers: bool = True  # false: frames carry no frame number digit (Snibe MAGLUMI)
+    checksums: bool = True  # false: frames carry no checksum (Snibe MAGLUMI)
+    record_terminator: Literal["cr", "lf", "crlf"] = "cr"
+    lenient_whitespace: bool = False  # newlines before STX and extra CRs after frames are expected
+    enq_eot_keepalive: bool = False  # ENQ then EOT with no frame is the analyzer's keep-alive
+    # framing = "raw": a message not finished (no L record) this long after its last byte is incomplete.
+    raw_idle_timeout_s: Seconds = 30.0
 
     @field_validator("encoding")
     @classmethod
@@ -216,6 +248,7 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
     unique(config.lis, "lis")
     site_ids = {s.id for s in config.sites}
     listeners: dict[tuple[str, int], int] = {}
+    serial_ports: dict[str, int] = {}
     for i, inst in enumerate(config.instruments):
         if inst.site not in site_ids:
             known = ", ".join(sorted(site_ids)) or "none defined"
@@ -230,6 +263,12 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
                                  f"a port no other instrument listens on; {t.host}:{t.port} is already "
                                  f"used by instruments[{listeners[key]}]"))
             listeners.setdefault(key, i)
+        if isinstance(t, SerialTransport) and inst.enabled:
+            if t.port in serial_ports:
+                problems.append((f"instruments[{i}].transport.port",
+                                 f"a serial port no other instrument uses; {t.port} is already used by "
+                                 f"instruments[{serial_ports[t.port]}]"))
+            serial_ports.setdefault(t.port, i)
     return problems
 
 
@@ -271,7 +310,10 @@ def _resolve_tls_paths(config: Config, base: Path) -> Config:
                   if (v := getattr(tls, k)) is not None and not Path(v).is_absolute()}
         return tls.model_copy(update=update) if update else tls
 
-    instruments = [i.model_copy(update={"transport": i.transport.model_copy(update={"tls": fix(i.transport.tls)})})
-                   for i in config.instruments]
+    instruments = [
+        i.model_copy(update={"transport": i.transport.model_copy(update={"tls": fix(i.transport.tls)})})
+        if isinstance(i.transport, TcpServerTransport | TcpClientTransport) else i
+        for i in config.instruments
+    ]
     lis = [d.model_copy(update={"tls": fix(d.tls)}) for d in config.lis]
     return config.model_copy(update={"instruments": instruments, "lis": lis})

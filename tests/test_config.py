@@ -114,3 +114,45 @@ link = { framing = "mllp" }
     assert "instruments[2].transport.tls: a listening TLS link needs both cert and key" in proc.stderr
     proc = check(write(tmp_path, hl7.replace('framing = "mllp"', 'framing = "hl7"')))
     assert "instruments[2].link.framing" in proc.stderr
+
+
+def test_link_dialect_flags_reach_the_link_profile(tmp_path: Path) -> None:
+    from labbridge.runtime.instrument import link_profile
+
+    text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
+                        'transport = { kind = "tcp-server", port = 4001 }\n'
+                        'link = { frame_numbers = false, checksums = false, record_terminator = "crlf", '
+                        'lenient_whitespace = true, enq_eot_keepalive = true }')
+    cfg = load_config(write(tmp_path, text))
+    profile = link_profile(cfg.instruments[0].link)
+    assert (profile.frame_numbers, profile.checksums, profile.record_terminator) == (False, False, b"\r\n")
+    assert profile.lenient_whitespace and profile.enq_eot_keepalive
+    assert link_profile(cfg.instruments[1].link) == link_profile(type(cfg.instruments[1].link)())
+
+
+def test_unknown_record_terminator_names_the_key(tmp_path: Path) -> None:
+    text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
+                        'transport = { kind = "tcp-server", port = 4001 }\nlink = { record_terminator = "nl" }')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.problems[0][0] == "instruments[0].link.record_terminator"
+
+
+def test_serial_transport_is_validated_and_a_port_used_twice_is_refused(tmp_path: Path) -> None:
+    serial = 'transport = { kind = "serial", port = "/dev/ttyS0", baudrate = 9600, bytesize = 7, parity = "E", ' \
+             'stopbits = 2, xonxoff = true }'
+    text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }', serial)
+    cfg = load_config(write(tmp_path, text))
+    t = cfg.instruments[0].transport
+    assert (t.kind, t.bytesize, t.parity, t.stopbits, t.xonxoff) == ("serial", 7, "E", 2, True)
+    bad = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
+                       'transport = { kind = "serial", port = "/dev/ttyS0", stopbits = 3, parity = "X" }')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, bad))
+    keys = {key for key, _ in info.value.problems}
+    assert keys == {"instruments[0].transport.stopbits", "instruments[0].transport.parity"}
+    twice = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }', serial) \
+                .replace('transport = { kind = "tcp-client", host = "127.0.0.1", port = 5001 }', serial)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, twice))
+    assert info.value.problems[0][0] == "instruments[1].transport.port"

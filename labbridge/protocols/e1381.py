@@ -33,6 +33,19 @@ analyzer retransmits the frame, and the message is offered again).
 
 Records are split on CR inside frames, so a vendor that puts a whole message in one long frame is
 accepted (PROTOCOLS.md, vendor deviation 1); frames are bounded by ``LinkProfile.max_frame_bytes``.
+
+Dialects are flags on :class:`LinkProfile` (PROTOCOLS.md "Common vendor deviations"), never subclasses:
+
+* ``frame_numbers=False`` / ``checksums=False``: frames without the FN digit and/or without C1 C2 (Snibe
+  MAGLUMI: ``STX H|..CR..L|1|N CR ETX`` then EOT). Without frame numbers a lost ACK cannot be told from a
+  new frame by its number: a frame byte-identical to the last accepted one is taken as the retransmission.
+* ``record_terminator``: ``b"\r"`` (the standard), ``b"\n"`` or ``b"\r\n"``; with LF or CRLF records are
+  split on LF and stray CRs are dropped.
+* ``lenient_whitespace``: CR and LF around frames (a leading newline before STX, an extra CR after the
+  frame) are not junk, and the CR LF after the checksum may be missing.
+* ``enq_eot_keepalive``: ENQ answered and followed at once by EOT is a keep-alive (:class:`KeepAlive`),
+  not an empty transfer.
+* ``one_frame_per_message`` (sending only): the whole message in one frame of any length.
 """
 
 from __future__ import annotations
@@ -88,6 +101,18 @@ class LinkProfile:
     max_frame_bytes: int = 64 * 1024
     # Bound on one message (H to L), in bytes of accepted frames.
     max_message_bytes: int = 4 * 1024 * 1024
+    # ---- dialects (defaults are the standard) ----
+    frame_numbers: bool = True  # False: no FN digit after STX
+    checksums: bool = True  # False: no C1 C2 after ETB/ETX
+    record_terminator: bytes = b"\r"  # b"\r", b"\n" or b"\r\n"
+    lenient_whitespace: bool = False  # CR/LF around frames is not junk; CR LF after the checksum optional
+    enq_eot_keepalive: bool = False  # ENQ then EOT with no frame is a keep-alive
+    one_frame_per_message: bool = False  # sending: all records of a message in one frame
+
+    @property
+    def skips_whitespace(self) -> bool:
+        """CR and LF between frames are expected (and not junk) in these dialects."""
+        return self.lenient_whitespace or not self.checksums or self.record_terminator != b"\r"
 
 
 # ---- events ------------------------------------------------------------------------------------
@@ -177,8 +202,13 @@ class PeerBusy:
     """The peer answered our ENQ with NAK."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """ENQ followed at once by EOT, with no frame (``LinkProfile.enq_eot_keepalive``)."""
+
+
 Event = (MessageReceived | IncompleteMessage | FrameRejected | FrameAccepted | FrameRetransmitted | JunkDiscarded
-         | TransferStarted | TransferEnded | MessageSent | SendAborted | Contention | PeerBusy)
+         | TransferStarted | TransferEnded | MessageSent | SendAborted | Contention | PeerBusy | KeepAlive)
 
 
 # ---- frames ------------------------------------------------------------------------------------
@@ -189,22 +219,41 @@ def checksum(body: bytes) -> bytes:
     return b"%02X" % (sum(body) & 0xFF)
 
 
-def build_frames(records: list[bytes] | tuple[bytes, ...], first_fn: int = 1) -> list[bytes]:
-    """Frame a message: each record (without its CR) ends with CR; > 240 characters continue in ETB frames."""
+def build_frames(records: list[bytes] | tuple[bytes, ...], first_fn: int = 1,
+                 profile: LinkProfile | None = None) -> list[bytes]:
+    """Frame a message: each record (without its CR) ends with CR; > 240 characters continue in ETB frames.
+
+    With a ``profile``, its dialect flags apply (terminator, frame numbers, checksums, one frame per message).
+    """
+    p = profile or _DEFAULT_PROFILE
     frames: list[bytes] = []
     fn = first_fn
-    for record in records:
-        text = record + b"\r"
-        for start in range(0, len(text), MAX_FRAME_TEXT):
-            chunk = text[start:start + MAX_FRAME_TEXT]
-            term = ETX if start + MAX_FRAME_TEXT >= len(text) else ETB
-            body = b"%d" % fn + chunk + bytes((term,))
-            frames.append(b"\x02" + body + checksum(body) + b"\r\n")
+    texts = [r + p.record_terminator for r in records]
+    if p.one_frame_per_message:
+        texts = [b"".join(texts)]
+    for text in texts:
+        step = len(text) or 1 if p.one_frame_per_message else MAX_FRAME_TEXT
+        for start in range(0, len(text), step):
+            chunk = text[start:start + step]
+            term = ETX if start + step >= len(text) else ETB
+            body = (b"%d" % fn if p.frame_numbers else b"") + chunk + bytes((term,))
+            frames.append(b"\x02" + body + (checksum(body) if p.checksums else b"") + b"\r\n")
             fn = (fn + 1) % 8
     return frames
 
 
+def split_records(text: bytes, terminator: bytes = b"\r") -> list[bytes]:
+    """Records of a stretch of E1394 text: split on CR (or on LF for LF/CRLF dialects), empty ones dropped."""
+    if terminator == b"\r":
+        pieces, strip = text.split(b"\r"), b"\n"
+    else:
+        pieces, strip = text.split(b"\n"), b"\r"
+    return [r for r in (p.strip(strip) for p in pieces) if r]
+
+
+_DEFAULT_PROFILE = LinkProfile()
 _TERMINATORS = (ETX, ETB)
+_WHITESPACE = (CR, LF)
 _RESTARTS = (STX, EOT, ENQ)
 
 
@@ -253,6 +302,9 @@ class E1381Link:
         self._partial = b""  # text of a record continued in ETB frames
         self._raw = bytearray()
         self._hold_snapshot: _Snapshot | None = None
+        self._frames_in_transfer = 0
+        self._last_frame = b""  # without frame numbers: the last accepted frame, to spot a retransmission
+        self._prev_last_frame = b""
         # sender
         self._queue: deque[_Outgoing] = deque()
         self._next_handle = 1
@@ -332,6 +384,7 @@ class E1381Link:
         self._partial = snap.partial
         self._raw = bytearray(snap.raw)
         self._hold_snapshot = None
+        self._last_frame = self._prev_last_frame  # the retransmitted final frame is new again
         self._send_byte(NAK)
         self._events.append(FrameRejected("message could not be stored"))
         self.state = State.RECEIVER
@@ -393,12 +446,13 @@ class E1381Link:
     def _process_neutral(self, now: float) -> None:
         buf = self._inbuf
         idx = buf.find(ENQ)
+        ignored = (EOT, *_WHITESPACE) if self.profile.skips_whitespace else (EOT,)
         if idx < 0:
             # R-A1: outside a transfer everything but ENQ is ignored. A lone EOT is a common keep-alive.
-            self._junk(sum(1 for b in buf if b != EOT))
+            self._junk(sum(1 for b in buf if b not in ignored))
             buf.clear()
             return
-        self._junk(sum(1 for b in buf[:idx] if b != EOT))
+        self._junk(sum(1 for b in buf[:idx] if b not in ignored))
         del buf[:idx + 1]
         self._start_receiving(now)
 
@@ -407,6 +461,8 @@ class E1381Link:
         self.state = State.RECEIVER
         self._expected_fn = 1
         self._last_fn = None
+        self._last_frame = b""
+        self._frames_in_transfer = 0
         self._deadline = now + T_RECEIVER
         self._events.append(TransferStarted(as_sender=False))
 
@@ -416,9 +472,14 @@ class E1381Link:
         first = buf[0]
         if first == EOT:
             del buf[0]
+            keepalive = (self.profile.enq_eot_keepalive and self._frames_in_transfer == 0
+                         and not self._records and not self._partial)
             self._abandon_message("EOT before the message terminator (L) record")
             self._reset_neutral()
-            self._events.append(TransferEnded(as_sender=False, reason="eot"))
+            if keepalive:
+                self._events.append(KeepAlive())
+            else:
+                self._events.append(TransferEnded(as_sender=False, reason="eot"))
             return True
         if first == ENQ:
             # The sender gave up on us (its timer ran out) and starts again: restart the transfer.
@@ -433,8 +494,11 @@ class E1381Link:
             end = _first_of(buf, _RESTARTS, 0, len(buf))
             if end < 0:
                 end = len(buf)
+            if self.profile.skips_whitespace:
+                self._junk(sum(1 for b in buf[:end] if b not in _WHITESPACE))
+            else:
+                self._junk(end)
             del buf[:end]
-            self._junk(end)
             return True
         return self._take_frame(now)
 
@@ -455,18 +519,39 @@ class E1381Link:
                 buf.clear()
                 return True
             return False
-        if len(buf) < term_at + 5:
-            return False  # checksum, CR, LF still to come
-        frame = bytes(buf[:term_at + 5])
-        del buf[:term_at + 5]
+        profile = self.profile
+        sum_len = 2 if profile.checksums else 0
+        end = term_at + 1 + sum_len
+        if profile.skips_whitespace:
+            # The CR LF after the checksum is optional here: it is skipped as whitespace between frames, and
+            # the frame (as kept in the raw message) runs from STX through its checksum, whatever the chunking.
+            if len(buf) < end:
+                return False
+        else:
+            if len(buf) < end + 2:
+                return False  # checksum, CR, LF still to come
+            end += 2
+        frame = bytes(buf[:end])
+        del buf[:end]
         body = frame[1:term_at + 1]
-        sent_sum = frame[term_at + 1:term_at + 3].upper()
-        if frame[term_at + 3:term_at + 5] != b"\r\n":
-            self._reject(now, "frame not ended by CR LF after its checksum")
-            return True
-        if sent_sum != checksum(body):
-            self._reject(now, f"checksum mismatch: frame says {sent_sum.decode('latin-1')!r}, "
-                              f"computed {checksum(body).decode()!r}")
+        if profile.checksums:
+            sent_sum = frame[term_at + 1:term_at + 3].upper()
+            if not profile.skips_whitespace and frame[term_at + 3:term_at + 5] != b"\r\n":
+                self._reject(now, "frame not ended by CR LF after its checksum")
+                return True
+            if sent_sum != checksum(body):
+                self._reject(now, f"checksum mismatch: frame says {sent_sum.decode('latin-1')!r}, "
+                                  f"computed {checksum(body).decode()!r}")
+                return True
+        if not profile.frame_numbers:
+            if self._last_frame and frame.rstrip(b"\r\n") == self._last_frame:
+                self._send_byte(ACK)
+                self._deadline = now + T_RECEIVER
+                self._events.append(FrameRetransmitted(self._last_fn or 0))
+                return True
+            self._prev_last_frame = self._last_frame
+            self._last_frame = frame.rstrip(b"\r\n")
+            self._accept_frame(frame, body[:-1], final=body[-1] == ETX, now=now)
             return True
         fn_char = body[0]
         if not 0x30 <= fn_char <= 0x37:
@@ -496,6 +581,7 @@ class E1381Link:
         self._expected_fn = (self._expected_fn + 1) % 8
 
     def _accept_frame(self, frame: bytes, text: bytes, *, final: bool, now: float) -> None:
+        self._frames_in_transfer += 1
         snapshot = _Snapshot(tuple(self._records), self._partial, bytes(self._raw)) if final else None
         if len(self._raw) + len(frame) > self.profile.max_message_bytes:
             self._abandon_message(f"message longer than {self.profile.max_message_bytes} bytes")
@@ -509,10 +595,7 @@ class E1381Link:
         text = self._partial + text
         self._partial = b""
         completed: list[MessageReceived] = []
-        for piece in text.split(b"\r"):
-            record = piece.strip(b"\n")
-            if not record:
-                continue
+        for record in split_records(text, self.profile.record_terminator):
             kind = record[:1].upper()
             if kind == b"H" and self._records:
                 self._abandon_message("new header (H) record before the terminator (L) record",
@@ -558,7 +641,7 @@ class E1381Link:
         byte = buf[0]
         del buf[0]
         if byte == ACK:
-            self._frames = build_frames(self._queue[0].records)
+            self._frames = build_frames(self._queue[0].records, profile=self.profile)
             self._frame_index = 0
             self._attempts = 0
             self.state = State.SENDER_FRAME
@@ -594,6 +677,11 @@ class E1381Link:
         buf = self._inbuf
         byte = buf[0]
         del buf[0]
+        if byte in (ACK, EOT, NAK):
+            # One reply per frame: whatever else is already buffered was sent before our next frame went out,
+            # so it is stale (a duplicated ACK must not acknowledge a frame the peer has not seen).
+            self._junk(len(buf))
+            buf.clear()
         if byte in (ACK, EOT):
             # EOT in place of ACK is a receiver interrupt: the frame was received (R-A20).
             self._frame_index += 1

@@ -170,3 +170,201 @@ def encode_record(record_type: str, fields: Sequence[Field], d: Delimiters = DEF
     else:
         text = d.field.join([record_type, *out])
     return text.encode("latin-1")
+
+
+# ---- the structured message model (LIS2-A2 §4.1 hierarchy) -------------------------------------------
+#
+# A field is a tuple of repeats, a repeat a tuple of components, a component an unescaped string. An empty
+# field is ``()``; trailing empty fields are dropped (R-B3), so a model has exactly one encoding and
+# decode(encode(m)) == m. Field 1 (the record type) is ``AstmRecord.type``; ``fields[0]`` is field 2.
+
+FieldValue = tuple[tuple[str, ...], ...]
+
+RECORD_TYPES = frozenset("HPOCRQMSL")
+_LEVEL = {"P": 1, "Q": 1, "S": 1, "O": 2, "R": 3}  # C and M have no level: they attach to the record before
+
+
+def _normal_field(value: FieldValue) -> FieldValue:
+    return () if value in ((), (("",),)) else value
+
+
+@dataclass(frozen=True, slots=True)
+class AstmRecord:
+    type: str
+    fields: tuple[FieldValue, ...] = ()
+
+    @classmethod
+    def make(cls, record_type: str, fields: Sequence[FieldValue]) -> AstmRecord:
+        """A record in normal form: type upper case, empty fields ``()``, no trailing empty fields."""
+        out = [_normal_field(tuple(tuple(rep) for rep in f)) for f in fields]
+        while out and out[-1] == ():
+            out.pop()
+        return cls(record_type.upper(), tuple(out))
+
+    def get(self, number: int, component: int = 1, repeat: int = 0) -> str:
+        """Field ``number`` (as the standard counts: 2 is the first after the type), component 1-based."""
+        idx = number - 2
+        if not 0 <= idx < len(self.fields):
+            return ""
+        reps = self.fields[idx]
+        if repeat >= len(reps) or not 0 < component <= len(reps[repeat]):
+            return ""
+        return reps[repeat][component - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A record with the C and M records that follow it (``notes``) and its lower-level ``children``."""
+
+    record: AstmRecord
+    notes: tuple[Node, ...] = ()
+    children: tuple[Node, ...] = ()
+
+    @property
+    def comments(self) -> tuple[AstmRecord, ...]:
+        return tuple(n.record for n in self.notes if n.record.type == "C")
+
+    @property
+    def manufacturer(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.notes if n.record.type == "M")
+
+
+@dataclass(frozen=True, slots=True)
+class AstmMessage:
+    """H, its notes, the level-1 nodes (P with O with R; Q; S) in order, and L."""
+
+    delimiters: Delimiters
+    header: Node
+    items: tuple[Node, ...]
+    terminator: AstmRecord
+
+    @property
+    def patients(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.items if n.record.type == "P")
+
+    @property
+    def queries(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.items if n.record.type == "Q")
+
+
+_CONTROL_ESCAPES = {chr(c): f"X{c:02X}" for c in (*range(0x20), 0x7F)}
+
+
+def _escape_component(text: str, d: Delimiters) -> str:
+    text = escape(text, d)
+    if any(ch in _CONTROL_ESCAPES for ch in text):  # CR, LF and other controls cannot stand in a record
+        text = "".join(f"{d.escape}{_CONTROL_ESCAPES[ch]}{d.escape}" if ch in _CONTROL_ESCAPES else ch
+                       for ch in text)
+    return text
+
+
+def _encode_fields(record: AstmRecord, d: Delimiters) -> str:
+    parts = [d.repeat.join(d.component.join(_escape_component(c, d) for c in rep) for rep in f)
+             for f in record.fields]
+    if record.type == "H":
+        return d.header_prefix()[:-1] + "".join(d.field + p for p in parts[1:])
+    return d.field.join([record.type, *parts])
+
+
+def _decode_fields(text: str, d: Delimiters) -> AstmRecord:
+    raw = text.split(d.field)
+    kind = raw[0].upper()
+    if kind not in RECORD_TYPES:
+        raise RemoteProtocolError(f"unknown record type {raw[0][:8]!r}")
+    fields: list[FieldValue] = []
+    for i, value in enumerate(raw[1:]):
+        if kind == "H" and i == 0:
+            fields.append(())  # the delimiter definition itself (AstmMessage.delimiters)
+        elif not value:
+            fields.append(())
+        else:
+            fields.append(tuple(tuple(unescape(c, d) for c in rep.split(d.component))
+                                for rep in value.split(d.repeat)))
+    return AstmRecord.make(kind, fields)
+
+
+def encode_message(message: AstmMessage, encoding: str = "latin-1") -> list[bytes]:
+    """Records (without terminators) of a message, in order, in the instrument's character set.
+
+    The H record's delimiter definition comes from ``message.delimiters`` (its ``fields[0]`` must be empty).
+    """
+    return [t.encode(encoding) for t in encode_message_text(message)]
+
+
+def encode_message_text(message: AstmMessage) -> list[str]:
+    d = message.delimiters
+    out: list[str] = []
+
+    def walk(node: Node) -> None:
+        out.append(_encode_fields(node.record, d))
+        for note in node.notes:
+            walk(note)
+        for child in node.children:
+            walk(child)
+
+    walk(message.header)
+    for item in message.items:
+        walk(item)
+    out.append(_encode_fields(message.terminator, d))
+    return out
+
+
+class _Builder:
+    """Mutable tree while decoding; frozen into Nodes at the end."""
+
+    __slots__ = ("children", "notes", "record")
+
+    def __init__(self, record: AstmRecord) -> None:
+        self.record = record
+        self.notes: list[_Builder] = []
+        self.children: list[_Builder] = []
+
+    def freeze(self) -> Node:
+        return Node(self.record, tuple(n.freeze() for n in self.notes), tuple(c.freeze() for c in self.children))
+
+
+def decode_message(records: Sequence[bytes], encoding: str = "latin-1") -> AstmMessage:
+    """Build the message tree from its records (terminators removed), applying LIS2-A2's hierarchy (R-B1).
+
+    Any input gives a message or :class:`RemoteProtocolError` (never another exception): no H first, no L
+    last, an unknown record type, an O without a P, an R without an O, or a C/M with nothing to attach to.
+    """
+    texts = [r.decode(encoding, errors="replace") for r in records if r]
+    if not texts or texts[0][:1] not in ("H", "h"):
+        raise RemoteProtocolError("a message starts with its header (H) record")
+    d = delimiters_from_header(texts[0])
+    if texts[-1][:1] not in ("L", "l") or len(texts) < 2:
+        raise RemoteProtocolError("a message ends with its terminator (L) record")
+    header = _Builder(_decode_fields(texts[0], d))
+    items: list[_Builder] = []
+    path: list[_Builder] = []  # current P/Q/S, O, R
+    last: _Builder = header  # the record a C or M attaches to
+    last_m: _Builder | None = None  # a C right after an M belongs to the M
+    for index, text in enumerate(texts[1:-1], start=1):
+        rec = _decode_fields(text, d)
+        kind = rec.type
+        node = _Builder(rec)
+        if kind in ("H", "L"):
+            raise RemoteProtocolError(f"{kind} record inside a message (record {index})")
+        if kind == "C":
+            (last_m or last).notes.append(node)
+            continue
+        if kind == "M":
+            last.notes.append(node)
+            last_m = node
+            continue
+        last_m = None
+        level = _LEVEL[kind]
+        if level > len(path) + 1 or (level == 2 and path[0].record.type != "P") or \
+                (level == 3 and path[1].record.type != "O"):
+            parent = {2: "a patient (P)", 3: "an order (O)"}.get(level, "a parent")
+            raise RemoteProtocolError(f"{kind} record without {parent} record before it (record {index})")
+        del path[level - 1:]
+        if level == 1:
+            items.append(node)
+        else:
+            path[-1].children.append(node)
+        path.append(node)
+        last = node
+    terminator = _decode_fields(texts[-1], d)
+    return AstmMessage(d, header.freeze(), tuple(i.freeze() for i in items), terminator)

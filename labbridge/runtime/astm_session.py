@@ -1,4 +1,5 @@
-"""One ASTM E1381 connection: the thin asyncio shell around :class:`labbridge.protocols.e1381.E1381Link`.
+"""One ASTM connection: the thin asyncio shell around :class:`labbridge.protocols.e1381.E1381Link` (or, for
+``framing = "raw"``, :class:`labbridge.protocols.raw.RawLink`, which has the same interface and events).
 
 A single task per connection reads bytes, feeds them to the link with the loop's clock, writes what the
 link wants sent, and waits for the link's next deadline (``asyncio.timeout_at``) at the same time as it
@@ -27,13 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError
 from labbridge.logs import get_logger
 from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
-from labbridge.protocols import e1381
+from labbridge.protocols import e1381, raw
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.store import Store
 
@@ -53,10 +55,17 @@ class _Job:
     order_ids: tuple[int, ...]
 
 
+class ByteWriter(Protocol):
+    """What a session writes to: an asyncio.StreamWriter, or the serial transport's writer."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+
+
 class AstmSession:
-    def __init__(self, *, link: e1381.E1381Link, driver: AstmDriver, context: DecodeContext, store: Store,
+    def __init__(self, *, link: e1381.E1381Link | raw.RawLink, driver: AstmDriver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, on_stored: Callable[[], None] | None = None,
+                 writer: ByteWriter, on_stored: Callable[[], None] | None = None,
                  orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None) -> None:
         self.link = link
         self.driver = driver
@@ -67,7 +76,8 @@ class AstmSession:
         self.reader = reader
         self.writer = writer
         self.on_stored = on_stored
-        self.orders = orders if driver.supports_orders else None
+        # Answers and pushes need a link that can send: E1381 (raw framing has no way back).
+        self.orders = orders if driver.supports_orders and isinstance(link, e1381.E1381Link) else None
         self.site = site
         self.wakeup = wakeup
         self._reply: _Job | None = None  # the answer to the last host query, not yet on the link
@@ -127,7 +137,8 @@ class AstmSession:
                          note="orders stay pending and are pushed again on the next connection")
 
     def _link_idle(self) -> bool:
-        return self.link.state is e1381.State.NEUTRAL and self.link.pending_messages == 0
+        link = self.link
+        return isinstance(link, e1381.E1381Link) and link.state is e1381.State.NEUTRAL and link.pending_messages == 0
 
     def _deadline(self) -> float | None:
         timer = self.link.get_timer()
@@ -151,6 +162,7 @@ class AstmSession:
             if job is not None and job.kind == "reply":
                 self._reply = job  # the analyzer took the line while we looked: answer after its transfer
             return
+        assert isinstance(self.link, e1381.E1381Link)  # _link_idle() said so
         handle = self.link.send_message(job.records, loop.time())
         self._on_link[handle] = job
         await self._flush()
@@ -189,7 +201,7 @@ class AstmSession:
             if not self._warned_no_orders:
                 self._warned_no_orders = True
                 log.warning("host_query_not_answered", instrument=self.health.id, driver=self.driver.name,
-                            reason="no order source, or the driver cannot encode answers")
+                            reason="no order source, raw framing, or the driver cannot encode answers")
             return
         lines: list[OrderLine] = []
         try:
@@ -287,6 +299,8 @@ class AstmSession:
                     log.error("incomplete_not_kept", instrument=self.health.id, error=str(exc))
             elif isinstance(event, e1381.TransferEnded) and event.reason == "timeout":
                 counters.timeouts += 1
+            elif isinstance(event, e1381.KeepAlive):
+                counters.keepalives += 1
 
     async def _store_message(self, event: e1381.MessageReceived) -> list[HostQuery] | None:
         """Decode and commit; the message's host queries once it is stored, None if it is not."""

@@ -67,7 +67,7 @@ class Daemon:
             try:
                 loaded = load_driver(inst.driver)
                 framing = inst.link.framing
-                if ((isinstance(loaded, AstmDriver) and framing == "e1381")
+                if ((isinstance(loaded, AstmDriver) and framing in ("e1381", "raw"))
                         or (isinstance(loaded, Hl7Driver) and framing == "mllp")):
                     driver = loaded
                 elif isinstance(loaded, Hl7Driver):

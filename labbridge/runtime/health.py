@@ -52,6 +52,7 @@ class Counters:
     query_answers_sent: int = 0  # answers the analyzer acknowledged
     orders_sent: int = 0  # orders delivered (query answers and pushes), acknowledged by the analyzer
     sends_aborted: int = 0  # transfers of ours that failed (retried by the link)
+    keepalives: int = 0  # ENQ/EOT keep-alives (link.enq_eot_keepalive)
 
 
 @dataclass

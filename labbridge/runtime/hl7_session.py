@@ -28,6 +28,7 @@ from labbridge.model import Result
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Event, Hl7Received, Hl7Receiver, Outcome
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
+from labbridge.runtime.astm_session import ByteWriter
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.store import Store
 
@@ -39,7 +40,7 @@ READ_SIZE = 64 * 1024
 class Hl7Session:
     def __init__(self, *, receiver: Hl7Receiver, driver: Hl7Driver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, on_stored: Callable[[], None] | None = None) -> None:
+                 writer: ByteWriter, on_stored: Callable[[], None] | None = None) -> None:
         self.receiver = receiver
         self.driver = driver
         self.context = context

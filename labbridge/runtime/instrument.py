@@ -13,26 +13,38 @@ import ssl
 import zoneinfo
 from collections.abc import Callable
 
-from labbridge.config import InstrumentConfig, TcpClientTransport, TcpServerTransport
+from labbridge.config import InstrumentConfig, LinkConfig, SerialTransport, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
-from labbridge.errors import PermanentLinkError
+from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.logs import get_logger
 from labbridge.orders import OrderSource
-from labbridge.protocols import e1381
+from labbridge.protocols import e1381, raw
 from labbridge.protocols.hl7_ack import Hl7Receiver
-from labbridge.runtime.astm_session import AstmSession
+from labbridge.runtime.astm_session import AstmSession, ByteWriter
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.hl7_session import Hl7Session
 from labbridge.runtime.store import Store
+from labbridge.transports import serial as serial_transport
 
 log = get_logger("labbridge.instrument")
 
 BIND_RETRY_S = 30.0
 
+_TERMINATORS = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}
+
+
+def link_profile(link: LinkConfig) -> e1381.LinkProfile:
+    """The sans-I/O link profile (dialect flags) for an instrument's ``[link]`` settings."""
+    return e1381.LinkProfile(strict_frame_numbers=link.strict_frame_numbers, frame_numbers=link.frame_numbers,
+                             checksums=link.checksums, record_terminator=_TERMINATORS[link.record_terminator],
+                             lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive)
+
 
 def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
+    if isinstance(t, SerialTransport):
+        return serial_transport.describe(t)
     tls = "+tls" if t.tls is not None else ""
     if isinstance(t, TcpServerTransport):
         return f"tcp-server{tls} {t.host}:{t.port}"
@@ -73,6 +85,8 @@ class InstrumentRunner:
             try:
                 if isinstance(t, TcpServerTransport):
                     await self._serve(t)
+                elif isinstance(t, SerialTransport):
+                    await self._serial(t)
                 else:
                     await self._dial(t)
             except PermanentLinkError as exc:
@@ -162,9 +176,47 @@ class InstrumentRunner:
             self.health.set_state("down", "the analyzer closed the connection; redialing")
             await asyncio.sleep(backoff_delay(0, t.reconnect_initial_s, t.reconnect_max_s))
 
+    # ---- serial: the analyzer's RS-232 port -----------------------------------------------------
+
+    async def _serial(self, t: SerialTransport) -> None:
+        self.ready.set()
+        attempt = 0
+        while True:
+            if attempt == 0:
+                self.health.set_state("connecting", f"opening {t.port}")
+            try:
+                conn = await serial_transport.SerialConnection.open(t)
+            except PermanentLinkError as exc:
+                self.health.set_state("failed", f"{exc}; retrying every {t.reopen_max_s:g} s at most")
+                await asyncio.sleep(backoff_delay(attempt, t.reopen_initial_s, t.reopen_max_s))
+                attempt += 1
+                continue
+            except TransientLinkError as exc:
+                self.health.set_state("down", f"{exc}; retrying")
+                await asyncio.sleep(backoff_delay(attempt, t.reopen_initial_s, t.reopen_max_s))
+                attempt += 1
+                continue
+            attempt = 0
+            try:
+                await self._run_link(conn.reader, conn, t.port)
+            finally:
+                await conn.close()
+            self.health.peer = None
+            self.health.set_state("down", f"the serial device {t.port} went away (unplugged or closed); "
+                                          "reopening: check the cable and the USB-serial adapter")
+            await asyncio.sleep(backoff_delay(0, t.reopen_initial_s, t.reopen_max_s))
+
     # ---- one connection ------------------------------------------------------------------------
 
     async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        try:
+            await self._run_link(reader, writer, peer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _run_link(self, reader: asyncio.StreamReader, writer: ByteWriter, peer: str) -> None:
         assert self.driver is not None
         self.health.counters.connections += 1
         self.health.peer = peer
@@ -177,8 +229,12 @@ class InstrumentRunner:
                                  health=self.health, destinations=self.destinations, reader=reader,
                                  writer=writer, on_stored=self.on_stored)
         else:
-            link = e1381.E1381Link(e1381.Role.HOST,
-                                   e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
+            link: e1381.E1381Link | raw.RawLink
+            if self.cfg.link.framing == "raw":
+                link = raw.RawLink(raw.RawProfile(record_terminator=_TERMINATORS[self.cfg.link.record_terminator],
+                                                  idle_timeout=self.cfg.link.raw_idle_timeout_s))
+            else:
+                link = e1381.E1381Link(e1381.Role.HOST, link_profile(self.cfg.link))
             session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                                   health=self.health, destinations=self.destinations, reader=reader,
                                   writer=writer, on_stored=self.on_stored, orders=self.orders,
@@ -190,7 +246,3 @@ class InstrumentRunner:
         except Exception as exc:  # isolation: a bug on one link is logged and shown, never spreads
             log.exception("session_crashed", instrument=self.cfg.id, error=type(exc).__name__)
             self.health.set_state("down", f"internal error on this link ({type(exc).__name__}); reconnecting")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()

@@ -6,7 +6,11 @@ again after a reconnect if it was not, as analyzers do; ``acked`` holds the resu
 
 Fault injection: ``corrupt_every=N`` corrupts the checksum of every Nth frame (the host must NAK it and
 accept the retransmission); ``disconnect_every=N`` drops the connection in the middle of every Nth
-message.
+message; ``write_chunk``/``write_delay`` split every write into small pieces sent slowly.
+
+Dialects: ``profile`` is the E1381 ``LinkProfile`` the analyzer speaks (no frame numbers, no checksums,
+LF/CRLF terminators, whole message in one frame). Scripted input: :class:`ScriptedMessages` replays the
+messages of a file of records (one record a line, a blank line or a new H between messages).
 
 Host side: with ``query_share`` > 0 that share of samples is first asked about with a host query
 (``Q|1|^sample||ALL||||||||O``, as VITROS sends it); the analyzer waits for the answer (at most
@@ -23,9 +27,10 @@ import argparse
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from labbridge.protocols import e1381
@@ -177,7 +182,49 @@ class MessageSource(Protocol):
     def next(self, now: datetime | None = None) -> SimMessage: ...
 
 
+class ScriptedMessages:
+    """Messages read from a file of E1394 records (one a line); used in place of a MessageFactory.
+
+    Results known to the simulator are read from the R records with the generic driver's positions, so that
+    tests can check what reached the LIS.
+    """
+
+    def __init__(self, instrument: str, text: str, *, repeat: bool = False) -> None:
+        self.instrument = instrument
+        self.repeat = repeat
+        self.messages: list[SimMessage] = []
+        current: list[bytes] = []
+        for line in [*text.splitlines(), ""]:
+            record = line.strip("\r\n").encode("latin-1")
+            if (not record or record[:1] in (b"H", b"h")) and current:
+                self.messages.append(self._message(current))
+                current = []
+            if record:
+                current.append(record)
+        self.counter = 0
+
+    def _message(self, records: list[bytes]) -> SimMessage:
+        from labbridge.protocols.e1394 import parse_records
+
+        results: list[ResultIdentity] = []
+        sample = ""
+        for rec in parse_records(records):
+            if rec.type == "O":
+                sample = rec.component(3, 1) or rec.component(4, 1)
+            elif rec.type == "R":
+                results.append((self.instrument, sample, rec.component(3, 4), rec.component(4, 1)))
+        return SimMessage(tuple(records), tuple(results))
+
+    def next(self, now: datetime | None = None) -> SimMessage:
+        if not self.messages or (self.counter >= len(self.messages) and not self.repeat):
+            raise IndexError("the message file has no more messages")
+        msg = self.messages[self.counter % len(self.messages)]
+        self.counter += 1
+        return msg
+
+
 Address = tuple[str, int] | Callable[[], tuple[str, int]]
+Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @dataclass
@@ -210,6 +257,11 @@ class AstmAnalyzerSim:
     _answered: bool = False
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     host_message_dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    # Instead of dialing ``address`` over TCP: open any byte stream (a pseudo-terminal for serial).
+    opener: Opener | None = None
+    profile: e1381.LinkProfile | None = None  # the dialect this analyzer speaks
+    write_chunk: int = 0  # split every write into pieces of this many bytes...
+    write_delay: float = 0.0  # ...with this pause between pieces (slow writes)
 
     def _resolve(self) -> tuple[str, int]:
         return self.address() if callable(self.address) else self.address
@@ -231,8 +283,11 @@ class AstmAnalyzerSim:
         next_at = 0.0
         while not (self.done() and not self.linger) and not (stop.is_set() and not self._in_flight()):
             try:
-                host, port = self._resolve()
-                reader, writer = await asyncio.open_connection(host, port)
+                if self.opener is not None:
+                    reader, writer = await self.opener()
+                else:
+                    host, port = self._resolve()
+                    reader, writer = await asyncio.open_connection(host, port)
             except OSError:
                 if stop.is_set():
                     return
@@ -258,7 +313,7 @@ class AstmAnalyzerSim:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: asyncio.Event,
                        rng: random.Random, next_at: float) -> float:
         loop = asyncio.get_running_loop()
-        link = e1381.E1381Link(e1381.Role.INSTRUMENT)
+        link = e1381.E1381Link(e1381.Role.INSTRUMENT, self.profile)
         handles: dict[int, SimMessage] = {}
         # Messages not ACKed on an earlier connection are sent again first.
         for msg in self._pending:
@@ -303,8 +358,13 @@ class AstmAnalyzerSim:
                 return next_at
             out = link.data_to_send()
             if out:
-                writer.write(self._maybe_corrupt(out))
-                await writer.drain()
+                out = self._maybe_corrupt(out)
+                step = self.write_chunk or len(out)
+                for i in range(0, len(out), step):
+                    writer.write(out[i:i + step])
+                    await writer.drain()
+                    if self.write_delay and i + step < len(out):
+                        await asyncio.sleep(self.write_delay)
                 if drop_after_frames is not None and out[:1] == b"\x02":
                     drop_after_frames -= 1
                     if drop_after_frames <= 0:
@@ -375,7 +435,8 @@ class AstmAnalyzerSim:
         if out[:1] != b"\x02":
             return out
         self._frames_out += 1
-        if self.corrupt_every and self._frames_out % self.corrupt_every == 0:
+        if self.corrupt_every and self._frames_out % self.corrupt_every == 0 and \
+                (self.profile is None or self.profile.checksums):
             self.stats.frames_corrupted += 1
             # Flip the first checksum digit: the frame is otherwise intact, so only the checksum catches it.
             pos = len(out) - 4
@@ -385,10 +446,21 @@ class AstmAnalyzerSim:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    sim = AstmAnalyzerSim(args.name, (args.host, args.port),
-                          MessageFactory(args.name, sample_prefix=args.name[:3].upper(), panel_size=args.tests),
-                          interval=(args.interval, args.interval), max_messages=args.count,
-                          corrupt_every=args.corrupt_every, query_share=args.query_share)
+    factory: MessageSource
+    if args.messages_file:
+        text = await asyncio.to_thread(Path(args.messages_file).read_text, encoding="latin-1")
+        factory = ScriptedMessages(args.name, text)
+        count = len(factory.messages)
+    else:
+        factory = MessageFactory(args.name, sample_prefix=args.name[:3].upper(), panel_size=args.tests)
+        count = args.count
+    profile = e1381.LinkProfile(frame_numbers=not args.no_frame_numbers, checksums=not args.no_checksums,
+                                record_terminator={"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}[args.terminator],
+                                one_frame_per_message=args.one_frame)
+    sim = AstmAnalyzerSim(args.name, (args.host, args.port), factory,
+                          interval=(args.interval, args.interval), max_messages=count,
+                          corrupt_every=args.corrupt_every, profile=profile,
+                          query_share=args.query_share)
     stop = asyncio.Event()
     await sim.run(stop)
     print(f"{args.name}: {sim.stats.messages_acked} messages acknowledged, {len(sim.acked)} results, "
@@ -407,6 +479,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corrupt-every", type=int, default=0, help="corrupt every Nth frame's checksum")
     parser.add_argument("--query-share", type=float, default=0.0,
                         help="share of samples asked about with a host query first (0 to 1)")
+    parser.add_argument("--messages-file", help="send the messages of this file of records instead")
+    parser.add_argument("--no-frame-numbers", action="store_true", help="dialect: frames without FN")
+    parser.add_argument("--no-checksums", action="store_true", help="dialect: frames without checksum")
+    parser.add_argument("--terminator", choices=["cr", "lf", "crlf"], default="cr", help="record terminator")
+    parser.add_argument("--one-frame", action="store_true", help="dialect: whole message in one frame")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))

@@ -19,7 +19,9 @@ from labbridge.runtime.daemon import Daemon
 
 def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,
                extra_lis: dict[str, Any] | None = None, drivers: list[str] | None = None,
-               extra_instrument: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra_instrument: dict[str, Any] | None = None,
+               overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``overrides`` maps an instrument id (``an-0``...) to keys replacing its defaults (``link``, ``transport``)."""
     return {
         "node": "test",
         "store": {"path": str(tmp_path / "labbridge.db")},
@@ -28,7 +30,8 @@ def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = 
         "instruments": [
             {"id": f"an-{i}", "site": "arlon" if i % 2 == 0 else "virton",
              "driver": drivers[i] if drivers else "astm-generic",
-             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0}, **(extra_instrument or {})}
+             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0}, **(extra_instrument or {}),
+             **(overrides or {}).get(f"an-{i}", {})}
             for i in range(len(drivers) if drivers else instruments)
         ],
         "lis": [{"id": "lis", "host": "127.0.0.1", "port": lis_port, "ack_timeout_s": 2.0,
@@ -54,11 +57,13 @@ class Lab:
 @contextlib.asynccontextmanager
 async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = False,
                       extra_lis: dict[str, Any] | None = None, drivers: list[str] | None = None,
-                      extra_instrument: dict[str, Any] | None = None) -> AsyncIterator[Lab]:
+                      extra_instrument: dict[str, Any] | None = None,
+                      overrides: dict[str, dict[str, Any]] | None = None) -> AsyncIterator[Lab]:
     lis = SimulatedLis()
     await lis.start()
     config = parse_config(lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
-                                     extra_lis=extra_lis, drivers=drivers, extra_instrument=extra_instrument))
+                                     extra_lis=extra_lis, drivers=drivers, extra_instrument=extra_instrument,
+                                     overrides=overrides))
     daemon = Daemon(config)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))

@@ -28,8 +28,20 @@ def test_results_reach_the_lis_once_with_a_corrupting_analyzer_beside_a_clean_on
             assert noisy_health.checksum_errors == noisy.stats.frames_corrupted
             assert noisy.stats.naks_received == noisy.stats.frames_corrupted
             assert lab.daemon.runners["an-0"].health.counters.frames_rejected == 0
-            counts = await lab.daemon.store.counts()
-            assert counts["results"] == 60 and counts["outbox"]["lis"]["delivered"] == 12
+            # The LIS books a message before its AA reaches the relay: wait for the relay to record it.
+            delivered: list[int] = []
+
+            async def poll() -> None:
+                counts = await lab.daemon.store.counts()
+                assert counts["results"] == 60
+                delivered.append(counts["outbox"]["lis"].get("delivered", 0))
+
+            for _ in range(100):
+                await poll()
+                if delivered[-1] == 12:
+                    break
+                await asyncio.sleep(0.05)
+            assert delivered[-1] == 12
 
     run(body())
 

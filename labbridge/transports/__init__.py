@@ -1,0 +1,1 @@
+"""Transports: bytes only (serial here; TCP lives in the instrument runner)."""

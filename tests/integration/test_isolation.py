@@ -1,0 +1,48 @@
+"""Bad input on one link (junk floods, half frames then silence or a hang-up) never stops that link for longer
+than the protocol's own recovery, and never affects another link."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from tests.conftest import run
+from tests.integration.helpers import eventually, running_lab
+
+
+def test_junk_floods_and_half_frames_on_one_link_leave_the_other_untouched(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=2) as lab:
+            clean = lab.analyzer("an-0", messages=8)
+            stop = asyncio.Event()
+            clean_task = asyncio.create_task(clean.run(stop))
+            bound = lab.daemon.runners["an-1"].bound
+            assert bound is not None
+            # A junk flood (2 MB, no ENQ), then a transfer with junk frames, then half a frame and a hang-up.
+            _, writer = await asyncio.open_connection(*bound)
+            for _ in range(32):
+                writer.write(bytes(range(6, 256)) * 256)
+                await writer.drain()
+            writer.write(b"\x05" + b"\x02" + b"\xff" * 70_000 + b"\x03" + b"\x0200\r\n" * 50)
+            writer.write(b"\x02" + b"1H|\\^&|||half")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.wait_for(clean_task, 30)
+            assert len(clean.acked) == 8 * 5
+            # The abused link recovers at once for a well-behaved analyzer.
+            started = time.monotonic()
+            recovered = lab.analyzer("an-1", messages=2)
+            await asyncio.wait_for(recovered.run(stop), 30)
+            assert time.monotonic() - started < 10
+            await eventually(lambda: set(clean.acked) | set(recovered.acked) <= lab.lis.delivered,
+                             what="both links' results at the LIS")
+            bad = lab.daemon.runners["an-1"].health.counters
+            good = lab.daemon.runners["an-0"].health.counters
+            assert bad.junk_bytes > 2_000_000 and bad.frames_rejected > 0
+            assert good.junk_bytes == 0 and good.frames_rejected == 0 and good.incomplete_transmissions == 0
+            assert lab.lis.duplicates == 0
+
+    run(body())

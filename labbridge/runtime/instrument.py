@@ -19,6 +19,7 @@ from labbridge.protocols import e1381
 from labbridge.runtime.astm_session import AstmSession
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.store import Store
 
 log = get_logger("labbridge.instrument")
@@ -35,13 +36,15 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | None, driver_error: str | None,
-                 store: Store, destinations: list[str], on_stored: Callable[[], None]) -> None:
+                 store: Store, destinations: list[str], on_stored: Callable[[], None],
+                 backlog_after_s: float | None = None) -> None:
         self.cfg = cfg
         self.driver = driver
         self.driver_error = driver_error
         self.store = store
         self.destinations = destinations
         self.on_stored = on_stored
+        self.backlog_after_s = backlog_after_s
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
         self.bound: tuple[str, int] | None = None
@@ -49,6 +52,12 @@ class InstrumentRunner:
         self._active: asyncio.StreamWriter | None = None
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
                                      test_map=dict(cfg.test_map), encoding=cfg.link.encoding)
+
+    def decoder(self) -> InstrumentDecoder | None:
+        """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
+        if self.driver is None:
+            return None
+        return InstrumentDecoder.from_config(self.cfg, self.driver, self.context)
 
     async def run(self) -> None:
         try:
@@ -150,7 +159,8 @@ class InstrumentRunner:
                                e1381.LinkProfile(strict_frame_numbers=self.cfg.link.strict_frame_numbers))
         session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
                               health=self.health, destinations=self.destinations, reader=reader,
-                              writer=writer, on_stored=self.on_stored)
+                              writer=writer, on_stored=self.on_stored, decoder=self.decoder(),
+                              backlog_after_s=self.backlog_after_s)
         try:
             await session.run()
         except asyncio.CancelledError:

@@ -21,6 +21,8 @@ from labbridge.errors import DriverError
 from labbridge.logs import get_logger
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.instrument import InstrumentRunner
+from labbridge.runtime.intake import InstrumentDecoder
+from labbridge.runtime.operations import Operations
 from labbridge.runtime.relay import Relay
 from labbridge.runtime.store import Retention, Store, wall_clock
 
@@ -52,6 +54,8 @@ class Daemon:
                                                      on_stored=self._wake_relays,
                                                      backlog_after_s=config.backlog.older_than_s)
         self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
+        self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
+                                     on_change=self._wake_relays)
         self.web: Any = None
         self.http_address: tuple[str, int] | None = None
         self.started = asyncio.Event()
@@ -60,6 +64,10 @@ class Daemon:
         """New outbox items were committed: every relay looks at its queue now."""
         for relay in self.relays:
             relay.wakeup.set()
+
+    def _decoder_for(self, instrument: str) -> InstrumentDecoder | None:
+        runner = self.runners.get(instrument)
+        return runner.decoder() if runner is not None else None
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         attempt = 0

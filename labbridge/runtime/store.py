@@ -764,11 +764,14 @@ class Store:
 
         return await self._read(work)
 
-    async def outbox_rows(self, state: str | None = None, limit: int = 200,
-                          destination: str | None = None) -> list[dict[str, Any]]:
+    async def outbox_rows(self, state: str | None = None, limit: int = 200, destination: str | None = None,
+                          item_id: int | None = None) -> list[dict[str, Any]]:
         def work(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql = f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM outbox WHERE 1 = 1"
             args: tuple[Any, ...] = ()
+            if item_id is not None:
+                sql += " AND id = ?"
+                args += (item_id,)
             if state:
                 sql += " AND state = ?"
                 args += (state,)

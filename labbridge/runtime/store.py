@@ -407,6 +407,8 @@ class Store:
                 try:
                     value = job.fn(conn)
                 except Exception as exc:  # one bad request must not fail the group
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        raise  # SQLite rolled the whole group back (e.g. disk full): every request fails
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     if isinstance(exc, sqlite3.Error):  # e.g. "database or disk is full" on this request

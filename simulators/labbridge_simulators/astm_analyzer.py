@@ -17,7 +17,7 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from labbridge.protocols import e1381
 from labbridge.protocols.e1394 import encode_record
@@ -86,8 +86,10 @@ class MessageFactory:
     """Realistic chemistry messages with synthetic patients (names included, to test log privacy)."""
 
     def __init__(self, instrument: str, *, sample_prefix: str, panel_size: int = 20, seed: int | None = None,
-                 model: str = "SimChem") -> None:
+                 model: str = "SimChem", measured_age: timedelta = timedelta(0)) -> None:
         self.instrument = instrument
+        # Results measured this long ago: an analyzer resending what it kept during an outage.
+        self.measured_age = measured_age
         self.prefix = sample_prefix
         self.panel = CHEMISTRY_PANEL[:max(1, min(panel_size, len(CHEMISTRY_PANEL)))]
         self.rng = random.Random(seed)
@@ -95,7 +97,7 @@ class MessageFactory:
         self.counter = 0
 
     def next(self, now: datetime | None = None) -> SimMessage:
-        now = now or datetime.now()
+        now = now or (datetime.now() - self.measured_age)
         self.counter += 1
         sample = f"{self.prefix}{self.counter:06d}"
         patient = f"PAT{self.rng.randrange(10**6):06d}"

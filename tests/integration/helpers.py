@@ -18,7 +18,8 @@ from labbridge.runtime.daemon import Daemon
 
 
 def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,
-               extra_lis: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra_lis: dict[str, Any] | None = None,
+               extra_instrument: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "node": "test",
         "store": {"path": str(tmp_path / "labbridge.db")},
@@ -26,7 +27,7 @@ def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = 
         "sites": [{"id": "arlon", "name": "Arlon"}, {"id": "virton", "name": "Virton"}],
         "instruments": [
             {"id": f"an-{i}", "site": "arlon" if i % 2 == 0 else "virton", "driver": "astm-generic",
-             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0}}
+             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0}, **(extra_instrument or {})}
             for i in range(instruments)
         ],
         "lis": [{"id": "lis", "host": "127.0.0.1", "port": lis_port, "ack_timeout_s": 2.0,
@@ -51,11 +52,14 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = False,
-                      extra_lis: dict[str, Any] | None = None) -> AsyncIterator[Lab]:
-    lis = SimulatedLis()
-    await lis.start()
-    config = parse_config(lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
-                                     extra_lis=extra_lis))
+                      extra_lis: dict[str, Any] | None = None, extra_instrument: dict[str, Any] | None = None,
+                      extra: dict[str, Any] | None = None, lis: SimulatedLis | None = None) -> AsyncIterator[Lab]:
+    own_lis = lis is None
+    lis = lis or SimulatedLis()
+    if own_lis:
+        await lis.start()
+    config = parse_config({**lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
+                                        extra_lis=extra_lis, extra_instrument=extra_instrument), **(extra or {})})
     daemon = Daemon(config)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
@@ -68,7 +72,8 @@ async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = Fals
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
-        await lis.stop()
+        if own_lis:
+            await lis.stop()
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

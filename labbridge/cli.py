@@ -114,10 +114,15 @@ def _fetch(url: str) -> Any:
         return json.loads(resp.read().decode("utf-8"))
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1048576:.1f} MB"
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
     try:
         instruments = _fetch(f"{base}/api/instruments")
+        outbox = _fetch(f"{base}/api/outbox")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"cannot reach the labbridge daemon at {base}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -127,6 +132,204 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{'INSTRUMENT':<22} {'SITE':<11} {'STATE':<10} {'MSGS':>6}  REASON")
     for i in instruments:
         print(f"{i['id']:<22} {i['site']:<11} {i['state']:<10} {i['messages_received']:>6}  {i['reason']}")
+    store = outbox["store"]
+    print(f"\nstore {store['path']}: {_mb(store['size_bytes'])} (database {_mb(store['file_bytes'])}, "
+          f"WAL {_mb(store['wal_bytes'])}); {store['results']} results, {store['messages']} messages")
+    for d in outbox["destinations"]:
+        print(f"LIS {d['id']:<18} {d['state']:<8} {d['pending']} pending ({d['backlog_pending']} backlog), "
+              f"{d['delivered']} delivered, {d['dead']} dead  {d['reason']}")
+    return EXIT_OK
+
+
+# ---- labbridge outbox: against the running daemon (HTTP) or the store file (daemon stopped) ----------
+
+
+class _Offline:
+    """The store file opened directly, with the config's drivers for re-decoding (if a config is given)."""
+
+    def __init__(self, store_path: str, config: Any | None) -> None:
+        self.store_path = store_path
+        self.config = config
+
+
+def _target(args: argparse.Namespace) -> str | _Offline:
+    """The daemon's base URL, or the store to open directly."""
+    if args.store:
+        return _Offline(args.store, None)
+    if args.config:
+        from labbridge.config import load_config
+
+        config = load_config(args.config)
+        if config.http.enabled:
+            host = "127.0.0.1" if config.http.host in ("0.0.0.0", "", "::") else config.http.host  # noqa: S104
+            base = f"http://{host}:{config.http.port}"
+            try:
+                _fetch(f"{base}/api/health")
+            except (urllib.error.URLError, OSError, ValueError):
+                return _Offline(config.store.path, config)  # the daemon is not running
+            return base
+        return _Offline(config.store.path, config)
+    return str(args.url).rstrip("/")
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an HTTP URL: {url}")
+    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), method="POST",  # noqa: S310
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 (scheme checked above)
+            return json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read().decode("utf-8")).get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        raise LabbridgeError(message) from None
+
+
+def _run_offline(offline: _Offline, action: Any) -> Any:
+    from labbridge.driver import AstmDriver, load_driver
+    from labbridge.runtime.intake import InstrumentDecoder
+    from labbridge.runtime.operations import Operations
+    from labbridge.runtime.store import Store
+
+    if not Path(offline.store_path).is_file():
+        raise LabbridgeError(f"no store at {offline.store_path}")
+    config = offline.config
+
+    def decoder_for(instrument: str) -> InstrumentDecoder | None:
+        if config is None:
+            return None
+        for inst in config.instruments:
+            if inst.id == instrument:
+                try:
+                    driver = load_driver(inst.driver)
+                except LabbridgeError:
+                    return None
+                return InstrumentDecoder.from_config(inst, driver) if isinstance(driver, AstmDriver) else None
+        return None
+
+    async def main() -> Any:
+        store = Store(offline.store_path)
+        await store.open()
+        try:
+            ops = Operations(store, decoder_for,
+                             backlog_after_s=config.backlog.older_than_s if config is not None else None)
+            return await action(store, ops)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _actor(args: argparse.Namespace) -> str:
+    if args.by:
+        return str(args.by)
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    try:
+        return _outbox(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except (LabbridgeError, ValueError) as exc:
+        print(f"labbridge outbox {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot reach the labbridge daemon: {exc} (daemon stopped? use --store PATH or -c CONFIG)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if args.action == "list":
+        if isinstance(target, _Offline):
+            rows = _run_offline(target, lambda store, _ops: store.outbox_rows(
+                state=args.state, limit=args.limit, destination=args.destination))
+        else:
+            query = urllib.parse.urlencode({k: v for k, v in (("state", args.state), ("limit", args.limit),
+                                                               ("destination", args.destination)) if v})
+            rows = _fetch(f"{target}/api/outbox/items?{query}")
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return EXIT_OK
+        print(f"{'ID':>7} {'DESTINATION':<14} {'STATE':<9} {'INSTRUMENT':<16} {'CONTROL ID':<20} {'TRIES':>5} "
+              f"{'CREATED':<19}  REASON")
+        for r in rows:
+            state = r["state"] + ("*" if r["backlog"] else "")
+            reason = r["last_error"] or ""
+            if r["dead_kind"]:
+                reason = f"[{r['dead_kind']}] {reason}"
+            print(f"{r['id']:>7} {r['destination']:<14} {state:<9} {r['instrument']:<16} {r['control_id']:<20} "
+                  f"{r['attempts']:>5} {_when(r['created_at']):<19}  {reason}")
+        if any(r["backlog"] for r in rows):
+            print("* backlog: results measured long before they reached labbridge (sent paced)")
+        return EXIT_OK
+
+    actor = _actor(args)
+    if args.action == "retry":
+        if bool(args.ids) == bool(args.all_dead):
+            raise LabbridgeError("give item IDs or --all-dead")
+        ids = None if args.all_dead else list(args.ids)
+        if isinstance(target, _Offline):
+            items = _run_offline(target, lambda _store, ops: ops.retry(ids, actor=actor, reason=args.reason))
+        else:
+            body: dict[str, Any] = {"reason": args.reason, "by": actor}
+            body.update({"all_dead": True} if ids is None else {"ids": ids})
+            items = _post(f"{target}/api/outbox/retry", body)["items"]
+        if args.json:
+            print(json.dumps(items, indent=2))
+        else:
+            for item in items:
+                extra = item.get("reason_now") or item.get("detail") or ""
+                print(f"{item['id']:>7} {item['outcome']}" + (f": {extra}" if extra else ""))
+        failed = [i for i in items if i["outcome"] not in ("queued", "redecoded")]
+        return EXIT_FAILURE if failed else EXIT_OK
+
+    # purge
+    if bool(args.ids) == bool(args.state):
+        raise LabbridgeError("give item IDs or --state dead|delivered")
+    what = (f"outbox item(s) {', '.join(map(str, args.ids))}" if args.ids else f"every {args.state} outbox item"
+            + (f" older than {args.older_than_days:g} days" if args.older_than_days else ""))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise LabbridgeError("a purge deletes for good: confirm with --yes when not at a terminal")
+        answer = input(f"Delete {what} for good (recorded in the audit trail as {actor})? Type yes: ")
+        if answer.strip().lower() != "yes":
+            print("nothing purged")
+            return EXIT_FAILURE
+    older = args.older_than_days * 86400 if args.older_than_days else None
+    ids = list(args.ids) if args.ids else None
+    if isinstance(target, _Offline):
+        done = _run_offline(target, lambda _store, ops: ops.purge(item_ids=ids, state=args.state, older_than_s=older,
+                                                                  actor=actor, reason=args.reason))
+    else:
+        body = {"reason": args.reason, "by": actor, "confirm": True, "state": args.state, "older_than_s": older}
+        if ids is not None:
+            body["ids"] = ids
+        done = _post(f"{target}/api/outbox/purge", body)
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        skipped = ", ".join(map(str, done["skipped"]))
+        print(f"purged {done['purged']} item(s)" + (f"; not purged (pending or unknown): {skipped}" if skipped else ""))
     return EXIT_OK
 
 
@@ -384,6 +587,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_status)
 
+    p = sub.add_parser("outbox", help="list, retry or purge outbox items and dead letters")
+    actions = p.add_subparsers(dest="action", required=True)
+
+    def target(q: argparse.ArgumentParser) -> None:
+        where = q.add_mutually_exclusive_group()
+        where.add_argument("--url", default="http://127.0.0.1:8470", help="the running daemon (default)")
+        where.add_argument("--store", help="the store file, when the daemon is stopped")
+        where.add_argument("-c", "--config", help="the daemon's config: its HTTP API if it runs, else its store")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=_cmd_outbox)
+
+    q = actions.add_parser("list", help="list outbox items, newest first")
+    q.add_argument("--state", choices=["pending", "delivered", "dead"])
+    q.add_argument("--destination")
+    q.add_argument("--limit", type=int, default=200)
+    target(q)
+    q = actions.add_parser("retry", help="retry dead letters (re-decoding those labbridge held)")
+    q.add_argument("ids", nargs="*", type=int, metavar="ID")
+    q.add_argument("--all-dead", action="store_true", help="every dead letter")
+    q.add_argument("--reason", required=True, help="why (goes to the audit trail)")
+    q.add_argument("--by", help="who (default: your OS user name)")
+    target(q)
+    q = actions.add_parser("purge", help="delete dead or delivered items for good (never pending ones)")
+    q.add_argument("ids", nargs="*", type=int, metavar="ID")
+    q.add_argument("--state", choices=["dead", "delivered"])
+    q.add_argument("--older-than-days", type=float)
+    q.add_argument("--reason", required=True, help="why (goes to the audit trail)")
+    q.add_argument("--by", help="who (default: your OS user name)")
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    target(q)
+
     p = sub.add_parser("drivers", help="list the drivers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_drivers)
@@ -407,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("orders", help="add, list and cancel orders (the embedded order source)")
     osub = p.add_subparsers(dest="action", required=True)
 
-    def target(q: argparse.ArgumentParser) -> None:
+    def orders_target(q: argparse.ArgumentParser) -> None:
         group = q.add_mutually_exclusive_group()
         group.add_argument("--url", default="http://127.0.0.1:8470",
                            help="a running daemon's HTTP address (the default target)")
@@ -423,17 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--site", help="any instrument of this site (answered when an analyzer asks)")
     q.add_argument("--priority", default="routine", choices=["routine", "asap", "stat"])
     q.add_argument("--patient", help="patient ID")
-    target(q)
+    orders_target(q)
     q = osub.add_parser("list", help="list orders, newest first")
     q.add_argument("--instrument")
     q.add_argument("--site")
     q.add_argument("--sample")
     q.add_argument("--state", choices=["pending", "sent", "accepted", "cancelled"])
     q.add_argument("--limit", type=int, default=200)
-    target(q)
+    orders_target(q)
     q = osub.add_parser("cancel", help="cancel an order")
     q.add_argument("id", type=int)
-    target(q)
+    orders_target(q)
     p.set_defaults(func=_cmd_orders)
 
     p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7) or LIS")

@@ -13,7 +13,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from labbridge.errors import ConfigError
 
@@ -138,8 +138,14 @@ class InstrumentConfig(_Model):
     transport: Transport
     link: LinkConfig = LinkConfig()
     timezone: str = "Europe/Brussels"
-    # Instrument test code -> LIS test code. Codes not listed pass through unchanged.
+    # Instrument test code -> LIS test code. Codes not listed pass through unchanged, unless
+    # unmapped_tests = "dead-letter": then such results are held in the dead letters (naming the code)
+    # until the mapping is added and the dead letter retried.
     test_map: dict[str, str] = Field(default_factory=dict)
+    unmapped_tests: Literal["pass", "dead-letter"] = "pass"
+    # The sender name the analyzer puts in its header (ASTM H-5). If set, a message from another
+    # sender is not relayed: it goes to the dead letters as "unknown sender". Empty: any sender.
+    expected_sender: str = ""
     # Connected but silent for longer than this: the link is shown as idle.
     idle_after_s: Seconds = 1800.0
 
@@ -153,10 +159,28 @@ class InstrumentConfig(_Model):
         return value
 
 
-class MllpDestination(_Model):
-    """A LIS that takes HL7 v2.5.1 results (ORU^R01 or OUL^R22) over MLLP and answers with an ACK."""
+class _Destination(_Model):
+    """What every LIS destination shares: the outbox semantics."""
 
     id: Annotated[str, Field(pattern=ID_PATTERN)]
+    # Retry with exponential backoff and full jitter, capped: an overnight outage costs at most
+    # backoff_max_s of extra delay once the LIS is back.
+    backoff_initial_s: Seconds = 1.0
+    backoff_max_s: Seconds = 300.0
+    # A result still undelivered after this long goes to the dead letters for a person to look at.
+    give_up_after_s: Seconds = 3 * 24 * 3600.0
+    # Backlog items (old results an analyzer resends) are sent at most this often; live ones first.
+    backlog_per_minute: Annotated[float, Field(gt=0)] = 60.0
+    # Used by the HL7 rendering (MLLP, and file drops in HL7 format).
+    sending_application: str = "LABBRIDGE"
+    sending_facility: str = ""
+    receiving_application: str = "LIS"
+    receiving_facility: str = ""
+
+
+class MllpDestination(_Destination):
+    """A LIS that takes HL7 v2.5.1 results (ORU^R01 or OUL^R22) over MLLP and answers with an ACK."""
+
     kind: Literal["mllp"] = "mllp"
     host: str
     port: Port
@@ -165,22 +189,62 @@ class MllpDestination(_Model):
     tls: TlsConfig | None = None
     connect_timeout_s: Seconds = 10.0
     ack_timeout_s: Seconds = 30.0
-    sending_application: str = "LABBRIDGE"
-    sending_facility: str = ""
-    receiving_application: str = "LIS"
-    receiving_facility: str = ""
-    # Retry with exponential backoff and full jitter, capped: an overnight outage costs at most
-    # backoff_max_s of extra delay once the LIS is back.
-    backoff_initial_s: Seconds = 1.0
-    backoff_max_s: Seconds = 300.0
-    # A result still undelivered after this long goes to the dead letters for a person to look at.
-    give_up_after_s: Seconds = 3 * 24 * 3600.0
     # ACK codes that mean "do not simply resend" (HL7 AE: the message has an error).
     dead_letter_codes: list[str] = Field(default_factory=lambda: ["AE", "CE"])
 
 
+class FileDestination(_Destination):
+    """A folder the LIS picks files up from: one file per message, named by its control ID, written atomically."""
+
+    kind: Literal["file"]
+    directory: str
+    format: Literal["hl7", "astm", "json"] = "hl7"
+
+
+class HttpDestination(_Destination):
+    """An HTTP(S) endpoint that takes canonical JSON by POST (2xx delivered, 4xx refused, 5xx retried)."""
+
+    kind: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout_s: Seconds = 30.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    verify_tls: bool = True
+
+
+def _destination_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "mllp"))
+    return str(getattr(value, "kind", "mllp"))
+
+
+Destination = Annotated[
+    Annotated[MllpDestination, Tag("mllp")] | Annotated[FileDestination, Tag("file")]
+    | Annotated[HttpDestination, Tag("http")],
+    Discriminator(_destination_kind),
+]
+DESTINATION_KINDS = frozenset({"mllp", "file", "http"})
+
+
 class StoreConfig(_Model):
     path: str = "labbridge.db"
+    # A cap on the database file: past it, commits fail as on a full disk (analyzers are not
+    # acknowledged and retry) instead of filling a disk other software needs. None: no cap.
+    max_size_mb: Annotated[float, Field(gt=0)] | None = None
+
+
+class RetentionConfig(_Model):
+    """How long the store keeps what no longer waits for anyone. Pending and dead items are never pruned."""
+
+    raw_messages_days: Annotated[float, Field(gt=0)] = 90.0
+    delivered_days: Annotated[float, Field(gt=0)] = 90.0  # delivered outbox items and their results
+    incomplete_days: Annotated[float, Field(gt=0)] = 30.0  # transmissions that never became a message
+    prune_interval_s: Seconds = 3600.0
+
+
+class BacklogConfig(_Model):
+    # A result measured longer than this before it reached labbridge is backlog (an analyzer resending
+    # what it kept during an outage): labelled, and paced per destination (backlog_per_minute).
+    older_than_s: Seconds = 2 * 3600.0
 
 
 class HttpConfig(_Model):
@@ -198,9 +262,11 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    retention: RetentionConfig = RetentionConfig()
+    backlog: BacklogConfig = BacklogConfig()
     sites: list[SiteConfig] = Field(default_factory=list)
     instruments: list[InstrumentConfig] = Field(default_factory=list)
-    lis: list[MllpDestination] = Field(default_factory=list)
+    lis: list[Destination] = Field(default_factory=list)
 
     def site_name(self, site_id: str) -> str:
         for site in self.sites:
@@ -214,7 +280,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in TRANSPORT_KINDS:
+        elif part in TRANSPORT_KINDS or part in DESTINATION_KINDS:
             continue  # the discriminator tag pydantic adds to the location of a tagged union
         else:
             out += f".{part}" if out else part
@@ -298,7 +364,11 @@ def load_config(path: str | Path) -> Config:
     store_path = Path(config.store.path)
     if not store_path.is_absolute():
         store_path = (path.parent / store_path).resolve()
-        config = config.model_copy(update={"store": StoreConfig(path=str(store_path))})
+        config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(store_path)})})
+    lis = [d.model_copy(update={"directory": str((path.parent / d.directory).resolve())})
+           if isinstance(d, FileDestination) and not Path(d.directory).is_absolute() else d for d in config.lis]
+    if lis != config.lis:
+        config = config.model_copy(update={"lis": lis})
     return _resolve_tls_paths(config, path.parent)
 
 
@@ -315,5 +385,5 @@ def _resolve_tls_paths(config: Config, base: Path) -> Config:
         if isinstance(i.transport, TcpServerTransport | TcpClientTransport) else i
         for i in config.instruments
     ]
-    lis = [d.model_copy(update={"tls": fix(d.tls)}) for d in config.lis]
+    lis = [d.model_copy(update={"tls": fix(d.tls)}) if isinstance(d, MllpDestination) else d for d in config.lis]
     return config.model_copy(update={"instruments": instruments, "lis": lis})

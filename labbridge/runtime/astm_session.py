@@ -31,12 +31,12 @@ from datetime import datetime
 from typing import Protocol
 
 from labbridge.driver import AstmDriver, DecodeContext
-from labbridge.errors import DecodeError
 from labbridge.logs import get_logger
 from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381, raw
 from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.store import Store
 
 log = get_logger("labbridge.astm")
@@ -66,10 +66,14 @@ class AstmSession:
     def __init__(self, *, link: e1381.E1381Link | raw.RawLink, driver: AstmDriver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
                  writer: ByteWriter, on_stored: Callable[[], None] | None = None,
-                 orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None) -> None:
+                 orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None,
+                 decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None) -> None:
         self.link = link
         self.driver = driver
         self.context = context
+        # The instrument's policies (unmapped test codes, expected sender); plain decoding without one.
+        self.decoder = decoder or InstrumentDecoder(driver, context)
+        self.backlog_after_s = backlog_after_s
         self.store = store
         self.health = health
         self.destinations = destinations
@@ -305,27 +309,26 @@ class AstmSession:
     async def _store_message(self, event: e1381.MessageReceived) -> list[HostQuery] | None:
         """Decode and commit; the message's host queries once it is stored, None if it is not."""
         counters = self.health.counters
-        error: str | None = None
-        results = []
-        queries: list[HostQuery] = []
-        try:
-            decoded = self.driver.decode(event.records, self.context)
-            results = decoded.results
-            queries = decoded.queries
-        except Exception as exc:  # a driver bug or an undecodable message: kept raw, dead-lettered
-            error = f"{type(exc).__name__}: {exc}"  # kept in the store, next to the raw message
+        intake = self.decoder.decode_records(event.records)
+        if intake.error is not None:  # kept in the store next to the raw message, and dead-lettered
             counters.decode_errors += 1
             # The log gets only text labbridge controls: an arbitrary exception may quote patient data.
-            reason = exc.reason if isinstance(exc, DecodeError) else type(exc).__name__
-            log.warning("decode_failed", instrument=self.health.id, driver=self.driver.name, reason=reason)
+            log.warning("decode_failed", instrument=self.health.id, driver=self.decoder.driver.name,
+                        reason=intake.log_reason)
+        for held in intake.held:
+            log.warning("message_held", instrument=self.health.id, kind=held.kind)
         try:
             stored = await self.store.commit_message(
                 instrument=self.health.id, protocol="astm", raw=event.raw, received_at=time.time(),
-                results=results, destinations=self.destinations, error=error)
+                results=intake.results, destinations=self.destinations, error=intake.error, held=intake.held,
+                backlog_after_s=self.backlog_after_s)
         except Exception as exc:
             counters.store_failures += 1
+            full = "full" in str(exc)
+            why = ("the store is full (disk or configured store.max_size_mb): free space or raise the cap"
+                   if full else "check the disk")
             self.health.set_state("degraded", f"results cannot be stored ({exc}); the analyzer is not "
-                                              "acknowledged and will retransmit: check the disk")
+                                              f"acknowledged and will retransmit: {why}")
             log.error("store_failed", instrument=self.health.id, error=str(exc))
             return None
         if self.health.state == "degraded" and counters.store_failures:
@@ -336,6 +339,6 @@ class AstmSession:
         self.health.last_message_at = time.time()
         log.info("message_stored", instrument=self.health.id, message_id=stored.message_id,
                  results=stored.new_results, duplicates=stored.duplicate_results)
-        if self.on_stored is not None and stored.outbox_ids:
+        if self.on_stored is not None and (stored.outbox_ids or intake.held or intake.error):
             self.on_stored()
-        return queries
+        return intake.queries

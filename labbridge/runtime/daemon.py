@@ -23,9 +23,11 @@ from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.instrument import InstrumentRunner
+from labbridge.runtime.intake import InstrumentDecoder
+from labbridge.runtime.operations import Operations
 from labbridge.runtime.order_store import SqliteOrderSource
 from labbridge.runtime.relay import Relay
-from labbridge.runtime.store import Store
+from labbridge.runtime.store import Retention, Store, wall_clock
 
 log = get_logger("labbridge.daemon")
 
@@ -82,8 +84,11 @@ class Daemon:
                 driver_error = str(exc)
             self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,
                                                      store=self.store, destinations=destinations,
-                                                     on_stored=self._wake_relays, orders=self.orders)
+                                                     on_stored=self._wake_relays, orders=self.orders,
+                                                     backlog_after_s=config.backlog.older_than_s)
         self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
+        self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
+                                     on_change=self._wake_relays)
         self.web: Any = None
         self.http_address: tuple[str, int] | None = None
         self.started = asyncio.Event()
@@ -106,6 +111,10 @@ class Daemon:
             runner.orders_wakeup.set()
         return stored
 
+    def _decoder_for(self, instrument: str) -> InstrumentDecoder | None:
+        runner = self.runners.get(instrument)
+        return runner.decoder() if runner is not None else None
+
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         attempt = 0
         while True:
@@ -120,10 +129,24 @@ class Daemon:
                 attempt += 1
                 await asyncio.sleep(delay)
 
+    async def _prune_periodically(self) -> None:
+        """Retention: drop raw messages, delivered items and incomplete transmissions past their time."""
+        r = self.config.retention
+        retention = Retention(raw_messages_s=r.raw_messages_days * 86400, delivered_s=r.delivered_days * 86400,
+                              incomplete_s=r.incomplete_days * 86400)
+        while True:
+            pruned = await self.store.prune(retention, wall_clock())
+            if any(pruned.values()):
+                log.info("store_pruned", **pruned)
+            await asyncio.sleep(r.prune_interval_s)
+
     async def run(self, stop: asyncio.Event) -> None:
         await self.store.open()
+        if self.config.store.max_size_mb is not None:
+            await self.store.set_size_limit(int(self.config.store.max_size_mb * 1024 * 1024))
         tasks: list[asyncio.Task[None]] = []
         try:
+            tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
                          for r in self.runners.values())
             tasks.extend(asyncio.create_task(self._supervise(f"relay:{r.dest.id}", r.run)) for r in self.relays)

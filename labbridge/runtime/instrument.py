@@ -13,33 +13,24 @@ import ssl
 import zoneinfo
 from collections.abc import Callable
 
-from labbridge.config import InstrumentConfig, LinkConfig, SerialTransport, TcpClientTransport, TcpServerTransport
+from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
 from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.logs import get_logger
 from labbridge.orders import OrderSource
-from labbridge.protocols import e1381, raw
 from labbridge.protocols.hl7_ack import Hl7Receiver
 from labbridge.runtime.astm_session import AstmSession, ByteWriter
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.hl7_session import Hl7Session
+from labbridge.runtime.intake import InstrumentDecoder
+from labbridge.runtime.links import host_link
 from labbridge.runtime.store import Store
 from labbridge.transports import serial as serial_transport
 
 log = get_logger("labbridge.instrument")
 
 BIND_RETRY_S = 30.0
-
-_TERMINATORS = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}
-
-
-def link_profile(link: LinkConfig) -> e1381.LinkProfile:
-    """The sans-I/O link profile (dialect flags) for an instrument's ``[link]`` settings."""
-    return e1381.LinkProfile(strict_frame_numbers=link.strict_frame_numbers, frame_numbers=link.frame_numbers,
-                             checksums=link.checksums, record_terminator=_TERMINATORS[link.record_terminator],
-                             lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive)
-
 
 def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
@@ -54,7 +45,8 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | Hl7Driver | None, driver_error: str | None,
                  store: Store, destinations: list[str], on_stored: Callable[[], None],
-                 orders: OrderSource | None = None, host_name: str = "labbridge") -> None:
+                 orders: OrderSource | None = None, host_name: str = "labbridge",
+                 backlog_after_s: float | None = None) -> None:
         self.cfg = cfg
         self.driver = driver
         self.driver_error = driver_error
@@ -64,6 +56,7 @@ class InstrumentRunner:
         self.orders = orders
         # Set when an order for this instrument was added: the connected session looks for work to push.
         self.orders_wakeup = asyncio.Event()
+        self.backlog_after_s = backlog_after_s
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
         self.bound: tuple[str, int] | None = None
@@ -72,6 +65,12 @@ class InstrumentRunner:
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
                                      test_map=dict(cfg.test_map), encoding=cfg.link.encoding,
                                      host_name=host_name)
+
+    def decoder(self) -> InstrumentDecoder | None:
+        """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
+        if not isinstance(self.driver, AstmDriver):
+            return None  # HL7 instruments decode in their session; re-decoding HL7 is not supported yet
+        return InstrumentDecoder.from_config(self.cfg, self.driver, self.context)
 
     async def run(self) -> None:
         try:
@@ -229,16 +228,11 @@ class InstrumentRunner:
                                  health=self.health, destinations=self.destinations, reader=reader,
                                  writer=writer, on_stored=self.on_stored)
         else:
-            link: e1381.E1381Link | raw.RawLink
-            if self.cfg.link.framing == "raw":
-                link = raw.RawLink(raw.RawProfile(record_terminator=_TERMINATORS[self.cfg.link.record_terminator],
-                                                  idle_timeout=self.cfg.link.raw_idle_timeout_s))
-            else:
-                link = e1381.E1381Link(e1381.Role.HOST, link_profile(self.cfg.link))
-            session = AstmSession(link=link, driver=self.driver, context=self.context, store=self.store,
-                                  health=self.health, destinations=self.destinations, reader=reader,
-                                  writer=writer, on_stored=self.on_stored, orders=self.orders,
-                                  site=self.cfg.site, wakeup=self.orders_wakeup)
+            session = AstmSession(link=host_link(self.cfg.link), driver=self.driver, context=self.context,
+                                  store=self.store, health=self.health, destinations=self.destinations,
+                                  reader=reader, writer=writer, on_stored=self.on_stored, orders=self.orders,
+                                  site=self.cfg.site, wakeup=self.orders_wakeup, decoder=self.decoder(),
+                                  backlog_after_s=self.backlog_after_s)
         try:
             await session.run()
         except asyncio.CancelledError:

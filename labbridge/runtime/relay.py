@@ -9,6 +9,12 @@ resend after a crash or a lost ACK is the same message to the LIS. Failures are 
   never blocks the ones behind it; codes listed in ``dead_letter_codes`` (AE by default: "fix it, don't
   resend") go straight to the dead letters with the LIS's reason, as does an item older than
   ``give_up_after_s``.
+
+Destinations differ only in how one item is handed over (:class:`Outcome`): MLLP (HL7 ACK codes), a file
+drop (written atomically, always accepted once on disk) or an HTTP POST (2xx accepted, 4xx refused).
+
+Backlog items (results measured long before they arrived: an analyzer resending what it kept during an
+outage) are paced: live items always go first, and at most ``backlog_per_minute`` backlog items are sent.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from labbridge.config import MllpDestination
+from labbridge.config import Destination, FileDestination, HttpDestination, MllpDestination
 from labbridge.errors import TransientLinkError
+from labbridge.lis.file import FileDropSender
+from labbridge.lis.http import HttpSender
 from labbridge.lis.mllp import MllpSender
+from labbridge.lis.render import render_astm, render_hl7, render_json
 from labbridge.logs import get_logger
-from labbridge.protocols.hl7 import Party, build_oru_r01, build_oul_r22
+from labbridge.protocols.hl7 import Party
 from labbridge.runtime.backoff import backoff_delay
-from labbridge.runtime.store import OutboxItem, Store
+from labbridge.runtime.store import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem, Store
 
 log = get_logger("labbridge.relay")
 
@@ -42,6 +50,7 @@ class DestinationHealth:
     delivered: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    backlog_delivered: int = 0
     last_delivery_at: float | None = None
     last_error: str | None = None
 
@@ -54,61 +63,130 @@ class DestinationHealth:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "address": self.address, "state": self.state, "reason": self.reason,
                 "delivered": self.delivered, "retried": self.retried, "dead_lettered": self.dead_lettered,
+                "backlog_delivered": self.backlog_delivered,
                 "last_delivery_at": self.last_delivery_at, "last_error": self.last_error}
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The destination's answer to one item."""
+
+    accepted: bool
+    code: str = ""  # e.g. AA, AE, AR; "HTTP 422"
+    text: str = ""
+    dead: bool = False  # refused for good: "fix it, don't resend"
+
+
+def _address(dest: Destination) -> str:
+    if isinstance(dest, MllpDestination):
+        return f"{dest.host}:{dest.port}"
+    if isinstance(dest, FileDestination):
+        return f"file:{dest.directory} ({dest.format})"
+    return dest.url
+
+
 class Relay:
-    def __init__(self, dest: MllpDestination, store: Store, wakeup: asyncio.Event) -> None:
+    def __init__(self, dest: Destination, store: Store, wakeup: asyncio.Event) -> None:
         self.dest = dest
         self.store = store
         self.wakeup = wakeup
-        self.health = DestinationHealth(dest.id, f"{dest.host}:{dest.port}")
-        ssl_context = None
-        if dest.tls is not None:
-            from labbridge.runtime.tls import client_context
+        self.health = DestinationHealth(dest.id, _address(dest))
+        self.sender: MllpSender | None = None
+        self.file: FileDropSender | None = None
+        self.http: HttpSender | None = None
+        if isinstance(dest, MllpDestination):
+            ssl_context = None
+            if dest.tls is not None:
+                from labbridge.runtime.tls import client_context
 
-            ssl_context = client_context(dest.tls)
-        self.sender = MllpSender(dest.host, dest.port, connect_timeout=dest.connect_timeout_s,
-                                 ack_timeout=dest.ack_timeout_s, ssl_context=ssl_context,
-                                 server_hostname=dest.tls.server_hostname if dest.tls is not None else None)
+                ssl_context = client_context(dest.tls)
+            self.sender = MllpSender(dest.host, dest.port, connect_timeout=dest.connect_timeout_s,
+                                     ack_timeout=dest.ack_timeout_s, ssl_context=ssl_context,
+                                     server_hostname=dest.tls.server_hostname if dest.tls is not None else None)
+        elif isinstance(dest, FileDestination):
+            self.file = FileDropSender(dest.directory)
+        else:
+            self.http = HttpSender(dest.url, timeout=dest.timeout_s, headers=dest.headers,
+                                   verify_tls=dest.verify_tls)
         self._outage_attempts = 0
+        self._backlog_next_at = 0.0  # wall clock: the next backlog item may go at this time
 
     def render(self, item: OutboxItem) -> bytes:
-        build = build_oul_r22 if self.dest.message_type == "OUL^R22" else build_oru_r01
-        return build(
-            item.results, control_id=item.control_id,
-            created_at=datetime.fromtimestamp(item.created_at, UTC),
-            sender=Party(self.dest.sending_application, self.dest.sending_facility),
-            receiver=Party(self.dest.receiving_application, self.dest.receiving_facility))
+        dest = self.dest
+        if isinstance(dest, FileDestination) and dest.format == "json":
+            return render_json(item.results, control_id=item.control_id, created_at=item.created_at,
+                               backlog=item.backlog)
+        if isinstance(dest, FileDestination) and dest.format == "astm":
+            return render_astm(item.results, control_id=item.control_id, created_at=item.created_at,
+                               sender=dest.sending_application)
+        if isinstance(dest, HttpDestination):
+            return render_json(item.results, control_id=item.control_id, created_at=item.created_at,
+                               backlog=item.backlog)
+        return render_hl7(item.results, control_id=item.control_id, created_at=item.created_at,
+                          sender=Party(dest.sending_application, dest.sending_facility),
+                          receiver=Party(dest.receiving_application, dest.receiving_facility),
+                          message_type=dest.message_type if isinstance(dest, MllpDestination) else "ORU^R01")
+
+    async def hand_over(self, item: OutboxItem) -> Outcome:
+        """Give one item to the destination; raises TransientLinkError if it cannot be reached."""
+        payload = self.render(item)
+        if self.sender is not None:
+            assert isinstance(self.dest, MllpDestination)
+            ack = await self.sender.send(payload, item.control_id)
+            return Outcome(ack.accepted, ack.code, ack.text, dead=ack.code in self.dest.dead_letter_codes)
+        if self.file is not None:
+            assert isinstance(self.dest, FileDestination)
+            await self.file.deliver(f"{item.control_id}.{self.dest.format}", payload)
+            return Outcome(True, "written")
+        assert self.http is not None
+        answer = await self.http.post(payload, item.control_id)
+        if 200 <= answer.status < 300:
+            return Outcome(True, f"HTTP {answer.status}")
+        return Outcome(False, f"HTTP {answer.status}", answer.reason, dead=True)
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            await self.sender.close()
+        if self.http is not None:
+            await self.http.close()
 
     async def run(self) -> None:
         try:
             while True:
                 self.wakeup.clear()
-                item, next_at = await self.store.next_due(self.dest.id, time.time())
+                now = time.time()
+                backlog_ok = now >= self._backlog_next_at
+                item, next_at = await self.store.next_due(self.dest.id, now, include_backlog=backlog_ok)
                 if item is None:
-                    wait = IDLE_POLL_S if next_at is None else max(0.0, min(IDLE_POLL_S, next_at - time.time()))
+                    wake = [IDLE_POLL_S]
+                    if next_at is not None:
+                        wake.append(next_at - now)
+                    if not backlog_ok:
+                        wake.append(self._backlog_next_at - now)
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
+                        async with asyncio.timeout(max(0.0, min(wake))):
                             await self.wakeup.wait()
                     continue
+                if item.backlog:
+                    self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
                 await self._deliver(item)
         finally:
-            await self.sender.close()
+            await self.close()
 
     async def _deliver(self, item: OutboxItem) -> None:
         now = time.time()
         if not item.results:
-            await self.store.dead_letter(item.id, "no results left to send (store inconsistency)")
+            await self.store.dead_letter(item.id, "no results left to send (store inconsistency)", DEAD_UNDELIVERED)
             return
         try:
-            ack = await self.sender.send(self.render(item), item.control_id)
+            outcome = await self.hand_over(item)
         except TransientLinkError as exc:
             reason = str(exc)
             self.health.last_error = reason
             self.health.set_state("down", f"{reason}; results wait in the store and are sent when it is back")
             if now - item.created_at > self.dest.give_up_after_s:
-                await self._dead(item, f"undelivered after {self.dest.give_up_after_s / 3600:g} h: {reason}")
+                await self._dead(item, f"undelivered after {self.dest.give_up_after_s / 3600:g} h: {reason}",
+                                 DEAD_UNDELIVERED)
                 return
             await self.store.schedule_retry(item.id, now, reason)
             delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
@@ -117,23 +195,25 @@ class Relay:
             return
         self._outage_attempts = 0
         self.health.set_state("up", "the LIS acknowledges results")
-        if ack.accepted:
+        if outcome.accepted:
             await self.store.mark_delivered(item.id, time.time())
             self.health.delivered += 1
+            if item.backlog:
+                self.health.backlog_delivered += 1
             self.health.last_delivery_at = time.time()
             return
-        reason = f"LIS answered {ack.code}" + (f": {ack.text}" if ack.text else "")
+        reason = f"LIS answered {outcome.code}" + (f": {outcome.text}" if outcome.text else "")
         self.health.last_error = reason
-        if ack.code in self.dest.dead_letter_codes or now - item.created_at > self.dest.give_up_after_s:
-            await self._dead(item, reason)
+        if outcome.dead or now - item.created_at > self.dest.give_up_after_s:
+            await self._dead(item, reason, DEAD_LIS_REJECTED)
             return
         self.health.retried += 1
         delay = backoff_delay(item.attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
         await self.store.schedule_retry(item.id, now + delay, reason)
-        log.warning("lis_refused", destination=self.dest.id, outbox_id=item.id, code=ack.code,
+        log.warning("lis_refused", destination=self.dest.id, outbox_id=item.id, code=outcome.code,
                     retry_in_s=round(delay, 1))
 
-    async def _dead(self, item: OutboxItem, reason: str) -> None:
-        await self.store.dead_letter(item.id, reason)
+    async def _dead(self, item: OutboxItem, reason: str, kind: str) -> None:
+        await self.store.dead_letter(item.id, reason, kind)
         self.health.dead_lettered += 1
         log.error("dead_letter", destination=self.dest.id, outbox_id=item.id, reason=reason)

@@ -9,11 +9,14 @@ Reads use a second connection on their own thread (WAL readers never block the w
 
 Tables: ``messages`` (raw bytes as received, per instrument), ``results`` (canonical JSON, unique per
 instrument and content key), ``outbox`` (one row per LIS destination and group of results, with its
-stable control ID and delivery state), ``incomplete`` (transmissions that never became a message),
-``orders`` (schema 2: the embedded order source, :mod:`labbridge.runtime.order_store`).
+stable control ID and delivery state; dead letters are outbox rows in state ``dead`` with a ``dead_kind``
+and a reason), ``incomplete`` (transmissions that never became a message), ``received_ids`` (HL7 MSH-10
+per analyzer), ``orders`` (the embedded order source, :mod:`labbridge.runtime.order_store`), ``audit``
+(every operator action: who, when, what, why).
 
-Schema versions live in ``PRAGMA user_version``; an older store is migrated step by step on open, in
-one transaction per step (``MIGRATIONS``), so a store written by an earlier labbridge keeps working.
+Schema versions live in ``PRAGMA user_version``. Schema 1 is ``SCHEMA``; an older store is brought up to
+date by numbered migration steps (``MIGRATIONS``), each idempotent and applied in its own transaction,
+so a store written by an earlier labbridge keeps working.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +45,6 @@ from labbridge.model import Result
 log = get_logger("labbridge.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
 # Schema 1, as the first labbridge wrote it; later versions are MIGRATIONS applied on top.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -97,9 +101,8 @@ CREATE TABLE IF NOT EXISTS received_ids (   -- HL7 MSH-10 per analyzer, to recog
 );
 """
 
-# MIGRATIONS[n] takes a store from schema n to n + 1.
-MIGRATIONS: dict[int, str] = {
-    1: """
+
+_ORDERS_SQL = """
 CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY,
     sample_id TEXT NOT NULL,
@@ -119,12 +122,52 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_sample ON orders(sample_id, state);
 CREATE INDEX IF NOT EXISTS orders_instrument ON orders(instrument, state, id);
 CREATE INDEX IF NOT EXISTS orders_site ON orders(site, state, id);
-""",
+"""
+
+
+def _migrate_orders(conn: sqlite3.Connection) -> None:
+    """The embedded order source (labbridge.runtime.order_store)."""
+    for statement in _ORDERS_SQL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+    """ALTER TABLE ADD COLUMN unless it is there (steps stay idempotent whatever order branches merge in)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    if column not in have:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def _migrate_outbox_operations(conn: sqlite3.Connection) -> None:
+    """Dead-letter kinds, backlog flag, the audit trail."""
+    # dead_kind: lis-rejected | undelivered | undecodable | unmapped | unknown-sender (NULL while alive)
+    _add_column(conn, "outbox", "dead_kind", "TEXT")
+    _add_column(conn, "outbox", "backlog", "INTEGER NOT NULL DEFAULT 0")
+    _add_column(conn, "results", "backlog", "INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, delivered_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_message ON outbox(message_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS results_message ON results(message_id)")
+    conn.execute("""CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,            -- retry | purge
+        target TEXT NOT NULL,            -- e.g. "outbox:12" or "outbox:state=dead"
+        reason TEXT NOT NULL,
+        detail TEXT                      -- JSON: what the action did
+    )""")
+
+
+# Step n brings a store from user_version n-1 to n. Version 1 is SCHEMA itself.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _migrate_orders,
+    3: _migrate_outbox_operations,
 }
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Bring a store to SCHEMA_VERSION: create schema 1 if empty, then apply each migration in turn."""
+    """Bring a store to SCHEMA_VERSION: create schema 1 if empty, then apply each step in its own transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise StoreError(f"store {path} has schema version {version}, newer than this labbridge "
@@ -134,21 +177,29 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         conn.execute("PRAGMA user_version=1")
         version = 1
     while version < SCHEMA_VERSION:
+        step = version + 1
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={version + 1}")
+            MIGRATIONS[step](conn)
+            conn.execute(f"PRAGMA user_version={step}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
-            raise StoreError(f"store {path}: migration from schema {version} failed: {exc}") from exc
-        log.info("store_migrated", from_version=version, to_version=version + 1)
-        version += 1
-
+            raise StoreError(f"store {path}: migration to schema {step} failed: {exc}") from exc
+        log.info("store_migrated", from_version=version, to_version=step)
+        version = step
 
 GROUP_COMMIT_MAX = 512  # write requests folded into one transaction at most
+GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# Why an item is in the dead letters (outbox.dead_kind).
+DEAD_LIS_REJECTED = "lis-rejected"
+DEAD_UNDELIVERED = "undelivered"
+DEAD_UNDECODABLE = "undecodable"
+DEAD_UNMAPPED = "unmapped"
+DEAD_UNKNOWN_SENDER = "unknown-sender"
+# Kinds fixed by re-decoding the stored raw message with the current driver and config.
+REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +221,43 @@ class OutboxItem:
     attempts: int
     created_at: float
     results: tuple[Result, ...]
+    backlog: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Part of a message kept out of the LIS for a person to fix: one dead letter per destination."""
+
+    kind: str  # one of the DEAD_* kinds
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    id: int
+    instrument: str
+    protocol: str
+    raw: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    file_bytes: int
+    wal_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.file_bytes + self.wal_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the store keeps what no longer waits for anyone (seconds)."""
+
+    raw_messages_s: float
+    delivered_s: float
+    incomplete_s: float
 
 
 def control_id_for(key: str) -> str:
@@ -177,11 +265,94 @@ def control_id_for(key: str) -> str:
     return "LB" + key[:18].upper()
 
 
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+def is_backlog(results: Sequence[Result], received_at: float, threshold_s: float | None) -> bool:
+    """Every result was measured more than ``threshold_s`` before it reached us (an analyzer's resent backlog)."""
+    if threshold_s is None or not results:
+        return False
+    times = [_epoch(r.measured_at) for r in results]
+    return all(t is not None and received_at - t > threshold_s for t in times)
+
+
+def group_key_for(results: Sequence[Result]) -> str:
+    keys = sorted(r.idempotency_key() for r in results)
+    return hashlib.sha256("".join(keys).encode()).hexdigest()
+
+
 def _group_by_sample(results: Sequence[tuple[int, Result]]) -> dict[str, list[tuple[int, Result]]]:
     groups: dict[str, list[tuple[int, Result]]] = {}
     for row in results:
         groups.setdefault(row[1].sample_id, []).append(row)
     return groups
+
+
+def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
+                    received_at: float) -> tuple[list[tuple[int, Result]], int]:
+    """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates."""
+    new: list[tuple[int, Result]] = []
+    duplicates = 0
+    for result in results:
+        stored = dataclasses.replace(result, message_id=message_id)
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (message_id, instrument, result.idempotency_key(), received_at,
+             json.dumps(stored.to_json(), separators=(",", ":"))))
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            new.append((cur.lastrowid, stored))
+        else:
+            duplicates += 1
+    return new, duplicates
+
+
+def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str,
+                  rows: Sequence[tuple[int, Result]], received_at: float,
+                  backlog_after_s: float | None) -> list[int]:
+    """One outbox item per sample; the same group of results (same key) is never queued twice."""
+    ids: list[int] = []
+    for group in _group_by_sample(rows).values():
+        group_key = group_key_for([r for _, r in group])
+        backlog = is_backlog([r for _, r in group], received_at, backlog_after_s)
+        result_ids = [rid for rid, _ in group]
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument,"
+            " result_ids, created_at, next_attempt_at, backlog) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (destination, group_key, control_id_for(group_key), message_id, instrument, json.dumps(result_ids),
+             received_at, received_at, int(backlog)))
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            ids.append(cur.lastrowid)
+            if backlog:
+                marks = ",".join("?" * len(result_ids))
+                conn.execute(f"UPDATE results SET backlog = 1 WHERE id IN ({marks})", result_ids)
+    return ids
+
+
+def _insert_dead(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str, entry: Held,
+                 at: float) -> None:
+    key = f"{entry.kind}:{message_id}"
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument, result_ids, state,"
+        " created_at, next_attempt_at, last_error, dead_kind) VALUES (?, ?, ?, ?, ?, '[]', 'dead', ?, ?, ?, ?)",
+        (destination, key, control_id_for(hashlib.sha256(key.encode()).hexdigest()), message_id, instrument,
+         at, at, entry.reason, entry.kind))
+
+
+def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, target: str, reason: str,
+           detail: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO audit (at, actor, action, target, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                 (at, actor, action, target, reason, json.dumps(detail, separators=(",", ":"))))
+
+
+OUTBOX_COLUMNS = ("id", "destination", "control_id", "instrument", "message_id", "state", "attempts",
+                  "created_at", "next_attempt_at", "last_error", "delivered_at", "dead_kind", "backlog")
 
 
 class _Job:
@@ -215,6 +386,10 @@ class Store:
         self._read_conn: sqlite3.Connection | None = None
         self.commits = 0
         self.commit_failures = 0
+        self.committed_jobs = 0  # write requests in committed groups (committed_jobs / commits = mean group)
+        self.commit_seconds = 0.0  # time spent in BEGIN..COMMIT, fsync included
+        self.group_sizes = [0] * len(GROUP_SIZE_BUCKETS)  # committed groups per size bucket (<=, not cumulative)
+        self.last_commit_error: str | None = None
         # Set by tests and by an operator's fault drill: the next commits fail as a full disk would.
         self.fail_commits = False
 
@@ -276,6 +451,7 @@ class Store:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -283,8 +459,13 @@ class Store:
                 try:
                     value = job.fn(conn)
                 except Exception as exc:  # one bad request must not fail the group
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        raise  # SQLite rolled the whole group back (e.g. disk full): every request fails
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    if isinstance(exc, sqlite3.Error):  # e.g. "database or disk is full" on this request
+                        self.last_commit_error = str(exc)
+                        exc = StoreError(f"commit failed: {exc}")
                     outcomes.append((False, exc))
                 else:
                     conn.execute("RELEASE job")
@@ -293,10 +474,16 @@ class Store:
                 raise sqlite3.OperationalError("database or disk is full (simulated)")
             conn.execute("COMMIT")
             self.commits += 1
+            self.committed_jobs += len(batch)
+            self.commit_seconds += time.perf_counter() - started
+            self.group_sizes[next(i for i, b in enumerate(GROUP_SIZE_BUCKETS) if len(batch) <= b)] += 1
+            self.last_commit_error = None
         except sqlite3.Error as exc:
             self.commit_failures += 1
+            self.last_commit_error = str(exc)
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             error = StoreError(f"commit failed: {exc}")
             outcomes = [(False, error)] * len(batch)
         for job, (ok, value) in zip(batch, outcomes, strict=True):
@@ -332,14 +519,20 @@ class Store:
 
     async def commit_message(self, *, instrument: str, protocol: str, raw: bytes, received_at: float,
                              results: Sequence[Result], destinations: Sequence[str],
-                             error: str | None = None, sender_id: tuple[str, str] | None = None) -> StoredMessage:
+                             error: str | None = None, sender_id: tuple[str, str] | None = None,
+                             held: Sequence[Held] = (), backlog_after_s: float | None = None) -> StoredMessage:
         """Store one whole message, its results and their outbox entries in one durable transaction.
 
         A result already stored for this instrument (same content key) is counted as a duplicate and
         queued nowhere again. ``sender_id`` is the sender's message ID and a content digest (HL7 MSH-10):
-        a message already stored under both is not stored again (``duplicate``). Returns only after the
-        commit is on disk.
+        a message already stored under both is not stored again (``duplicate``). ``error`` (the driver
+        could not decode it) and each ``held`` entry (e.g. an unmapped test code) become one dead letter
+        per destination, naming the reason. A group of results all measured more than ``backlog_after_s``
+        before ``received_at`` is flagged as backlog. Returns only after the commit is on disk.
         """
+        dead = list(held)
+        if error is not None:
+            dead.insert(0, Held(DEAD_UNDECODABLE, f"no driver could decode this message: {error}"))
 
         def work(conn: sqlite3.Connection) -> StoredMessage:
             if sender_id is not None:
@@ -353,37 +546,19 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)", (instrument, protocol, received_at, raw, status, error))
             message_id = cur.lastrowid
             assert message_id is not None
-            new: list[tuple[int, Result]] = []
-            duplicates = 0
-            for result in results:
-                stored = dataclasses.replace(result, message_id=message_id)
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (message_id, instrument, result.idempotency_key(), received_at,
-                     json.dumps(stored.to_json(), separators=(",", ":"))))
-                if cur.rowcount == 1 and cur.lastrowid is not None:
-                    new.append((cur.lastrowid, stored))
-                else:
-                    duplicates += 1
+            new, duplicates = _insert_results(conn, message_id, instrument, results, received_at)
             conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
                          (len(new), duplicates, message_id))
             if sender_id is not None and error is None:
                 conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
                              " VALUES (?, ?, ?, ?)", (instrument, *sender_id, message_id))
             outbox_ids: list[int] = []
-            for group in _group_by_sample(new).values():
-                keys = sorted(r.idempotency_key() for _, r in group)
-                group_key = hashlib.sha256("".join(keys).encode()).hexdigest()
-                ids = json.dumps([rid for rid, _ in group])
-                for destination in destinations:
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument,"
-                        " result_ids, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (destination, group_key, control_id_for(group_key), message_id, instrument, ids,
-                         received_at, received_at))
-                    if cur.rowcount == 1 and cur.lastrowid is not None:
-                        outbox_ids.append(cur.lastrowid)
+            for destination in destinations:
+                outbox_ids += _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
+                                            rows=new, received_at=received_at, backlog_after_s=backlog_after_s)
+                for entry in dead:
+                    _insert_dead(conn, destination, message_id=message_id, instrument=instrument, entry=entry,
+                                 at=received_at)
             return StoredMessage(message_id, len(new), duplicates, tuple(outbox_ids))
 
         return await self._write(work)
@@ -409,32 +584,231 @@ class Store:
 
         await self._write(work)
 
-    async def dead_letter(self, item_id: int, reason: str) -> None:
+    async def dead_letter(self, item_id: int, reason: str, kind: str = DEAD_LIS_REJECTED) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?"
-                         " WHERE id = ?", (reason, item_id))
+            conn.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, dead_kind = ?"
+                         " WHERE id = ?", (reason, kind, item_id))
 
         await self._write(work)
 
+    async def set_size_limit(self, max_bytes: int | None) -> int:
+        """Cap the database file (SQLite ``max_page_count``): past it, commits fail as on a full disk.
+
+        Returns the page limit now in force. ``None`` lifts the cap. SQLite never sets it below the
+        pages already used.
+        """
+
+        def work(conn: sqlite3.Connection) -> int:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = 4294967294 if max_bytes is None else max(1, max_bytes // page_size)
+            return int(conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
+
+        return await self._write(work)
+
+    # ---- operator actions (each one audited in the same transaction) ---------------------------
+
+    async def retry_dead(self, item_ids: Sequence[int] | None, *, actor: str, reason: str,
+                         now: float) -> list[dict[str, Any]]:
+        """Put dead letters the LIS refused (or that expired) back in line; ``None`` = every such one.
+
+        Dead letters that need re-decoding (undecodable, unmapped, unknown sender) are not touched
+        here: see :meth:`apply_redecode`. Returns one outcome per item.
+        """
+
+        def work(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            if item_ids is None:
+                rows = conn.execute("SELECT id, state, dead_kind, last_error FROM outbox WHERE state = 'dead'"
+                                    " ORDER BY id").fetchall()
+            else:
+                rows = []
+                for item_id in item_ids:
+                    row = conn.execute("SELECT id, state, dead_kind, last_error FROM outbox WHERE id = ?",
+                                       (item_id,)).fetchone()
+                    rows.append(row if row is not None else (item_id, None, None, None))
+            out: list[dict[str, Any]] = []
+            for item_id, state, kind, last_error in rows:
+                if state is None:
+                    out.append({"id": item_id, "outcome": "not-found"})
+                elif state != "dead":
+                    out.append({"id": item_id, "outcome": f"not-dead ({state})"})
+                elif kind in REDECODE_KINDS:
+                    out.append({"id": item_id, "outcome": "needs-redecode", "dead_kind": kind})
+                else:
+                    conn.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                                 " dead_kind = NULL, last_error = NULL WHERE id = ?", (now, item_id))
+                    _audit(conn, at=now, actor=actor, action="retry", target=f"outbox:{item_id}", reason=reason,
+                           detail={"previous_error": last_error, "dead_kind": kind, "outcome": "queued"})
+                    out.append({"id": item_id, "outcome": "queued"})
+            return out
+
+        return await self._write(work)
+
+    async def apply_redecode(self, item_id: int, *, results: Sequence[Result], held: Sequence[Held],
+                             actor: str, reason: str, now: float,
+                             backlog_after_s: float | None = None) -> dict[str, Any]:
+        """Record what re-decoding a dead letter's raw message gave (with the current driver and config).
+
+        Results not yet sent to this destination are queued for it (never one it already has); if
+        something is still held, the dead letter stays with the new reason, else it is removed. Audited.
+        """
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute("SELECT destination, message_id, instrument, state, dead_kind, last_error, created_at"
+                               " FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                return {"id": item_id, "outcome": "not-found"}
+            destination, message_id, instrument, state, kind, last_error, created_at = row
+            if state != "dead" or kind not in REDECODE_KINDS:
+                return {"id": item_id, "outcome": f"not-a-redecode-dead-letter ({state}, {kind})"}
+            _insert_results(conn, message_id, instrument, results, created_at)
+            to_send: list[tuple[int, Result]] = []
+            for result in results:
+                rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND key = ?",
+                                         (instrument, result.idempotency_key())).fetchone()
+                already = conn.execute(
+                    "SELECT 1 FROM outbox o, json_each(o.result_ids) j WHERE o.destination = ?"
+                    " AND o.instrument = ? AND j.value = ? LIMIT 1", (destination, instrument, rid)).fetchone()
+                if already is None:
+                    to_send.append((rid, Result.from_json(json.loads(data))))
+            queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument, rows=to_send,
+                                   received_at=created_at, backlog_after_s=backlog_after_s)
+            detail: dict[str, Any] = {"previous_error": last_error, "dead_kind": kind, "results": len(results),
+                                      "queued_items": queued}
+            if held:
+                conn.execute("UPDATE outbox SET dead_kind = ?, last_error = ?, attempts = attempts + 1"
+                             " WHERE id = ?", (held[0].kind, "; ".join(h.reason for h in held), item_id))
+                detail["outcome"] = "still-dead"
+                detail["reason_now"] = "; ".join(h.reason for h in held)
+            else:
+                conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+                if kind == DEAD_UNDECODABLE:
+                    conn.execute("UPDATE messages SET status = 'decoded', error = NULL WHERE id = ?", (message_id,))
+                detail["outcome"] = "redecoded"
+            _audit(conn, at=now, actor=actor, action="retry", target=f"outbox:{item_id}", reason=reason,
+                   detail=detail)
+            return {"id": item_id, **detail}
+
+        return await self._write(work)
+
+    async def purge(self, *, item_ids: Sequence[int] | None = None, state: str | None = None,
+                    older_than_s: float | None = None, actor: str, reason: str, now: float) -> dict[str, Any]:
+        """Delete dead or delivered outbox items (never pending ones). Audited; returns what it did."""
+        if state not in (None, "dead", "delivered"):
+            raise StoreError(f"only dead or delivered items can be purged, not {state!r}")
+        if item_ids is None and state is None:
+            raise StoreError("name the items to purge (ids) or a state (dead or delivered)")
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            sql = "SELECT id, state FROM outbox WHERE state IN ('dead', 'delivered')"
+            args: list[Any] = []
+            if item_ids is not None:
+                sql += f" AND id IN ({','.join('?' * len(item_ids))})"
+                args += list(item_ids)
+            if state is not None:
+                sql += " AND state = ?"
+                args.append(state)
+            if older_than_s is not None:
+                sql += " AND created_at < ?"
+                args.append(now - older_than_s)
+            found = conn.execute(sql, args).fetchall()
+            ids = [r[0] for r in found]
+            skipped = sorted(set(item_ids or ()) - set(ids))
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(part))})", part)
+            detail = {"purged": len(ids), "ids": ids[:1000], "skipped": skipped, "state": state,
+                      "older_than_s": older_than_s}
+            target = "outbox:" + (",".join(map(str, item_ids)) if item_ids is not None else f"state={state}")
+            _audit(conn, at=now, actor=actor, action="purge", target=target, reason=reason, detail=detail)
+            return detail
+
+        return await self._write(work)
+
+    async def prune(self, retention: Retention, now: float) -> dict[str, int]:
+        """Drop what retention no longer requires: never a pending or dead item, nor what they refer to."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            out: dict[str, int] = {}
+            cutoff = now - retention.delivered_s
+            out["delivered_items"] = conn.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (cutoff,)).rowcount
+            out["results"] = conn.execute(
+                "DELETE FROM results WHERE received_at < ? AND message_id NOT IN"
+                " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (cutoff,)).rowcount
+            raw_cutoff = now - retention.raw_messages_s
+            keep = ("id NOT IN (SELECT message_id FROM outbox) AND id NOT IN (SELECT message_id FROM results)")
+            out["messages"] = conn.execute(
+                f"DELETE FROM messages WHERE received_at < ? AND {keep}", (raw_cutoff,)).rowcount
+            # Still referenced by stored (delivered) results: keep the row, drop the raw bytes.
+            out["raw_cleared"] = conn.execute(
+                "UPDATE messages SET raw = X'' WHERE received_at < ? AND length(raw) > 0 AND id NOT IN"
+                " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (raw_cutoff,)).rowcount
+            out["incomplete"] = conn.execute(
+                "DELETE FROM incomplete WHERE received_at < ?", (now - retention.incomplete_s,)).rowcount
+            return out
+
+        return await self._write(work)
+
+    def size(self) -> StoreSize:
+        def stat(path: str) -> int:
+            try:
+                return os.stat(path).st_size
+            except OSError:
+                return 0
+
+        return StoreSize(stat(self.path), stat(self.path + "-wal"))
+
     # ---- reads ---------------------------------------------------------------------------------
 
-    async def next_due(self, destination: str, now: float) -> tuple[OutboxItem | None, float | None]:
-        """The oldest pending item due now, else None and the time the next one falls due."""
+    async def next_due(self, destination: str, now: float,
+                       include_backlog: bool = True) -> tuple[OutboxItem | None, float | None]:
+        """The pending item to send now, else None and the time the next one falls due.
+
+        Live items come before backlog ones; with ``include_backlog`` false, backlog items are left
+        waiting (the relay's pacing) and do not count for the next due time.
+        """
 
         def work(conn: sqlite3.Connection) -> tuple[OutboxItem | None, float | None]:
+            only_live = "" if include_backlog else " AND backlog = 0"
             row = conn.execute(
-                "SELECT id, control_id, instrument, message_id, attempts, created_at, result_ids,"
-                " next_attempt_at FROM outbox WHERE destination = ? AND state = 'pending'"
-                " ORDER BY next_attempt_at, id LIMIT 1", (destination,)).fetchone()
+                "SELECT id, control_id, instrument, message_id, attempts, created_at, result_ids, backlog"
+                " FROM outbox WHERE destination = ? AND state = 'pending' AND next_attempt_at <= ?" + only_live +
+                " ORDER BY backlog, next_attempt_at, id LIMIT 1", (destination, now)).fetchone()
             if row is None:
-                return None, None
-            if row[7] > now:
-                return None, float(row[7])
+                nxt = conn.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE destination = ?"
+                                   " AND state = 'pending'" + only_live, (destination,)).fetchone()[0]
+                return None, None if nxt is None else float(nxt)
             ids = json.loads(row[6])
             marks = ",".join("?" * len(ids))
             data = conn.execute(f"SELECT data FROM results WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
             results = tuple(Result.from_json(json.loads(d[0])) for d in data)
-            return OutboxItem(row[0], destination, row[1], row[2], row[3], row[4], row[5], results), None
+            return OutboxItem(row[0], destination, row[1], row[2], row[3], row[4], row[5], results,
+                              bool(row[7])), None
+
+        return await self._read(work)
+
+    async def backlog_waiting(self, destination: str) -> int:
+        return int(await self._read(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE destination = ? AND state = 'pending' AND backlog = 1",
+            (destination,)).fetchone()[0]))
+
+    async def raw_message(self, message_id: int) -> RawMessage | None:
+        def work(conn: sqlite3.Connection) -> RawMessage | None:
+            row = conn.execute("SELECT id, instrument, protocol, raw, received_at FROM messages WHERE id = ?",
+                               (message_id,)).fetchone()
+            return None if row is None else RawMessage(row[0], row[1], row[2], bytes(row[3]), row[4])
+
+        return await self._read(work)
+
+    async def audit_rows(self, limit: int = 200) -> list[dict[str, Any]]:
+        def work(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cols = ("id", "at", "actor", "action", "target", "reason", "detail")
+            rows = conn.execute("SELECT id, at, actor, action, target, reason, detail FROM audit"
+                                " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            out = [dict(zip(cols, r, strict=True)) for r in rows]
+            for item in out:
+                item["detail"] = json.loads(item["detail"]) if item["detail"] else None
+            return out
 
         return await self._read(work)
 
@@ -446,27 +820,43 @@ class Store:
                     "SELECT COUNT(*) FROM messages WHERE status = 'undecodable'").fetchone()[0],
                 "results": conn.execute("SELECT COUNT(*) FROM results").fetchone()[0],
                 "incomplete": conn.execute("SELECT COUNT(*) FROM incomplete").fetchone()[0],
+                "backlog_results": conn.execute("SELECT COUNT(*) FROM results WHERE backlog = 1").fetchone()[0],
                 "outbox": {},
             }
-            for dest, state, n in conn.execute(
-                    "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state"):
-                out["outbox"].setdefault(dest, {"pending": 0, "delivered": 0, "dead": 0})[state] = n
+            for dest, state, backlog, n in conn.execute(
+                    "SELECT destination, state, backlog, COUNT(*) FROM outbox GROUP BY destination, state, backlog"):
+                books = out["outbox"].setdefault(dest, {"pending": 0, "delivered": 0, "dead": 0,
+                                                        "backlog_pending": 0, "backlog_delivered": 0})
+                books[state] = books.get(state, 0) + n
+                if backlog and state in ("pending", "delivered"):
+                    books[f"backlog_{state}"] += n
+            for dest, kind, n in conn.execute("SELECT destination, dead_kind, COUNT(*) FROM outbox"
+                                              " WHERE state = 'dead' GROUP BY destination, dead_kind"):
+                books = out["outbox"][dest]
+                books.setdefault("dead_kinds", {})[kind or DEAD_LIS_REJECTED] = n
             return out
 
         return await self._read(work)
 
-    async def outbox_rows(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    async def outbox_rows(self, state: str | None = None, limit: int = 200, destination: str | None = None,
+                          item_id: int | None = None) -> list[dict[str, Any]]:
         def work(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            sql = ("SELECT id, destination, control_id, instrument, message_id, state, attempts, created_at,"
-                   " next_attempt_at, last_error, delivered_at FROM outbox")
+            sql = f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM outbox WHERE 1 = 1"
             args: tuple[Any, ...] = ()
+            if item_id is not None:
+                sql += " AND id = ?"
+                args += (item_id,)
             if state:
-                sql += " WHERE state = ?"
-                args = (state,)
+                sql += " AND state = ?"
+                args += (state,)
+            if destination:
+                sql += " AND destination = ?"
+                args += (destination,)
             sql += " ORDER BY id DESC LIMIT ?"
-            cols = ("id", "destination", "control_id", "instrument", "message_id", "state", "attempts",
-                    "created_at", "next_attempt_at", "last_error", "delivered_at")
-            return [dict(zip(cols, row, strict=True)) for row in conn.execute(sql, (*args, limit))]
+            rows = [dict(zip(OUTBOX_COLUMNS, row, strict=True)) for row in conn.execute(sql, (*args, limit))]
+            for row in rows:
+                row["backlog"] = bool(row["backlog"])
+            return rows
 
         return await self._read(work)
 

@@ -1,8 +1,13 @@
 """HTTP server embedded in the daemon (aiohttp), bound to 127.0.0.1 by default.
 
 Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
-``/api/outbox``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
+``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
+``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
 ``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
+
+The POST routes change the store: they take JSON only (a browser cannot send that cross-site without
+a CORS preflight, which this server never grants); operator actions on the outbox are recorded in the
+audit table.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labbridge.errors import StoreError
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.runtime.health import STATES
+from labbridge.runtime.store import GROUP_SIZE_BUCKETS
 
 if TYPE_CHECKING:
     from labbridge.runtime.daemon import Daemon
@@ -59,6 +66,38 @@ class _Snapshot(Collector):
         yield outbox
         yield GaugeMetricFamily("labbridge_store_results", "Results in the store",
                                 value=self.counts.get("results", 0))
+        backlog = GaugeMetricFamily("labbridge_outbox_backlog_pending",
+                                    "Backlog items (old results resent by an analyzer) waiting per destination",
+                                    labels=["destination"])
+        for dest, states in self.counts.get("outbox", {}).items():
+            backlog.add_metric([dest], states.get("backlog_pending", 0))
+        yield backlog
+        dead = GaugeMetricFamily("labbridge_outbox_dead", "Dead letters per destination and kind",
+                                 labels=["destination", "kind"])
+        for dest, states in self.counts.get("outbox", {}).items():
+            for kind, n in states.get("dead_kinds", {}).items():
+                dead.add_metric([dest, kind], n)
+        yield dead
+        store = self.daemon.store
+        size = store.size()
+        bytes_ = GaugeMetricFamily("labbridge_store_bytes", "Size of the store on disk", labels=["file"])
+        bytes_.add_metric(["db"], size.file_bytes)
+        bytes_.add_metric(["wal"], size.wal_bytes)
+        yield bytes_
+        yield CounterMetricFamily("labbridge_store_commits", "Group commits that reached the disk",
+                                  value=store.commits)
+        yield CounterMetricFamily("labbridge_store_commit_failures", "Group commits that failed (nothing ACKed)",
+                                  value=store.commit_failures)
+        yield CounterMetricFamily("labbridge_store_commit_seconds", "Time spent committing, fsync included",
+                                  value=store.commit_seconds)
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, n in zip(GROUP_SIZE_BUCKETS, store.group_sizes, strict=True):
+            cumulative += n
+            buckets.append((str(float(bound)), cumulative))
+        buckets.append(("+Inf", cumulative))
+        yield HistogramMetricFamily("labbridge_store_commit_group_size", "Write requests per group commit",
+                                    buckets=buckets, sum_value=store.committed_jobs)
 
 
 class WebServer:
@@ -76,6 +115,10 @@ class WebServer:
             web.post("/api/orders", self.add_order),
             web.get("/api/orders/{id}", self.get_order),
             web.post("/api/orders/{id}/cancel", self.cancel_order),
+            web.get("/api/outbox/items", self.outbox_items),
+            web.post("/api/outbox/retry", self.outbox_retry),
+            web.post("/api/outbox/purge", self.outbox_purge),
+            web.get("/api/audit", self.audit),
             web.get("/metrics", self.metrics),
         ])
         self.runner: web.AppRunner | None = None
@@ -115,12 +158,18 @@ class WebServer:
         return web.json_response(self.daemon.sites_json())
 
     async def outbox(self, _request: web.Request) -> web.Response:
-        counts = await self.daemon.store.counts()
+        store = self.daemon.store
+        counts = await store.counts()
+        size = store.size()
+        empty = {"pending": 0, "delivered": 0, "dead": 0, "backlog_pending": 0, "backlog_delivered": 0}
         return web.json_response({
-            "store": {k: v for k, v in counts.items() if k != "outbox"},
+            "store": {**{k: v for k, v in counts.items() if k != "outbox"},
+                      "path": store.path, "file_bytes": size.file_bytes, "wal_bytes": size.wal_bytes,
+                      "size_bytes": size.total_bytes, "commits": store.commits,
+                      "commit_failures": store.commit_failures, "last_commit_error": store.last_commit_error},
             "destinations": [
-                {**relay.health.to_json(), **counts["outbox"].get(relay.dest.id, {"pending": 0, "delivered": 0,
-                                                                                  "dead": 0})}
+                {**relay.health.to_json(), "kind": relay.dest.kind, "dead_kinds": {},
+                 **counts["outbox"].get(relay.dest.id, empty)}
                 for relay in self.daemon.relays
             ],
         })
@@ -145,6 +194,8 @@ class WebServer:
         return web.json_response([o.to_json() for o in orders])
 
     async def add_order(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return web.json_response({"error": "send JSON (Content-Type: application/json)"}, status=415)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -165,11 +216,87 @@ class WebServer:
         return web.json_response(order.to_json())
 
     async def cancel_order(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":  # no cross-site form may cancel an order
+            return web.json_response({"error": "send JSON (Content-Type: application/json)"}, status=415)
         order_id = _int_id(request)
         order = await self.daemon.orders.cancel(order_id, now=time.time()) if order_id is not None else None
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
+    async def outbox_items(self, request: web.Request) -> web.Response:
+        state = request.query.get("state") or None
+        if state not in (None, "pending", "delivered", "dead"):
+            return web.json_response({"error": "state must be pending, delivered or dead"}, status=400)
+        try:
+            limit = min(int(request.query.get("limit", "200")), 10000)
+        except ValueError:
+            return web.json_response({"error": "limit must be a number"}, status=400)
+        rows = await self.daemon.store.outbox_rows(state=state, limit=limit,
+                                                   destination=request.query.get("destination") or None)
+        return web.json_response(rows)
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON (Content-Type: application/json)"}',
+                                               content_type="application/json")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text='{"error": "the body must be a JSON object"}',
+                                     content_type="application/json")
+        return body
+
+    @staticmethod
+    def _ids(body: dict[str, Any]) -> list[int] | None:
+        ids = body.get("ids")
+        if ids is None:
+            return None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise web.HTTPBadRequest(text='{"error": "ids must be a list of integers"}',
+                                     content_type="application/json")
+        return ids
+
+    async def outbox_retry(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        ids = self._ids(body)
+        if (ids is None) == (body.get("all_dead") is not True):
+            return web.json_response({"error": "give either ids or all_dead: true"}, status=400)
+        actor = str(body.get("by") or "").strip()
+        if not actor:
+            return web.json_response({"error": "by (who asks) is required"}, status=400)
+        try:
+            outcomes = await self.daemon.operations.retry(ids, actor=actor, reason=str(body.get("reason") or ""))
+        except (ValueError, StoreError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"items": outcomes})
+
+    async def outbox_purge(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if body.get("confirm") is not True:
+            return web.json_response({"error": "a purge deletes items for good: send confirm: true"}, status=400)
+        actor = str(body.get("by") or "").strip()
+        if not actor:
+            return web.json_response({"error": "by (who asks) is required"}, status=400)
+        older = body.get("older_than_s")
+        if older is not None and not isinstance(older, int | float):
+            return web.json_response({"error": "older_than_s must be a number of seconds"}, status=400)
+        state = body.get("state")
+        try:
+            done = await self.daemon.operations.purge(item_ids=self._ids(body), state=state,
+                                                      older_than_s=float(older) if older is not None else None,
+                                                      actor=actor, reason=str(body.get("reason") or ""))
+        except (ValueError, StoreError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(done)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(int(request.query.get("limit", "200")), 10000)
+        except ValueError:
+            return web.json_response({"error": "limit must be a number"}, status=400)
+        return web.json_response(await self.daemon.store.audit_rows(limit))
 
     async def metrics(self, _request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)

@@ -29,7 +29,7 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -118,8 +118,10 @@ class MessageFactory:
     """Realistic chemistry messages with synthetic patients (names included, to test log privacy)."""
 
     def __init__(self, instrument: str, *, sample_prefix: str, panel_size: int = 20, seed: int | None = None,
-                 model: str = "SimChem") -> None:
+                 model: str = "SimChem", measured_age: timedelta = timedelta(0)) -> None:
         self.instrument = instrument
+        # Results measured this long ago: an analyzer resending what it kept during an outage.
+        self.measured_age = measured_age
         self.prefix = sample_prefix
         self.panel = CHEMISTRY_PANEL[:max(1, min(panel_size, len(CHEMISTRY_PANEL)))]
         self.rng = random.Random(seed)
@@ -150,7 +152,7 @@ class MessageFactory:
 
     def results_for(self, sample: str, codes: tuple[str, ...] = (), now: datetime | None = None) -> SimMessage:
         """Results for ``sample``: the tests in ``codes`` that are on the panel, else the whole panel."""
-        now = now or datetime.now()
+        now = now or (datetime.now() - self.measured_age)
         panel = tuple(a for a in self.panel if a.code in codes) or self.panel
         patient = f"PAT{self.rng.randrange(10**6):06d}"
         name = [self.rng.choice(LAST_NAMES), self.rng.choice(FIRST_NAMES)]

@@ -18,7 +18,9 @@ import hl7
 
 from labbridge.protocols import mllp
 
-Mode = Literal["AA", "AE", "AR", "silent"]
+# drop-ack: accept and book the message, then close the connection before answering (a LIS that dies
+# mid-ACK): the sender must resend it, and the LIS must not book it twice.
+Mode = Literal["AA", "AE", "AR", "silent", "drop-ack"]
 ResultIdentity = tuple[str, str, str, str]  # instrument, sample, instrument test code, value
 
 
@@ -63,6 +65,7 @@ class SimulatedLis:
         self.redeliveries = 0  # an already accepted control ID received again
         self.rejected = 0
         self.parse_errors = 0
+        self.acks_dropped = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -124,7 +127,11 @@ class SimulatedLis:
                     break
                 for event in decoder.receive_data(data):
                     if isinstance(event, mllp.MllpMessage):
+                        dropping = self.mode == "drop-ack"
                         reply = await self._handle(event.payload)
+                        if dropping:
+                            self.acks_dropped += 1
+                            return
                         if reply is not None:
                             writer.write(mllp.frame(reply))
                             await writer.drain()
@@ -150,7 +157,7 @@ class SimulatedLis:
         mode = self.mode
         if mode == "silent":
             return None
-        if mode == "AA":
+        if mode in ("AA", "drop-ack"):
             if control_id in self.booked:
                 self.redeliveries += 1
             else:
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="labbridge simulate lis", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2575)
-    parser.add_argument("--mode", choices=["AA", "AE", "AR", "silent"], default="AA")
+    parser.add_argument("--mode", choices=["AA", "AE", "AR", "silent", "drop-ack"], default="AA")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each ACK")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):

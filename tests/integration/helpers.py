@@ -58,12 +58,15 @@ class Lab:
 async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = False,
                       extra_lis: dict[str, Any] | None = None, drivers: list[str] | None = None,
                       extra_instrument: dict[str, Any] | None = None,
-                      overrides: dict[str, dict[str, Any]] | None = None) -> AsyncIterator[Lab]:
-    lis = SimulatedLis()
-    await lis.start()
-    config = parse_config(lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
-                                     extra_lis=extra_lis, drivers=drivers, extra_instrument=extra_instrument,
-                                     overrides=overrides))
+                      overrides: dict[str, dict[str, Any]] | None = None,
+                      extra: dict[str, Any] | None = None, lis: SimulatedLis | None = None) -> AsyncIterator[Lab]:
+    own_lis = lis is None
+    lis = lis or SimulatedLis()
+    if own_lis:
+        await lis.start()
+    config = parse_config({**lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
+                                        extra_lis=extra_lis, drivers=drivers, extra_instrument=extra_instrument,
+                                        overrides=overrides), **(extra or {})})
     daemon = Daemon(config)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))
@@ -76,7 +79,8 @@ async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = Fals
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
-        await lis.stop()
+        if own_lis:
+            await lis.stop()
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

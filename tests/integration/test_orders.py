@@ -116,9 +116,10 @@ def test_order_added_through_the_api_and_cli_is_pushed_and_marked_sent_only_afte
                                  what="marked sent")
                 listed = await (await http.get(f"{base}/api/orders?state=sent")).json()
                 assert [o["sample_id"] for o in listed] == ["PUSH-2", "PUSH-1"]
-                cancelled = await http.post(f"{base}/api/orders/{order['id']}/cancel")
+                cancelled = await http.post(f"{base}/api/orders/{order['id']}/cancel", json={})
                 assert (await cancelled.json())["state"] == "cancelled"
-                assert (await http.post(f"{base}/api/orders/999/cancel")).status == 404
+                assert (await http.post(f"{base}/api/orders/999/cancel", json={})).status == 404
+                assert (await http.post(f"{base}/api/orders/{order['id']}/cancel")).status == 415  # not JSON
             stop.set()
             await asyncio.wait_for(task, 10)
             assert sim.stats.host_messages == 2 and sim.stats.host_messages_dropped == 1

@@ -104,3 +104,187 @@ def test_outbox_retry_and_dead_letter_states(tmp_path: Path) -> None:
             await store.close()
 
     run(body())
+
+
+# ---- schema migration, operator actions, retention, size cap, backlog ------------------------------------
+
+def old(sample: str, test: str, hours_ago: float, received_at: float) -> Result:
+    from datetime import UTC, datetime
+
+    at = datetime.fromtimestamp(received_at - hours_ago * 3600, UTC).isoformat()
+    return Result(instrument="chem-1", sample_id=sample, test_code=test, instrument_test_code=test, value="2",
+                  measured_at=at)
+
+
+def test_a_version_1_store_is_migrated_in_place_and_keeps_its_data(tmp_path: Path) -> None:
+    from labbridge.runtime.store import SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT INTO messages (instrument, protocol, received_at, raw, status)"
+                 " VALUES ('a', 'astm', 1, x'01', 'decoded')")
+    conn.execute("INSERT INTO outbox (destination, key, control_id, message_id, instrument, result_ids, state,"
+                 " created_at, next_attempt_at, last_error)"
+                 " VALUES ('lis', 'k', 'LBK', 1, 'a', '[]', 'dead', 1, 1, 'LIS answered AE')")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+    async def body() -> None:
+        store = Store(path)
+        await store.open()
+        try:
+            rows = await store.outbox_rows()
+            assert rows[0]["last_error"] == "LIS answered AE" and rows[0]["backlog"] is False
+            # An item dead-lettered before the migration counts as refused by the LIS, and can be retried.
+            outcome = await store.retry_dead(None, actor="ops", reason="LIS fixed", now=5.0)
+            assert outcome == [{"id": 1, "outcome": "queued"}]
+            assert (await store.audit_rows())[0]["actor"] == "ops"
+        finally:
+            await store.close()
+
+    run(body())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = Store(tmp_path / "s.db")
+        await store.open()
+        try:
+            stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=1.0,
+                                                results=[result("S1", "GLU"), result("S2", "GLU"), result("S3", "K")],
+                                                destinations=["lis"])
+            a, b, c = stored.outbox_ids
+            await store.dead_letter(a, "LIS answered AE: unknown test")
+            await store.mark_delivered(b, 2.0)
+            with pytest.raises(StoreError, match="only dead or delivered"):
+                await store.purge(state="pending", actor="ops", reason="x", now=3.0)
+            done = await store.purge(item_ids=[b, c], actor="ops", reason="cleanup", now=3.0)
+            assert done["purged"] == 1 and done["skipped"] == [c]  # c is pending: kept
+            outcome = await store.retry_dead([a, c, 999], actor="alice", reason="LIS mapping fixed", now=4.0)
+            assert [o["outcome"] for o in outcome] == ["queued", "not-dead (pending)", "not-found"]
+            row = (await store.outbox_rows(item_id=a))[0]
+            assert (row["state"], row["attempts"], row["dead_kind"]) == ("pending", 0, None)
+            assert row["next_attempt_at"] == 4.0
+            audit = await store.audit_rows()
+            assert [(e["action"], e["actor"], e["reason"]) for e in audit] == [
+                ("retry", "alice", "LIS mapping fixed"), ("purge", "ops", "cleanup")]
+            assert audit[0]["detail"]["previous_error"] == "LIS answered AE: unknown test"
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_prune_keeps_pending_and_dead_items_and_what_they_refer_to(tmp_path: Path) -> None:
+    from labbridge.runtime.store import Held, Retention
+
+    async def body() -> None:
+        store = Store(tmp_path / "s.db")
+        await store.open()
+        try:
+            delivered = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"d", received_at=100.0,
+                                                   results=[result("S1", "GLU")], destinations=["lis"])
+            await store.mark_delivered(delivered.outbox_ids[0], 101.0)
+            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"p", received_at=100.0,
+                                       results=[result("S2", "GLU")], destinations=["lis"])
+            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"u", received_at=100.0,
+                                       results=[], destinations=["lis"], held=[Held("unmapped", "code X")])
+            await store.record_incomplete(instrument="chem-1", raw=b"i", reason="timeout", received_at=100.0)
+            recent = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"r", received_at=10_000.0,
+                                                results=[result("S3", "GLU")], destinations=["lis"])
+            await store.mark_delivered(recent.outbox_ids[0], 10_001.0)
+            keep = Retention(raw_messages_s=1000, delivered_s=1000, incomplete_s=1000)
+            pruned = await store.prune(keep, now=10_500.0)
+            assert pruned["delivered_items"] == 1 and pruned["results"] == 1 and pruned["incomplete"] == 1
+            assert pruned["messages"] == 1
+            counts = await store.counts()
+            assert counts["outbox"]["lis"] == {**counts["outbox"]["lis"], "pending": 1, "delivered": 1, "dead": 1}
+            assert counts["results"] == 2 and counts["messages"] == 3 and counts["incomplete"] == 0
+            item, _ = await store.next_due("lis", now=20_000.0)
+            assert item is not None and [r.sample_id for r in item.results] == ["S2"]  # still whole
+            dead = await store.outbox_rows(state="dead")
+            raw = await store.raw_message(dead[0]["message_id"])
+            assert raw is not None and raw.raw == b"u"  # a dead letter's raw message is kept for re-decoding
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_a_full_store_refuses_the_commit_keeps_nothing_partial_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    async def body() -> None:
+        store = Store(path)
+        await store.open()
+        try:
+            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"x" * 1000, received_at=1.0,
+                                       results=[result("S0", "GLU")], destinations=["lis"])
+            await store.set_size_limit(0)  # no page more than now: SQLite's real SQLITE_FULL
+            with pytest.raises(StoreError, match="database or disk is full"):
+                await store.commit_message(instrument="chem-1", protocol="astm", raw=b"y" * 20000, received_at=2.0,
+                                           results=[result("S1", "GLU")], destinations=["lis"])
+            assert store.last_commit_error is not None and "full" in store.last_commit_error
+            before = await store.counts()
+            await store.set_size_limit(None)
+            stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"z" * 20000,
+                                                received_at=3.0, results=[result("S99", "GLU")], destinations=["lis"])
+            assert stored.new_results == 1
+            after = await store.counts()
+            assert after["messages"] == before["messages"] + 1
+            # Every stored message has its results and outbox item: nothing half-written.
+            assert after["results"] == after["messages"] == after["outbox"]["lis"]["pending"]
+        finally:
+            await store.close()
+
+    run(body())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_backlog_is_flagged_and_live_items_come_first(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = Store(tmp_path / "s.db")
+        await store.open()
+        try:
+            now = 1_800_000_000.0
+            backlog = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"o", received_at=now,
+                                                 results=[old("B1", "GLU", 30, now)], destinations=["lis"],
+                                                 backlog_after_s=3600)
+            live = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"n", received_at=now + 1,
+                                              results=[old("L1", "GLU", 0.1, now)], destinations=["lis"],
+                                              backlog_after_s=3600)
+            item, _ = await store.next_due("lis", now=now + 10)
+            assert item is not None and item.id == live.outbox_ids[0] and not item.backlog
+            await store.mark_delivered(item.id, now + 10)
+            item, next_at = await store.next_due("lis", now=now + 10, include_backlog=False)
+            assert item is None and next_at is None  # only backlog is left, and it is being paced
+            item, _ = await store.next_due("lis", now=now + 10)
+            assert item is not None and item.id == backlog.outbox_ids[0] and item.backlog
+            counts = await store.counts()
+            assert counts["backlog_results"] == 1 and counts["outbox"]["lis"]["backlog_pending"] == 1
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_group_commit_counters(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = Store(tmp_path / "s.db")
+        await store.open()
+        try:
+            await asyncio.gather(*(
+                store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=float(i),
+                                     results=[result(f"S{i}", "GLU")], destinations=["lis"]) for i in range(100)))
+            assert store.committed_jobs == 100 and sum(store.group_sizes) == store.commits < 100
+            assert store.commit_seconds > 0
+        finally:
+            await store.close()
+
+    run(body())

@@ -1,0 +1,42 @@
+"""Building an instrument's sans-I/O receiving link from its ``[instruments.link]`` settings.
+
+One place, used by the live session (runtime/instrument.py) and by re-decoding a stored message from
+its raw bytes (runtime/intake.py), so both read the bytes with the same dialect.
+"""
+
+from __future__ import annotations
+
+from labbridge.config import LinkConfig
+from labbridge.protocols import e1381, raw
+
+TERMINATORS = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}
+
+AstmLink = e1381.E1381Link | raw.RawLink
+
+
+def link_profile(link: LinkConfig) -> e1381.LinkProfile:
+    """The sans-I/O link profile (dialect flags) for an instrument's ``[link]`` settings."""
+    return e1381.LinkProfile(strict_frame_numbers=link.strict_frame_numbers, frame_numbers=link.frame_numbers,
+                             checksums=link.checksums, record_terminator=TERMINATORS[link.record_terminator],
+                             lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive)
+
+
+def host_link(link: LinkConfig) -> AstmLink:
+    """The receiving end labbridge runs for an ASTM instrument: E1381 (host role) or raw records."""
+    if link.framing == "raw":
+        return raw.RawLink(raw.RawProfile(record_terminator=TERMINATORS[link.record_terminator],
+                                          idle_timeout=link.raw_idle_timeout_s))
+    return e1381.E1381Link(e1381.Role.HOST, link_profile(link))
+
+
+def records_from_raw(link: LinkConfig, raw_bytes: bytes) -> tuple[bytes, ...] | None:
+    """The records of one stored message (its bytes as received), read with the instrument's dialect."""
+    receiver = host_link(link)
+    lead = b"" if isinstance(receiver, raw.RawLink) else bytes([e1381.ENQ])
+    receiver.receive_data(lead + raw_bytes, 0.0)
+    if isinstance(receiver, raw.RawLink):
+        receiver.connection_lost()
+    while (event := receiver.next_event()) is not None:
+        if isinstance(event, e1381.MessageReceived):
+            return event.records
+    return None

@@ -1,69 +1,208 @@
-"""Parse throughput of labbridge's ASTM receive path, beside a plain split baseline.
+"""Parse throughput: labbridge's ASTM and HL7 receive paths beside python-astm, python-hl7, hl7apy and a split.
 
-Run: .venv/bin/python benchmarks/bench_parse.py [--seconds 2] [--runs 5]
-Prints messages/s and results/s (median, min, max of several runs) for a generated 20-test chemistry
-message: E1381 receiver (checksums, frame numbers, joining) + E1394 records + the generic driver.
-Peers (python-astm, python-hl7, hl7apy) and the end-to-end and scale figures come with issue 7.
+Run alone: .venv/bin/python -m benchmarks.bench_parse [--seconds 1] [--runs 5]  (or through python -m benchmarks)
+
+ASTM, for a generated 20-test chemistry message and a 25-result CBC:
+- labbridge full path: E1381 receiver (frame scan, checksums, frame numbers, joining) + E1394 records +
+  the generic driver (canonical results with mapped codes and time zones);
+- labbridge frame path: the E1381 receiver alone (records out);
+- labbridge codec: E1394 ``parse_records`` (fields split; components split lazily when read), and
+  codec + driver;
+- python-astm (astm-2025) frame path: its RequestHandler (checksum, join, decode) through benchmarks/astm_compat;
+- python-astm codec: ``astm.codec.decode`` of the message's records (fields, components, repeats);
+- plain split baseline: strip the frames, split records on CR and fields on '|'.
+HL7, the same content as ORU^R01 (labbridge's builder) and OUL^R22 (with SPM):
+- labbridge path: a plain split over segments and fields that reads each result (sample, code, value,
+  units) — what labbridge's HL7 receive path does until the HL7 analyzer branch lands;
+- python-hl7 ``hl7.parse``; hl7apy ``parse_message`` (default: tolerant validation, groups found).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from labbridge_simulators.astm_analyzer import MessageFactory
-
+from benchmarks.common import PANELS, Figure, Ratio, one_message, print_table, rate
 from labbridge.driver import AstmDriver, DecodeContext, load_driver
-from labbridge.protocols import e1381
+from labbridge.protocols import e1381, e1394
+from labbridge.protocols.hl7 import Party, build_oru_r01
+
+SECTION = "parse"
+
+# The issue's targets for parse speed (same machine, same run).
+TARGET_ASTM_CODEC = 5.0  # labbridge decode >= 5x python-astm's codec
+TARGET_ASTM_FRAMES = 8.0  # >= 8x python-astm's frame path (checksum, join, decode)
+TARGET_HL7 = 10.0  # HL7 parse >= 10x python-hl7's hl7.parse
 
 
-def measure(fn: Callable[[], int], seconds: float) -> float:
-    done = 0
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        done += fn()
-    return done / elapsed
+def _oul_r22(oru: bytes) -> bytes:
+    """The same content as an OUL^R22 (v2.5.1): MSH-9 changed, SPM after PID, OBR and OBX as they were."""
+    segments = oru.decode("utf-8").split("\r")
+    out: list[str] = []
+    sample = ""
+    for seg in segments:
+        if seg.startswith("MSH"):
+            out.append(seg.replace("ORU^R01^ORU_R01", "OUL^R22^OUL_R22"))
+            continue
+        if seg.startswith("OBR"):
+            sample = seg.split("|")[2]
+            out.append(f"SPM|1|{sample}||SER^Serum^HL70487")
+        out.append(seg)
+    return "\r".join(out).encode("utf-8")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    msg = MessageFactory("bench", sample_prefix="B", panel_size=20, seed=1).next()
-    frames = e1381.build_frames(msg.records)
-    stream = b"\x05" + b"".join(frames) + b"\x04"
+def hl7_split_results(payload: bytes) -> list[tuple[str, str, str, str]]:
+    """labbridge's HL7 read path for now: segments and fields by split; (sample, code, value, units) per OBX."""
+    text = payload.decode("utf-8")
+    sep = text[3]
+    sample = ""
+    out: list[tuple[str, str, str, str]] = []
+    for seg in text.split("\r"):
+        if seg[:3] == "OBX":
+            f = seg.split(sep)
+            code = f[3].split("^")
+            out.append((sample, code[3] if len(code) > 3 and code[3] else code[0], f[5], f[6]))
+        elif seg[:3] in ("OBR", "SPM"):
+            f = seg.split(sep)
+            sample = f[2] or sample
+    return out
+
+
+def run(seconds: float, runs: int, panels: tuple[str, ...] = PANELS) -> tuple[list[Figure], list[Ratio]]:
     driver = load_driver("astm-generic")
     assert isinstance(driver, AstmDriver)
     ctx = DecodeContext(instrument="bench")
-    results_per_message = len(msg.results)
+    figures: list[Figure] = []
+    ratios: list[Ratio] = []
+    for panel in panels:
+        f, r = _run_panel(panel, seconds, runs, driver, ctx)
+        figures.extend(f)
+        ratios.extend(r)
+    return figures, ratios
 
-    def labbridge_path() -> int:
+
+def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
+               ctx: DecodeContext) -> tuple[list[Figure], list[Ratio]]:
+    import hl7
+    from hl7apy.parser import parse_message
+
+    from benchmarks import astm_compat
+
+    figures: list[Figure] = []
+    ratios: list[Ratio] = []
+    msg = one_message(panel)
+    n_results = len(msg.results)
+    frames = e1381.build_frames(msg.records)
+    stream = b"\x05" + b"".join(frames) + b"\x04"
+    decoded = driver.decode(msg.records, ctx)
+    assert len(decoded.results) == n_results
+    oru = build_oru_r01(decoded.results, control_id="LB000000000000000001", created_at=datetime.now(UTC),
+                        sender=Party("LABBRIDGE", "BENCH"), receiver=Party("LIS"))
+    oul = _oul_r22(oru)
+    frame_path = astm_compat.FramePath()
+    assert len(frame_path.receive(frames)) == len(msg.records)
+    assert len(astm_compat.decode_message_records(msg.records)) == len(msg.records)
+
+    def labbridge_full() -> int:
         link = e1381.E1381Link(e1381.Role.HOST)
         link.receive_data(stream[:-1], 0.0)
         for event in link.events():
             if isinstance(event, e1381.MessageReceived):
-                decoded = driver.decode(event.records, ctx)
-                assert len(decoded.results) == results_per_message
+                got = driver.decode(event.records, ctx)
+                assert len(got.results) == n_results
                 link.accept_message(0.0)
         link.receive_data(stream[-1:], 0.0)
         return 1
+
+    def labbridge_frames() -> int:
+        link = e1381.E1381Link(e1381.Role.HOST)
+        link.receive_data(stream[:-1], 0.0)
+        for event in link.events():
+            if isinstance(event, e1381.MessageReceived):
+                link.accept_message(0.0)
+        link.receive_data(stream[-1:], 0.0)
+        return 1
+
+    def labbridge_codec() -> int:
+        return 1 if e1394.parse_records(msg.records) else 0
+
+    def labbridge_codec_driver() -> int:
+        return 1 if driver.decode(msg.records, ctx).results else 0
+
+    def python_astm_frames() -> int:
+        return 1 if frame_path.receive(frames) else 0
+
+    def python_astm_codec() -> int:
+        return 1 if astm_compat.decode_message_records(msg.records) else 0
 
     def plain_split() -> int:
         text = b"".join(f[2:-5] for f in frames)
         fields = [r.split(b"|") for r in text.split(b"\r") if r]
         return 1 if fields else 0
 
-    rows = []
-    for name, fn in (("labbridge E1381+E1394+driver", labbridge_path), ("plain split baseline", plain_split)):
-        runs = [measure(fn, args.seconds) for _ in range(args.runs)]
-        rows.append((name, statistics.median(runs), min(runs), max(runs)))
-    print(f"{'path':<32} {'msg/s median':>14} {'min':>10} {'max':>10} {'results/s':>12}")
-    for name, med, lo, hi in rows:
-        print(f"{name:<32} {med:>14,.0f} {lo:>10,.0f} {hi:>10,.0f} {med * results_per_message:>12,.0f}")
-    print(f"labbridge / plain split: {rows[0][1] / rows[1][1]:.3f}")
+    hl7_text = {"ORU^R01": oru.decode("utf-8"), "OUL^R22": oul.decode("utf-8")}
+    for kind, payload in (("ORU^R01", oru), ("OUL^R22", oul)):
+        assert len(hl7_split_results(payload)) == n_results, kind
+        assert len(hl7.parse(hl7_text[kind]).segments("OBX")) == n_results
+        parse_message(hl7_text[kind])
+
+    def make_hl7(kind: str, payload: bytes) -> dict[str, Callable[[], int]]:
+        text = hl7_text[kind]
+        return {
+            f"HL7 {kind} labbridge path (split)": lambda: 1 if hl7_split_results(payload) else 0,
+            f"HL7 {kind} python-hl7 hl7.parse": lambda: 1 if hl7.parse(text) else 0,
+            f"HL7 {kind} hl7apy parse_message": lambda: 1 if parse_message(text) is not None else 0,
+        }
+
+    paths: dict[str, Callable[[], int]] = {
+        "ASTM labbridge E1381+E1394+driver": labbridge_full,
+        "ASTM labbridge frame path (E1381)": labbridge_frames,
+        "ASTM labbridge codec (E1394)": labbridge_codec,
+        "ASTM labbridge codec + driver": labbridge_codec_driver,
+        "ASTM python-astm frame path": python_astm_frames,
+        "ASTM python-astm codec": python_astm_codec,
+        "ASTM plain split baseline": plain_split,
+        **make_hl7("ORU^R01", oru),
+        **make_hl7("OUL^R22", oul),
+    }
+    medians: dict[str, float] = {}
+    for name, fn in paths.items():
+        values = [rate(fn, seconds) for _ in range(runs)]
+        fig = Figure.of(SECTION, f"{panel} {name}", "messages/s", values, panel=panel,
+                        results_per_message=n_results)
+        figures.append(fig)
+        figures.append(Figure.of(SECTION, f"{panel} {name}", "results/s", [v * n_results for v in values],
+                                 panel=panel))
+        medians[name] = fig.median
+
+    def ratio(name: str, a: str, b: str, target: float | None = None) -> None:
+        ratios.append(Ratio(SECTION, f"{panel}: {name}", medians[a] / medians[b], target))
+
+    ratio("labbridge codec / python-astm codec", "ASTM labbridge codec (E1394)", "ASTM python-astm codec",
+          TARGET_ASTM_CODEC)
+    ratio("labbridge codec+driver / python-astm codec", "ASTM labbridge codec + driver",
+          "ASTM python-astm codec")
+    ratio("labbridge frame path / python-astm frame path", "ASTM labbridge frame path (E1381)",
+          "ASTM python-astm frame path", TARGET_ASTM_FRAMES)
+    ratio("labbridge full path / python-astm frame path", "ASTM labbridge E1381+E1394+driver",
+          "ASTM python-astm frame path")
+    ratio("labbridge full path / plain split", "ASTM labbridge E1381+E1394+driver", "ASTM plain split baseline")
+    for kind in ("ORU^R01", "OUL^R22"):
+        ratio(f"HL7 {kind} labbridge / hl7.parse", f"HL7 {kind} labbridge path (split)",
+              f"HL7 {kind} python-hl7 hl7.parse", TARGET_HL7)
+        ratio(f"HL7 {kind} labbridge / hl7apy", f"HL7 {kind} labbridge path (split)",
+              f"HL7 {kind} hl7apy parse_message")
+    return figures, ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one run of one path")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    figures, ratios = run(args.seconds, args.runs)
+    print_table("parse", [f for f in figures if f.unit == "messages/s"], ratios)
 
 
 if __name__ == "__main__":

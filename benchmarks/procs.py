@@ -1,0 +1,132 @@
+"""Subprocesses of the benchmarks: labbridge's daemon, the acker LIS, the bare server; CPU and memory from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Proc:
+    """A child process started with ``python -m MODULE``; it writes a ready file (JSON) once it listens."""
+
+    def __init__(self, module: str, args: list[str], ready: Path, log: Path, *, timeout: float = 120.0) -> None:
+        self.ready_path = ready
+        self.log_path = log
+        ready.unlink(missing_ok=True)
+        self._log = log.open("wb")
+        self.popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=self._log,
+                                      stderr=subprocess.STDOUT)
+        self.started_at = time.monotonic()
+        deadline = self.started_at + timeout
+        while not ready.exists():
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{module} exited with {self.popen.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{module} not ready after {timeout:.0f} s: {self.tail()}")
+            time.sleep(0.01)
+        self.ready_at = time.monotonic()
+        self.ready: dict[str, Any] = json.loads(ready.read_text(encoding="utf-8"))
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tail(self, chars: int = 2000) -> str:
+        self._log.flush()
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process (all its threads), from /proc/PID/stat."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) in bytes, from /proc/PID/status."""
+        out = {}
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0]) * 1024
+        return out
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+def daemon_config(folder: Path, *, instruments: int, lis_port: int) -> Path:
+    """A labbridge config: ``instruments`` tcp-server ASTM instruments on 127.0.0.1 port 0, one MLLP LIS."""
+    lines = [
+        'node = "bench"',
+        "[store]", f'path = "{folder / "labbridge.db"}"',
+        "[http]", "enabled = false",
+        "[log]", 'level = "warning"',
+        "[[sites]]", 'id = "bench"', 'name = "Benchmark"',
+    ]
+    for i in range(instruments):
+        lines += ["[[instruments]]", f'id = "an{i}"', 'site = "bench"', 'driver = "astm-generic"',
+                  'transport = { kind = "tcp-server", host = "127.0.0.1", port = 0 }']
+    lines += ["[[lis]]", 'id = "lis"', 'host = "127.0.0.1"', f"port = {lis_port}", "connect_timeout_s = 2",
+              "ack_timeout_s = 10", "backoff_initial_s = 0.05", "backoff_max_s = 1"]
+    path = folder / "labbridge.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def start_daemon(folder: Path, *, instruments: int, lis_port: int) -> Proc:
+    config = daemon_config(folder, instruments=instruments, lis_port=lis_port)
+    return Proc("labbridge.cli", ["run", "-c", str(config), "--ready-file", str(folder / "daemon-ready.json")],
+                folder / "daemon-ready.json", folder / "daemon.log")
+
+
+def start_acker(folder: Path, port: int = 0) -> Proc:
+    return Proc("benchmarks.mllp_acker", ["--port", str(port), "--ready", str(folder / "lis-ready.json"),
+                                          "--progress", str(folder / "lis-progress.json"),
+                                          "--out", str(folder / "lis-books.json")],
+                folder / "lis-ready.json", folder / "lis.log")
+
+
+def acker_progress(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "lis-progress.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {"messages": 0, "distinct": 0, "results": 0}
+
+
+def acker_books(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "lis-books.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def targets(daemon: Proc) -> list[tuple[str, int]]:
+    return [(v["host"], v["port"]) for v in daemon.ready["instruments"].values() if v]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

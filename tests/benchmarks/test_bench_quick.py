@@ -1,0 +1,40 @@
+"""The benchmark command still runs: every section in --quick mode with tiny sizes (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--runs", "1", "--seconds", "0.02", "--links", "1,2",
+         "--e2e-messages", "6", "--scale-links", "3", "--backlog", "2,40", "--busy-interval", "0.05",
+         "--busy-messages", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    sections = {f["section"] for f in data["figures"]}
+    assert sections == {"parse", "e2e", "scale"}
+    names = {f["name"] for f in data["figures"]}
+    # The peers are really measured beside labbridge.
+    for peer in ("chem20 ASTM python-astm codec", "cbc25 ASTM python-astm frame path",
+                 "chem20 HL7 ORU^R01 python-hl7 hl7.parse", "cbc25 HL7 OUL^R22 hl7apy parse_message",
+                 "2 links: bare asyncio ACK server (ceiling)"):
+        assert peer in names
+    # Nothing lost, and every message the analyzers sent was acknowledged and delivered.
+    lost = [f for f in data["figures"] if "lost" in f["name"]]
+    assert lost and all(f["max"] == 0 for f in lost)
+    stored = [f for f in data["figures"] if f["name"].endswith("labbridge stored") and f["unit"] == "messages/s"]
+    assert len(stored) == 2 and all(f["min"] > 0 for f in stored)
+    assert not [n for n in data["notes"] if "errors" in n], data["notes"]
+    assert "== end to end" in proc.stdout and "ratio" in proc.stdout

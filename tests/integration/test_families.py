@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim
-from labbridge_simulators.profiles import FAMILIES, FamilyFactory
+from labbridge_simulators.profiles import FAMILIES, FamilyFactory, link_dialect
 
 from tests.conftest import run
 from tests.integration.helpers import eventually, running_lab
@@ -23,8 +23,10 @@ def test_every_family_reaches_the_lis_with_its_sample_ids_test_codes_and_qc_kind
                 runner = lab.daemon.runners[instrument]
                 assert runner.bound is not None and runner.cfg.driver == family
                 factory = FamilyFactory(family, instrument, sample_prefix=f"{i}X", seed=i, qc_every=3)
+                # The analyzer speaks its family's link dialect; the instrument has no [link] table, so
+                # it must get the same dialect from its driver's link defaults (MAGLUMI: no FN, no checksum).
                 sims.append((AstmAnalyzerSim(instrument, runner.bound, factory, interval=(0.0, 0.01),
-                                             max_messages=6), factory))
+                                             max_messages=6, profile=link_dialect(family)), factory))
             await asyncio.gather(*(sim.run(asyncio.Event()) for sim, _ in sims))
             acked = {identity for sim, _ in sims for identity in sim.acked}
             for sim, _ in sims:

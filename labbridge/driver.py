@@ -34,6 +34,8 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "horiba-yumizen": "labbridge_driver_horiba_yumizen:HoribaYumizenDriver",
     "cepheid-genexpert": "labbridge_driver_cepheid_genexpert:CepheidGenexpertDriver",
     "hl7-generic": "labbridge_driver_hl7:GenericHl7Driver",
+    "ihe-law": "labbridge_driver_ihe_law:IheLawDriver",
+    "mindray-bc-bs": "labbridge_driver_mindray:MindrayDriver",
     "snibe-maglumi": "labbridge_driver_snibe_maglumi:SnibeMaglumiDriver",
 }
 

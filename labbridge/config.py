@@ -338,7 +338,34 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
     return problems
 
 
+def with_driver_link_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Each instrument's ``link`` table on top of its driver's link defaults (``Driver.link_defaults``).
+
+    A key the instrument sets explicitly wins; a key it leaves out takes the driver's value (e.g. a
+    MAGLUMI instrument gets ``frame_numbers = false`` and ``checksums = false``, an HL7 driver
+    ``framing = "mllp"``). An unknown driver or one that fails to load adds nothing here: that is
+    reported where the driver is used. Applied by :func:`parse_config`, so ``check-config`` and the
+    daemon see the same settings.
+    """
+    instruments = data.get("instruments")
+    if not isinstance(instruments, list):
+        return data
+    from labbridge.driver import driver_link_defaults  # the driver registry is only needed here
+
+    merged: list[Any] = []
+    for inst in instruments:
+        driver = inst.get("driver") if isinstance(inst, dict) else None
+        defaults = driver_link_defaults(driver) if isinstance(driver, str) else {}
+        link = inst.get("link", {}) if isinstance(inst, dict) else None
+        if defaults and isinstance(inst, dict) and isinstance(link, dict):
+            merged.append({**inst, "link": {**defaults, **link}})
+        else:
+            merged.append(inst)
+    return {**data, "instruments": merged}
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    data = with_driver_link_defaults(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -30,6 +30,7 @@ from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
 from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
+from labbridge.runtime.links import link_profile
 
 DRAIN_TIMEOUT_S = 30.0
 SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples
@@ -120,10 +121,12 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
         if not inst.enabled or runner.bound is None or not isinstance(inst.transport, TcpServerTransport):
             continue
         if inst.link.framing == "mllp":
-            dialect: Literal["law", "mindray"] = "law" if hl7_count % 2 == 0 else "mindray"
+            dialect: Literal["law", "mindray"] = ("mindray" if inst.driver == "mindray-bc-bs" else "law"
+                                                  if inst.driver == "ihe-law" else
+                                                  "law" if hl7_count % 2 == 0 else "mindray")
             hl7_count += 1
             hl7_factory = Hl7MessageFactory(inst.id, dialect=dialect, sample_prefix=f"{n + 1:02d}",
-                                            panel_size=6 + (n * 3) % 10, seed=n)
+                                            panel_size=6 + (n * 3) % 10, seed=n, qc_every=9)
             sims.append(Hl7AnalyzerSim(inst.id, runner.bound, hl7_factory, interval=(1.0, 4.0), seed=n,
                                        resend_every=11, junk_every=17))
             continue
@@ -137,8 +140,10 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
             factory = MessageFactory(inst.id, sample_prefix=f"{n + 1:02d}", panel_size=8 + (n * 3) % 13, seed=n)
             queries, pushes = generic_count % 2 == 0, generic_count % 2 == 1
             generic_count += 1
+        # The analyzer speaks the instrument's link dialect (its driver's link defaults, e.g. MAGLUMI's).
         sims.append(AstmAnalyzerSim(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
-                                    corrupt_every=37 if n % 4 == 1 else 0, query_share=0.5 if queries else 0.0))
+                                    corrupt_every=37 if n % 4 == 1 else 0, query_share=0.5 if queries else 0.0,
+                                    profile=link_profile(inst.link)))
         if not isinstance(factory, MessageFactory):
             continue
         codes = tuple(inst.test_map.get(a.code, a.code) for a in factory.panel[:3])  # LIS codes

@@ -34,6 +34,9 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "horiba-yumizen": "labbridge_driver_horiba_yumizen:HoribaYumizenDriver",
     "cepheid-genexpert": "labbridge_driver_cepheid_genexpert:CepheidGenexpertDriver",
     "hl7-generic": "labbridge_driver_hl7:GenericHl7Driver",
+    "ihe-law": "labbridge_driver_ihe_law:IheLawDriver",
+    "mindray-bc-bs": "labbridge_driver_mindray:MindrayDriver",
+    "snibe-maglumi": "labbridge_driver_snibe_maglumi:SnibeMaglumiDriver",
 }
 
 
@@ -126,6 +129,10 @@ class Driver(ABC):
     models: ClassVar[tuple[str, ...]] = ()
     protocol: ClassVar[Literal["astm", "hl7"]]
     version: ClassVar[str] = "1.0"
+    #: The family's default ``[instruments.link]`` settings (LinkConfig keys: framing, encoding, dialect
+    #: flags such as ``frame_numbers = False``). An instrument using the driver starts from these; what its
+    #: own ``[instruments.link]`` sets wins (applied by ``labbridge.config.parse_config``).
+    link_defaults: ClassVar[Mapping[str, str | int | float | bool]] = {}
 
 
 class AstmDriver(Driver):
@@ -177,6 +184,7 @@ class Hl7Driver(Driver):
     """A driver for analyzers that send HL7 v2 messages (over MLLP)."""
 
     protocol: ClassVar[Literal["astm", "hl7"]] = "hl7"
+    link_defaults: ClassVar[Mapping[str, str | int | float | bool]] = {"framing": "mllp"}
     # MSH-9.1^MSH-9.2 values this driver decodes; others are answered AR (unsupported message type).
     message_types: ClassVar[frozenset[str]] = frozenset({"ORU^R01", "OUL^R22"})
 
@@ -222,6 +230,15 @@ def load_driver_class(name: str) -> type[Driver]:
         raise DriverLoadError(name, f"{info.target} is not a labbridge Driver subclass")
     _cache[name] = obj
     return obj
+
+
+def driver_link_defaults(name: str) -> Mapping[str, str | int | float | bool]:
+    """The link defaults of driver ``name``; empty when it is unknown or fails to load (that is reported
+    where the driver is used: check-config, the daemon's instrument status)."""
+    try:
+        return load_driver_class(name).link_defaults
+    except (DriverNotFoundError, DriverLoadError):
+        return {}
 
 
 def load_driver(name: str) -> Driver:

@@ -21,11 +21,14 @@ Hierarchy (PROTOCOLS.md R-B1): an O needs a preceding P, an R needs a preceding 
 previous patient's orders; a message that breaks this raises :class:`DecodeError` with the index of the
 offending record.
 
-The ``[link]`` table holds the family's default link settings: ``framing``, ``encoding`` and a free-form
-``dialect`` table (e.g. ``single_frame_message = true`` for analyzers that send a whole message in one
-frame). labbridge does not act on ``dialect`` yet: the link-dialect work maps these keys onto
-``LinkProfile`` flags; until then they document the family and the E1381 receiver already accepts the
-common deviations (PROTOCOLS.md, vendor deviations).
+The ``[link]`` table holds the family's default link settings: ``framing``, ``encoding`` and a
+``dialect`` table whose keys are ``[instruments.link]`` dialect flags (``frame_numbers``, ``checksums``,
+``strict_frame_numbers``, ``record_terminator``, ``lenient_whitespace``, ``enq_eot_keepalive``,
+``raw_idle_timeout_s``; see :class:`labbridge.config.LinkConfig`). They become the defaults of every
+instrument using the driver (:attr:`labbridge.driver.Driver.link_defaults`, applied when the config is
+parsed); what an instrument's own ``[instruments.link]`` sets wins. ``single_frame_message`` only
+documents the family (the E1381 receiver accepts a whole message in one frame either way). Any other
+key is a profile error.
 """
 
 from __future__ import annotations
@@ -184,12 +187,35 @@ class DriverMeta(_Model):
     discipline: str = ""
 
 
+# ``[link.dialect]`` keys that become the instrument's ``[instruments.link]`` defaults (LinkConfig fields).
+LINK_DIALECT_KEYS = frozenset({"frame_numbers", "checksums", "strict_frame_numbers", "record_terminator",
+                               "lenient_whitespace", "enq_eot_keepalive", "raw_idle_timeout_s"})
+# Keys that describe how the analyzer sends and need no setting: the receiver accepts both forms.
+LINK_DIALECT_NOTES = frozenset({"single_frame_message"})
+
+
 class LinkDefaults(_Model):
     """The family's default link settings; see the module docstring for ``dialect``."""
 
-    framing: Literal["e1381", "none"] = "e1381"
+    framing: Literal["e1381", "raw", "none"] = "e1381"  # "none": records without low-level framing (= raw)
     encoding: str = "latin-1"
     dialect: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_keys(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        unknown = sorted(set(value) - LINK_DIALECT_KEYS - LINK_DIALECT_NOTES)
+        if unknown:
+            known = ", ".join(sorted(LINK_DIALECT_KEYS | LINK_DIALECT_NOTES))
+            raise ValueError(f"unknown dialect key(s) {', '.join(unknown)} (known: {known})")
+        return value
+
+    def as_link_config(self) -> dict[str, str | int | float | bool]:
+        """These defaults as ``[instruments.link]`` keys (validated with the instrument's config)."""
+        out: dict[str, str | int | float | bool] = {"framing": "raw" if self.framing == "none" else self.framing,
+                                                      "encoding": self.encoding}
+        out.update({k: v for k, v in self.dialect.items() if k in LINK_DIALECT_KEYS})
+        return out
 
 
 class Profile(_Model):
@@ -259,6 +285,7 @@ class ProfileAstmDriver(AstmDriver):
             cls.vendor = profile.driver.vendor
             cls.models = tuple(profile.driver.models)
             cls.version = profile.driver.version
+            cls.link_defaults = profile.link.as_link_config()
             cls._compiled = _Compiled.build(profile)
 
     _compiled: ClassVar[_Compiled]
@@ -395,5 +422,5 @@ def _all_of(paths: Sequence[FieldPath], scope: Scope) -> list[str]:
     return []
 
 
-__all__ = ["Condition", "FieldMap", "FieldPath", "LinkDefaults", "Profile", "ProfileAstmDriver", "ProfileError",
-           "QcRules", "Scope", "TestDef", "load_profile"]
+__all__ = ["LINK_DIALECT_KEYS", "Condition", "FieldMap", "FieldPath", "LinkDefaults", "Profile", "ProfileAstmDriver",
+           "ProfileError", "QcRules", "Scope", "TestDef", "load_profile"]

@@ -39,10 +39,14 @@ class ReplayProblem:
     detail: str
 
 
-def split_messages(capture: bytes) -> Iterator[tuple[bytes, ...] | ReplayProblem]:
-    """Whole messages (records without terminators) from a capture, and what went wrong on the way."""
+def split_messages(capture: bytes, profile: e1381.LinkProfile | None = None,
+                   ) -> Iterator[tuple[bytes, ...] | ReplayProblem]:
+    """Whole messages (records without terminators) from a capture, and what went wrong on the way.
+
+    ``profile``: the link dialect of a framed capture (default: the standard, any first frame number).
+    """
     if any(b in capture for b in _FRAMING_BYTES):
-        link = e1381.E1381Link(e1381.Role.HOST, e1381.LinkProfile(strict_frame_numbers=False))
+        link = e1381.E1381Link(e1381.Role.HOST, profile or e1381.LinkProfile(strict_frame_numbers=False))
         link.receive_data(capture, 0.0)
         while True:
             event = link.next_event()
@@ -127,6 +131,17 @@ def _replay_hl7(driver: Hl7Driver, capture: bytes, context: DecodeContext,
             yield ReplayedMessage(index, segments, None, f"{type(exc).__name__}: {exc}")
 
 
+def _driver_link_profile(driver: Driver) -> e1381.LinkProfile:
+    """The E1381 dialect of the driver's link defaults (e.g. MAGLUMI: no frame numbers, no checksums)."""
+    from labbridge.config import LinkConfig
+    from labbridge.runtime.links import link_profile
+
+    keys = set(LinkConfig.model_fields) - {"framing", "encoding"}
+    link = LinkConfig.model_validate({"strict_frame_numbers": False,
+                                      **{k: v for k, v in driver.link_defaults.items() if k in keys}})
+    return link_profile(link)
+
+
 def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezone: str = "UTC",
            encoding: str = "latin-1", test_map: dict[str, str] | None = None,
            ) -> Iterator[ReplayedMessage | ReplayProblem]:
@@ -138,7 +153,7 @@ def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezo
     if not isinstance(driver, AstmDriver):
         raise LabbridgeError(f"driver {driver.name!r} speaks {driver.protocol}, which replay cannot read")
     index = 0
-    for item in split_messages(capture):
+    for item in split_messages(capture, _driver_link_profile(driver)):
         if isinstance(item, ReplayProblem):
             yield item
             continue

@@ -17,6 +17,8 @@ what they need.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from labbridge.driver import DecodeContext, Hl7Driver
 from labbridge.errors import DecodeError
 from labbridge.model import Decoded, Result, ResultStatus
@@ -33,7 +35,8 @@ NULL = '""'
 class GenericHl7Driver(Hl7Driver):
     name = "hl7-generic"
     vendor = "generic"
-    models = ("any HL7 v2.3.1/v2.5.1 analyzer sending ORU^R01", "IHE LAW analyzers (OUL^R22)")
+    models: ClassVar[tuple[str, ...]] = ("any HL7 v2.3.1/v2.5.1 analyzer sending ORU^R01",
+                                         "IHE LAW analyzers (OUL^R22)")
     version = "1.0"
 
     def value(self, message: Hl7Message, obx: Segment) -> str:

@@ -53,8 +53,12 @@ class Hl7MessageFactory:
     """Realistic results messages with synthetic patients (accented names: the character set matters)."""
 
     def __init__(self, instrument: str, *, dialect: Dialect, sample_prefix: str, panel_size: int = 10,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, qc_every: int = 0) -> None:
         self.instrument = instrument
+        # Every qc_every-th message is a QC run, marked the dialect's way: LAW SPM-11 "Q" (HL7 table 0369,
+        # control specimen), Mindray MSH-16 "2" (result type QC). Their sample IDs are kept in qc_samples.
+        self.qc_every = qc_every
+        self.qc_samples: set[str] = set()
         self.dialect: Dialect = dialect
         self.prefix = sample_prefix
         self.panel = CHEMISTRY_PANEL[:max(1, min(panel_size, len(CHEMISTRY_PANEL)))]
@@ -64,7 +68,10 @@ class Hl7MessageFactory:
     def next(self, now: datetime | None = None) -> Hl7SimMessage:
         now = now or datetime.now().astimezone()
         self.counter += 1
-        sample = f"{self.prefix}{self.counter:06d}"
+        qc = self.qc_every > 0 and self.counter % self.qc_every == 0
+        sample = f"{'QC-' if qc else ''}{self.prefix}{self.counter:06d}"
+        if qc:
+            self.qc_samples.add(sample)
         patient = f"PAT{self.rng.randrange(10**6):06d}"
         last, first = self.rng.choice(LAST_NAMES), self.rng.choice(FIRST_NAMES) + "-Zoé"
         ts = now.strftime("%Y%m%d%H%M%S")
@@ -81,7 +88,8 @@ class Hl7MessageFactory:
                 f"MSH|^~\\&|SIMLAW|{escape(self.instrument)}|LABBRIDGE|LAB|{ts}{now.strftime('%z')}||OUL^R22^OUL_R22|"
                 f"{control_id}|P|2.5.1|||ER|AL||UNICODE UTF-8|||LAB-29^IHE",
                 f"PID|1||{patient}^^^HOSP^PI||{last}^{first}",
-                f"SPM|1|{sample}&SIMLAW||SER^Serum^HL70487|||||||P^Patient^HL70369",
+                f"SPM|1|{sample}&SIMLAW||SER^Serum^HL70487|||||||"
+                + ("Q^Control specimen^HL70369" if qc else "P^Patient^HL70369"),
                 f"SAC|||{sample}",
                 "OBR|1|\"\"||PANEL^Chemistry panel^99ROC|||" + ts,
                 "ORC|SC|||||||||||||||||" + ts,
@@ -91,7 +99,8 @@ class Hl7MessageFactory:
                                 f"{a.low}-{a.high}|{flag}|||F|||||||{escape(self.instrument)}|{ts}")
         else:
             segments = [
-                f"MSH|^~\\&|Mindray|{escape(self.instrument)}|||{ts}||ORU^R01|{control_id}|P|2.3.1||||0||UNICODE|||",
+                f"MSH|^~\\&|Mindray|{escape(self.instrument)}|||{ts}||ORU^R01|{control_id}|P|2.3.1||||"
+                f"{2 if qc else 0}||UNICODE|||",
                 f"PID|1||{patient}^^^^MR||{last}^{first}|||U",
                 f"OBR|1|{sample}|{self.counter}|^|N||{ts}||||||||Serum|||||||||||||||||||||||||||||||||",
             ]

@@ -20,9 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
-FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert")
+FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi")
+
+# The E1381 dialect each family's analyzer speaks, where it is not the standard (the driver's link defaults).
+LINK_DIALECTS: dict[str, e1381.LinkProfile] = {
+    "snibe-maglumi": e1381.LinkProfile(frame_numbers=False, checksums=False),
+}
+
+
+def link_dialect(family: str) -> e1381.LinkProfile | None:
+    """The link profile a family's simulated analyzer speaks (None: standard LIS1-A framing)."""
+    return LINK_DIALECTS.get(family)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,8 @@ ARCHITECT_QUALITATIVE = {"580": 1.0, "531": 6.0}  # assay -> cut-off: interpreta
 HORIBA = (Param("WBC", "10^3/uL", 4.0, 10.0, 1, "26464-8"), Param("RBC", "10^6/uL", 4.0, 5.5, 2, "26453-1"),
           Param("HGB", "g/dL", 12.0, 16.0, 1, "718-7"), Param("PLT", "10^3/uL", 150, 400, 0, "777-3"),
           Param("MCV", "fL", 80, 100, 0, "30428-7"))
+MAGLUMI = (Param("TSH", "uIU/mL", 0.3, 4.5, 2), Param("FT4", "pmol/L", 12.0, 22.0, 1),
+           Param("FT3", "pmol/L", 3.1, 6.8, 2), Param("FER", "ng/mL", 30, 400, 0), Param("PCT", "ng/mL", 0.0, 0.5, 2))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -86,6 +99,7 @@ class FamilyFactory:
         build: Callable[[str, bool, str], tuple[list[str], list[ResultIdentity]]] = {
             "sysmex-xn": self._sysmex, "roche-cobas": self._cobas, "abbott-architect": self._architect,
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
+            "snibe-maglumi": self._maglumi,
         }[self.family]
         records, identities = build(sample, qc, now.strftime("%Y%m%d%H%M%S"))
         return SimMessage(tuple(r.encode("latin-1") for r in records), tuple(identities))
@@ -173,3 +187,16 @@ class FamilyFactory:
                 f"R|3|^^^{code}^^^{code}-target^Ct|^{self.rng.uniform(15, 38):.1f}|||",
                 "L|1|N"]
         return recs, [(self.instrument, sample, code, outcome)]
+
+    def _maglumi(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(MAGLUMI)
+        recs = [f"H|\\^&|||MAGLUMI|||||Host|||1|{ts}",
+                "P|1" if qc else f"P|1|{self._patient()}|||DUBOIS^MARIE||19650102|F||||||61^Y",
+                f"O|1|{sample}||" + "\\".join(f"^^^{p.code}" for p in panel)
+                + f"|R|{ts}|||||{'Q' if qc else 'N'}||||SERUM||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{p.low}-{p.high}|{'' if qc else flag}||F||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids

@@ -321,7 +321,8 @@ class AstmSession:
             stored = await self.store.commit_message(
                 instrument=self.health.id, protocol="astm", raw=event.raw, received_at=time.time(),
                 results=intake.results, destinations=self.destinations, error=intake.error, held=intake.held,
-                backlog_after_s=self.backlog_after_s)
+                backlog_after_s=self.backlog_after_s, held_results=intake.held_results,
+                hold_reason=intake.hold_reason)
         except Exception as exc:
             counters.store_failures += 1
             full = "full" in str(exc)

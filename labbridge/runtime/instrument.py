@@ -63,13 +63,13 @@ class InstrumentRunner:
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self._active: asyncio.StreamWriter | None = None
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
-                                     test_map=dict(cfg.test_map), encoding=cfg.link.encoding,
+                                     test_map=cfg.lis_test_map(), encoding=cfg.link.encoding,
                                      host_name=host_name)
 
     def decoder(self) -> InstrumentDecoder | None:
         """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
-        if not isinstance(self.driver, AstmDriver):
-            return None  # HL7 instruments decode in their session; re-decoding HL7 is not supported yet
+        if self.driver is None:
+            return None
         return InstrumentDecoder.from_config(self.cfg, self.driver, self.context)
 
     async def run(self) -> None:
@@ -226,7 +226,8 @@ class InstrumentRunner:
                                    allow_missing_cr=self.cfg.link.allow_missing_cr)
             session = Hl7Session(receiver=receiver, driver=self.driver, context=self.context, store=self.store,
                                  health=self.health, destinations=self.destinations, reader=reader,
-                                 writer=writer, on_stored=self.on_stored)
+                                 writer=writer, on_stored=self.on_stored, decoder=self.decoder(),
+                                 backlog_after_s=self.backlog_after_s)
         else:
             session = AstmSession(link=host_link(self.cfg.link), driver=self.driver, context=self.context,
                                   store=self.store, health=self.health, destinations=self.destinations,

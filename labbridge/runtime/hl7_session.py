@@ -40,13 +40,16 @@ class Hl7Session:
     def __init__(self, *, receiver: Hl7Receiver, driver: Hl7Driver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
                  writer: ByteWriter, on_stored: Callable[[], None] | None = None,
-                 decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None) -> None:
+                 decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None,
+                 attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
         self.receiver = receiver
         self.driver = driver
         self.context = context
         # The instrument's policies (expected sender, result mapping); plain decoding without one.
         self.decoder = decoder or InstrumentDecoder(driver, context)
         self.backlog_after_s = backlog_after_s
+        # On a shared listener: the health (and id) of the instrument a message was attributed to.
+        self.attribute = attribute
         self.store = store
         self.health = health
         self.destinations = destinations
@@ -115,6 +118,9 @@ class Hl7Session:
         else:
             sender_id = (msg.control_id, msg.content_digest())
             intake = self.decoder.decode_hl7(msg)
+            if intake.instrument is not None and self.attribute is not None:
+                self.health = self.attribute(intake.instrument)
+                counters = self.health.counters
             if intake.error is not None:  # a driver bug or an undecodable message: kept raw, AE with the reason
                 counters.decode_errors += 1
                 # Only text labbridge controls goes to the log and the analyzer: an arbitrary exception

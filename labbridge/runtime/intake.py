@@ -28,6 +28,8 @@ class Intake:
     held_results: list[Result] = field(default_factory=list)  # stored, kept from the LIS until released
     hold_reason: str = ""
     dropped: int = 0  # results the mapping drops (instrument-internal codes)
+    # On a shared listener: the instrument the message was attributed to (None: the session's own).
+    instrument: str | None = None
     error: str | None = None  # the driver could not decode (kept in the store, never logged)
     log_reason: str | None = None  # the same, in words labbridge controls (safe for the logs)
 

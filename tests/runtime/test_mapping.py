@@ -84,3 +84,13 @@ def test_conflicting_mapping_is_refused_with_key_paths() -> None:
              "drop_tests": ["TSH"], "hold_tests": ["TSH"]}]})
     text = str(err.value)
     assert "instruments[0].tests.HIV.code" in text and "instruments[0].hold_tests" in text
+
+
+def test_stored_hl7_messages_are_re_decoded_with_the_current_mapping() -> None:
+    """An operator's retry of an HL7 dead letter replays the stored payload through the same policies."""
+    before = decoder(GenericHl7Driver(), test_map={"GLU": "GLUC"}, unmapped_tests="dead-letter").decode_raw("hl7", HL7)
+    assert [h.kind for h in before.held] == ["unmapped"]
+    after = decoder(GenericHl7Driver(), **MAPPING).decode_raw("hl7", HL7)
+    assert not after.held and len(after.results) == 3 and len(after.held_results) == 1
+    broken = decoder(GenericHl7Driver()).decode_raw("hl7", b"not hl7")
+    assert broken.error is not None and broken.log_reason == "raw bytes not HL7"

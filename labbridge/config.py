@@ -8,6 +8,7 @@ Relative paths in the file (the store) are taken relative to the file's folder.
 from __future__ import annotations
 
 import codecs
+import ipaddress
 import tomllib
 import zoneinfo
 from pathlib import Path
@@ -129,6 +130,15 @@ class LinkConfig(_Model):
         return value
 
 
+class TestMapping(_Model):
+    """How one instrument test code is mapped (keys of ``[instruments.tests]`` are instrument codes)."""
+
+    code: str = ""  # the LIS test code (same as a test_map entry; empty: test_map, else as sent)
+    units: dict[str, str] = Field(default_factory=dict)  # instrument unit -> LIS unit, for this test
+    values: dict[str, str] = Field(default_factory=dict)  # qualitative value -> LIS word, for this test
+    action: Literal["send", "drop", "hold"] | None = None  # None: drop_tests/hold_tests decide, else send
+
+
 class InstrumentConfig(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     site: str
@@ -143,11 +153,45 @@ class InstrumentConfig(_Model):
     # until the mapping is added and the dead letter retried.
     test_map: dict[str, str] = Field(default_factory=dict)
     unmapped_tests: Literal["pass", "dead-letter"] = "pass"
+    # Result mapping, applied to every driver's output in one place (labbridge.mapping), after
+    # test_map. unit_map: the instrument's unit -> the LIS's unit. value_map: qualitative values
+    # ("POS", "+", "Reactive") -> the LIS's words (matched ignoring case and surrounding blanks).
+    unit_map: dict[str, str] = Field(default_factory=dict)
+    value_map: dict[str, str] = Field(default_factory=dict)
+    # Instrument test codes whose results are dropped (never stored as results; the raw message is
+    # kept), or held (stored and shown, not sent until an operator releases them: `outbox retry`).
+    drop_tests: list[str] = Field(default_factory=list)
+    hold_tests: list[str] = Field(default_factory=list)
+    # Per instrument test code: its LIS code, units and values (override the maps above), action.
+    tests: dict[str, TestMapping] = Field(default_factory=dict)
     # The sender name the analyzer puts in its header (ASTM H-5). If set, a message from another
     # sender is not relayed: it goes to the dead letters as "unknown sender". Empty: any sender.
     expected_sender: str = ""
+    # Identification when several instruments share one tcp-server listener (same host and port):
+    # first the peer's address (IP addresses or networks, e.g. "10.1.2.3" or "10.1.2.0/24"), then the
+    # sender name in the message (ASTM H-5 first component, HL7 MSH-3 or MSH-4), then the listener's
+    # default instrument (listener_default = true; at most one per listener).
+    peer: list[str] = Field(default_factory=list)
+    sender: list[str] = Field(default_factory=list)
+    listener_default: bool = False
     # Connected but silent for longer than this: the link is shown as idle.
     idle_after_s: Seconds = 1800.0
+
+    @field_validator("peer")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"an IP address or network (e.g. '10.1.2.3', '10.1.2.0/24'); got {item!r}") from None
+        return value
+
+    def lis_test_map(self) -> dict[str, str]:
+        """Instrument test code -> LIS code: test_map, then each [tests] entry with a code."""
+        out = dict(self.test_map)
+        out.update({code: t.code for code, t in self.tests.items() if t.code})
+        return out
 
     @field_validator("timezone")
     @classmethod
@@ -313,7 +357,7 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
     unique(config.instruments, "instruments")
     unique(config.lis, "lis")
     site_ids = {s.id for s in config.sites}
-    listeners: dict[tuple[str, int], int] = {}
+    listeners: dict[tuple[str, int], list[int]] = {}
     serial_ports: dict[str, int] = {}
     for i, inst in enumerate(config.instruments):
         if inst.site not in site_ids:
@@ -323,18 +367,80 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
         if isinstance(t, TcpServerTransport) and t.tls is not None and not (t.tls.cert and t.tls.key):
             problems.append((f"instruments[{i}].transport.tls", "a listening TLS link needs both cert and key"))
         if isinstance(t, TcpServerTransport) and t.port != 0 and inst.enabled:
-            key = (t.host, t.port)
-            if key in listeners:
-                problems.append((f"instruments[{i}].transport.port",
-                                 f"a port no other instrument listens on; {t.host}:{t.port} is already "
-                                 f"used by instruments[{listeners[key]}]"))
-            listeners.setdefault(key, i)
+            listeners.setdefault((t.host, t.port), []).append(i)
+        problems += _mapping_problems(inst, f"instruments[{i}]")
         if isinstance(t, SerialTransport) and inst.enabled:
             if t.port in serial_ports:
                 problems.append((f"instruments[{i}].transport.port",
                                  f"a serial port no other instrument uses; {t.port} is already used by "
                                  f"instruments[{serial_ports[t.port]}]"))
             serial_ports.setdefault(t.port, i)
+    for (host, port), members in listeners.items():
+        if len(members) > 1:
+            problems += shared_listener_problems(config.instruments, members, f"{host}:{port}")
+    return problems
+
+
+def _mapping_problems(inst: InstrumentConfig, where: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for code, rule in inst.tests.items():
+        if rule.code and code in inst.test_map and inst.test_map[code] != rule.code:
+            problems.append((f"{where}.tests.{code}.code",
+                             f"one LIS code per instrument code; test_map maps {code!r} to {inst.test_map[code]!r}"))
+    both = sorted(set(inst.drop_tests) & set(inst.hold_tests))
+    if both:
+        problems.append((f"{where}.hold_tests", f"a code is dropped or held, not both: {', '.join(both)} "
+                                                "also in drop_tests"))
+    return problems
+
+
+def _networks(cfg: InstrumentConfig) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(p, strict=False) for p in cfg.peer]
+
+
+def _overlap(a: InstrumentConfig, b: InstrumentConfig) -> bool:
+    """Could one message fit both? Peers overlap (both any, or networks meet) and senders overlap."""
+    if bool(a.peer) != bool(b.peer):
+        return False  # an address one of them names is matched before the other is considered
+    if a.peer and not any(x.overlaps(y) for x in _networks(a) for y in _networks(b)
+                          if x.version == y.version):
+        return False
+    if bool(a.sender) != bool(b.sender):
+        return False  # a named sender is matched before one without a name
+    return not a.sender or bool(set(a.sender) & set(b.sender))
+
+
+def shared_listener_problems(instruments: list[InstrumentConfig], members: list[int],
+                             address: str) -> list[tuple[str, str]]:
+    """Instruments on one listener must agree on the link and be told apart (see :mod:`labbridge.sharing`)."""
+    problems: list[tuple[str, str]] = []
+    first = instruments[members[0]]
+    assert isinstance(first.transport, TcpServerTransport)
+    defaults = [i for i in members if instruments[i].listener_default]
+    for i in members[1:]:
+        inst = instruments[i]
+        t = inst.transport
+        assert isinstance(t, TcpServerTransport)
+        if inst.link != first.link or t != first.transport:
+            problems.append((f"instruments[{i}].link",
+                             f"the same transport and link settings as instruments[{members[0]}], which shares "
+                             f"{address} with it (bytes are read before the sender is known)"))
+    problems.extend((f"instruments[{i}].listener_default",
+                     f"one default per listener; instruments[{defaults[0]}] is already the default on {address}")
+                    for i in defaults[1:])
+    for n, i in enumerate(members):
+        a = instruments[i]
+        if not a.peer and not a.sender and not a.listener_default:
+            problems.append((f"instruments[{i}].sender",
+                             f"instruments sharing {address} must be told apart: set peer (its IP address), "
+                             "sender (its name in ASTM H-5 or HL7 MSH-3/MSH-4), or make it the listener_default"))
+            continue
+        for j in members[n + 1:]:
+            b = instruments[j]
+            if (a.peer or a.sender) and (b.peer or b.sender) and _overlap(a, b):
+                problems.append((f"instruments[{j}].sender",
+                                 f"instruments[{i}] and instruments[{j}] share {address} and cannot be told apart: "
+                                 "their peer addresses and sender names overlap; give each its own"))
     return problems
 
 

@@ -67,13 +67,16 @@ class AstmSession:
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
                  writer: ByteWriter, on_stored: Callable[[], None] | None = None,
                  orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None,
-                 decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None) -> None:
+                 decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None,
+                 attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
         self.link = link
         self.driver = driver
         self.context = context
         # The instrument's policies (unmapped test codes, expected sender); plain decoding without one.
         self.decoder = decoder or InstrumentDecoder(driver, context)
         self.backlog_after_s = backlog_after_s
+        # On a shared listener: the health (and id) of the instrument a message was attributed to.
+        self.attribute = attribute
         self.store = store
         self.health = health
         self.destinations = destinations
@@ -310,6 +313,9 @@ class AstmSession:
         """Decode and commit; the message's host queries once it is stored, None if it is not."""
         counters = self.health.counters
         intake = self.decoder.decode_records(event.records)
+        if intake.instrument is not None and self.attribute is not None:
+            self.health = self.attribute(intake.instrument)
+            counters = self.health.counters
         if intake.error is not None:  # kept in the store next to the raw message, and dead-lettered
             counters.decode_errors += 1
             # The log gets only text labbridge controls: an arbitrary exception may quote patient data.
@@ -321,7 +327,8 @@ class AstmSession:
             stored = await self.store.commit_message(
                 instrument=self.health.id, protocol="astm", raw=event.raw, received_at=time.time(),
                 results=intake.results, destinations=self.destinations, error=intake.error, held=intake.held,
-                backlog_after_s=self.backlog_after_s)
+                backlog_after_s=self.backlog_after_s, held_results=intake.held_results,
+                hold_reason=intake.hold_reason)
         except Exception as exc:
             counters.store_failures += 1
             full = "full" in str(exc)

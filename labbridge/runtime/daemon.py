@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from labbridge.config import Config
+from labbridge.config import Config, TcpServerTransport
 from labbridge.driver import AstmDriver, Hl7Driver, load_driver
 from labbridge.errors import DriverError
 from labbridge.logs import get_logger
@@ -27,6 +27,7 @@ from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.operations import Operations
 from labbridge.runtime.order_store import SqliteOrderSource
 from labbridge.runtime.relay import Relay
+from labbridge.runtime.shared import SharedListener
 from labbridge.runtime.store import Retention, Store, wall_clock
 
 log = get_logger("labbridge.daemon")
@@ -86,6 +87,14 @@ class Daemon:
                                                      store=self.store, destinations=destinations,
                                                      on_stored=self._wake_relays, orders=self.orders,
                                                      backlog_after_s=config.backlog.older_than_s)
+        # Instruments that share one tcp-server host:port (told apart per connection or per message).
+        listeners: dict[tuple[str, int], list[InstrumentRunner]] = {}
+        for runner in self.runners.values():
+            t = runner.cfg.transport
+            if isinstance(t, TcpServerTransport) and t.port != 0 and runner.cfg.enabled:
+                listeners.setdefault((t.host, t.port), []).append(runner)
+        self.shared = [SharedListener(group) for group in listeners.values() if len(group) > 1]
+        self._shared_ids = {ident for listener in self.shared for ident in listener.runners}
         self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
@@ -148,7 +157,8 @@ class Daemon:
         try:
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
-                         for r in self.runners.values())
+                         for r in self.runners.values() if r.cfg.id not in self._shared_ids)
+            tasks.extend(asyncio.create_task(self._supervise(f"listener:{s.address}", s.run)) for s in self.shared)
             tasks.extend(asyncio.create_task(self._supervise(f"relay:{r.dest.id}", r.run)) for r in self.relays)
             if self.config.http.enabled:
                 from labbridge.web.server import WebServer

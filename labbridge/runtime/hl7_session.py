@@ -22,14 +22,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from labbridge.driver import DecodeContext, Hl7Driver
-from labbridge.errors import DecodeError
 from labbridge.logs import get_logger
-from labbridge.model import Result
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Event, Hl7Received, Hl7Receiver, Outcome
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
 from labbridge.runtime.astm_session import ByteWriter
 from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.intake import InstrumentDecoder, Intake
 from labbridge.runtime.store import Store
 
 log = get_logger("labbridge.hl7")
@@ -40,10 +39,17 @@ READ_SIZE = 64 * 1024
 class Hl7Session:
     def __init__(self, *, receiver: Hl7Receiver, driver: Hl7Driver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
-                 writer: ByteWriter, on_stored: Callable[[], None] | None = None) -> None:
+                 writer: ByteWriter, on_stored: Callable[[], None] | None = None,
+                 decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None,
+                 attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
         self.receiver = receiver
         self.driver = driver
         self.context = context
+        # The instrument's policies (expected sender, result mapping); plain decoding without one.
+        self.decoder = decoder or InstrumentDecoder(driver, context)
+        self.backlog_after_s = backlog_after_s
+        # On a shared listener: the health (and id) of the instrument a message was attributed to.
+        self.attribute = attribute
         self.store = store
         self.health = health
         self.destinations = destinations
@@ -92,7 +98,7 @@ class Hl7Session:
     async def _message(self, event: Hl7Received) -> None:
         counters = self.health.counters
         msg = event.message
-        results: list[Result] = []
+        intake = Intake()
         error: str | None = None
         outcome = Outcome.ACCEPTED
         error_code = ""
@@ -111,22 +117,28 @@ class Hl7Session:
             log.warning("unsupported_message_type", instrument=self.health.id, message_type=msg.message_type[:20])
         else:
             sender_id = (msg.control_id, msg.content_digest())
-            try:
-                results = self.driver.decode(msg, self.context).results
-            except Exception as exc:  # a driver bug or an undecodable message: kept raw, AE with the reason
+            intake = self.decoder.decode_hl7(msg)
+            if intake.instrument is not None and self.attribute is not None:
+                self.health = self.attribute(intake.instrument)
+                counters = self.health.counters
+            if intake.error is not None:  # a driver bug or an undecodable message: kept raw, AE with the reason
                 counters.decode_errors += 1
                 # Only text labbridge controls goes to the log and the analyzer: an arbitrary exception
                 # may quote patient data. The store keeps the full text next to the raw message.
-                reason = exc.reason if isinstance(exc, DecodeError) else f"internal error ({type(exc).__name__})"
-                error = f"{type(exc).__name__}: {exc}"
+                reason = intake.log_reason or "internal error"
+                error = intake.error
                 outcome, error_code = Outcome.ERROR, ERR_INTERNAL
                 log.warning("decode_failed", instrument=self.health.id, driver=self.driver.name, reason=reason)
                 error_text = reason
+            for held in intake.held:
+                log.warning("message_held", instrument=self.health.id, kind=held.kind)
         stored_ok = True
         try:
             stored = await self.store.commit_message(
                 instrument=self.health.id, protocol="hl7", raw=event.raw, received_at=time.time(),
-                results=results, destinations=self.destinations, error=error, sender_id=sender_id)
+                results=intake.results, destinations=self.destinations, error=error, sender_id=sender_id,
+                held=intake.held, held_results=intake.held_results, hold_reason=intake.hold_reason,
+                backlog_after_s=self.backlog_after_s)
         except Exception as exc:
             stored_ok = False
             counters.store_failures += 1
@@ -146,7 +158,7 @@ class Hl7Session:
             self.health.last_message_at = time.time()
             log.info("message_stored", instrument=self.health.id, message_id=stored.message_id,
                      results=stored.new_results, duplicates=stored.duplicate_results)
-            if self.on_stored is not None and stored.outbox_ids:
+            if self.on_stored is not None and (stored.outbox_ids or intake.held or error):
                 self.on_stored()
         if not stored_ok:
             text = "labbridge could not store the message; send it again later"

@@ -12,6 +12,7 @@ import errno
 import ssl
 import zoneinfo
 from collections.abc import Callable
+from typing import Any
 
 from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
@@ -63,13 +64,13 @@ class InstrumentRunner:
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self._active: asyncio.StreamWriter | None = None
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
-                                     test_map=dict(cfg.test_map), encoding=cfg.link.encoding,
+                                     test_map=cfg.lis_test_map(), encoding=cfg.link.encoding,
                                      host_name=host_name)
 
     def decoder(self) -> InstrumentDecoder | None:
         """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
-        if not isinstance(self.driver, AstmDriver):
-            return None  # HL7 instruments decode in their session; re-decoding HL7 is not supported yet
+        if self.driver is None:
+            return None
         return InstrumentDecoder.from_config(self.cfg, self.driver, self.context)
 
     async def run(self) -> None:
@@ -207,36 +208,48 @@ class InstrumentRunner:
 
     # ---- one connection ------------------------------------------------------------------------
 
-    async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                           **routed: Any) -> None:
         try:
-            await self._run_link(reader, writer, peer)
+            await self._run_link(reader, writer, peer, **routed)
         finally:
             writer.close()
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _run_link(self, reader: asyncio.StreamReader, writer: ByteWriter, peer: str) -> None:
+    async def _run_link(self, reader: asyncio.StreamReader, writer: ByteWriter, peer: str, *,
+                        decoder: InstrumentDecoder | None = None, health: InstrumentHealth | None = None,
+                        attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
+        """One connection. On a shared listener (``attribute`` given), the connection starts on its own
+        ``health`` and each message is attributed by ``decoder`` (see runtime/shared.py)."""
         assert self.driver is not None
-        self.health.counters.connections += 1
-        self.health.peer = peer
-        self.health.set_state("up", f"analyzer connected from {peer}")
+        if health is None:
+            health = self.health
+            health.counters.connections += 1
+            health.peer = peer
+            health.set_state("up", f"analyzer connected from {peer}")
+        decoder = decoder or self.decoder()
         session: AstmSession | Hl7Session
         if isinstance(self.driver, Hl7Driver):
             receiver = Hl7Receiver(default_charset=self.cfg.link.encoding,
                                    allow_missing_cr=self.cfg.link.allow_missing_cr)
             session = Hl7Session(receiver=receiver, driver=self.driver, context=self.context, store=self.store,
-                                 health=self.health, destinations=self.destinations, reader=reader,
-                                 writer=writer, on_stored=self.on_stored)
+                                 health=health, destinations=self.destinations, reader=reader,
+                                 writer=writer, on_stored=self.on_stored, decoder=decoder,
+                                 backlog_after_s=self.backlog_after_s, attribute=attribute)
         else:
+            # A connection shared by several instruments answers no host queries and gets no order
+            # pushes: orders belong to one instrument (not yet supported there).
             session = AstmSession(link=host_link(self.cfg.link), driver=self.driver, context=self.context,
-                                  store=self.store, health=self.health, destinations=self.destinations,
-                                  reader=reader, writer=writer, on_stored=self.on_stored, orders=self.orders,
-                                  site=self.cfg.site, wakeup=self.orders_wakeup, decoder=self.decoder(),
-                                  backlog_after_s=self.backlog_after_s)
+                                  store=self.store, health=health, destinations=self.destinations,
+                                  reader=reader, writer=writer, on_stored=self.on_stored,
+                                  orders=self.orders if attribute is None else None,
+                                  site=self.cfg.site, wakeup=self.orders_wakeup, decoder=decoder,
+                                  backlog_after_s=self.backlog_after_s, attribute=attribute)
         try:
             await session.run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # isolation: a bug on one link is logged and shown, never spreads
-            log.exception("session_crashed", instrument=self.cfg.id, error=type(exc).__name__)
-            self.health.set_state("down", f"internal error on this link ({type(exc).__name__}); reconnecting")
+            log.exception("session_crashed", instrument=health.id, error=type(exc).__name__)
+            health.set_state("down", f"internal error on this link ({type(exc).__name__}); reconnecting")

@@ -1,5 +1,7 @@
 """From a received message to what the store keeps: decode with the driver, then apply the instrument's
-policies (unmapped test codes, expected sender). Pure: no I/O, so the same code serves a live link and
+policies (expected sender, then the result mapping of :mod:`labbridge.mapping`: test codes, units,
+qualitative values, drop, hold, unmapped codes), the same for ASTM and HL7 drivers. Pure: no I/O, so
+the same code serves a live link and
 an operator's retry, which re-decodes the stored raw bytes with the current driver and config.
 """
 
@@ -9,9 +11,11 @@ import zoneinfo
 from dataclasses import dataclass, field
 
 from labbridge.config import InstrumentConfig, LinkConfig
-from labbridge.driver import AstmDriver, DecodeContext
+from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
 from labbridge.errors import DecodeError
-from labbridge.model import HostQuery, Result
+from labbridge.mapping import ResultMapper
+from labbridge.model import Decoded, HostQuery, Result
+from labbridge.protocols.hl7_parse import Hl7Message, parse_message
 from labbridge.runtime.links import records_from_raw
 from labbridge.runtime.store import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
 
@@ -21,38 +25,62 @@ class Intake:
     results: list[Result] = field(default_factory=list)
     queries: list[HostQuery] = field(default_factory=list)  # host queries, answered once the message is stored
     held: list[Held] = field(default_factory=list)
+    held_results: list[Result] = field(default_factory=list)  # stored, kept from the LIS until released
+    hold_reason: str = ""
+    dropped: int = 0  # results the mapping drops (instrument-internal codes)
+    # On a shared listener: the instrument the message was attributed to (None: the session's own).
+    instrument: str | None = None
     error: str | None = None  # the driver could not decode (kept in the store, never logged)
     log_reason: str | None = None  # the same, in words labbridge controls (safe for the logs)
 
 
 def decode_context(cfg: InstrumentConfig) -> DecodeContext:
-    return DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone), test_map=dict(cfg.test_map),
+    return DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone), test_map=cfg.lis_test_map(),
                          encoding=cfg.link.encoding)
 
 
 class InstrumentDecoder:
     """One instrument's driver and policies, applied to one message."""
 
-    def __init__(self, driver: AstmDriver, context: DecodeContext, *, unmapped_tests: str = "pass",
-                 expected_sender: str = "", link: LinkConfig | None = None) -> None:
+    def __init__(self, driver: AstmDriver | Hl7Driver, context: DecodeContext, *, unmapped_tests: str = "pass",
+                 expected_sender: str = "", link: LinkConfig | None = None,
+                 mapper: ResultMapper | None = None) -> None:
         self.driver = driver
         self.context = context
         self.unmapped_tests = unmapped_tests
         self.expected_sender = expected_sender
         self.link = link or LinkConfig()
+        self.mapper = mapper or ResultMapper(test_map=context.test_map, unmapped_tests=unmapped_tests)
 
     @classmethod
-    def from_config(cls, cfg: InstrumentConfig, driver: AstmDriver,
+    def from_config(cls, cfg: InstrumentConfig, driver: AstmDriver | Hl7Driver,
                     context: DecodeContext | None = None) -> InstrumentDecoder:
         return cls(driver, context or decode_context(cfg), unmapped_tests=cfg.unmapped_tests,
-                   expected_sender=cfg.expected_sender, link=cfg.link)
+                   expected_sender=cfg.expected_sender, link=cfg.link, mapper=ResultMapper.from_config(cfg))
 
     def decode_records(self, records: tuple[bytes, ...] | list[bytes]) -> Intake:
+        if not isinstance(self.driver, AstmDriver):
+            return Intake(error=f"driver {self.driver.name} decodes HL7, not ASTM records",
+                          log_reason="protocol mismatch")
         try:
             decoded = self.driver.decode(records, self.context)
         except Exception as exc:  # a driver bug or an undecodable message: kept raw, dead-lettered
             reason = exc.reason if isinstance(exc, DecodeError) else type(exc).__name__
             return Intake(error=f"{type(exc).__name__}: {exc}", log_reason=reason)
+        return self.apply(decoded)
+
+    def decode_hl7(self, message: Hl7Message) -> Intake:
+        if not isinstance(self.driver, Hl7Driver):
+            return Intake(error=f"driver {self.driver.name} decodes ASTM, not HL7", log_reason="protocol mismatch")
+        try:
+            decoded = self.driver.decode(message, self.context)
+        except Exception as exc:  # a driver bug or an undecodable message: kept raw, dead-lettered
+            reason = exc.reason if isinstance(exc, DecodeError) else f"internal error ({type(exc).__name__})"
+            return Intake(error=f"{type(exc).__name__}: {exc}", log_reason=reason)
+        return self.apply(decoded)
+
+    def apply(self, decoded: Decoded) -> Intake:
+        """The instrument's policies on what its driver decoded: expected sender, then the mapping."""
         out = Intake(queries=list(decoded.queries))
         expected = self.expected_sender
         instrument = self.context.instrument
@@ -61,23 +89,31 @@ class InstrumentDecoder:
                                  f"unknown sender {decoded.sender!r} (instrument {instrument} expects "
                                  f"{expected!r}): check which analyzer is connected, or expected_sender"))
             return out
-        if self.unmapped_tests == "dead-letter":
-            unmapped = sorted({r.instrument_test_code for r in decoded.results
-                               if r.instrument_test_code not in self.context.test_map})
-            if unmapped:
-                out.held.append(Held(DEAD_UNMAPPED,
-                                     f"unmapped test code(s) {', '.join(unmapped)} from instrument {instrument}: "
-                                     "add them to its test_map, then retry this dead letter"))
-            out.results = [r for r in decoded.results if r.instrument_test_code in self.context.test_map]
-        else:
-            out.results = list(decoded.results)
+        mapped = self.mapper.apply(decoded.results)
+        if mapped.unmapped:
+            out.held.append(Held(DEAD_UNMAPPED,
+                                 f"unmapped test code(s) {', '.join(mapped.unmapped)} from instrument {instrument}: "
+                                 "add them to its test_map, then retry this dead letter"))
+        out.results = mapped.results
+        out.held_results = mapped.held
+        out.dropped = mapped.dropped
+        if mapped.held:
+            codes = ", ".join(sorted({r.instrument_test_code for r in mapped.held}))
+            out.hold_reason = (f"held by configuration (test code(s) {codes} of instrument {instrument}): "
+                               "release with `labbridge outbox retry`")
         return out
 
     def decode_raw(self, protocol: str, raw: bytes) -> Intake:
         """Re-decode a stored message from its raw bytes (as received, framing included)."""
+        if protocol == "hl7":
+            try:
+                message = parse_message(raw, default_charset=self.link.encoding)
+            except Exception as exc:
+                return Intake(error=f"the stored raw bytes are not one HL7 message: {exc}",
+                              log_reason="raw bytes not HL7")
+            return self.decode_hl7(message)
         if protocol != "astm":
-            return Intake(error=f"cannot re-decode {protocol!r} messages on an ASTM instrument",
-                          log_reason="protocol mismatch")
+            return Intake(error=f"cannot re-decode {protocol!r} messages", log_reason="protocol mismatch")
         records = records_from_raw(self.link, raw)
         if records is None:
             return Intake(error=f"the stored raw bytes do not hold one whole message ({self.link.framing} framing)",

@@ -1,8 +1,9 @@
 """The operator's outbox actions, shared by the daemon's HTTP API and the offline CLI (daemon stopped).
 
-Retrying a dead letter the LIS refused puts it back in line. Retrying one that labbridge held (no driver
-could decode it, an unmapped test code, an unknown sender) re-decodes the stored raw message with the
-driver and config in force now, so fixing the mapping and retrying is enough. Every action is written
+Retrying a dead letter the LIS refused, or results the mapping held (kind ``held``: this releases
+them), puts it back in line. Retrying one that labbridge held back (no driver could decode it, an
+unmapped test code, an unknown sender) re-decodes the stored raw message with the driver and config in
+force now, so fixing the mapping and retrying is enough. Every action is written
 to the audit table with who, when and why, in the same transaction as the change itself.
 """
 
@@ -56,7 +57,8 @@ class Operations:
             held.insert(0, Held(DEAD_UNDECODABLE, f"no driver could decode this message: {intake.error}"))
         return await self.store.apply_redecode(item_id, results=intake.results, held=held, actor=actor,
                                                reason=reason, now=wall_clock(),
-                                               backlog_after_s=self.backlog_after_s)
+                                               backlog_after_s=self.backlog_after_s,
+                                               held_results=intake.held_results, hold_reason=intake.hold_reason)
 
     async def purge(self, *, item_ids: Sequence[int] | None, state: str | None, older_than_s: float | None,
                     actor: str, reason: str) -> dict[str, Any]:

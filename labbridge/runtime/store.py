@@ -140,7 +140,7 @@ def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) ->
 
 def _migrate_outbox_operations(conn: sqlite3.Connection) -> None:
     """Dead-letter kinds, backlog flag, the audit trail."""
-    # dead_kind: lis-rejected | undelivered | undecodable | unmapped | unknown-sender (NULL while alive)
+    # dead_kind: lis-rejected | undelivered | undecodable | unmapped | unknown-sender | held (NULL while alive)
     _add_column(conn, "outbox", "dead_kind", "TEXT")
     _add_column(conn, "outbox", "backlog", "INTEGER NOT NULL DEFAULT 0")
     _add_column(conn, "results", "backlog", "INTEGER NOT NULL DEFAULT 0")
@@ -198,6 +198,9 @@ DEAD_UNDELIVERED = "undelivered"
 DEAD_UNDECODABLE = "undecodable"
 DEAD_UNMAPPED = "unmapped"
 DEAD_UNKNOWN_SENDER = "unknown-sender"
+# Results the instrument's mapping holds back (hold_tests): stored, not sent until an operator
+# releases them with a retry (which puts them in line as they are, no re-decoding).
+DEAD_HELD = "held"
 # Kinds fixed by re-decoding the stored raw message with the current driver and config.
 REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
 
@@ -315,8 +318,11 @@ def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, 
 
 def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str,
                   rows: Sequence[tuple[int, Result]], received_at: float,
-                  backlog_after_s: float | None) -> list[int]:
-    """One outbox item per sample; the same group of results (same key) is never queued twice."""
+                  backlog_after_s: float | None, hold: Held | None = None) -> list[int]:
+    """One outbox item per sample; the same group of results (same key) is never queued twice.
+
+    With ``hold``, the items start in the dead letters with its kind and reason (released by a retry).
+    """
     ids: list[int] = []
     for group in _group_by_sample(rows).values():
         group_key = group_key_for([r for _, r in group])
@@ -324,11 +330,14 @@ def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int
         result_ids = [rid for rid, _ in group]
         cur = conn.execute(
             "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument,"
-            " result_ids, created_at, next_attempt_at, backlog) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " result_ids, created_at, next_attempt_at, backlog, state, dead_kind, last_error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (destination, group_key, control_id_for(group_key), message_id, instrument, json.dumps(result_ids),
-             received_at, received_at, int(backlog)))
+             received_at, received_at, int(backlog), "pending" if hold is None else "dead",
+             None if hold is None else hold.kind, None if hold is None else hold.reason))
         if cur.rowcount == 1 and cur.lastrowid is not None:
-            ids.append(cur.lastrowid)
+            if hold is None:
+                ids.append(cur.lastrowid)
             if backlog:
                 marks = ",".join("?" * len(result_ids))
                 conn.execute(f"UPDATE results SET backlog = 1 WHERE id IN ({marks})", result_ids)
@@ -520,7 +529,8 @@ class Store:
     async def commit_message(self, *, instrument: str, protocol: str, raw: bytes, received_at: float,
                              results: Sequence[Result], destinations: Sequence[str],
                              error: str | None = None, sender_id: tuple[str, str] | None = None,
-                             held: Sequence[Held] = (), backlog_after_s: float | None = None) -> StoredMessage:
+                             held: Sequence[Held] = (), backlog_after_s: float | None = None,
+                             held_results: Sequence[Result] = (), hold_reason: str = "") -> StoredMessage:
         """Store one whole message, its results and their outbox entries in one durable transaction.
 
         A result already stored for this instrument (same content key) is counted as a duplicate and
@@ -528,7 +538,9 @@ class Store:
         a message already stored under both is not stored again (``duplicate``). ``error`` (the driver
         could not decode it) and each ``held`` entry (e.g. an unmapped test code) become one dead letter
         per destination, naming the reason. A group of results all measured more than ``backlog_after_s``
-        before ``received_at`` is flagged as backlog. Returns only after the commit is on disk.
+        before ``received_at`` is flagged as backlog. ``held_results`` are stored like the others, but
+        their outbox items start in the dead letters (kind ``held``, ``hold_reason``) until released.
+        Returns only after the commit is on disk.
         """
         dead = list(held)
         if error is not None:
@@ -547,8 +559,12 @@ class Store:
             message_id = cur.lastrowid
             assert message_id is not None
             new, duplicates = _insert_results(conn, message_id, instrument, results, received_at)
+            new_held: Sequence[tuple[int, Result]] = ()
+            if held_results:
+                new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at)
+                duplicates += held_duplicates
             conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
-                         (len(new), duplicates, message_id))
+                         (len(new) + len(new_held), duplicates, message_id))
             if sender_id is not None and error is None:
                 conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
                              " VALUES (?, ?, ?, ?)", (instrument, *sender_id, message_id))
@@ -556,6 +572,10 @@ class Store:
             for destination in destinations:
                 outbox_ids += _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
                                             rows=new, received_at=received_at, backlog_after_s=backlog_after_s)
+                if new_held:
+                    _queue_groups(conn, destination, message_id=message_id, instrument=instrument, rows=new_held,
+                                  received_at=received_at, backlog_after_s=backlog_after_s,
+                                  hold=Held(DEAD_HELD, hold_reason or "held by configuration"))
                 for entry in dead:
                     _insert_dead(conn, destination, message_id=message_id, instrument=instrument, entry=entry,
                                  at=received_at)
@@ -645,7 +665,8 @@ class Store:
 
     async def apply_redecode(self, item_id: int, *, results: Sequence[Result], held: Sequence[Held],
                              actor: str, reason: str, now: float,
-                             backlog_after_s: float | None = None) -> dict[str, Any]:
+                             backlog_after_s: float | None = None, held_results: Sequence[Result] = (),
+                             hold_reason: str = "") -> dict[str, Any]:
         """Record what re-decoding a dead letter's raw message gave (with the current driver and config).
 
         Results not yet sent to this destination are queued for it (never one it already has); if
@@ -660,18 +681,26 @@ class Store:
             destination, message_id, instrument, state, kind, last_error, created_at = row
             if state != "dead" or kind not in REDECODE_KINDS:
                 return {"id": item_id, "outcome": f"not-a-redecode-dead-letter ({state}, {kind})"}
-            _insert_results(conn, message_id, instrument, results, created_at)
-            to_send: list[tuple[int, Result]] = []
-            for result in results:
-                rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND key = ?",
-                                         (instrument, result.idempotency_key())).fetchone()
-                already = conn.execute(
-                    "SELECT 1 FROM outbox o, json_each(o.result_ids) j WHERE o.destination = ?"
-                    " AND o.instrument = ? AND j.value = ? LIMIT 1", (destination, instrument, rid)).fetchone()
-                if already is None:
-                    to_send.append((rid, Result.from_json(json.loads(data))))
-            queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument, rows=to_send,
-                                   received_at=created_at, backlog_after_s=backlog_after_s)
+            def not_yet_queued(batch: Sequence[Result]) -> list[tuple[int, Result]]:
+                _insert_results(conn, message_id, instrument, batch, created_at)
+                rows: list[tuple[int, Result]] = []
+                for result in batch:
+                    rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND key = ?",
+                                             (instrument, result.idempotency_key())).fetchone()
+                    already = conn.execute(
+                        "SELECT 1 FROM outbox o, json_each(o.result_ids) j WHERE o.destination = ?"
+                        " AND o.instrument = ? AND j.value = ? LIMIT 1", (destination, instrument, rid)).fetchone()
+                    if already is None:
+                        rows.append((rid, Result.from_json(json.loads(data))))
+                return rows
+
+            queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
+                                   rows=not_yet_queued(results), received_at=created_at,
+                                   backlog_after_s=backlog_after_s)
+            if held_results:
+                _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
+                              rows=not_yet_queued(held_results), received_at=created_at,
+                              backlog_after_s=backlog_after_s, hold=Held(DEAD_HELD, hold_reason or "held"))
             detail: dict[str, Any] = {"previous_error": last_error, "dead_kind": kind, "results": len(results),
                                       "queued_items": queued}
             if held:

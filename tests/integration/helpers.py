@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -89,3 +90,14 @@ async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback port free right now, for tests where several instruments must share one known port.
+
+    (A port-0 listener cannot be shared by configuration.) Another process could take it before the
+    daemon binds; the daemon then reports the port as busy and the test fails loudly, never silently.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

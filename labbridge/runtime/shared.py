@@ -1,0 +1,178 @@
+"""One tcp-server listener shared by several instruments (same host and port in the config).
+
+The listener binds once. For each connection it asks :class:`labbridge.sharing.SenderRouter`:
+
+* the peer's address decides (an instrument's ``peer`` list, or the listener's default for an address
+  nobody names): the connection is handed to that instrument's runner, exactly as if it had its own
+  port (its second-connection policy, its health, its host queries and order pushes);
+* several instruments remain: the connection runs with a :class:`RoutingDecoder`, which attributes
+  each message by its sender name (ASTM H-5, HL7 MSH-3/MSH-4), then to the default. The message is
+  stored under, and counted on, the instrument it was attributed to, and that instrument shows the
+  connection (up, with its peer) until it closes. A message nothing attributes is stored under
+  ``unknown@HOST:PORT`` and dead-lettered as ``unknown-sender``: never attributed to a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+from collections.abc import Callable
+
+from labbridge.config import InstrumentConfig, TcpServerTransport
+from labbridge.logs import get_logger
+from labbridge.protocols.hl7_parse import Hl7Message
+from labbridge.runtime.backoff import backoff_delay
+from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.instrument import BIND_RETRY_S, InstrumentRunner
+from labbridge.runtime.intake import InstrumentDecoder, Intake
+from labbridge.runtime.store import DEAD_UNKNOWN_SENDER, Held
+from labbridge.sharing import SenderRouter, astm_sender_names, hl7_sender_names
+
+log = get_logger("labbridge.shared")
+
+
+class RoutingDecoder(InstrumentDecoder):
+    """Attributes each message to one instrument of a shared listener, then applies that one's policies."""
+
+    def __init__(self, router: SenderRouter, candidates: list[InstrumentConfig],
+                 decoders: dict[str, InstrumentDecoder], unknown_id: str) -> None:
+        first = next(iter(decoders.values()))
+        super().__init__(first.driver, first.context, link=first.link)
+        self.router = router
+        self.candidates = candidates
+        self.decoders = decoders
+        self.unknown_id = unknown_id
+
+    def decode_records(self, records: tuple[bytes, ...] | list[bytes]) -> Intake:
+        names = astm_sender_names(records, self.link.encoding)
+        return self._route(names, lambda d: d.decode_records(records))
+
+    def decode_hl7(self, message: Hl7Message) -> Intake:
+        return self._route(hl7_sender_names(message), lambda d: d.decode_hl7(message))
+
+    def _route(self, names: list[str], decode: Callable[[InstrumentDecoder], Intake]) -> Intake:
+        cfg = self.router.by_sender(self.candidates, names)
+        said = ", ".join(repr(n) for n in names) or "no sender name"
+        if cfg is None:
+            why = (f"unknown sender ({said}) on the shared listener {self.router.address}: no instrument's peer "
+                   "or sender setting matches it and the listener has no listener_default; add its name to "
+                   "the right instrument's sender list, then retry")
+        elif cfg.id not in self.decoders:
+            why = (f"sender ({said}) on the shared listener {self.router.address} is instrument {cfg.id}, whose "
+                   "driver cannot be used: see its health")
+        else:
+            intake = decode(self.decoders[cfg.id])
+            intake.instrument = cfg.id
+            return intake
+        return Intake(held=[Held(DEAD_UNKNOWN_SENDER, why)], instrument=self.unknown_id)
+
+
+class SharedListener:
+    def __init__(self, runners: list[InstrumentRunner]) -> None:
+        self.runners = {r.cfg.id: r for r in runners}
+        transport = runners[0].cfg.transport
+        assert isinstance(transport, TcpServerTransport)
+        self.transport = transport
+        self.address = f"{transport.host}:{transport.port}"
+        self.router = SenderRouter([r.cfg for r in runners], self.address)
+        self.unknown_id = f"unknown@{self.address}"
+        self._attributed: dict[str, int] = {}  # routed connections currently shown on each instrument
+
+    @property
+    def usable(self) -> list[InstrumentRunner]:
+        return [r for r in self.runners.values() if r.driver is not None]
+
+    async def run(self) -> None:
+        from labbridge.runtime.tls import server_context
+
+        for runner in self.runners.values():
+            if runner.driver is None:
+                runner.health.set_state("failed", f"driver cannot be used: {runner.driver_error}")
+                runner.ready.set()
+        try:
+            t = self.transport
+            ssl_ctx = server_context(t.tls) if t.tls is not None else None
+            attempt = 0
+            while True:
+                try:
+                    server = await asyncio.start_server(self._on_client, t.host, t.port, ssl=ssl_ctx)
+                    break
+                except OSError as exc:
+                    hint = ("another program (or another labbridge) already uses this port"
+                            if exc.errno == errno.EADDRINUSE else "check the host address in the config")
+                    for runner in self.usable:
+                        runner.health.set_state("failed", f"cannot listen on {self.address} (shared): "
+                                                          f"{exc.strerror or exc}; {hint}")
+                        runner.ready.set()
+                    await asyncio.sleep(backoff_delay(attempt, 1.0, BIND_RETRY_S))
+                    attempt += 1
+            sockname = server.sockets[0].getsockname()
+            bound = (str(sockname[0]), int(sockname[1]))
+            for runner in self.usable:
+                runner.bound = bound
+                runner.health.listening = f"{bound[0]}:{bound[1]}"
+                runner.health.set_state("down", f"listening on port {bound[1]} (shared with "
+                                                f"{len(self.runners) - 1} other instrument(s)); no analyzer "
+                                                "connected yet: set the analyzer's host address to this machine, "
+                                                f"port {bound[1]}")
+                runner.ready.set()
+            async with server:
+                await server.serve_forever()
+        finally:
+            for runner in self.runners.values():
+                runner.ready.set()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_ip = str(peer[0]) if peer else ""
+        peer_label = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        chosen = self.router.at_connect(peer_ip)
+        if chosen is not None:
+            runner = self.runners[chosen.id]
+            if runner.driver is not None:
+                await runner._on_client(reader, writer)
+                return
+            log.warning("shared_connection_refused", listener=self.address, instrument=chosen.id,
+                        reason="driver cannot be used")
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        candidates = self.router.by_peer(peer_ip)
+        decoders = {r.cfg.id: d for r in self.usable if (d := r.decoder()) is not None}
+        if not decoders:
+            writer.close()
+            return
+        routing = RoutingDecoder(self.router, candidates, decoders, self.unknown_id)
+        owner = self.usable[0]
+        connection = InstrumentHealth(id=self.unknown_id, site=owner.cfg.site, driver=owner.cfg.driver,
+                                      name="", transport=owner.health.transport, idle_after_s=owner.cfg.idle_after_s)
+        connection.peer = peer_label
+        shown: set[str] = set()
+
+        def attribute(instrument_id: str) -> InstrumentHealth:
+            runner = self.runners.get(instrument_id)
+            if runner is None:
+                return connection
+            if instrument_id not in shown:
+                shown.add(instrument_id)
+                self._attributed[instrument_id] = self._attributed.get(instrument_id, 0) + 1
+                runner.health.counters.connections += 1
+                runner.health.peer = peer_label
+                runner.health.set_state("up", f"analyzer connected from {peer_label}, recognised by its "
+                                              "sender name on a shared port")
+                log.info("shared_connection_attributed", listener=self.address, instrument=instrument_id)
+            return runner.health
+
+        try:
+            await owner._run_session(reader, writer, peer_label, decoder=routing, health=connection,
+                                     attribute=attribute)
+        finally:
+            for instrument_id in shown:
+                self._attributed[instrument_id] -= 1
+                runner = self.runners[instrument_id]
+                if self._attributed[instrument_id] == 0 and runner._active is None:
+                    runner.health.peer = None
+                    runner.health.set_state("down", f"analyzer disconnected; listening on shared port "
+                                                    f"{self.transport.port} for it to reconnect")

@@ -13,6 +13,7 @@ bytes through a :class:`ReceiverFaults` on the way in (:meth:`ReceiverFaults.inc
 * ``interrupt_frames=N`` (receiver interrupt): the ACK of the next N frames goes out as EOT (R-A20): the
   frame was received, and the sender may carry on or stop.
 
+``after_frames=N`` lets the first N frames through untouched (to hit a frame in the middle of a message).
 Frames are recognised on the byte stream (STX up to its LF), across any chunking. Counts of what was
 injected are kept on the object.
 """
@@ -35,6 +36,7 @@ class ReceiverFaults:
     ignore_frames: int = 0
     nak_frames: int = 0
     interrupt_frames: int = 0
+    after_frames: int = 0  # frames let through before any fault applies
     # what was injected
     ignored: int = 0
     naked: int = 0
@@ -42,6 +44,7 @@ class ReceiverFaults:
     _dropping: bool = False  # inside a frame being dropped (until its LF)
     _spoil_next: bool = False  # spoil the next byte (the one after STX)
     _frame_ended: bool = False  # a frame ended since our last output: an ACK now answers it
+    _spared: bool = False  # that frame was one of after_frames
 
     @property
     def active(self) -> bool:
@@ -49,7 +52,7 @@ class ReceiverFaults:
 
     def incoming(self, data: bytes) -> bytes:
         """The bytes the receiving core gets: dropped or spoiled frames per the remaining budgets."""
-        if not self.active and not self._spoil_next:
+        if not self.active and not self._spoil_next and not self.after_frames:
             if ETX in data or ETB in data:
                 self._frame_ended = True
             return data
@@ -64,7 +67,10 @@ class ReceiverFaults:
                 out.append(SPOIL if byte != SPOIL else 0x21)
                 continue
             if byte == STX:
-                if self.ignore_frames:
+                if self.after_frames:
+                    self.after_frames -= 1
+                    self._spared = True
+                elif self.ignore_frames:
                     self.ignore_frames -= 1
                     self.ignored += 1
                     self._dropping = True
@@ -82,9 +88,10 @@ class ReceiverFaults:
         """The bytes the receiving core sends, with an ACK to a frame turned into EOT per the budget."""
         if not data:
             return data
-        if self._frame_ended and self.interrupt_frames and data[:1] == bytes([ACK]):
+        if self._frame_ended and not self._spared and self.interrupt_frames and data[:1] == bytes([ACK]):
             self.interrupt_frames -= 1
             self.interrupted += 1
             data = bytes([EOT]) + data[1:]
         self._frame_ended = False
+        self._spared = False
         return data

@@ -422,6 +422,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from labbridge_simulators import hl7_analyzer
 
         hl7_analyzer.main(args.rest)
+    elif args.what == "astm-host":
+        from labbridge_simulators import astm_host
+
+        astm_host.main(args.rest)
     else:
         from labbridge_simulators import astm_analyzer
 
@@ -670,8 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     orders_target(q)
     p.set_defaults(func=_cmd_orders)
 
-    p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7) or LIS")
-    p.add_argument("what", choices=["analyzer", "hl7-analyzer", "lis"])
+    p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7), ASTM host, or LIS")
+    p.add_argument("what", choices=["analyzer", "hl7-analyzer", "astm-host", "lis"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_simulate)
     return parser

@@ -117,6 +117,14 @@ class LinkConfig(_Model):
     record_terminator: Literal["cr", "lf", "crlf"] = "cr"
     lenient_whitespace: bool = False  # newlines before STX and extra CRs after frames are expected
     enq_eot_keepalive: bool = False  # ENQ then EOT with no frame is the analyzer's keep-alive
+    # LIS1-A timers (framing = "e1381"). The defaults are the standard's; change them only for an analyzer
+    # that needs it (or in tests).
+    reply_timeout_s: Seconds = 15.0  # we send: wait this long for the reply to our ENQ or frame
+    receive_timeout_s: Seconds = 30.0  # we receive: a transfer silent this long is ended (incomplete)
+    busy_wait_s: Seconds = 10.0  # after a busy NAK to our ENQ, or a failed transfer, before our next ENQ
+    contention_wait_s: Seconds = 20.0  # after yielding to the analyzer's ENQ, before our own ENQ again
+    interrupt_wait_s: Seconds = 15.0  # after honouring a receiver interrupt, before our next ENQ
+    honor_interrupt: bool = False  # true: the analyzer's EOT in place of ACK stops our transfer
     # framing = "raw": a message not finished (no L record) this long after its last byte is incomplete.
     raw_idle_timeout_s: Seconds = 30.0
 

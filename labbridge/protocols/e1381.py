@@ -24,7 +24,12 @@ Rules implemented (numbers refer to PROTOCOLS.md, part a):
   unfinished message is reported as :class:`IncompleteMessage`, never as a message.
 * sender: on NAK retransmit the same frame; the 6th failure of one frame aborts the transfer with EOT
   (R-A19). EOT in place of ACK (receiver interrupt) means the frame was received; this sender carries
-  on (R-A20 allows it).
+  on (R-A20 allows it), or with ``LinkProfile.honor_interrupt`` ends the transfer and waits
+  ``interrupt_wait`` (15 s) before its next ENQ.
+
+Timers are :class:`LinkProfile` fields whose defaults are the standard's values (the ``T_*`` constants):
+``reply_timeout`` 15 s, ``receive_timeout`` 30 s, ``busy_wait`` 10 s, ``contention_wait_instrument`` 1 s,
+``contention_wait_host`` 20 s, ``interrupt_wait`` 15 s. They are deadlines against the caller's ``now``.
 
 Persist before acknowledging: when a frame completes a message (its L record), the receiver does not
 ACK it. It emits :class:`MessageReceived` and holds; the caller commits the message durably, then
@@ -65,12 +70,14 @@ CR = 0x0D
 NAK = 0x15
 ETB = 0x17
 
-# Timers, in seconds (PROTOCOLS.md timers table).
+# Timers, in seconds (PROTOCOLS.md timers table): the standard's values, the defaults of the LinkProfile fields
+# the link reads (reply_timeout, receive_timeout, busy_wait, contention_wait_*, interrupt_wait).
 T_SENDER_REPLY = 15.0  # LIS1-A: sender waits 15 s for a reply to ENQ or to a frame
 T_RECEIVER = 30.0  # LIS1-A: receiver waits 30 s for the next frame or EOT
 T_BUSY = 10.0  # LIS1-A: after a NAK to its ENQ, the sender waits at least 10 s
 T_CONTENTION_INSTRUMENT = 1.0  # the instrument repeats its ENQ after at least 1 s on contention
 T_CONTENTION_HOST = 20.0  # the host waits at least 20 s before its own ENQ after contention
+T_INTERRUPT = 15.0  # a sender that honours a receiver interrupt waits 15 s before its next ENQ (R-A20)
 
 MAX_FRAME_TEXT = 240  # LIS1-A: 247-character frame minus 7 characters of overhead
 MAX_FRAME_ATTEMPTS = 6  # LIS1-A: the 6th failed attempt to send one frame aborts the transfer
@@ -108,6 +115,17 @@ class LinkProfile:
     lenient_whitespace: bool = False  # CR/LF around frames is not junk; CR LF after the checksum optional
     enq_eot_keepalive: bool = False  # ENQ then EOT with no frame is a keep-alive
     one_frame_per_message: bool = False  # sending: all records of a message in one frame
+    # ---- timers, in seconds (defaults are LIS1-A's; tests and odd analyzers may change them) ----
+    reply_timeout: float = T_SENDER_REPLY  # sender: wait for the reply to ENQ or to a frame
+    receive_timeout: float = T_RECEIVER  # receiver: wait for the next frame or EOT
+    busy_wait: float = T_BUSY  # sender: after a NAK to ENQ, an aborted or a timed-out transfer
+    contention_wait_instrument: float = T_CONTENTION_INSTRUMENT  # instrument: re-ENQ after contention
+    contention_wait_host: float = T_CONTENTION_HOST  # host: own ENQ again after yielding on contention
+    interrupt_wait: float = T_INTERRUPT  # sender that honours a receiver interrupt: next ENQ after this
+    # R-A20: EOT in place of ACK asks the sender to stop. False (the default): carry on with the message (the
+    # frame was received); True: end the transfer after that frame and wait ``interrupt_wait`` before the
+    # next ENQ, so the receiver can take the line; the message is sent again whole.
+    honor_interrupt: bool = False
 
     @property
     def skips_whitespace(self) -> bool:
@@ -172,7 +190,7 @@ class TransferStarted:
 @dataclass(frozen=True, slots=True)
 class TransferEnded:
     as_sender: bool
-    reason: str  # "eot", "timeout", "aborted", "restarted"
+    reason: str  # "eot", "timeout", "aborted", "restarted", "interrupted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +389,7 @@ class E1381Link:
         self._send_byte(ACK)
         self._accepted_frame()
         self.state = State.RECEIVER
-        self._deadline = now + T_RECEIVER
+        self._deadline = now + self.profile.receive_timeout
         self._process(now)
 
     def reject_message(self, now: float) -> None:
@@ -388,7 +406,7 @@ class E1381Link:
         self._send_byte(NAK)
         self._events.append(FrameRejected("message could not be stored"))
         self.state = State.RECEIVER
-        self._deadline = now + T_RECEIVER
+        self._deadline = now + self.profile.receive_timeout
         self._process(now)
 
     def connection_lost(self) -> None:
@@ -463,7 +481,7 @@ class E1381Link:
         self._last_fn = None
         self._last_frame = b""
         self._frames_in_transfer = 0
-        self._deadline = now + T_RECEIVER
+        self._deadline = now + self.profile.receive_timeout
         self._events.append(TransferStarted(as_sender=False))
 
     def _process_receiver(self, now: float) -> bool:
@@ -546,7 +564,7 @@ class E1381Link:
         if not profile.frame_numbers:
             if self._last_frame and frame.rstrip(b"\r\n") == self._last_frame:
                 self._send_byte(ACK)
-                self._deadline = now + T_RECEIVER
+                self._deadline = now + self.profile.receive_timeout
                 self._events.append(FrameRetransmitted(self._last_fn or 0))
                 return True
             self._prev_last_frame = self._last_frame
@@ -560,7 +578,7 @@ class E1381Link:
         fn = fn_char - 0x30
         if self._last_fn is not None and fn == self._last_fn:
             self._send_byte(ACK)
-            self._deadline = now + T_RECEIVER
+            self._deadline = now + self.profile.receive_timeout
             self._events.append(FrameRetransmitted(fn))
             return True
         if fn != self._expected_fn and (self.profile.strict_frame_numbers or self._last_fn is not None):
@@ -572,7 +590,7 @@ class E1381Link:
 
     def _reject(self, now: float, reason: str) -> None:
         self._send_byte(NAK)
-        self._deadline = now + T_RECEIVER
+        self._deadline = now + self.profile.receive_timeout
         self._events.append(FrameRejected(reason))
 
     def _accepted_frame(self) -> None:
@@ -590,7 +608,7 @@ class E1381Link:
             self._partial += text
             self._send_byte(ACK)
             self._accepted_frame()
-            self._deadline = now + T_RECEIVER
+            self._deadline = now + self.profile.receive_timeout
             return
         text = self._partial + text
         self._partial = b""
@@ -613,7 +631,7 @@ class E1381Link:
             return
         self._send_byte(ACK)
         self._accepted_frame()
-        self._deadline = now + T_RECEIVER
+        self._deadline = now + self.profile.receive_timeout
 
     def _abandon_message(self, reason: str, keep_raw_tail: int = 0) -> None:
         if self._records or self._partial:
@@ -634,7 +652,7 @@ class E1381Link:
         if self.state is State.NEUTRAL and self._queue and now >= self._not_before:
             self._send_byte(ENQ)
             self.state = State.SENDER_ENQ
-            self._deadline = now + T_SENDER_REPLY
+            self._deadline = now + self.profile.reply_timeout
 
     def _process_sender_enq(self, now: float) -> None:
         buf = self._inbuf
@@ -650,19 +668,19 @@ class E1381Link:
         elif byte == NAK:
             self.state = State.NEUTRAL
             self._deadline = None
-            self._not_before = now + T_BUSY
+            self._not_before = now + self.profile.busy_wait
             self._events.append(PeerBusy())
         elif byte == ENQ:
             if self.role is Role.INSTRUMENT:
                 # R-A8: the instrument keeps priority; it asks again after 1 s.
-                self._not_before = now + T_CONTENTION_INSTRUMENT
+                self._not_before = now + self.profile.contention_wait_instrument
                 self.state = State.NEUTRAL
                 self._deadline = None
                 self._events.append(Contention(yielded=False))
             else:
                 # R-A7/R-A9: the host yields: it waits for the instrument's next ENQ, and waits 20 s
                 # before trying to send again.
-                self._not_before = now + T_CONTENTION_HOST
+                self._not_before = now + self.profile.contention_wait_host
                 self.state = State.NEUTRAL
                 self._deadline = None
                 self._events.append(Contention(yielded=True))
@@ -671,7 +689,7 @@ class E1381Link:
 
     def _send_current_frame(self, now: float) -> None:
         self._out += self._frames[self._frame_index]
-        self._deadline = now + T_SENDER_REPLY
+        self._deadline = now + self.profile.reply_timeout
 
     def _process_sender_frame(self, now: float) -> None:
         buf = self._inbuf
@@ -687,6 +705,12 @@ class E1381Link:
             self._frame_index += 1
             self._attempts = 0
             if self._frame_index < len(self._frames):
+                if byte == EOT and self.profile.honor_interrupt:
+                    # Stop and leave the line to the receiver; the message goes again whole later.
+                    self._events.append(SendAborted(self._queue[0].handle, "receiver interrupt (EOT)"))
+                    self._not_before = now + self.profile.interrupt_wait
+                    self._end_sending(now, "interrupted")
+                    return
                 self._send_current_frame(now)
                 return
             done = self._queue.popleft()
@@ -698,7 +722,7 @@ class E1381Link:
             if self._attempts >= MAX_FRAME_ATTEMPTS:
                 self._events.append(SendAborted(self._queue[0].handle,
                                                 f"frame refused {MAX_FRAME_ATTEMPTS} times"))
-                self._not_before = now + T_BUSY
+                self._not_before = now + self.profile.busy_wait
                 self._end_sending(now, "aborted")
                 return
             self._send_current_frame(now)
@@ -716,10 +740,11 @@ class E1381Link:
     def _on_timeout(self, now: float) -> None:
         if self.state in (State.SENDER_ENQ, State.SENDER_FRAME):
             # R-A5: no reply in 15 s: termination phase, back to neutral; the message stays queued.
-            self._events.append(SendAborted(self._queue[0].handle, "no reply from the peer within 15 s"))
-            self._not_before = now + T_BUSY
+            self._events.append(SendAborted(self._queue[0].handle,
+                                            f"no reply from the peer within {self.profile.reply_timeout:g} s"))
+            self._not_before = now + self.profile.busy_wait
             self._end_sending(now, "timeout")
         elif self.state is State.RECEIVER:
-            self._abandon_message("no frame from the sender within 30 s")
+            self._abandon_message(f"no frame from the sender within {self.profile.receive_timeout:g} s")
             self._reset_neutral()
             self._events.append(TransferEnded(as_sender=False, reason="timeout"))

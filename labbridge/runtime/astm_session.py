@@ -91,6 +91,9 @@ class AstmSession:
         self._on_link: dict[int, _Job] = {}  # link handle -> our message being sent
         self._next_poll = 0.0  # when to look for orders to push (0: at once)
         self._warned_no_orders = False
+        # The health reason says so while our messages fail, or after a transfer that ended incomplete.
+        self._send_trouble = False
+        self._incomplete_noted = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -278,9 +281,22 @@ class AstmSession:
                     link.reject_message(loop.time())
             elif isinstance(event, e1381.MessageSent):
                 await self._sent(event.handle)
+                if self._send_trouble:
+                    self._send_trouble = False
+                    if self.health.state == "degraded":
+                        self.health.set_state("up", f"analyzer connected from {self.health.peer}; it accepts "
+                                                    "labbridge's messages again")
             elif isinstance(event, e1381.SendAborted):
                 counters.sends_aborted += 1
                 log.info("send_aborted", instrument=self.health.id, reason=event.reason)
+                if event.reason != "connection lost" and self.health.state in ("up", "degraded"):
+                    self._send_trouble = True
+                    self.health.set_state("degraded", (
+                        f"the analyzer did not take labbridge's message ({event.reason}); query answers and "
+                        "orders stay pending and are sent again: check the analyzer's host communication "
+                        "settings if this persists"))
+            elif isinstance(event, e1381.Contention):
+                counters.contentions += 1
             elif isinstance(event, e1381.FrameRejected):
                 if event.by_peer:
                     counters.naks_received += 1
@@ -299,6 +315,11 @@ class AstmSession:
                 counters.incomplete_transmissions += 1
                 log.warning("incomplete_transmission", instrument=self.health.id, reason=event.reason,
                             records=len(event.records))
+                if self.health.state == "up" and event.reason != "connection lost":
+                    self._incomplete_noted = True
+                    self.health.set_state("up", f"analyzer connected from {self.health.peer}; its last transfer "
+                                                f"was incomplete ({event.reason}): kept as an incomplete "
+                                                "transmission, not a result; the analyzer should send it again")
                 try:
                     await self.store.record_incomplete(instrument=self.health.id, raw=event.raw,
                                                        reason=event.reason, received_at=time.time())
@@ -341,6 +362,9 @@ class AstmSession:
         if self.health.state == "degraded" and counters.store_failures:
             self.health.set_state("up", "store writable again")
         counters.messages_received += 1
+        if self._incomplete_noted and self.health.state == "up":
+            self._incomplete_noted = False
+            self.health.set_state("up", f"analyzer connected from {self.health.peer}")
         counters.results_received += stored.new_results
         counters.duplicate_results += stored.duplicate_results
         self.health.last_message_at = time.time()

@@ -53,6 +53,7 @@ class Counters:
     orders_sent: int = 0  # orders delivered (query answers and pushes), acknowledged by the analyzer
     sends_aborted: int = 0  # transfers of ours that failed (retried by the link)
     keepalives: int = 0  # ENQ/EOT keep-alives (link.enq_eot_keepalive)
+    contentions: int = 0  # our ENQ crossed the analyzer's: we yielded the line (R-A7)
 
 
 @dataclass

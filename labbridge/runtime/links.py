@@ -18,7 +18,10 @@ def link_profile(link: LinkConfig) -> e1381.LinkProfile:
     """The sans-I/O link profile (dialect flags) for an instrument's ``[link]`` settings."""
     return e1381.LinkProfile(strict_frame_numbers=link.strict_frame_numbers, frame_numbers=link.frame_numbers,
                              checksums=link.checksums, record_terminator=TERMINATORS[link.record_terminator],
-                             lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive)
+                             lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive,
+                             reply_timeout=link.reply_timeout_s, receive_timeout=link.receive_timeout_s,
+                             busy_wait=link.busy_wait_s, contention_wait_host=link.contention_wait_s,
+                             interrupt_wait=link.interrupt_wait_s, honor_interrupt=link.honor_interrupt)
 
 
 def host_link(link: LinkConfig) -> AstmLink:

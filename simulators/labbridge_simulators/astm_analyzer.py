@@ -19,6 +19,15 @@ the host has no order (O-26 ``Y``/``Z``). It also accepts orders the host pushes
 Every order line it acknowledged is in ``orders_received``. ``drop_before_ack=N`` hangs up instead of
 acknowledging the last frame of the host's first N messages (the host must not count them as
 delivered). ``linger=True`` keeps the connection open when there is nothing left to send.
+
+Faults against the host's sending (labbridge's answers and pushed orders): ``faults`` (a
+:class:`~labbridge_simulators.faults.ReceiverFaults`) leaves the host's frames unanswered (lost ACKs),
+NAKs them (NAK storm) or answers them with EOT (receiver interrupt); ``contend=N`` answers the host's next N
+ENQs with an ENQ of its own and a result message (contention: the analyzer has priority, the host must
+yield and deliver after its contention wait). Faults of its own sending: ``stall_every=N`` goes silent for
+``stall_for`` seconds in the middle of every Nth message (the host's receive timer must end the transfer
+as incomplete; the analyzer's own reply timer then ends it here and the message is sent again whole).
+Timers are those of ``profile`` (the standard's unless a test shortens them).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Protocol
 
 from labbridge.protocols import e1381
 from labbridge.protocols.e1394 import encode_record, parse_records
+from labbridge_simulators.faults import ReceiverFaults
 
 ResultIdentity = tuple[str, str, str, str]  # instrument, sample, instrument test code, value
 
@@ -108,6 +118,8 @@ class AnalyzerStats:
     host_messages: int = 0
     host_messages_dropped: int = 0
     contentions: int = 0
+    contentions_forced: int = 0  # ENQs of the host answered with ENQ (contend)
+    stalls_injected: int = 0
 
 
 def _astm_time(dt: datetime) -> str:
@@ -264,6 +276,10 @@ class AstmAnalyzerSim:
     profile: e1381.LinkProfile | None = None  # the dialect this analyzer speaks
     write_chunk: int = 0  # split every write into pieces of this many bytes...
     write_delay: float = 0.0  # ...with this pause between pieces (slow writes)
+    faults: ReceiverFaults = field(default_factory=ReceiverFaults)  # against the host's frames
+    contend: int = 0  # answer the host's next N ENQs with our own ENQ (and a result message)
+    stall_every: int = 0  # go silent in the middle of every Nth message...
+    stall_for: float = 0.0  # ...for this long
 
     def _resolve(self) -> tuple[str, int]:
         return self.address() if callable(self.address) else self.address
@@ -321,6 +337,7 @@ class AstmAnalyzerSim:
         for msg in self._pending:
             handles[link.send_message(msg.records, loop.time())] = msg
         drop_after_frames: int | None = None
+        stall_after_frames: int | None = None
         while True:
             now = loop.time()
             if self._awaiting is not None and (self._answered or stop.is_set() or (
@@ -355,10 +372,12 @@ class AstmAnalyzerSim:
                 self._messages_started += 1
                 if self.disconnect_every and self._messages_started % self.disconnect_every == 0:
                     drop_after_frames = len(msg.records) // 2
+                if self.stall_every and self._messages_started % self.stall_every == 0:
+                    stall_after_frames = max(1, len(msg.records) // 2)
                 next_at = now + rng.uniform(*self.interval)
             if self._finished(stop) and not self._pending and self._awaiting is None:
                 return next_at
-            out = link.data_to_send()
+            out = self.faults.outgoing(link.data_to_send())
             if out:
                 out = self._maybe_corrupt(out)
                 step = self.write_chunk or len(out)
@@ -372,6 +391,12 @@ class AstmAnalyzerSim:
                     if drop_after_frames <= 0:
                         self.stats.disconnects_injected += 1
                         return next_at  # hang up in the middle of a message
+                if stall_after_frames is not None and out[:1] == b"\x02":
+                    stall_after_frames -= 1
+                    if stall_after_frames <= 0:
+                        stall_after_frames = None
+                        self.stats.stalls_injected += 1
+                        await asyncio.sleep(self.stall_for)  # silent: no frame, no reading
             deadlines = [d for d in (link.get_timer(), None if self._pending else next_at, self._awaiting_until,
                                      now + 0.2 if self.linger else None) if d is not None]
             deadline = min(deadlines) if deadlines else None
@@ -387,6 +412,15 @@ class AstmAnalyzerSim:
                 link.connection_lost()
                 return next_at
             if data:
+                data = self.faults.incoming(data)
+                if self.contend and e1381.ENQ in data and link.state is e1381.State.NEUTRAL:
+                    # Contention: our ENQ goes out as the host's arrives; the core sees the host's ENQ while
+                    # waiting for a reply to its own and keeps priority (R-A8).
+                    self.contend -= 1
+                    self.stats.contentions_forced += 1
+                    msg = self._contention_message()
+                    self._pending.append(msg)
+                    handles[link.send_message(msg.records, loop.time())] = msg
                 link.receive_data(data, loop.time())
             for event in link.events():
                 if isinstance(event, e1381.MessageReceived):
@@ -410,6 +444,13 @@ class AstmAnalyzerSim:
                     self.stats.naks_received += 1
                 elif isinstance(event, e1381.SendAborted):
                     self.stats.aborted_transfers += 1
+
+    def _contention_message(self) -> SimMessage:
+        """A result message to send when we take the line from the host (not counted in max_messages)."""
+        factory = self.factory
+        if isinstance(factory, MessageFactory):
+            return factory.results_for(factory.new_sample())
+        return factory.next()
 
     def _host_message(self, records: tuple[bytes, ...]) -> None:
         """Book the O records of a message from the host; an answer to our query unblocks that sample."""

@@ -74,7 +74,9 @@ def test_store_failure_means_no_ack_and_the_retransmission_is_kept(tmp_path: Pat
             sim = lab.analyzer("an-0", messages=1)
             task = asyncio.create_task(sim.run(asyncio.Event()))
             await eventually(lambda: health.counters.store_failures >= 1, what="a failed commit")
-            assert sim.acked == [] and sim.stats.naks_received >= 1
+            # The NAK goes out after the failed commit: wait until the analyzer has read it.
+            await eventually(lambda: sim.stats.naks_received >= 1, what="the analyzer seeing the NAK")
+            assert sim.acked == []
             assert health.to_json()["state"] == "degraded"
             assert "cannot be stored" in health.to_json()["reason"]
             store.fail_commits = False

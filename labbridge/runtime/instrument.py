@@ -226,7 +226,8 @@ class InstrumentRunner:
                                    allow_missing_cr=self.cfg.link.allow_missing_cr)
             session = Hl7Session(receiver=receiver, driver=self.driver, context=self.context, store=self.store,
                                  health=self.health, destinations=self.destinations, reader=reader,
-                                 writer=writer, on_stored=self.on_stored)
+                                 writer=writer, on_stored=self.on_stored, orders=self.orders, site=self.cfg.site,
+                                 wakeup=self.orders_wakeup)
         else:
             session = AstmSession(link=host_link(self.cfg.link), driver=self.driver, context=self.context,
                                   store=self.store, health=self.health, destinations=self.destinations,

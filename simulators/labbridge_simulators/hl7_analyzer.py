@@ -72,6 +72,7 @@ class Hl7MessageFactory:
         self.panel = CHEMISTRY_PANEL[:max(1, min(panel_size, len(CHEMISTRY_PANEL)))]
         self.rng = random.Random(seed)
         self.counter = 0
+        self.queries = 0
 
     def next(self, now: datetime | None = None) -> Hl7SimMessage:
         now = now or datetime.now().astimezone()
@@ -117,11 +118,11 @@ class Hl7MessageFactory:
     def query(self, sample: str, now: datetime | None = None) -> Hl7SimMessage:
         """A LAB-27 QBP^Q11 for one specimen."""
         now = now or datetime.now().astimezone()
-        self.counter += 1
-        control_id = f"Q{self.instrument[:8].upper()}{self.counter}"
+        self.queries += 1
+        control_id = f"Q{self.instrument[:8].upper()}{self.queries}"
         segments = [f"MSH|^~\\&|SIMLAW|{escape(self.instrument)}|LABBRIDGE|LAB|{now.strftime('%Y%m%d%H%M%S%z')}||"
                     f"QBP^Q11^QBP_Q11|{control_id}|P|2.5.1|||||UNICODE UTF-8|||LAB-27^IHE",
-                    f"QPD|WOS^Work Order Step^IHE_LABTF|QT{self.counter}|{escape(sample)}",
+                    f"QPD|WOS^Work Order Step^IHE_LABTF|QT{self.queries}|{escape(sample)}",
                     "RCP|I||R"]
         return Hl7SimMessage(control_id, ("\r".join(segments) + "\r").encode("utf-8"), (), sample)
 
@@ -159,7 +160,7 @@ class Hl7AnalyzerSim:
     async def run(self, stop: asyncio.Event) -> None:
         """Dial the host and send until ``stop`` (the message in flight is finished first) or done."""
         rng = random.Random(self.seed)
-        while not self.done() and not (stop.is_set() and self._pending is None):
+        while (self.linger or not self.done()) and not (stop.is_set() and self._pending is None):
             try:
                 host, port = self._resolve()
                 reader, writer = await asyncio.open_connection(host, port)
@@ -177,7 +178,7 @@ class Hl7AnalyzerSim:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-            if not self.done() and not stop.is_set():
+            if (self.linger or not self.done()) and not stop.is_set():
                 await asyncio.sleep(self.reconnect_delay)
 
     async def serve(self, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 0,
@@ -216,21 +217,24 @@ class Hl7AnalyzerSim:
                 data = await reader.read(65536)
                 if not data:
                     raise ConnectionError("host closed the connection")
-                for event in decoder.receive_data(data):
+                settled = ""
+                for event in decoder.receive_data(data):  # all of them: an OML^O33 may follow the ACK
                     if not isinstance(event, mllp.MllpMessage):
                         continue
                     ack = parse_message(event.payload)
                     if await self._incoming(ack, writer):
                         continue
                     msa = ack.first("MSA")
-                    if msa is None or ack.value(msa, 2) != msg.control_id:
+                    if settled or msa is None or ack.value(msa, 2) != msg.control_id:
                         continue
                     code = ack.value(msa, 1).upper()
                     if ack.message_type == "RSP^K11":
                         self.stats.query_answers += 1
                     self.stats.ack_codes.append(code)
                     if code in ("AA", "AE", "AR", "CE", "CR"):
-                        return code
+                        settled = code
+                if settled:
+                    return settled
 
     async def _incoming(self, message: Hl7Message, writer: asyncio.StreamWriter) -> bool:
         """A message from the host that is not an acknowledgement (an OML^O33): answer it. True if it was one."""

@@ -1,0 +1,112 @@
+"""IHE LAW orders over real loopback sockets: LAB-27 queries answered with the work (or DC), LAB-28 pushes
+settled by the analyzer's ORL^O34, and orders from the LIS over MLLP (python-hl7 as the LIS's client)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
+
+from labbridge.config import parse_config
+from labbridge.orders import NewOrder
+from labbridge.runtime.daemon import Daemon
+from tests.conftest import run
+
+from .helpers import eventually
+
+
+def law_config(tmp_path: Path, *, test_map: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"node": "test", "store": {"path": str(tmp_path / "labbridge.db")}, "http": {"enabled": False},
+            "sites": [{"id": "arlon", "name": "Arlon"}],
+            "instruments": [{"id": "law-1", "site": "arlon", "driver": "hl7-generic",
+                             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0},
+                             "link": {"framing": "mllp", "encoding": "utf-8"}, "test_map": test_map or {}}],
+            "lis": [], **extra}
+
+
+async def start(cfg: dict[str, Any]) -> tuple[Daemon, asyncio.Event, asyncio.Task[None]]:
+    daemon = Daemon(parse_config(cfg))
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    started = asyncio.create_task(daemon.started.wait())
+    await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    return daemon, stop, task
+
+
+def analyzer(daemon: Daemon, **kwargs: Any) -> Hl7AnalyzerSim:
+    bound = daemon.runners["law-1"].bound
+    assert bound is not None
+    return Hl7AnalyzerSim("law-1", bound, Hl7MessageFactory("law-1", dialect="law", sample_prefix="S", panel_size=2,
+                                                            seed=3), interval=(0.0, 0.0), **kwargs)
+
+
+def test_query_answered_with_the_work_then_dc_for_a_sample_without_work(tmp_path: Path) -> None:
+    async def body() -> None:
+        daemon, stop, task = await start(law_config(tmp_path, test_map={"GLU": "GLUC"}))
+        try:
+            # S000001 (the first sample the simulator measures) has work; the second has none. An order for
+            # any instrument of the site is never pushed: only the query answer can carry it.
+            order = await daemon.add_order(NewOrder("S000001", ("GLUC", "K"), site="arlon", priority="stat"),
+                                           now=time.time())
+            sim_stop = asyncio.Event()
+            sim = analyzer(daemon, max_messages=2, query_share=1.0, linger=True)
+            sim_task = asyncio.create_task(sim.run(sim_stop))
+            await eventually(lambda: len(sim.acked) == 4 and sim.stats.query_answers == 2 and len(sim.no_work) >= 1,
+                             what="results acknowledged, both queries answered, a DC received")
+            # The query answer carried the work, LIS codes mapped to the analyzer's (GLUC -> GLU).
+            assert sorted(sim.work["S000001"].values()) == ["GLU", "K"]
+            assert sorted(sim.work["S000001"]) == [f"LB{order.id}-1", f"LB{order.id}-2"]
+            assert "S000002" in sim.no_work
+            stored = await daemon.orders.get(order.id)
+            assert stored is not None and stored.state == "accepted" and stored.note == ""
+            assert sim.stats.orl_codes == ["OK", "OK"]
+            counters = daemon.runners["law-1"].health.counters
+            assert counters.host_queries == 2 and counters.query_answers_sent == 2
+            sim_stop.set()
+            await sim_task
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_push_refused_by_the_analyzer_goes_back_to_pending_with_the_reason(tmp_path: Path) -> None:
+    async def body() -> None:
+        daemon, stop, task = await start(law_config(tmp_path))
+        try:
+            sim_stop = asyncio.Event()
+            sim = analyzer(daemon, max_messages=0, linger=True, refuse_tests=frozenset({"HBA1C"}))
+            sim_task = asyncio.create_task(sim.run(sim_stop))
+            await sim.connected.wait()
+            ok = await daemon.add_order(NewOrder("P1", ("NA",), instrument="law-1"), now=time.time())
+            bad = await daemon.add_order(NewOrder("P2", ("HBA1C",), instrument="law-1"), now=time.time())
+
+            async def states() -> tuple[str, str, str]:
+                a, b = await daemon.orders.get(ok.id), await daemon.orders.get(bad.id)
+                assert a is not None and b is not None
+                return a.state, b.state, b.note
+
+            deadline = time.monotonic() + 20
+            while (got := await states())[:2] != ("accepted", "pending") or not got[2]:
+                assert time.monotonic() < deadline, got
+                await asyncio.sleep(0.05)
+            assert "HBA1C not on board" in got[2]
+            assert sim.work == {"P1": {f"LB{ok.id}-1": "NA"}}
+            # A refused order is not pushed again in a loop.
+            omls = sim.stats.omls
+            daemon.runners["law-1"].orders_wakeup.set()
+            await asyncio.sleep(0.3)
+            assert sim.stats.omls == omls
+            sim_stop.set()
+            await sim_task
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())

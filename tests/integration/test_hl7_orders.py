@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hl7apy.parser import parse_message as hl7apy_parse
 from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
+from labbridge_simulators.lis import SimulatedLis, order_message
 
 from labbridge.config import parse_config
 from labbridge.orders import NewOrder
@@ -105,6 +107,107 @@ def test_push_refused_by_the_analyzer_goes_back_to_pending_with_the_reason(tmp_p
             assert sim.stats.omls == omls
             sim_stop.set()
             await sim_task
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def lis_config(tmp_path: Path) -> dict[str, Any]:
+    return law_config(tmp_path, test_map={"GLU": "GLUC", "NA": "NA"},
+                      lis_orders=[{"id": "his", "host": "127.0.0.1", "port": 0, "instrument": "law-1"}])
+
+
+def test_lis_orders_over_mllp_are_stored_then_pushed_to_the_analyzer(tmp_path: Path) -> None:
+    async def body() -> None:
+        daemon, stop, task = await start(lis_config(tmp_path))
+        lis = SimulatedLis()
+        try:
+            sim_stop = asyncio.Event()
+            sim = analyzer(daemon, max_messages=0, linger=True)
+            sim_task = asyncio.create_task(sim.run(sim_stop))
+            await sim.connected.wait()
+            [listener] = daemon.lis_orders
+            assert listener.bound is not None
+            message = order_message("OML^O21", sample="L1", tests=["GLUC", "NA"], control_id="HIS1", priority="S",
+                                    patient="PAT5")
+            ack = await lis.send_orders(*listener.bound, message)
+            assert str(ack.segment("MSA")[1]) == "AA" and str(ack.segment("MSA")[2]) == "HIS1"
+            assert hl7apy_parse(str(ack), validation_level=1, find_groups=True).validate() is True
+            # Resent after a lost ACK: AA again, not ordered twice.
+            again = await lis.send_orders(*listener.bound, message)
+            assert str(again.segment("MSA")[1]) == "AA"
+            [order] = await daemon.orders.list_orders()
+            assert (order.sample_id, order.test_codes, order.priority, order.source) == (
+                "L1", ("GLUC", "NA"), "stat", "lis:his")
+            await eventually(lambda: "L1" in sim.work, what="the LIS order pushed to the analyzer")
+            assert sorted(sim.work["L1"].values()) == ["GLU", "NA"]  # mapped to the analyzer's codes
+            deadline = time.monotonic() + 10
+            while (got := await daemon.orders.get(order.id)) is None or got.state != "accepted":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            # ORM^O01 (v2.3.1) and OML^O33 are taken too.
+            for kind, control in (("ORM^O01", "HIS2"), ("OML^O33", "HIS3")):
+                ack = await lis.send_orders(*listener.bound, order_message(kind, sample=f"L{control}",
+                                                                           tests=["NA"], control_id=control))
+                assert str(ack.segment("MSA")[1]) == "AA", str(ack)
+            await eventually(lambda: {"LHIS2", "LHIS3"} <= set(sim.work), what="both pushed")
+            sim_stop.set()
+            await sim_task
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_lis_order_with_an_unknown_test_or_instrument_gets_ae_with_the_reason(tmp_path: Path) -> None:
+    async def body() -> None:
+        daemon, stop, task = await start(lis_config(tmp_path))
+        lis = SimulatedLis()
+        try:
+            [listener] = daemon.lis_orders
+            assert listener.bound is not None
+            ack = await lis.send_orders(*listener.bound, order_message("OML^O21", sample="X1", tests=["GLUC", "ZZZ"],
+                                                                       control_id="HIS9"))
+            assert str(ack.segment("MSA")[1]) == "AE"
+            assert "test ZZZ unknown for instrument law-1" in str(ack.segment("MSA")[3])
+            assert hl7apy_parse(str(ack), validation_level=1, find_groups=True).validate() is True
+            ack = await lis.send_orders(*listener.bound, order_message("OML^O21", sample="X2", tests=["NA"],
+                                                                       control_id="HIS10", to="no-such"))
+            # MSH-5 names nothing known: the listener's default instrument applies; a known site would too.
+            assert str(ack.segment("MSA")[1]) == "AA"
+            ack = await lis.send_orders(*listener.bound, order_message("OML^O21", sample="X3", tests=["NA"],
+                                                                       control_id="HIS11", to="arlon"))
+            assert str(ack.segment("MSA")[1]) == "AA"
+            orders = await daemon.orders.list_orders()
+            assert sorted((o.sample_id, o.instrument, o.site) for o in orders) == [
+                ("X2", "law-1", "arlon"), ("X3", "", "arlon")]  # nothing from the refused message
+            ack = await lis.send_orders(*listener.bound, "MSH|^~\\&|SIMLIS|HOSP|LB|LAB|20261123||ORU^R01|HIS12|P|"
+                                                         "2.5.1\rPID|1||P\r")
+            assert str(ack.segment("MSA")[1]) == "AR"
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_a_listener_without_a_default_refuses_orders_it_cannot_route(tmp_path: Path) -> None:
+    async def body() -> None:
+        cfg = law_config(tmp_path, lis_orders=[{"id": "his", "host": "127.0.0.1", "port": 0}])
+        daemon, stop, task = await start(cfg)
+        try:
+            [listener] = daemon.lis_orders
+            assert listener.bound is not None
+            ack = await SimulatedLis().send_orders(*listener.bound, order_message(
+                "OML^O21", sample="Y1", tests=["NA"], control_id="HIS1", to="chem-9"))
+            assert str(ack.segment("MSA")[1]) == "AE"
+            assert "names no instrument or site" in str(ack.segment("MSA")[3])
+            ack = await SimulatedLis().send_orders(*listener.bound, order_message(
+                "OML^O21", sample="Y1", tests=["NA"], control_id="HIS2", to="law-1"))
+            assert str(ack.segment("MSA")[1]) == "AA"
         finally:
             stop.set()
             await asyncio.gather(task, return_exceptions=True)

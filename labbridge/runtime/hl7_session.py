@@ -296,7 +296,10 @@ class Hl7Session:
                             found=found)
         await self._write(mllp.frame(rsp))
         counters.acks_sent += 1
-        self._queue.extend(answers)
+        # Query answers go before pushes already queued (the analyzer is waiting for them).
+        queued = list(self._queue)
+        self._queue = deque([*(o for o in queued if o.kind == "answer"), *answers,
+                             *(o for o in queued if o.kind != "answer")])
         log.info("host_query", instrument=self.health.id, kind=query.kind, samples=len(query.specimen_ids),
                  with_work=sum(1 for a in answers if a.awos), without_work=sum(1 for a in answers if not a.awos),
                  duplicate=stored.duplicate)

@@ -352,10 +352,11 @@ async def _main(args: argparse.Namespace) -> None:
     factory = Hl7MessageFactory(args.name, dialect=args.dialect, sample_prefix=args.name[:3].upper(),
                                 panel_size=args.tests)
     sim = Hl7AnalyzerSim(args.name, (args.host, args.port), factory, interval=(args.interval, args.interval),
-                         max_messages=args.count)
+                         max_messages=args.count, query_share=args.query_share if args.dialect == "law" else 0.0)
     await sim.run(asyncio.Event())
     print(f"{args.name}: {sim.stats.messages_acked} messages acknowledged, {len(sim.acked)} results, "
-          f"{sim.stats.rejected} rejected", flush=True)
+          f"{sim.stats.rejected} rejected; {sim.stats.queries} queries, {sim.stats.omls} OML^O33 received "
+          f"({len(sim.no_work)} without work)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=10, help="messages to send")
     parser.add_argument("--tests", type=int, default=10, help="results per message")
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--query-share", type=float, default=0.0,
+                        help="share of samples queried first (LAB-27 QBP^Q11, law dialect)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))

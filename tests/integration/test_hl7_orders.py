@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import hl7
+import hl7.mllp
 from hl7apy.parser import parse_message as hl7apy_parse
 from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
 from labbridge_simulators.lis import SimulatedLis, order_message
@@ -208,6 +210,64 @@ def test_a_listener_without_a_default_refuses_orders_it_cannot_route(tmp_path: P
             ack = await SimulatedLis().send_orders(*listener.bound, order_message(
                 "OML^O21", sample="Y1", tests=["NA"], control_id="HIS2", to="law-1"))
             assert str(ack.segment("MSA")[1]) == "AA"
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_a_re_sent_awos_id_refused_as_duplicate_counts_as_accepted(tmp_path: Path) -> None:
+    async def body() -> None:
+        daemon, stop, task = await start(law_config(tmp_path))
+        try:
+            order = await daemon.add_order(NewOrder("D1", ("NA",), instrument="law-1"), now=time.time())
+            sim_stop = asyncio.Event()
+            sim = analyzer(daemon, max_messages=0, linger=True)
+            # The analyzer already holds this AWOS (our earlier OML reached it, its ORL was lost).
+            sim.work["D1"] = {f"LB{order.id}-1": "NA"}
+            sim_task = asyncio.create_task(sim.run(sim_stop))
+            await eventually(lambda: sim.stats.orl_codes == ["UA"], what="the re-sent AWOS refused")
+            deadline = time.monotonic() + 10
+            while (got := await daemon.orders.get(order.id)) is None or got.state != "accepted":
+                assert time.monotonic() < deadline, got
+                await asyncio.sleep(0.05)
+            sim_stop.set()
+            await sim_task
+        finally:
+            stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_python_hl7_as_the_analyzer_gets_rsp_k11_then_oml_o33_and_ae_for_a_bad_query(tmp_path: Path) -> None:
+    async def body() -> None:
+        daemon, stop, task = await start(law_config(tmp_path))
+        try:
+            await daemon.add_order(NewOrder("H1", ("K",), site="arlon"), now=time.time())
+            bound = daemon.runners["law-1"].bound
+            assert bound is not None
+            reader, writer = await hl7.mllp.open_hl7_connection(*bound, encoding="utf-8")
+            try:
+                qbp = ("MSH|^~\\&|PEER|LAB|LABBRIDGE|LAB|20261123100000||QBP^Q11^QBP_Q11|PQ1|P|2.5.1\r"
+                       "QPD|WOS^Work Order Step^IHE_LABTF|T1|H1\rRCP|I||R\r")
+                writer.writemessage(hl7.parse(qbp))
+                await writer.drain()
+                async with asyncio.timeout(10):
+                    rsp = await reader.readmessage()
+                    oml = await reader.readmessage()
+                assert str(rsp.segment("MSH")[9]) == "RSP^K11^RSP_K11" and str(rsp.segment("MSA")[2]) == "PQ1"
+                assert str(oml.segment("MSH")[9]) == "OML^O33^OML_O33" and str(oml.segment("ORC")[1]) == "NW"
+                assert hl7apy_parse(str(oml), validation_level=1, find_groups=True).validate() is True
+                bad = qbp.replace("PQ1", "PQ2").replace("WOS^", "XYZ^")
+                writer.writemessage(hl7.parse(bad))
+                await writer.drain()
+                async with asyncio.timeout(10):
+                    ack = await reader.readmessage()
+                assert str(ack.segment("MSA")[1]) == "AE" and "not supported" in str(ack.segment("MSA")[3])
+            finally:
+                writer.close()
         finally:
             stop.set()
             await asyncio.gather(task, return_exceptions=True)

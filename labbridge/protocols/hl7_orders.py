@@ -155,7 +155,7 @@ def build_oml_o33(sample_id: str, steps: Sequence[Awos], *, control_id: str, now
                      profile="LAB-28^IHE")]
     if patient_id:
         segments.append(f'PID|1||{escape(patient_id)}^^^^PI||""')
-    spm = f"|{escape(sample_id)}&LABBRIDGE||UNK^Unknown^HL70487"
+    spm = f"|{escape(sample_id)}&LABBRIDGE||UNK^Unknown^HL70487" if sample_id else "|||UNK^Unknown^HL70487"
     if not steps:
         segments += [f"SPM|1{spm}", "ORC|DC"]
     for n, step in enumerate(steps, start=1):

@@ -94,6 +94,9 @@ def test_oml_o33_with_work_and_with_none_is_strictly_valid() -> None:
     none = build_oml_o33("S0002", [], control_id="LBO2", now=NOW, sender=ME, receiver=ANALYZER)
     strict(none)
     assert str(hl7.parse(none.decode("utf-8")).segment("ORC")[1]) == "DC"
+    nothing = build_oml_o33("", [], control_id="LBO3", now=NOW, sender=ME, receiver=ANALYZER)  # WOS_ALL, no work
+    strict(nothing)
+    assert str(hl7.parse(nothing.decode("utf-8")).segment("SPM")[2]) == ""
     assert order_of_awos("LB7-2") == 7 and order_of_awos("X7-2") is None
 
 

@@ -99,7 +99,7 @@ class Hl7Session:
         self.reader = reader
         self.writer = writer
         self.on_stored = on_stored
-        self.orders = orders
+        self.orders = orders if driver.supports_orders else None
         self.site = site
         self.wakeup = wakeup
         self._queue: deque[_Oml] = deque()  # query answers waiting for the connection

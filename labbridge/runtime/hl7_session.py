@@ -67,6 +67,7 @@ READ_SIZE = 64 * 1024
 ORDER_POLL_S = 5.0  # look for orders added to the store by another process this often
 ORL_TIMEOUT_S = 30.0  # an OML^O33 without the analyzer's ORL^O34 by then is given up (orders stay pending)
 PUSH_BATCH = 50  # orders (at most) looked up per push round
+MAX_QUEUED = 500  # OML^O33 answers waiting for the connection (bounded: an analyzer may query in a loop)
 ANSWER_TYPES = frozenset({"ORL^O34", "ACK^O33", "ACK^"})  # the analyzer's answers to our OML^O33
 
 
@@ -296,6 +297,11 @@ class Hl7Session:
                             found=found)
         await self._write(mllp.frame(rsp))
         counters.acks_sent += 1
+        room = MAX_QUEUED - len(self._queue)
+        if len(answers) > room:
+            log.warning("query_answers_dropped", instrument=self.health.id, dropped=len(answers) - max(room, 0),
+                        note="too many answers waiting; the analyzer may query those specimens again")
+            answers = answers[:max(room, 0)]
         # Query answers go before pushes already queued (the analyzer is waiting for them).
         queued = list(self._queue)
         self._queue = deque([*(o for o in queued if o.kind == "answer"), *answers,

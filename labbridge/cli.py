@@ -481,6 +481,8 @@ def _print_orders(orders: list[dict[str, Any]], as_json: bool) -> None:
         where = o["instrument"] or "(any)"
         print(f"{o['id']:>6} {o['state']:<10} {o['priority']:<8} {where:<22} {o['site']:<11} "
               f"{o['sample_id']:<16} {','.join(o['test_codes'])}")
+        if o.get("note"):
+            print(f"{'':>6} refused by {o.get('sent_to') or 'the analyzer'}: {o['note']}")
 
 
 def _cmd_orders(args: argparse.Namespace) -> int:

@@ -277,6 +277,24 @@ Destination = Annotated[
 DESTINATION_KINDS = frozenset({"mllp", "file", "http"})
 
 
+class LisOrdersConfig(_Model):
+    """An MLLP listener where the LIS sends orders (HL7 OML^O21, OML^O33, ORM^O01).
+
+    Each order goes to the instrument or site named in MSH-5 (receiving application) when it names one,
+    else to ``instrument`` (or ``site``: any instrument of that site) given here. The LIS gets AA once
+    the orders are stored, AE with the reason when they cannot be used (unknown instrument or test).
+    """
+
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    host: str = "127.0.0.1"
+    port: Port
+    instrument: str = ""
+    site: str = ""
+    # The character set when MSH-18 is empty.
+    encoding: str = "utf-8"
+    tls: TlsConfig | None = None
+
+
 class StoreConfig(_Model):
     path: str = "labbridge.db"
     # A cap on the database file: past it, commits fail as on a full disk (analyzers are not
@@ -319,6 +337,7 @@ class Config(_Model):
     sites: list[SiteConfig] = Field(default_factory=list)
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     lis: list[Destination] = Field(default_factory=list)
+    lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
 
     def site_name(self, site_id: str) -> str:
         for site in self.sites:
@@ -364,6 +383,15 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
     unique(config.sites, "sites")
     unique(config.instruments, "instruments")
     unique(config.lis, "lis")
+    unique(config.lis_orders, "lis_orders")
+    for i, listener in enumerate(config.lis_orders):
+        if listener.instrument and listener.instrument not in {inst.id for inst in config.instruments}:
+            problems.append((f"lis_orders[{i}].instrument",
+                             f"an instrument id from [[instruments]]; got {listener.instrument!r}"))
+        if listener.site and listener.site not in {site.id for site in config.sites}:
+            problems.append((f"lis_orders[{i}].site", f"a site id from [[sites]]; got {listener.site!r}"))
+        if listener.tls is not None and not (listener.tls.cert and listener.tls.key):
+            problems.append((f"lis_orders[{i}].tls", "a listening TLS link needs both cert and key"))
     site_ids = {s.id for s in config.sites}
     listeners: dict[tuple[str, int], list[int]] = {}
     serial_ports: dict[str, int] = {}
@@ -527,4 +555,5 @@ def _resolve_tls_paths(config: Config, base: Path) -> Config:
         for i in config.instruments
     ]
     lis = [d.model_copy(update={"tls": fix(d.tls)}) if isinstance(d, MllpDestination) else d for d in config.lis]
-    return config.model_copy(update={"instruments": instruments, "lis": lis})
+    lis_orders = [listener.model_copy(update={"tls": fix(listener.tls)}) for listener in config.lis_orders]
+    return config.model_copy(update={"instruments": instruments, "lis": lis, "lis_orders": lis_orders})

@@ -128,7 +128,8 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
             hl7_factory = Hl7MessageFactory(inst.id, dialect=dialect, sample_prefix=f"{n + 1:02d}",
                                             panel_size=6 + (n * 3) % 10, seed=n, qc_every=9)
             sims.append(Hl7AnalyzerSim(inst.id, runner.bound, hl7_factory, interval=(1.0, 4.0), seed=n,
-                                       resend_every=11, junk_every=17))
+                                       resend_every=11, junk_every=17,
+                                       query_share=0.25 if dialect == "law" else 0.0))  # LAW: LAB-27 queries
             continue
         factory: MessageSource
         queries = pushes = False

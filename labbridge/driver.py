@@ -187,6 +187,10 @@ class Hl7Driver(Driver):
     link_defaults: ClassVar[Mapping[str, str | int | float | bool]] = {"framing": "mllp"}
     # MSH-9.1^MSH-9.2 values this driver decodes; others are answered AR (unsupported message type).
     message_types: ClassVar[frozenset[str]] = frozenset({"ORU^R01", "OUL^R22"})
+    #: True when the analyzer family speaks IHE LAW orders: the session then answers LAB-27 QBP^Q11 and
+    #: pushes LAB-28 OML^O33 (built by labbridge.protocols.hl7_orders; test codes mapped through the
+    #: inverse test_map). Without it a QBP^Q11 is refused AR (unsupported message type).
+    supports_orders: ClassVar[bool] = False
 
     @abstractmethod
     def decode(self, message: Hl7Message, context: DecodeContext) -> Decoded:

@@ -12,7 +12,8 @@ two ways, whatever the analyzer's protocol:
 
 States: ``pending`` (not yet delivered), ``sent`` (the analyzer acknowledged the message that carried
 it: for ASTM, the link-level ACK of the last frame), ``accepted`` (the analyzer confirmed it at
-application level, e.g. an HL7 ORL), ``cancelled``. An order is recorded as sent only after the
+application level, e.g. an HL7 ORL^O34), ``cancelled``. An analyzer that cannot accept an order (HL7
+ORL^O34 ``UA``) puts it back to ``pending`` with its reason in ``note``. An order is recorded as sent only after the
 analyzer acknowledged it; until then it stays pending and is sent again.
 
 :class:`OrderSource` is the interface; the embedded default keeps orders in the SQLite store
@@ -93,6 +94,9 @@ class Order:
     sent_to: str | None = None
     accepted_at: float | None = None
     cancelled_at: float | None = None
+    # Why the analyzer last refused it (HL7 ORL^O34 "unable to accept"); "" otherwise. A refused order is
+    # back to pending, answered to queries but not pushed again on its own.
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -133,6 +137,11 @@ class OrderSource(Protocol):
 
     async def mark_accepted(self, order_ids: Sequence[int], *, instrument: str, now: float) -> None:
         """The analyzer accepted these orders at application level (pending/sent -> accepted)."""
+        ...
+
+    async def mark_refused(self, order_ids: Sequence[int], *, instrument: str, reason: str, now: float) -> None:
+        """The analyzer could not accept these orders: back to pending (sent/accepted -> pending) with
+        ``reason`` kept in ``note``; they are not pushed again until someone re-adds them."""
         ...
 
     async def cancel(self, order_id: int, *, now: float) -> Order | None:

@@ -38,6 +38,7 @@ class GenericHl7Driver(Hl7Driver):
     models: ClassVar[tuple[str, ...]] = ("any HL7 v2.3.1/v2.5.1 analyzer sending ORU^R01",
                                          "IHE LAW analyzers (OUL^R22)")
     version = "1.0"
+    supports_orders = True  # IHE LAW LAB-27/LAB-28 (QBP^Q11, OML^O33, ORL^O34)
 
     def value(self, message: Hl7Message, obx: Segment) -> str:
         kind = message.value(obx, 2).upper()

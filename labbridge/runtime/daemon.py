@@ -24,6 +24,7 @@ from labbridge.orders import NewOrder, Order
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.instrument import InstrumentRunner
 from labbridge.runtime.intake import InstrumentDecoder
+from labbridge.runtime.lis_orders import LisOrderListener
 from labbridge.runtime.operations import Operations
 from labbridge.runtime.order_store import SqliteOrderSource
 from labbridge.runtime.relay import Relay
@@ -96,6 +97,8 @@ class Daemon:
         self.shared = [SharedListener(group) for group in listeners.values() if len(group) > 1]
         self._shared_ids = {ident for listener in self.shared for ident in listener.runners}
         self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
+        self.lis_orders = [LisOrderListener(listener, config=config, orders=self.orders, on_added=self._order_added)
+                           for listener in config.lis_orders]
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
         self.web: Any = None
@@ -119,6 +122,12 @@ class Daemon:
         if runner is not None:
             runner.orders_wakeup.set()
         return stored
+
+    def _order_added(self, order: Order) -> None:
+        """An order came in from the LIS: the runner that may push it looks for work now."""
+        runner = self.runners.get(order.instrument)
+        if runner is not None:
+            runner.orders_wakeup.set()
 
     def _decoder_for(self, instrument: str) -> InstrumentDecoder | None:
         runner = self.runners.get(instrument)
@@ -160,6 +169,8 @@ class Daemon:
                          for r in self.runners.values() if r.cfg.id not in self._shared_ids)
             tasks.extend(asyncio.create_task(self._supervise(f"listener:{s.address}", s.run)) for s in self.shared)
             tasks.extend(asyncio.create_task(self._supervise(f"relay:{r.dest.id}", r.run)) for r in self.relays)
+            tasks.extend(asyncio.create_task(self._supervise(f"lis_orders:{lo.cfg.id}", lo.run))
+                         for lo in self.lis_orders)
             if self.config.http.enabled:
                 from labbridge.web.server import WebServer
 
@@ -167,7 +178,8 @@ class Daemon:
                 self.http_address = await self.web.start(self.config.http.host, self.config.http.port)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(READY_TIMEOUT_S):
-                    await asyncio.gather(*(r.ready.wait() for r in self.runners.values()))
+                    await asyncio.gather(*(r.ready.wait() for r in self.runners.values()),
+                                         *(lo.ready.wait() for lo in self.lis_orders))
             self._write_ready_file()
             self.started.set()
             log.info("daemon_started", node=self.config.node, instruments=len(self.runners),
@@ -195,6 +207,8 @@ class Daemon:
                 rid: {"host": r.bound[0], "port": r.bound[1]} if r.bound else None
                 for rid, r in self.runners.items()
             },
+            "lis_orders": {lo.cfg.id: {"host": lo.bound[0], "port": lo.bound[1]} if lo.bound else None
+                           for lo in self.lis_orders},
         }
 
     def _write_ready_file(self) -> None:

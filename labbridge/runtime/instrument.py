@@ -236,7 +236,9 @@ class InstrumentRunner:
             session = Hl7Session(receiver=receiver, driver=self.driver, context=self.context, store=self.store,
                                  health=health, destinations=self.destinations, reader=reader,
                                  writer=writer, on_stored=self.on_stored, decoder=decoder,
-                                 backlog_after_s=self.backlog_after_s, attribute=attribute)
+                                 backlog_after_s=self.backlog_after_s, attribute=attribute,
+                                 orders=self.orders if attribute is None else None, site=self.cfg.site,
+                                 wakeup=self.orders_wakeup)
         else:
             # A connection shared by several instruments answers no host queries and gets no order
             # pushes: orders belong to one instrument (not yet supported there).

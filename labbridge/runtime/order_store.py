@@ -17,14 +17,14 @@ from labbridge.orders import LIVE_STATES, NewOrder, Order, OrderState
 from labbridge.runtime.store import Store
 
 _COLUMNS = ("id, sample_id, tests, instrument, site, priority, patient_id, state, source, created_at, sent_at,"
-            " sent_to, accepted_at, cancelled_at")
+            " sent_to, accepted_at, cancelled_at, note")
 
 
 def _order(row: Sequence[Any]) -> Order:
     return Order(id=row[0], sample_id=row[1], test_codes=tuple(json.loads(row[2])), instrument=row[3],
                  site=row[4], priority=cast(OrderPriority, row[5]), patient_id=row[6],
                  state=cast(OrderState, row[7]), source=row[8], created_at=row[9], sent_at=row[10],
-                 sent_to=row[11], accepted_at=row[12], cancelled_at=row[13])
+                 sent_to=row[11], accepted_at=row[12], cancelled_at=row[13], note=row[14] or "")
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -52,6 +52,44 @@ class SqliteOrderSource:
                  order.priority, order.patient_id, order.source, now))
             row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (cur.lastrowid,)).fetchone()
             return _order(row)
+
+        return await self.store.write(work)
+
+    async def add_orders_from_message(self, orders: Sequence[NewOrder], *, origin: str, raw: bytes,
+                                      sender_id: tuple[str, str] | None, now: float,
+                                      error: str | None = None) -> tuple[list[Order], bool]:
+        """Keep a message that carried orders (raw, in ``messages`` under ``origin``) and add its orders, in
+        one transaction: both are on disk when this returns, or neither is.
+
+        ``sender_id`` is the sender's MSH-10 and a content digest: a message already stored under both
+        adds nothing and returns ``([], True)`` (a resend after a lost ACK). With ``error`` the message is
+        kept for inspection (status ``refused``) and no order is added.
+        """
+        def work(conn: sqlite3.Connection) -> tuple[list[Order], bool]:
+            if sender_id is not None and error is None:
+                row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
+                                   " AND digest = ?", (origin, *sender_id)).fetchone()
+                if row is not None:
+                    return [], True
+            cur = conn.execute(
+                "INSERT INTO messages (instrument, protocol, received_at, raw, status, error, result_count)"
+                " VALUES (?, 'hl7', ?, ?, ?, ?, 0)", (origin, now, raw, "refused" if error else "orders", error))
+            message_id = cur.lastrowid
+            if error is not None:
+                return [], False
+            if sender_id is not None:
+                conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
+                             " VALUES (?, ?, ?, ?)", (origin, *sender_id, message_id))
+            out: list[Order] = []
+            for order in orders:
+                cur = conn.execute(
+                    "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
+                     order.priority, order.patient_id, order.source, now))
+                out.append(_order(conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?",
+                                               (cur.lastrowid,)).fetchone()))
+            return out, False
 
         return await self.store.write(work)
 
@@ -84,7 +122,7 @@ class SqliteOrderSource:
     async def orders_to_push(self, *, instrument: str, limit: int = 50) -> list[Order]:
         def work(conn: sqlite3.Connection) -> list[Order]:
             return [_order(r) for r in conn.execute(
-                f"SELECT {_COLUMNS} FROM orders WHERE instrument = ? AND state = 'pending'"
+                f"SELECT {_COLUMNS} FROM orders WHERE instrument = ? AND state = 'pending' AND note = ''"
                 f" ORDER BY {_PUSH_ORDER} LIMIT ?", (instrument, limit))]
 
         return await self.store.read(work)
@@ -107,9 +145,21 @@ class SqliteOrderSource:
             return
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute(f"UPDATE orders SET state = 'accepted', accepted_at = ?, sent_to = ?,"
+            conn.execute(f"UPDATE orders SET state = 'accepted', accepted_at = ?, sent_to = ?, note = '',"
                          f" sent_at = COALESCE(sent_at, ?) WHERE id IN ({_marks(ids)})"
                          " AND state IN ('pending', 'sent')", (now, instrument, now, *ids))
+
+        await self.store.write(work)
+
+    async def mark_refused(self, order_ids: Sequence[int], *, instrument: str, reason: str, now: float) -> None:
+        ids = list(order_ids)
+        if not ids:
+            return
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(f"UPDATE orders SET state = 'pending', note = ?, sent_to = ? WHERE id IN ({_marks(ids)})"
+                         " AND state IN ('pending', 'sent', 'accepted')",
+                         (reason[:500] or "refused by the analyzer", instrument, *ids))
 
         await self.store.write(work)
 

@@ -158,10 +158,16 @@ def _migrate_outbox_operations(conn: sqlite3.Connection) -> None:
     )""")
 
 
+def _migrate_order_notes(conn: sqlite3.Connection) -> None:
+    """Why an analyzer refused an order (HL7 ORL^O34 "unable to accept"), shown with the order."""
+    _add_column(conn, "orders", "note", "TEXT NOT NULL DEFAULT ''")
+
+
 # Step n brings a store from user_version n-1 to n. Version 1 is SCHEMA itself.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _migrate_orders,
     3: _migrate_outbox_operations,
+    4: _migrate_order_notes,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -13,6 +13,13 @@ resends the same message (same MSH-10) after a timeout or a reconnect, and keeps
 ``acked``. It dials the host (``run``) or, for a ``tcp-client`` link, listens for it (``serve``).
 Fault injection: ``resend_every=N`` sends every Nth message a second time after its ACK (a lost ACK, seen
 from the host); ``junk_every=N`` puts noise before every Nth block.
+
+Orders (IHE LAW, ``law`` dialect): with ``query_share`` > 0 that share of its samples is first queried
+(LAB-27 ``QBP^Q11`` for the specimen, waiting for the ``RSP^K11``); every ``OML^O33`` the host sends
+(query answers and pushes, LAB-28) is answered with ``ORL^O34`` and recorded in ``work`` (specimen ->
+AWOS ID -> test code) or ``no_work`` (ORC-1 ``DC``). Like a LAW analyzer it refuses an AWOS ID it already
+holds (``UA``, ERR 205) and tests listed in ``refuse_tests`` (``UA``, "not on board"). ``linger`` keeps the
+connection open after the last result, to take pushed orders.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Literal
 
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7 import escape
-from labbridge.protocols.hl7_parse import parse_message
+from labbridge.protocols.hl7_parse import Hl7Message, parse_message
 from labbridge_simulators.astm_analyzer import CHEMISTRY_PANEL, FIRST_NAMES, LAST_NAMES, Address, ResultIdentity
 
 Dialect = Literal["law", "mindray"]
@@ -38,6 +45,7 @@ class Hl7SimMessage:
     control_id: str
     payload: bytes
     results: tuple[ResultIdentity, ...]
+    sample: str = ""
 
 
 @dataclass
@@ -47,6 +55,10 @@ class Hl7AnalyzerStats:
     resends: int = 0
     rejected: int = 0  # AE/AR received
     ack_codes: list[str] = field(default_factory=list)
+    queries: int = 0  # QBP^Q11 sent
+    query_answers: int = 0  # RSP^K11 received
+    omls: int = 0  # OML^O33 received
+    orl_codes: list[str] = field(default_factory=list)  # ORC-1 of each AWOS answered (OK / UA)
 
 
 class Hl7MessageFactory:
@@ -64,6 +76,7 @@ class Hl7MessageFactory:
         self.panel = CHEMISTRY_PANEL[:max(1, min(panel_size, len(CHEMISTRY_PANEL)))]
         self.rng = random.Random(seed)
         self.counter = 0
+        self.queries = 0
 
     def next(self, now: datetime | None = None) -> Hl7SimMessage:
         now = now or datetime.now().astimezone()
@@ -109,7 +122,18 @@ class Hl7MessageFactory:
                                 f"|{text}|{ts}||Admin|0|")
         payload = ("\r".join(segments) + "\r").encode("utf-8")
         identities = tuple((self.instrument, sample, a.code, text) for a, text, _ in values)
-        return Hl7SimMessage(control_id, payload, identities)
+        return Hl7SimMessage(control_id, payload, identities, sample)
+
+    def query(self, sample: str, now: datetime | None = None) -> Hl7SimMessage:
+        """A LAB-27 QBP^Q11 for one specimen."""
+        now = now or datetime.now().astimezone()
+        self.queries += 1
+        control_id = f"Q{self.instrument[:8].upper()}{self.queries}"
+        segments = [f"MSH|^~\\&|SIMLAW|{escape(self.instrument)}|LABBRIDGE|LAB|{now.strftime('%Y%m%d%H%M%S%z')}||"
+                    f"QBP^Q11^QBP_Q11|{control_id}|P|2.5.1|||||UNICODE UTF-8|||LAB-27^IHE",
+                    f"QPD|WOS^Work Order Step^IHE_LABTF|QT{self.queries}|{escape(sample)}",
+                    "RCP|I||R"]
+        return Hl7SimMessage(control_id, ("\r".join(segments) + "\r").encode("utf-8"), (), sample)
 
 
 @dataclass
@@ -124,7 +148,13 @@ class Hl7AnalyzerSim:
     resend_every: int = 0
     junk_every: int = 0
     seed: int | None = None
+    query_share: float = 0.0
+    refuse_tests: frozenset[str] = frozenset()
+    linger: bool = False
     acked: list[ResultIdentity] = field(default_factory=list)
+    work: dict[str, dict[str, str]] = field(default_factory=dict)  # specimen -> AWOS ID -> test code
+    no_work: list[str] = field(default_factory=list)  # specimens answered with ORC-1 DC
+    queried: list[str] = field(default_factory=list)
     stats: Hl7AnalyzerStats = field(default_factory=Hl7AnalyzerStats)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: Hl7SimMessage | None = None
@@ -139,7 +169,7 @@ class Hl7AnalyzerSim:
     async def run(self, stop: asyncio.Event) -> None:
         """Dial the host and send until ``stop`` (the message in flight is finished first) or done."""
         rng = random.Random(self.seed)
-        while not self.done() and not (stop.is_set() and self._pending is None):
+        while (self.linger or not self.done()) and not (stop.is_set() and self._pending is None):
             try:
                 host, port = self._resolve()
                 reader, writer = await asyncio.open_connection(host, port)
@@ -157,7 +187,7 @@ class Hl7AnalyzerSim:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-            if not self.done() and not stop.is_set():
+            if (self.linger or not self.done()) and not stop.is_set():
                 await asyncio.sleep(self.reconnect_delay)
 
     async def serve(self, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 0,
@@ -196,17 +226,86 @@ class Hl7AnalyzerSim:
                 data = await reader.read(65536)
                 if not data:
                     raise ConnectionError("host closed the connection")
-                for event in decoder.receive_data(data):
+                settled = ""
+                for event in decoder.receive_data(data):  # all of them: an OML^O33 may follow the ACK
                     if not isinstance(event, mllp.MllpMessage):
                         continue
                     ack = parse_message(event.payload)
+                    if await self._incoming(ack, writer):
+                        continue
                     msa = ack.first("MSA")
-                    if msa is None or ack.value(msa, 2) != msg.control_id:
+                    if settled or msa is None or ack.value(msa, 2) != msg.control_id:
                         continue
                     code = ack.value(msa, 1).upper()
+                    if ack.message_type == "RSP^K11":
+                        self.stats.query_answers += 1
                     self.stats.ack_codes.append(code)
                     if code in ("AA", "AE", "AR", "CE", "CR"):
-                        return code
+                        settled = code
+                if settled:
+                    return settled
+
+    async def _incoming(self, message: Hl7Message, writer: asyncio.StreamWriter) -> bool:
+        """A message from the host that is not an acknowledgement (an OML^O33): answer it. True if it was one."""
+        if message.message_type != "OML^O33":
+            return False
+        self.stats.omls += 1
+        specimen = ""
+        orcs: list[tuple[str, str, str]] = []  # AWOS ID, test code, ORC-1 of ours
+        awos = ""
+        for seg in message.segments:
+            if seg.name == "SPM":
+                specimen = message.value(seg, 2, 1, subcomponent=1)
+            elif seg.name == "ORC":
+                awos = message.value(seg, 2, 1)
+                if message.value(seg, 1).upper() == "DC":
+                    self.no_work.append(specimen)
+            elif seg.name == "OBR" and awos:
+                orcs.append((awos, message.value(seg, 4, 1), specimen))
+        lines = [f"MSH|^~\\&|SIMLAW|{escape(self.name)}|LABBRIDGE|LAB|{datetime.now().strftime('%Y%m%d%H%M%S')}||"
+                 f"ORL^O34^ORL_O34|A{message.control_id}|P|2.5.1|||||UNICODE UTF-8|||LAB-28^IHE"]
+        answers: list[str] = []
+        errors: list[str] = []
+        held = {a for work in self.work.values() for a in work}
+        for awos_id, test, sample in orcs:
+            if awos_id in held:
+                answers.append(f"ORC|UA|{escape(awos_id)}")
+                errors.append(f"ERR|||205^Duplicate key identifier^HL70357|E||||AWOS ID {escape(awos_id)} "
+                              "already received")
+            elif test in self.refuse_tests:
+                answers.append(f"ORC|UA|{escape(awos_id)}")
+                errors.append(f"ERR|||207^Application internal error^HL70357|E||||test {escape(test)} "
+                              "not on board")
+            else:
+                answers.append(f"ORC|OK|{escape(awos_id)}")
+                self.work.setdefault(sample, {})[awos_id] = test
+        self.stats.orl_codes.extend(a.split("|")[1] for a in answers)
+        msa = "AE" if errors and all(a.startswith("ORC|UA") for a in answers) else "AA"
+        lines += [f"MSA|{msa}|{message.control_id}", *errors]
+        if orcs:
+            lines.append(f"SPM|1|{escape(orcs[0][2])}")
+        lines.extend(answers)
+        writer.write(mllp.frame(("\r".join(lines) + "\r").encode("utf-8")))
+        await writer.drain()
+        return True
+
+    async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: mllp.MllpDecoder,
+                      stop: asyncio.Event, seconds: float | None) -> None:
+        """Take what the host sends (OML^O33) for ``seconds`` (None: until ``stop``)."""
+        loop = asyncio.get_running_loop()
+        until = None if seconds is None else loop.time() + seconds
+        while not stop.is_set() and (until is None or loop.time() < until):
+            wait = 0.1 if until is None else min(0.1, max(0.0, until - loop.time()))
+            try:
+                async with asyncio.timeout(wait):
+                    data = await reader.read(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                raise ConnectionError("host closed the connection")
+            for event in decoder.receive_data(data):
+                if isinstance(event, mllp.MllpMessage):
+                    await self._incoming(parse_message(event.payload), writer)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: asyncio.Event,
                        rng: random.Random) -> None:
@@ -217,19 +316,25 @@ class Hl7AnalyzerSim:
         next_at = loop.time()
         while True:
             if self._pending is None:
-                if stop.is_set() or self.done():
+                if stop.is_set():
                     return
-                if self.max_messages is not None and self._generated >= self.max_messages:
+                if self.done() or (self.max_messages is not None and self._generated >= self.max_messages):
+                    if self.linger:
+                        await self._listen(reader, writer, decoder, stop, None)
                     return
                 delay = next_at - loop.time()
                 if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await stop.wait()
+                    await self._listen(reader, writer, decoder, stop, delay)
                     continue
                 self._pending = self.factory.next()
                 self._generated += 1
                 next_at = loop.time() + rng.uniform(*self.interval)
+                if self.query_share and rng.random() < self.query_share:
+                    query = self.factory.query(self._pending.sample)
+                    self.stats.queries += 1
+                    self.queried.append(query.sample)
+                    with contextlib.suppress(TimeoutError):
+                        await self._send_and_wait(query, reader, writer, decoder, False)
             msg = self._pending
             junk = bool(self.junk_every) and self._generated % self.junk_every == 0
             try:
@@ -256,10 +361,11 @@ async def _main(args: argparse.Namespace) -> None:
     factory = Hl7MessageFactory(args.name, dialect=args.dialect, sample_prefix=args.name[:3].upper(),
                                 panel_size=args.tests)
     sim = Hl7AnalyzerSim(args.name, (args.host, args.port), factory, interval=(args.interval, args.interval),
-                         max_messages=args.count)
+                         max_messages=args.count, query_share=args.query_share if args.dialect == "law" else 0.0)
     await sim.run(asyncio.Event())
     print(f"{args.name}: {sim.stats.messages_acked} messages acknowledged, {len(sim.acked)} results, "
-          f"{sim.stats.rejected} rejected", flush=True)
+          f"{sim.stats.rejected} rejected; {sim.stats.queries} queries, {sim.stats.omls} OML^O33 received "
+          f"({len(sim.no_work)} without work)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=10, help="messages to send")
     parser.add_argument("--tests", type=int, default=10, help="results per message")
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--query-share", type=float, default=0.0,
+                        help="share of samples queried first (LAB-27 QBP^Q11, law dialect)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))

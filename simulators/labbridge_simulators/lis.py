@@ -3,6 +3,11 @@
 It parses with python-hl7 (an implementation independent of labbridge's) and answers with python-hl7's
 ``create_ack``. It can be told to be down, slow, or to answer AE/AR, and it keeps books a real LIS
 would: a message whose MSH-10 it has already accepted is acknowledged again but booked once.
+
+It also places orders: :func:`order_message` builds an OML^O21 (v2.5.1), OML^O33 (LAW shape, SPM) or
+ORM^O01 (v2.3.1) for one sample, and :meth:`SimulatedLis.send_orders` sends it to labbridge's
+``[[lis_orders]]`` listener with python-hl7's asyncio MLLP client and returns the ACK (recorded in
+``order_acks``).
 """
 
 from __future__ import annotations
@@ -10,11 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 import hl7
+import hl7.mllp
 
 from labbridge.protocols import mllp
 
@@ -52,6 +61,30 @@ def read_results(message: hl7.Message) -> tuple[str, str, list[ResultIdentity]]:
     return control_id, message_type, out
 
 
+OrderKind = Literal["OML^O21", "OML^O33", "ORM^O01"]
+_ORDER_IDS = itertools.count(1)
+
+
+def order_message(kind: OrderKind, *, sample: str, tests: Sequence[str], control_id: str, to: str = "LABBRIDGE",
+                  priority: str = "R", patient: str = "") -> str:
+    """One LIS order message for one sample (``to`` goes in MSH-5: an instrument or site id, or anything)."""
+    ts = datetime.now().strftime("%Y%m%d%H%M%S")
+    version = "2.3.1" if kind == "ORM^O01" else "2.5.1"
+    structure = {"OML^O21": "^OML_O21", "OML^O33": "^OML_O33", "ORM^O01": ""}[kind]
+    segments = [f"MSH|^~\\&|SIMLIS|HOSP|{to}|LAB|{ts}||{kind}{structure}|{control_id}|P|{version}"]
+    if patient:
+        segments.append(f"PID|1||{patient}^^^HOSP^PI||Doe^Jane")
+    if kind == "OML^O33":
+        segments.append(f"SPM|1|{sample}&SIMLIS||SER^Serum^HL70487")
+    for test in tests:
+        placer = f"P{next(_ORDER_IDS)}"
+        if kind == "ORM^O01":
+            segments += [f"ORC|NW|{placer}", f"OBR|1|{sample}||{test}|||{ts}" + "|" * 20 + f"^^^^^{priority}"]
+        else:
+            segments += [f"ORC|NW|{placer}", f"TQ1|1||||||||{priority}", f"OBR|1|{sample}||{test}^^L"]
+    return "\r".join(segments) + "\r"
+
+
 class SimulatedLis:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: Mode = "AA", delay: float = 0.0,
                  error_text: str = "simulated rejection") -> None:
@@ -66,6 +99,7 @@ class SimulatedLis:
         self.rejected = 0
         self.parse_errors = 0
         self.acks_dropped = 0
+        self.order_acks: list[hl7.Message] = []  # labbridge's answers to the orders this LIS sent
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -113,6 +147,21 @@ class SimulatedLis:
         return sum(1 for ids in self.result_bookings().values() if len(ids) > 1)
 
     # ---- protocol ------------------------------------------------------------------------------
+
+    async def send_orders(self, host: str, port: int, message: str, *, ack_timeout_s: float = 10.0) -> hl7.Message:
+        """Send one order message to labbridge and wait for its ACK (python-hl7's asyncio MLLP client)."""
+        reader, writer = await hl7.mllp.open_hl7_connection(host, port, encoding="utf-8")
+        try:
+            writer.writemessage(hl7.parse(message))
+            await writer.drain()
+            async with asyncio.timeout(ack_timeout_s):
+                ack: hl7.Message = await reader.readmessage()
+            self.order_acks.append(ack)
+            return ack
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

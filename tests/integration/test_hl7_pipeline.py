@@ -143,8 +143,8 @@ async def test_malformed_messages_get_ae_or_ar_with_a_reason_are_kept_and_the_co
             (b"PID|1||P1\rOBX|1|NM|GLU||5\r", "AE", "MSH"),
             (b"MSH|^^\\&|A||B||20261123||ORU^R01|1|P|2.5.1\r", "AE", "encoding characters"),
             (b"MSH|^~\\&|Mindray|BS||", "AR", "MSH-9"),
-            (b"MSH|^~\\&|A||B||20261123||QBP^Q11^QBP_Q11|Q1|P|2.5.1\rQPD|WOS^Work Order Step^IHE_LABTF|Q1|S1\r",
-             "AR", "not supported"),
+            (b"MSH|^~\\&|A||B||20261123||QBP^Q11^QBP_Q11|Q1|P|2.5.1\rQPD|XYZ^Other query^L|Q1|S1\r",
+             "AE", "not supported"),  # a LAW QBP^Q11 (WOS) is answered: tests/integration/test_hl7_orders.py
             (ORU_231.format(id="D1", sample="S1").replace("OBX|1|NM|GLU|", "OBX|1|NM||").encode(), "AE", "OBX-3"),
         ]
         for payload, code, words in cases:

@@ -88,7 +88,7 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
 
     run(body())
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 1
 
 
@@ -142,3 +142,49 @@ def test_new_order_problems_are_named() -> None:
     assert any(p.startswith("test_codes") for p in problems)
     assert any(p.startswith("priority") for p in problems)
     assert any("control characters" in p for p in NewOrder("S\r1", ("GLUC",), site="a").problems())
+
+
+def test_refused_orders_go_back_to_pending_with_the_reason_and_are_not_pushed_again(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = Store(tmp_path / "s.db")
+        await store.open()
+        try:
+            src = SqliteOrderSource(store)
+            order = await src.add_order(NewOrder("S1", ("GLUC",), instrument="chem-1", site="arlon"), now=1.0)
+            await src.mark_sent([order.id], instrument="chem-1", now=2.0)
+            await src.mark_refused([order.id], instrument="chem-1", reason="GLU not on board", now=3.0)
+            refused = await src.get(order.id)
+            assert refused is not None and (refused.state, refused.note) == ("pending", "GLU not on board")
+            assert await src.orders_to_push(instrument="chem-1") == []  # no loop of refusals
+            # Still answered when the analyzer asks for the sample; accepted later clears the note.
+            assert await src.orders_for_samples(instrument="chem-1", site="arlon", sample_ids=["S1"])
+            await src.mark_accepted([order.id], instrument="chem-1", now=4.0)
+            accepted = await src.get(order.id)
+            assert accepted is not None and (accepted.state, accepted.note) == ("accepted", "")
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_orders_from_a_message_are_stored_with_it_once(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = Store(tmp_path / "s.db")
+        await store.open()
+        try:
+            src = SqliteOrderSource(store)
+            new = [NewOrder("S1", ("GLUC",), instrument="chem-1", site="arlon", source="lis:in")]
+            added, duplicate = await src.add_orders_from_message(new, origin="lis:in", raw=b"MSH|1",
+                                                                 sender_id=("M1", "d1"), now=1.0)
+            assert len(added) == 1 and not duplicate
+            again, duplicate = await src.add_orders_from_message(new, origin="lis:in", raw=b"MSH|1",
+                                                                 sender_id=("M1", "d1"), now=2.0)
+            assert again == [] and duplicate
+            none, duplicate = await src.add_orders_from_message(new, origin="lis:in", raw=b"MSH|2",
+                                                                sender_id=("M2", "d2"), now=3.0, error="bad")
+            assert none == [] and not duplicate
+            assert len(await src.list_orders()) == 1
+        finally:
+            await store.close()
+
+    run(body())

@@ -294,20 +294,25 @@ def _group_by_sample(results: Sequence[tuple[int, Result]]) -> dict[str, list[tu
     return groups
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a new encoder per call with options
+
+
 def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
                     received_at: float) -> tuple[list[tuple[int, Result]], int]:
     """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates."""
     new: list[tuple[int, Result]] = []
     duplicates = 0
+    dumps = _compact_json.encode
+    execute = conn.execute
     for result in results:
-        stored = dataclasses.replace(result, message_id=message_id)
-        cur = conn.execute(
+        data = result.to_json()
+        data["message_id"] = message_id
+        cur = execute(
             "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) "
             "VALUES (?, ?, ?, ?, ?)",
-            (message_id, instrument, result.idempotency_key(), received_at,
-             json.dumps(stored.to_json(), separators=(",", ":"))))
+            (message_id, instrument, result.idempotency_key(), received_at, dumps(data)))
         if cur.rowcount == 1 and cur.lastrowid is not None:
-            new.append((cur.lastrowid, stored))
+            new.append((cur.lastrowid, dataclasses.replace(result, message_id=message_id)))
         else:
             duplicates += 1
     return new, duplicates

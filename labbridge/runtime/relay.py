@@ -118,6 +118,7 @@ class Relay:
         # ID (MSH-10), which the LIS treats as the same message.
         self._marking: set[int] = set()
         self._mark_tasks: set[asyncio.Task[None]] = set()
+        self._mark_error: Exception | None = None  # a mark's commit failed: the run fails (and is restarted)
 
     def render(self, item: OutboxItem) -> bytes:
         dest = self.dest
@@ -161,6 +162,9 @@ class Relay:
     async def run(self) -> None:
         try:
             while True:
+                if self._mark_error is not None:  # as before pipelining: the supervisor backs off and restarts us
+                    error, self._mark_error = self._mark_error, None
+                    raise error
                 self.wakeup.clear()
                 now = time.time()
                 backlog_ok = now >= self._backlog_next_at
@@ -172,9 +176,6 @@ class Relay:
                         wake.append(next_at - now)
                     if not backlog_ok:
                         wake.append(self._backlog_next_at - now)
-                    if self._mark_tasks:  # a pending mark may free an item (its commit failed): look again then
-                        await asyncio.wait(self._mark_tasks, timeout=max(0.0, min(wake)))
-                        continue
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(0.0, min(wake))):
                             await self.wakeup.wait()
@@ -185,8 +186,8 @@ class Relay:
                         if now < self._backlog_next_at or self.wakeup.is_set():
                             break  # paced, or new live items may have come: read again, live items first
                         self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
-                    if not await self._deliver(item):
-                        break  # the destination is down: back off, then read again
+                    if not await self._deliver(item) or self._mark_error is not None:
+                        break  # the destination is down (backed off), or the store failed: read again
         finally:
             if self._mark_tasks:
                 await asyncio.gather(*self._mark_tasks, return_exceptions=True)
@@ -198,6 +199,8 @@ class Relay:
         except Exception as exc:  # the commit failed: the item stays pending and goes again, same control ID
             log.error("mark_delivered_failed", destination=self.dest.id, outbox_id=item.id,
                       error=type(exc).__name__)
+            self._mark_error = exc
+            self.wakeup.set()
         else:  # counted once the store says so, so the health and the store's counts agree
             self.health.delivered += 1
             if item.backlog:

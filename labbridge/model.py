@@ -6,7 +6,7 @@ Field names are stable: they appear in the JSON API, in ``labbridge replay --jso
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ResultStatus = Literal["final", "preliminary", "correction", "cancelled"]
@@ -49,10 +49,13 @@ class Result:
         return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["flags"] = list(self.flags)
-        data["numeric_value"] = self.numeric_value
-        return data
+        # Built field by field: dataclasses.asdict deep-copies through generic recursion, and this runs
+        # for every result stored (the store writer's hot path). Same keys, same order as asdict.
+        return {"instrument": self.instrument, "sample_id": self.sample_id, "test_code": self.test_code,
+                "instrument_test_code": self.instrument_test_code, "value": self.value, "units": self.units,
+                "reference_range": self.reference_range, "flags": list(self.flags), "status": self.status,
+                "measured_at": self.measured_at, "kind": self.kind, "patient_id": self.patient_id,
+                "message_id": self.message_id, "numeric_value": self.numeric_value}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:

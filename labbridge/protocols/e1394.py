@@ -98,12 +98,15 @@ def escape(text: str, d: Delimiters) -> str:
 class Record:
     """One record, fields kept raw (escaped) until asked for."""
 
-    __slots__ = ("delimiters", "raw_fields", "type")
+    __slots__ = ("_components", "delimiters", "raw_fields", "type")
 
     def __init__(self, text: str, delimiters: Delimiters) -> None:
         self.delimiters = delimiters
         self.raw_fields = text.split(delimiters.field)
         self.type = self.raw_fields[0][:1].upper()  # R-B2: case-insensitive type ID
+        # (field, repeat) -> its unescaped components: a driver reads several components of one field,
+        # and splitting it again for each was the driver's main cost.
+        self._components: dict[tuple[int, int], tuple[str, ...]] | None = None  # made on first use
 
     def raw(self, number: int) -> str:
         """Field ``number`` (1-based, as the standard counts) still escaped; '' if absent."""
@@ -119,18 +122,35 @@ class Record:
             return [raw]  # the delimiter definition itself
         return [unescape(r, self.delimiters) for r in raw.split(self.delimiters.repeat)] if raw else []
 
-    def components(self, number: int, repeat: int = 0) -> list[str]:
+    def _split(self, number: int, repeat: int) -> tuple[str, ...]:
+        key = (number, repeat)
+        cache = self._components
+        if cache is None:
+            cache = self._components = {}
+        else:
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
         raw = self.raw(number)
-        if not raw:
-            return []
-        reps = raw.split(self.delimiters.repeat)
-        if repeat >= len(reps):
-            return []
-        return [unescape(c, self.delimiters) for c in reps[repeat].split(self.delimiters.component)]
+        comps: tuple[str, ...] = ()
+        if raw:
+            d = self.delimiters
+            reps = raw.split(d.repeat) if d.repeat in raw else [raw]
+            if repeat < len(reps):
+                text = reps[repeat]
+                if d.escape in text:
+                    comps = tuple(unescape(c, d) for c in text.split(d.component))
+                else:
+                    comps = tuple(text.split(d.component))
+        cache[key] = comps
+        return comps
+
+    def components(self, number: int, repeat: int = 0) -> list[str]:
+        return list(self._split(number, repeat))
 
     def component(self, number: int, index: int, repeat: int = 0) -> str:
         """Component ``index`` (1-based) of field ``number``; '' if absent."""
-        comps = self.components(number, repeat)
+        comps = self._split(number, repeat)
         return comps[index - 1] if 0 < index <= len(comps) else ""
 
     def __repr__(self) -> str:

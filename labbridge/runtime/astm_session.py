@@ -103,6 +103,27 @@ class AstmSession:
         try:
             await self._offer_work()
             while True:
+                if self.wakeup is None or self.orders is None:
+                    # No order wakeup to watch: await the read itself under the link's deadline (no task and
+                    # no asyncio.wait per frame). StreamReader.read is cancel-safe: a timeout loses no byte.
+                    deadline = self._deadline()
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            data = await self.reader.read(READ_SIZE)
+                    except TimeoutError:
+                        pass
+                    else:
+                        if not data:
+                            break
+                        self.health.counters.bytes_received += len(data)
+                        self.health.last_byte_at = time.time()
+                        link.receive_data(data, loop.time())
+                    timer = link.get_timer()
+                    if timer is not None and loop.time() >= timer:
+                        link.handle_timer(loop.time())
+                    await self._pump()
+                    await self._offer_work()
+                    continue
                 if read_task is None:
                     read_task = asyncio.create_task(self.reader.read(READ_SIZE))
                 waiters: set[asyncio.Task[bytes] | asyncio.Task[bool]] = {read_task}

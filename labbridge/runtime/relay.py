@@ -39,6 +39,8 @@ from labbridge.runtime.store import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxI
 log = get_logger("labbridge.relay")
 
 IDLE_POLL_S = 5.0
+BATCH_ITEMS = 64  # due items fetched in one read
+MAX_UNCOMMITTED = 256  # items the LIS accepted whose "delivered" mark is not committed yet
 
 
 @dataclass
@@ -110,6 +112,13 @@ class Relay:
                                    verify_tls=dest.verify_tls)
         self._outage_attempts = 0
         self._backlog_next_at = 0.0  # wall clock: the next backlog item may go at this time
+        # Pipelining: an item the LIS accepted is marked delivered by a write that the relay does not wait
+        # for before sending the next one. Until that commit lands the item is excluded from reads, so it is
+        # never sent twice by a running relay; after a crash it may be sent again, under the same control
+        # ID (MSH-10), which the LIS treats as the same message.
+        self._marking: set[int] = set()
+        self._mark_tasks: set[asyncio.Task[None]] = set()
+        self._mark_error: Exception | None = None  # a mark's commit failed: the run fails (and is restarted)
 
     def render(self, item: OutboxItem) -> bytes:
         dest = self.dest
@@ -153,11 +162,19 @@ class Relay:
     async def run(self) -> None:
         try:
             while True:
+                if self._mark_error is not None:  # as before pipelining: the supervisor backs off and restarts us
+                    error, self._mark_error = self._mark_error, None
+                    raise error
                 self.wakeup.clear()
                 now = time.time()
                 backlog_ok = now >= self._backlog_next_at
-                item, next_at = await self.store.next_due(self.dest.id, now, include_backlog=backlog_ok)
-                if item is None:
+                # A copy, taken before the read: the read runs on the store's reader thread while marks land.
+                # An id still in the copy is skipped; an id gone from it was committed before the read began,
+                # so the read sees it delivered. (Passing the live set let a landing mark un-exclude an item
+                # the read's snapshot still showed pending: it was sent twice.)
+                items, next_at = await self.store.due_items(self.dest.id, now, include_backlog=backlog_ok,
+                                                            limit=BATCH_ITEMS, exclude=frozenset(self._marking))
+                if not items:
                     wake = [IDLE_POLL_S]
                     if next_at is not None:
                         wake.append(next_at - now)
@@ -167,17 +184,40 @@ class Relay:
                         async with asyncio.timeout(max(0.0, min(wake))):
                             await self.wakeup.wait()
                     continue
-                if item.backlog:
-                    self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
-                await self._deliver(item)
+                for item in items:
+                    if item.backlog:
+                        now = time.time()
+                        if now < self._backlog_next_at or self.wakeup.is_set():
+                            break  # paced, or new live items may have come: read again, live items first
+                        self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
+                    if not await self._deliver(item) or self._mark_error is not None:
+                        break  # the destination is down (backed off), or the store failed: read again
         finally:
+            if self._mark_tasks:
+                await asyncio.gather(*self._mark_tasks, return_exceptions=True)
             await self.close()
 
-    async def _deliver(self, item: OutboxItem) -> None:
+    async def _mark_delivered(self, item: OutboxItem, at: float) -> None:
+        try:
+            await self.store.mark_delivered(item.id, at)
+        except Exception as exc:  # the commit failed: the item stays pending and goes again, same control ID
+            log.error("mark_delivered_failed", destination=self.dest.id, outbox_id=item.id,
+                      error=type(exc).__name__)
+            self._mark_error = exc
+            self.wakeup.set()
+        else:  # counted once the store says so, so the health and the store's counts agree
+            self.health.delivered += 1
+            if item.backlog:
+                self.health.backlog_delivered += 1
+        finally:
+            self._marking.discard(item.id)
+
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Hand one item over and book the outcome; False if the destination is unreachable (backed off)."""
         now = time.time()
         if not item.results:
             await self.store.dead_letter(item.id, "no results left to send (store inconsistency)", DEAD_UNDELIVERED)
-            return
+            return True
         try:
             outcome = await self.hand_over(item)
         except TransientLinkError as exc:
@@ -187,31 +227,34 @@ class Relay:
             if now - item.created_at > self.dest.give_up_after_s:
                 await self._dead(item, f"undelivered after {self.dest.give_up_after_s / 3600:g} h: {reason}",
                                  DEAD_UNDELIVERED)
-                return
+                return False
             await self.store.schedule_retry(item.id, now, reason)
             delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
             self._outage_attempts += 1
             await asyncio.sleep(delay)
-            return
+            return False
         self._outage_attempts = 0
         self.health.set_state("up", "the LIS acknowledges results")
         if outcome.accepted:
-            await self.store.mark_delivered(item.id, time.time())
-            self.health.delivered += 1
-            if item.backlog:
-                self.health.backlog_delivered += 1
+            self._marking.add(item.id)
             self.health.last_delivery_at = time.time()
-            return
+            task = asyncio.create_task(self._mark_delivered(item, self.health.last_delivery_at))
+            self._mark_tasks.add(task)
+            task.add_done_callback(self._mark_tasks.discard)
+            while len(self._marking) >= MAX_UNCOMMITTED and self._mark_tasks:  # bounded: wait for the writer
+                await asyncio.wait(self._mark_tasks, return_when=asyncio.FIRST_COMPLETED)
+            return True
         reason = f"LIS answered {outcome.code}" + (f": {outcome.text}" if outcome.text else "")
         self.health.last_error = reason
         if outcome.dead or now - item.created_at > self.dest.give_up_after_s:
             await self._dead(item, reason, DEAD_LIS_REJECTED)
-            return
+            return True
         self.health.retried += 1
         delay = backoff_delay(item.attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
         await self.store.schedule_retry(item.id, now + delay, reason)
         log.warning("lis_refused", destination=self.dest.id, outbox_id=item.id, code=outcome.code,
                     retry_in_s=round(delay, 1))
+        return True
 
     async def _dead(self, item: OutboxItem, reason: str, kind: str) -> None:
         await self.store.dead_letter(item.id, reason, kind)

@@ -31,7 +31,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -303,20 +303,25 @@ def _group_by_sample(results: Sequence[tuple[int, Result]]) -> dict[str, list[tu
     return groups
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a new encoder per call with options
+
+
 def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
                     received_at: float) -> tuple[list[tuple[int, Result]], int]:
     """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates."""
     new: list[tuple[int, Result]] = []
     duplicates = 0
+    dumps = _compact_json.encode
+    execute = conn.execute
     for result in results:
-        stored = dataclasses.replace(result, message_id=message_id)
-        cur = conn.execute(
+        data = result.to_json()
+        data["message_id"] = message_id
+        cur = execute(
             "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) "
             "VALUES (?, ?, ?, ?, ?)",
-            (message_id, instrument, result.idempotency_key(), received_at,
-             json.dumps(stored.to_json(), separators=(",", ":"))))
+            (message_id, instrument, result.idempotency_key(), received_at, dumps(data)))
         if cur.rowcount == 1 and cur.lastrowid is not None:
-            new.append((cur.lastrowid, stored))
+            new.append((cur.lastrowid, dataclasses.replace(result, message_id=message_id)))
         else:
             duplicates += 1
     return new, duplicates
@@ -802,23 +807,40 @@ class Store:
         Live items come before backlog ones; with ``include_backlog`` false, backlog items are left
         waiting (the relay's pacing) and do not count for the next due time.
         """
+        items, next_at = await self.due_items(destination, now, include_backlog=include_backlog, limit=1)
+        return (items[0] if items else None), next_at
 
-        def work(conn: sqlite3.Connection) -> tuple[OutboxItem | None, float | None]:
+    async def due_items(self, destination: str, now: float, *, include_backlog: bool = True, limit: int = 64,
+                        exclude: Collection[int] = ()) -> tuple[list[OutboxItem], float | None]:
+        """Up to ``limit`` pending items to send now, in sending order (as :meth:`next_due`), in one read.
+
+        Items whose ids are in ``exclude`` (handed over, their ``mark_delivered`` not committed yet) are
+        skipped. With none due, returns ``[]`` and the time the next one falls due.
+        """
+
+        def work(conn: sqlite3.Connection) -> tuple[list[OutboxItem], float | None]:
             only_live = "" if include_backlog else " AND backlog = 0"
-            row = conn.execute(
+            rows = conn.execute(
                 "SELECT id, control_id, instrument, message_id, attempts, created_at, result_ids, backlog"
                 " FROM outbox WHERE destination = ? AND state = 'pending' AND next_attempt_at <= ?" + only_live +
-                " ORDER BY backlog, next_attempt_at, id LIMIT 1", (destination, now)).fetchone()
-            if row is None:
+                " ORDER BY backlog, next_attempt_at, id LIMIT ?", (destination, now, limit + len(exclude))).fetchall()
+            rows = [row for row in rows if row[0] not in exclude][:limit]
+            if not rows:
                 nxt = conn.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE destination = ?"
                                    " AND state = 'pending'" + only_live, (destination,)).fetchone()[0]
-                return None, None if nxt is None else float(nxt)
-            ids = json.loads(row[6])
-            marks = ",".join("?" * len(ids))
-            data = conn.execute(f"SELECT data FROM results WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
-            results = tuple(Result.from_json(json.loads(d[0])) for d in data)
-            return OutboxItem(row[0], destination, row[1], row[2], row[3], row[4], row[5], results,
-                              bool(row[7])), None
+                return [], None if nxt is None else float(nxt)
+            id_lists = [json.loads(row[6]) for row in rows]
+            wanted = [rid for ids in id_lists for rid in ids]
+            data: dict[int, Result] = {}
+            for start in range(0, len(wanted), 500):  # stay under SQLite's host-parameter limit
+                chunk = wanted[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for rid, text in conn.execute(f"SELECT id, data FROM results WHERE id IN ({marks})", chunk):
+                    data[rid] = Result.from_json(json.loads(text))
+            items = [OutboxItem(row[0], destination, row[1], row[2], row[3], row[4], row[5],
+                                tuple(data[rid] for rid in sorted(ids) if rid in data), bool(row[7]))
+                     for row, ids in zip(rows, id_lists, strict=True)]
+            return items, None
 
         return await self._read(work)
 

@@ -77,6 +77,12 @@ class DaemonProcess:
         self.proc.wait(timeout=10)
         self.ports = {}
 
+    def ensure_stopped(self) -> None:
+        """Whatever happened in the test, leave no daemon running behind it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
     def terminate(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -90,6 +96,13 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path)
         config = tmp_path / "labbridge.toml"
         write_toml(config, lab_config(tmp_path, instruments=ANALYZERS, lis_port=lis.port))
         daemon = DaemonProcess(config, tmp_path / "ready.json")
+        try:
+            await crash_many_times(daemon, lis)
+        finally:
+            daemon.ensure_stopped()
+            await lis.stop()
+
+    async def crash_many_times(daemon: DaemonProcess, lis: SimulatedLis) -> None:
         await daemon.start()
         stop = asyncio.Event()
         sims = [
@@ -125,6 +138,5 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(tmp_path: Path)
         # just before a kill whose ACK never went out: those are resent by the analyzer and kept once.
         assert lis.delivered - acked == set()
         assert daemon.terminate() == 0
-        await lis.stop()
 
     run(body(), timeout=120)

@@ -217,7 +217,13 @@ def test_file_drop_and_http_destinations_with_the_same_outbox_semantics(tmp_path
                 relay = next(r for r in lab.daemon.relays if r.dest.id == "rest")
                 await eventually(lambda: len(http_lis.received) == 3 and relay.health.dead_lettered == 1,
                                  what="HTTP deliveries")
+                # The relay marks an accepted item delivered without holding the next send for that commit.
                 rows = await lab.daemon.store.outbox_rows(destination="files-json")
+                for _ in range(100):
+                    if all(r["state"] == "delivered" for r in rows):
+                        break
+                    await asyncio.sleep(0.05)
+                    rows = await lab.daemon.store.outbox_rows(destination="files-json")
                 assert all(r["state"] == "delivered" for r in rows)
                 # One file per message, named by its stable control ID; no temporary file left behind.
                 assert {p.name for p in drops["json"].iterdir()} == {f"{r['control_id']}.json" for r in rows}
@@ -313,5 +319,27 @@ def test_a_full_store_refuses_the_message_the_analyzer_retries_and_it_recovers(t
         conn = sqlite3.connect(tmp_path / "labbridge.db")
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT COUNT(*) FROM messages WHERE instrument = 'an-0'").fetchone()[0] == 2
+
+    run(body(), timeout=60)
+
+
+def test_a_delivered_mark_that_fails_to_commit_resends_under_the_same_control_id(tmp_path: Path) -> None:
+    # The relay does not wait for the "delivered" commit before sending on; when that commit fails the item
+    # stays pending, the relay backs off (supervisor) and sends it again: the LIS books it once.
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1) as lab:
+            await lab.lis.go_down()
+            sim = lab.analyzer("an-0", messages=2)
+            await sim.run(asyncio.Event())
+            store = lab.daemon.store
+            store.fail_commits = True
+            await lab.lis.come_back()
+            await eventually(lambda: set(sim.acked) <= lab.lis.delivered, what="the LIS booked both")
+            assert (await store.counts())["outbox"]["lis"].get("delivered", 0) == 0
+            store.fail_commits = False
+            await eventually(lambda: lab.lis.redeliveries >= 1, timeout=30, what="a resend")
+            await eventually(lambda: lab.daemon.relays[0].health.delivered == 2, timeout=30, what="marked")
+            assert (await store.counts())["outbox"]["lis"]["delivered"] == 2
+            assert lab.lis.duplicates == 0 and lab.lis.delivered == set(sim.acked)
 
     run(body(), timeout=60)

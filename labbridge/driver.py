@@ -38,6 +38,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "mindray-bc-bs": "labbridge_driver_mindray:MindrayDriver",
     "snibe-maglumi": "labbridge_driver_snibe_maglumi:SnibeMaglumiDriver",
     "ortho-vitros": "labbridge_driver_ortho_vitros:OrthoVitrosDriver",
+    "siemens-advia": "labbridge_driver_siemens_advia:SiemensAdviaDriver",
 }
 
 

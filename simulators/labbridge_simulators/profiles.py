@@ -28,7 +28,7 @@ from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
-            "ortho-vitros")
+            "ortho-vitros", "siemens-advia")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
@@ -69,6 +69,9 @@ MAGLUMI = (Param("TSH", "uIU/mL", 0.3, 4.5, 2), Param("FT4", "pmol/L", 12.0, 22.
            Param("FT3", "pmol/L", 3.1, 6.8, 2), Param("FER", "ng/mL", 30, 400, 0), Param("PCT", "ng/mL", 0.0, 0.5, 2))
 VITROS = (Param("GLU", "mmol/L", 3.9, 6.1), Param("CREA", "umol/L", 59, 104, 0), Param("NA", "mmol/L", 136, 145, 0),
           Param("K", "mmol/L", 3.5, 5.1), Param("TSH", "mIU/L", 0.4, 4.0, 2))
+ADVIA = (Param("TSH3UL", "uIU/mL", 0.55, 4.78, 3), Param("FT4", "ng/dL", 0.89, 1.76, 2),
+         Param("PSA", "ng/mL", 0.0, 4.0, 2), Param("HBsII", "Index", 0.0, 1.0, 2), Param("TnIH", "ng/L", 0, 45, 0))
+ADVIA_QUALITATIVE = {"HBsII": 1.0}  # assay -> index cut-off: an INTERP row is sent too
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -122,7 +125,7 @@ class FamilyFactory:
         build: Callable[[str, bool, str], tuple[list[str], list[ResultIdentity]]] = {
             "sysmex-xn": self._sysmex, "roche-cobas": self._cobas, "abbott-architect": self._architect,
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
-            "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros,
+            "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
         }[self.family]
         self._requested = codes
         try:
@@ -250,4 +253,26 @@ class FamilyFactory:
             value, flag = self._value(p)
             recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{p.low}-{p.high}|{'' if qc else flag}||F||||{ts}")
             ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _advia(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(ADVIA)
+        recs = [f"H|\\^&|||ADVIA Centaur XPT^1.0^{self.instrument}|||||LIS||P|1|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||PEETERS^AN||19720311|F",
+                f"O|1|{sample}||" + "\\".join(f"^^^{p.code}" for p in panel)
+                + f"|R|{ts}|||||{'Q' if qc else 'N'}||||SER||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for p in panel:
+            value, flag = self._value(p)
+            n = len(recs) - 2
+            aspect = "INDX" if p.code in ADVIA_QUALITATIVE else "DOSE"
+            recs.append(f"R|{n}|^^^{p.code}^{aspect}|{value}|{p.units}|{p.low}-{p.high}|{'' if qc else flag}||F"
+                        f"||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+            cutoff = ADVIA_QUALITATIVE.get(p.code)
+            if cutoff is not None:
+                word = "Reactive" if float(value) >= cutoff else "NonReactive"
+                recs.append(f"R|{n + 1}|^^^{p.code}^INTERP|{word}|||||F||||{ts}")
+                ids.append((self.instrument, sample, f"{p.code}-I", word.upper()))
+            recs.append(f"R|{len(recs) - 2}|^^^{p.code}^RLU|{self.rng.randrange(1000, 900000)}|RLU||||F||||{ts}")
         return [*recs, "L|1|N"], ids

@@ -39,6 +39,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "snibe-maglumi": "labbridge_driver_snibe_maglumi:SnibeMaglumiDriver",
     "ortho-vitros": "labbridge_driver_ortho_vitros:OrthoVitrosDriver",
     "siemens-advia": "labbridge_driver_siemens_advia:SiemensAdviaDriver",
+    "beckman-dxh": "labbridge_driver_beckman_dxh:BeckmanDxhDriver",
 }
 
 

@@ -28,7 +28,7 @@ from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
-            "ortho-vitros", "siemens-advia")
+            "ortho-vitros", "siemens-advia", "beckman-dxh")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
@@ -72,6 +72,8 @@ VITROS = (Param("GLU", "mmol/L", 3.9, 6.1), Param("CREA", "umol/L", 59, 104, 0),
 ADVIA = (Param("TSH3UL", "uIU/mL", 0.55, 4.78, 3), Param("FT4", "ng/dL", 0.89, 1.76, 2),
          Param("PSA", "ng/mL", 0.0, 4.0, 2), Param("HBsII", "Index", 0.0, 1.0, 2), Param("TnIH", "ng/L", 0, 45, 0))
 ADVIA_QUALITATIVE = {"HBsII": 1.0}  # assay -> index cut-off: an INTERP row is sent too
+DXH = (Param("WBC", "10*3/uL", 4.0, 10.0, 2), Param("RBC", "10*6/uL", 3.9, 5.2, 2), Param("HGB", "g/dL", 12.0, 15.5),
+       Param("HCT", "%", 36.0, 46.0), Param("MCV", "fL", 80, 100), Param("PLT", "10*3/uL", 150, 400, 0))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -126,6 +128,7 @@ class FamilyFactory:
             "sysmex-xn": self._sysmex, "roche-cobas": self._cobas, "abbott-architect": self._architect,
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
+            "beckman-dxh": self._dxh,
         }[self.family]
         self._requested = codes
         try:
@@ -275,4 +278,17 @@ class FamilyFactory:
                 recs.append(f"R|{n + 1}|^^^{p.code}^INTERP|{word}|||||F||||{ts}")
                 ids.append((self.instrument, sample, f"{p.code}-I", word.upper()))
             recs.append(f"R|{len(recs) - 2}|^^^{p.code}^RLU|{self.rng.randrange(1000, 900000)}|RLU||||F||||{ts}")
+        return [*recs, "L|1|N"], ids
+
+    def _dxh(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(DXH)
+        recs = [f"H|\\^&|||DxH800^3.0.1.0^{self.instrument}|||||LIS||P|LIS2-A2|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||JANSSENS^LIES||19900707|F",
+                f"O|1|{sample}||^^^CBC|R|{ts}|||||{'Q' if qc else 'N'}||||WB||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{'' if qc else f'{p.low}-{p.high}'}|"
+                        f"{'' if qc else flag}||F||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids

@@ -37,6 +37,9 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "ihe-law": "labbridge_driver_ihe_law:IheLawDriver",
     "mindray-bc-bs": "labbridge_driver_mindray:MindrayDriver",
     "snibe-maglumi": "labbridge_driver_snibe_maglumi:SnibeMaglumiDriver",
+    "ortho-vitros": "labbridge_driver_ortho_vitros:OrthoVitrosDriver",
+    "siemens-advia": "labbridge_driver_siemens_advia:SiemensAdviaDriver",
+    "beckman-dxh": "labbridge_driver_beckman_dxh:BeckmanDxhDriver",
 }
 
 

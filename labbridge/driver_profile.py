@@ -8,6 +8,10 @@ the driver is imported (a bad profile is a driver load error, reported by name),
 :class:`ProfileAstmDriver` decodes messages from it. What does not fit goes into a small override of a
 hook (:meth:`ProfileAstmDriver.adjust`, :meth:`ProfileAstmDriver.on_record`).
 
+Host queries: ``host_query = true`` in the ``[driver]`` table makes the driver decode Q records into
+host queries and answer them (and download orders) with the LIS2-A2 records the generic ASTM driver
+uses (:mod:`labbridge.astm_orders`). Without it, Q records go to :meth:`ProfileAstmDriver.on_record`.
+
 Paths
 -----
 ``"R.3.5"`` is record R, field 3, component 5 (fields and components counted from 1, as LIS2-A2 counts
@@ -37,14 +41,17 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from labbridge import astm_orders
+from labbridge.astm_orders import decode_query
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError, RemoteProtocolError
-from labbridge.model import Decoded, Result, ResultStatus
+from labbridge.model import Decoded, HostQuery, OrderLine, Result, ResultStatus
 from labbridge.protocols.e1394 import Record, parse_records
 
 _PATH = re.compile(r"^(?P<type>[HPORCMQSL])\.(?P<field>[1-9]\d*)(?P<repeat>\[\*\]|\[[1-9]\d*\])?"
@@ -185,6 +192,9 @@ class DriverMeta(_Model):
     models: Annotated[list[str], Field(min_length=1)]
     version: str = "1.0"
     discipline: str = ""
+    # The analyzer asks the host for its orders (Q records): decode them and answer with the shared
+    # LIS2-A2 encoders (labbridge.astm_orders); the driver also downloads orders unasked.
+    host_query: bool = False
 
 
 # ``[link.dialect]`` keys that become the instrument's ``[instruments.link]`` defaults (LinkConfig fields).
@@ -286,6 +296,7 @@ class ProfileAstmDriver(AstmDriver):
             cls.models = tuple(profile.driver.models)
             cls.version = profile.driver.version
             cls.link_defaults = profile.link.as_link_config()
+            cls.supports_orders = profile.driver.host_query
             cls._compiled = _Compiled.build(profile)
 
     _compiled: ClassVar[_Compiled]
@@ -329,9 +340,24 @@ class ProfileAstmDriver(AstmDriver):
                     adjusted = self.adjust(result, scope, context)
                     if adjusted is not None:
                         out.results.append(adjusted)
+            elif kind == "Q" and self.supports_orders:
+                out.queries.append(decode_query(rec, context, index))
             else:
                 self.on_record(rec, index, scope, out)
         return out
+
+    # ---- host side (profiles with ``[driver] host_query = true``) ---------------------------------
+
+    def encode_query_reply(self, query: HostQuery, lines: Sequence[OrderLine], context: DecodeContext, *,
+                           at: datetime) -> list[bytes]:
+        if not self.supports_orders:
+            return super().encode_query_reply(query, lines, context, at=at)
+        return astm_orders.encode_query_reply(query, lines, context, at=at)
+
+    def encode_orders(self, lines: Sequence[OrderLine], context: DecodeContext, *, at: datetime) -> list[bytes]:
+        if not self.supports_orders:
+            return super().encode_orders(lines, context, at=at)
+        return astm_orders.encode_orders(lines, context, at=at)
 
     def _result(self, scope: Scope, context: DecodeContext, index: int) -> Result | None:
         c = self._compiled

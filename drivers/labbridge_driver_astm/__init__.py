@@ -14,6 +14,7 @@ Records outside that hierarchy (C, M, S) are skipped here; vendor drivers read t
 Host queries (Q record, LIS2-A2 §11): Q-3 starting range ID, repeats of ``patient^specimen^...``
 (the specimen ID is the 2nd component; ``ALL`` asks for every sample); Q-5 universal test ID
 (``^^^code`` repeats, or ``ALL``); Q-13 request status (``O`` orders, ``A`` cancel the last request).
+Q decoding and the host's answer are shared with the profile drivers (labbridge.astm_orders).
 The host's answer and pushed orders are P + O records (O-3 specimen ID, O-5 tests, O-6 priority,
 O-7 requested time, O-12 action code ``N``, O-26 report type ``Q``/``Y``/``Z`` or ``O``) between an H
 naming labbridge as sender and an L whose L-3 is ``N``, or ``I`` when nothing was found.
@@ -22,12 +23,12 @@ naming labbridge as sender and an L whose L-3 is ``N``, or ``I`` when nothing wa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
+from labbridge.astm_orders import PRIORITY_CODES, REPORT_TYPES, AstmOrders, decode_query
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError, RemoteProtocolError
-from labbridge.model import Decoded, HostQuery, OrderLine, OrderPriority, Result, ResultStatus
-from labbridge.protocols.e1394 import Field, Record, encode_record, parse_records
+from labbridge.model import Decoded, Result, ResultStatus
+from labbridge.protocols.e1394 import parse_records
 
 # LIS2-A2 R-9 result status codes.
 STATUS_CODES: dict[str, ResultStatus] = {
@@ -35,25 +36,12 @@ STATUS_CODES: dict[str, ResultStatus] = {
     "I": "preliminary", "S": "preliminary", "M": "final", "V": "final", "Q": "final",
 }
 
-# LIS2-A2 O-6 priority.
-PRIORITY_CODES: dict[OrderPriority, str] = {"routine": "R", "asap": "A", "stat": "S"}
-# LIS2-A2 O-26 report type of a host answer line.
-REPORT_TYPES = {"ordered": "Q", "no_order": "Y", "unknown_sample": "Z"}
 
-
-def _code_of(components: list[str]) -> str:
-    """The test code in a universal test ID: the 4th component (manufacturer's code), else the first set."""
-    if len(components) > 3 and components[3]:
-        return components[3]
-    return next((c for c in components if c), "")
-
-
-class GenericAstmDriver(AstmDriver):
+class GenericAstmDriver(AstmOrders, AstmDriver):
     name = "astm-generic"
     vendor = "generic"
     models = ("any LIS2-A2 analyzer",)
     version = "1.0"
-    supports_orders = True
 
     def decode(self, records: Sequence[bytes], context: DecodeContext) -> Decoded:
         try:
@@ -104,68 +92,8 @@ class GenericAstmDriver(AstmDriver):
                     patient_id=patient_id,
                 ))
             elif kind == "Q":
-                out.queries.append(self._query(rec, context, index))
+                out.queries.append(decode_query(rec, context, index))
         return out
 
-    def _query(self, rec: Record, context: DecodeContext, index: int) -> HostQuery:
-        samples: list[str] = []
-        everything = rec.field(3).strip().upper() == "ALL"
-        for repeat in range(len(rec.repeats(3))):
-            comps = rec.components(3, repeat)
-            specimen = comps[1].strip() if len(comps) > 1 else ""
-            if specimen.upper() == "ALL":
-                everything = True
-            elif specimen:
-                samples.append(specimen)
-        tests: list[str] = []
-        for repeat in range(len(rec.repeats(5))):
-            code = _code_of(rec.components(5, repeat)).strip()
-            if code.upper() == "ALL":
-                tests = []
-                break
-            if code:
-                tests.append(context.map_test(code))
-        status = rec.field(13).strip().upper()[:1] or "O"
-        if not samples and not everything and status != "A":
-            raise DecodeError("request (Q) record without a specimen ID in Q-3", record_index=index)
-        return HostQuery(instrument=context.instrument, sample_ids=tuple(samples), test_codes=tuple(tests),
-                         request_status=status, all_samples=everything)
 
-    # ---- host side -----------------------------------------------------------------------------
-
-    def encode_query_reply(self, query: HostQuery, lines: Sequence[OrderLine], context: DecodeContext, *,
-                           at: datetime) -> list[bytes]:
-        found = any(line.status == "ordered" for line in lines)
-        return self._message(lines, context, at=at, terminator="N" if found else "I")
-
-    def encode_orders(self, lines: Sequence[OrderLine], context: DecodeContext, *, at: datetime) -> list[bytes]:
-        return self._message(lines, context, at=at, terminator="N", report_type="O")
-
-    def _message(self, lines: Sequence[OrderLine], context: DecodeContext, *, at: datetime, terminator: str,
-                 report_type: str | None = None) -> list[bytes]:
-        ts = at.strftime("%Y%m%d%H%M%S")
-        records = [encode_record("H", ["", "", [context.host_name], "", "", "", "", context.instrument, "", "P",
-                                       "LIS2-A2", ts])]
-        patients = 0
-        orders = 0
-        previous = None
-        for line in lines:
-            if line.sample_id != previous:
-                patients += 1
-                orders = 0
-                records.append(encode_record("P", [str(patients), line.patient_id]))
-                previous = line.sample_id
-            orders += 1
-            tests: Field = [["", "", "", context.instrument_test(c)] for c in line.test_codes]
-            ordered = line.status == "ordered"
-            fields: list[Field] = [""] * 25
-            fields[0] = str(orders)  # O-2
-            fields[1] = line.sample_id  # O-3 specimen ID
-            fields[3] = tests  # O-5 universal test ID, one repeat per test
-            fields[4] = PRIORITY_CODES[line.priority] if ordered else ""  # O-6
-            fields[5] = ts if ordered else ""  # O-7 requested date/time
-            fields[10] = "N" if ordered else ""  # O-12 action code: new order
-            fields[24] = report_type or REPORT_TYPES[line.status]  # O-26 report type
-            records.append(encode_record("O", fields))
-        records.append(encode_record("L", ["1", terminator]))
-        return records
+__all__ = ["PRIORITY_CODES", "REPORT_TYPES", "STATUS_CODES", "GenericAstmDriver"]

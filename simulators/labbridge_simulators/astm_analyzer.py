@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from labbridge.protocols import e1381
 from labbridge.protocols.e1394 import encode_record, parse_records
@@ -196,6 +196,19 @@ class MessageSource(Protocol):
     def next(self, now: datetime | None = None) -> SimMessage: ...
 
 
+@runtime_checkable
+class QueryingSource(Protocol):
+    """A source that can ask the host about a sample first (MessageFactory; profiles' FamilyFactory)."""
+
+    def next(self, now: datetime | None = None) -> SimMessage: ...
+
+    def new_sample(self) -> str: ...
+
+    def query(self, sample: str, now: datetime | None = None) -> SimMessage: ...
+
+    def results_for(self, sample: str, codes: tuple[str, ...] = (), now: datetime | None = None) -> SimMessage: ...
+
+
 class ScriptedMessages:
     """Messages read from a file of E1394 records (one a line); used in place of a MessageFactory.
 
@@ -347,7 +360,7 @@ class AstmAnalyzerSim:
                 sample, codes = self._awaiting, self._answer
                 self._awaiting, self._awaiting_until, self._answer, self._answered = None, None, (), False
                 if not stop.is_set():
-                    assert isinstance(self.factory, MessageFactory)  # only it sends host queries
+                    assert isinstance(self.factory, QueryingSource)  # only these send host queries
                     msg = self.factory.results_for(sample, codes)
                     self._generated += 1
                     self._pending.append(msg)
@@ -356,10 +369,10 @@ class AstmAnalyzerSim:
                             and (self.max_messages is None or self._generated < self.max_messages))
             if may_generate:
                 factory = self.factory
-                if not isinstance(factory, MessageFactory):  # a family profile: results only
+                if not isinstance(factory, QueryingSource) or not self.query_share:  # results only
                     msg = factory.next()
                     self._generated += 1
-                elif self.query_share and rng.random() < self.query_share:
+                elif rng.random() < self.query_share:
                     sample = factory.new_sample()
                     msg = factory.query(sample)
                     self._awaiting = sample

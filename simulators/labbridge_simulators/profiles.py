@@ -7,6 +7,10 @@ and a QC run every ``qc_every`` messages in the family's way of marking QC. ``ne
 receive (instrument, sample, instrument test code *as the driver reports it*, value). The sample IDs of QC
 runs are collected in ``qc_samples`` so a test can check that the daemon stored them as QC.
 
+Host queries: a family in ``QUERY_FAMILIES`` (Ortho VITROS) can ask the host about a sample first
+(``query``, driven by the simulator's ``query_share``) and then run only the tests the host ordered
+(``results_for(sample, codes)``), as :class:`~labbridge_simulators.astm_analyzer.MessageFactory` does.
+
 Framing: every family is sent with standard E1381 framing (one record per frame). Roche cobas analyzers
 send a whole message in one frame; the E1381 core's sender cannot do that yet (the link-dialect work adds
 it), so the cobas simulator differs from the real analyzer in framing only. Its captures carry the
@@ -23,7 +27,10 @@ from datetime import datetime
 from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
-FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi")
+FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
+            "ortho-vitros", "siemens-advia", "beckman-dxh")
+# Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
+QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
 # The E1381 dialect each family's analyzer speaks, where it is not the standard (the driver's link defaults).
 LINK_DIALECTS: dict[str, e1381.LinkProfile] = {
@@ -60,6 +67,13 @@ HORIBA = (Param("WBC", "10^3/uL", 4.0, 10.0, 1, "26464-8"), Param("RBC", "10^6/u
           Param("MCV", "fL", 80, 100, 0, "30428-7"))
 MAGLUMI = (Param("TSH", "uIU/mL", 0.3, 4.5, 2), Param("FT4", "pmol/L", 12.0, 22.0, 1),
            Param("FT3", "pmol/L", 3.1, 6.8, 2), Param("FER", "ng/mL", 30, 400, 0), Param("PCT", "ng/mL", 0.0, 0.5, 2))
+VITROS = (Param("GLU", "mmol/L", 3.9, 6.1), Param("CREA", "umol/L", 59, 104, 0), Param("NA", "mmol/L", 136, 145, 0),
+          Param("K", "mmol/L", 3.5, 5.1), Param("TSH", "mIU/L", 0.4, 4.0, 2))
+ADVIA = (Param("TSH3UL", "uIU/mL", 0.55, 4.78, 3), Param("FT4", "ng/dL", 0.89, 1.76, 2),
+         Param("PSA", "ng/mL", 0.0, 4.0, 2), Param("HBsII", "Index", 0.0, 1.0, 2), Param("TnIH", "ng/L", 0, 45, 0))
+ADVIA_QUALITATIVE = {"HBsII": 1.0}  # assay -> index cut-off: an INTERP row is sent too
+DXH = (Param("WBC", "10*3/uL", 4.0, 10.0, 2), Param("RBC", "10*6/uL", 3.9, 5.2, 2), Param("HGB", "g/dL", 12.0, 15.5),
+       Param("HCT", "%", 36.0, 46.0), Param("MCV", "fL", 80, 100), Param("PLT", "10*3/uL", 150, 400, 0))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -83,31 +97,61 @@ class FamilyFactory:
     counter: int = 0
     qc_samples: set[str] = field(default_factory=set)
     rng: random.Random = field(init=False)
+    _requested: tuple[str, ...] = ()  # the tests the host ordered for the message being built
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; known: {', '.join(FAMILIES)}")
         self.rng = random.Random(self.seed)
 
-    def next(self, now: datetime | None = None) -> SimMessage:
-        now = now or datetime.now()
+    def sample_id(self, number: int) -> str:
+        """The ID of the ``number``-th sample (1-based) when it is not a QC run: lets a test order it."""
+        return f"{self.sample_prefix}{number:06d}"
+
+    def new_sample(self) -> str:
+        """The next sample ID; every ``qc_every``-th is a QC run (its ID starts ``QC-``)."""
         self.counter += 1
         qc = self.qc_every > 0 and self.counter % self.qc_every == 0
-        sample = f"{'QC-' if qc else ''}{self.sample_prefix}{self.counter:06d}"
+        sample = f"{'QC-' if qc else ''}{self.sample_id(self.counter)}"
         if qc:
             self.qc_samples.add(sample)
+        return sample
+
+    def next(self, now: datetime | None = None) -> SimMessage:
+        return self.results_for(self.new_sample(), now=now)
+
+    def results_for(self, sample: str, codes: tuple[str, ...] = (), now: datetime | None = None) -> SimMessage:
+        """Results for ``sample``: of the tests in ``codes`` that are on the panel (the host's orders), else
+        of the whole panel."""
+        now = now or datetime.now()
         build: Callable[[str, bool, str], tuple[list[str], list[ResultIdentity]]] = {
             "sysmex-xn": self._sysmex, "roche-cobas": self._cobas, "abbott-architect": self._architect,
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
-            "snibe-maglumi": self._maglumi,
+            "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
+            "beckman-dxh": self._dxh,
         }[self.family]
-        records, identities = build(sample, qc, now.strftime("%Y%m%d%H%M%S"))
+        self._requested = codes
+        try:
+            records, identities = build(sample, sample in self.qc_samples, now.strftime("%Y%m%d%H%M%S"))
+        finally:
+            self._requested = ()
         return SimMessage(tuple(r.encode("latin-1") for r in records), tuple(identities))
+
+    def query(self, sample: str, now: datetime | None = None) -> SimMessage:
+        """A host query for ``sample``, all tests, in the family's form (VITROS: J32799 §4.5)."""
+        if self.family not in QUERY_FAMILIES:
+            raise ValueError(f"family {self.family!r} sends no host queries (those that do: "
+                             f"{', '.join(sorted(QUERY_FAMILIES))})")
+        ts = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
+        records = (f"H|\\^&|||VITROS5600^3.7.2^{self.instrument}|||||LIS||P|LIS2-A2|{ts}",
+                   f"Q|1|^{sample}||ALL||||||||O", "L|1|N")
+        return SimMessage(tuple(r.encode("latin-1") for r in records), (), query_for=sample)
 
     # ---- helpers -----------------------------------------------------------------------------
 
     def _panel(self, params: tuple[Param, ...]) -> list[Param]:
-        return list(params[:max(1, min(self.panel_size, len(params)))])
+        ordered = [p for p in params if p.code in self._requested]
+        return ordered or list(params[:max(1, min(self.panel_size, len(params)))])
 
     def _value(self, p: Param) -> tuple[str, str]:
         spread = p.high - p.low
@@ -198,5 +242,53 @@ class FamilyFactory:
         for i, p in enumerate(panel, 1):
             value, flag = self._value(p)
             recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{p.low}-{p.high}|{'' if qc else flag}||F||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _vitros(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(VITROS)
+        recs = [f"H|\\^&|||VITROS5600^3.7.2^{self.instrument}|||||LIS||{'Q' if qc else 'P'}|LIS2-A2|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||MARTIN^PAUL||19580412|M",
+                f"O|1|{sample}||" + "\\".join(f"^^^{p.code}" for p in panel)
+                + f"|R|{ts}|||||{'Q' if qc else 'N'}||||5||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{p.low}-{p.high}|{'' if qc else flag}||F||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _advia(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(ADVIA)
+        recs = [f"H|\\^&|||ADVIA Centaur XPT^1.0^{self.instrument}|||||LIS||P|1|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||PEETERS^AN||19720311|F",
+                f"O|1|{sample}||" + "\\".join(f"^^^{p.code}" for p in panel)
+                + f"|R|{ts}|||||{'Q' if qc else 'N'}||||SER||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for p in panel:
+            value, flag = self._value(p)
+            n = len(recs) - 2
+            aspect = "INDX" if p.code in ADVIA_QUALITATIVE else "DOSE"
+            recs.append(f"R|{n}|^^^{p.code}^{aspect}|{value}|{p.units}|{p.low}-{p.high}|{'' if qc else flag}||F"
+                        f"||||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+            cutoff = ADVIA_QUALITATIVE.get(p.code)
+            if cutoff is not None:
+                word = "Reactive" if float(value) >= cutoff else "NonReactive"
+                recs.append(f"R|{n + 1}|^^^{p.code}^INTERP|{word}|||||F||||{ts}")
+                ids.append((self.instrument, sample, f"{p.code}-I", word.upper()))
+            recs.append(f"R|{len(recs) - 2}|^^^{p.code}^RLU|{self.rng.randrange(1000, 900000)}|RLU||||F||||{ts}")
+        return [*recs, "L|1|N"], ids
+
+    def _dxh(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(DXH)
+        recs = [f"H|\\^&|||DxH800^3.0.1.0^{self.instrument}|||||LIS||P|LIS2-A2|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||JANSSENS^LIES||19900707|F",
+                f"O|1|{sample}||^^^CBC|R|{ts}|||||{'Q' if qc else 'N'}||||WB||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{'' if qc else f'{p.low}-{p.high}'}|"
+                        f"{'' if qc else flag}||F||||{ts}")
             ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids

@@ -96,3 +96,44 @@ def test_pushed_orders_have_report_type_o_and_escaped_values() -> None:
     assert records[-1] == b"L|1|N"
     parsed = parse_records(records)
     assert parsed[2].field(3) == "S|1" and parsed[1].field(3) == "P^1"
+
+
+# ---- profile drivers: the same Q decoding and encoders, turned on by the profile ----------------------
+
+
+def test_vitros_profile_driver_decodes_the_vitros_query_like_the_generic_driver() -> None:
+    vitros = load_driver("ortho-vitros")
+    assert vitros.supports_orders
+    records = [b"H|\\^&|||VITROS5600^3.7.2^J56001234", b"Q|1|^1068687||ALL||||||||O", b"L|1|N"]
+    decoded = vitros.decode(records, context())
+    assert decoded.results == []
+    assert decoded.queries == GenericAstmDriver().decode(records, context()).queries == [
+        HostQuery(instrument="chem-1", sample_ids=("1068687",), test_codes=(), request_status="O")]
+    named = vitros.decode([b"H|\\^&", b"Q|1|^S1||^^^GLU\\^^^K||||||||O", b"L|1|N"], context()).queries
+    assert named[0].test_codes == ("GLUC", "K")
+    with pytest.raises(DecodeError, match="Q-3"):
+        vitros.decode([b"H|\\^&", b"Q|1|||ALL||||||||O", b"L|1|N"], context())
+
+
+def test_vitros_profile_driver_answers_and_pushes_with_the_shared_encoders() -> None:
+    vitros, generic = load_driver("ortho-vitros"), load_driver("astm-generic")
+    lines = [OrderLine("S1", ("GLUC", "K"), priority="stat", patient_id="P1"),
+             OrderLine("S9", (), status="unknown_sample")]
+    query = HostQuery("chem-1", ("S1", "S9"))
+    reply = vitros.encode_query_reply(query, lines, context(), at=AT)
+    assert reply == generic.encode_query_reply(query, lines, context(), at=AT)
+    assert reply[2] == b"O|1|S1||^^^GLU\\^^^K|S|20261123101500|||||N||||||||||||||Q"
+    assert vitros.encode_orders(lines[:1], context(), at=AT) == generic.encode_orders(lines[:1], context(), at=AT)
+    nothing = vitros.encode_query_reply(query, [OrderLine("S9", (), status="unknown_sample")], context(), at=AT)
+    assert nothing[-1] == b"L|1|I"
+
+
+def test_profile_without_host_query_leaves_q_records_alone_and_refuses_to_encode() -> None:
+    maglumi = load_driver("snibe-maglumi")
+    assert not maglumi.supports_orders
+    decoded = maglumi.decode([b"H|\\^&|||MAGLUMI", b"Q|1|^S1||ALL||||||||O", b"L|1|N"], context())
+    assert decoded.queries == [] and decoded.results == []
+    with pytest.raises(NotImplementedError, match="snibe-maglumi"):
+        maglumi.encode_query_reply(HostQuery("chem-1", ("S1",)), [], context(), at=AT)
+    with pytest.raises(NotImplementedError, match="snibe-maglumi"):
+        maglumi.encode_orders([], context(), at=AT)

@@ -7,10 +7,11 @@ import json
 import sqlite3
 from pathlib import Path
 
-from labbridge_simulators.astm_analyzer import AstmAnalyzerSim
+from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, ReceivedOrder
 from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
 from labbridge_simulators.profiles import FAMILIES, FamilyFactory, link_dialect
 
+from labbridge.orders import NewOrder
 from tests.conftest import run
 from tests.integration.helpers import eventually, running_lab
 
@@ -74,5 +75,33 @@ def test_hl7_families_reach_the_lis_with_qc_recognised_and_no_link_table(tmp_pat
         kinds = {(r["sample_id"], r["kind"]) for r in stored}
         assert {k for s, k in kinds if s in qc_samples} == {"qc"}
         assert {k for s, k in kinds if s not in qc_samples} == {"patient"}
+
+    run(body())
+
+
+def test_vitros_asks_for_its_orders_with_a_host_query_and_runs_what_it_is_told(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, drivers=["ortho-vitros"],
+                               extra_instrument={"test_map": {"GLU": "GLUC", "CREA": "CREAT"}}) as lab:
+            runner = lab.daemon.runners["an-0"]
+            assert runner.bound is not None
+            factory = FamilyFactory("ortho-vitros", "an-0", sample_prefix="VQ", seed=7, qc_every=0)
+            ordered, unknown = factory.sample_id(1), factory.sample_id(2)
+            # A site-wide order is not pushed: it waits for the analyzer that asks about the sample.
+            await lab.daemon.add_order(NewOrder(ordered, ("GLUC", "K"), site="arlon", patient_id="P-9"),
+                                       now=1.0)
+            sim = AstmAnalyzerSim("an-0", runner.bound, factory, interval=(0.0, 0.01), max_messages=2,
+                                  query_share=1.0, query_timeout=10.0)
+            await asyncio.wait_for(sim.run(asyncio.Event()), 60)
+            # The VITROS query (Q|1|^sample||ALL||||||||O) was answered with the order, its LIS codes mapped
+            # back to the analyzer's (GLUC -> GLU), and with Z for a sample the host knows nothing of.
+            assert sim.orders_received == [ReceivedOrder(ordered, ("GLU", "K"), "Q", "R", "P-9"),
+                                           ReceivedOrder(unknown, (), "Z", "", "")]
+            assert sim.stats.queries_sent == 2 and sim.stats.query_answers == 2 and sim.stats.query_timeouts == 0
+            tested = {(sample, code) for _, sample, code, _ in sim.acked}
+            assert {c for s, c in tested if s == ordered} == {"GLU", "K"}  # only what the host ordered
+            assert {c for s, c in tested if s == unknown} == {"GLU", "CREA", "NA", "K", "TSH"}  # its whole panel
+            await eventually(lambda: set(sim.acked) <= lab.lis.delivered, what="VITROS results at the LIS")
+            assert runner.health.counters.host_queries == 2 and runner.health.counters.query_answers_sent == 2
 
     run(body())

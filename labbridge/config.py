@@ -241,8 +241,10 @@ class MllpDestination(_Destination):
     tls: TlsConfig | None = None
     connect_timeout_s: Seconds = 10.0
     ack_timeout_s: Seconds = 30.0
-    # ACK codes that mean "do not simply resend" (HL7 AE: the message has an error).
-    dead_letter_codes: list[str] = Field(default_factory=lambda: ["AE", "CE"])
+    # ACK codes that go to the dead letters with the LIS's reason instead of being resent: AE/CE (the message
+    # has an error: fix it) and AR/CR (the LIS rejects it). A LIS that answers AR for a passing condition
+    # (busy, its database down) can be given ["AE", "CE"]: AR is then retried with backoff.
+    dead_letter_codes: list[str] = Field(default_factory=lambda: ["AE", "AR", "CE", "CR"])
 
 
 class FileDestination(_Destination):

@@ -6,7 +6,7 @@ resend after a crash or a lost ACK is the same message to the LIS. Failures are 
 * the destination is unreachable (no connection, no ACK in time): the whole destination backs off,
   with capped exponential backoff and jitter, and the item keeps its place;
 * the LIS refuses this item (AR, or an unexpected code): this item backs off alone, so a poison message
-  never blocks the ones behind it; codes listed in ``dead_letter_codes`` (AE by default: "fix it, don't
+  never blocks the ones behind it; codes listed in ``dead_letter_codes`` (AE/AR by default: "fix it, don't
   resend") go straight to the dead letters with the LIS's reason, as does an item older than
   ``give_up_after_s``.
 

@@ -88,17 +88,27 @@ def test_store_failure_means_no_ack_and_the_retransmission_is_kept(tmp_path: Pat
     run(body())
 
 
-def test_lis_answering_ae_dead_letters_with_its_reason_and_ar_is_retried(tmp_path: Path) -> None:
+def test_lis_answering_ae_or_ar_dead_letters_with_its_reason(tmp_path: Path) -> None:
     async def body() -> None:
         async with running_lab(tmp_path, instruments=1) as lab:
-            lab.lis.mode = "AE"
-            lab.lis.error_text = "unknown test code GLU"
-            sim = lab.analyzer("an-0", messages=1)
-            await sim.run(asyncio.Event())
-            await eventually(lambda: lab.daemon.relays[0].health.dead_lettered == 1, what="dead letter")
+            for n, code in enumerate(("AE", "AR"), start=1):
+                lab.lis.mode = code  # type: ignore[assignment]
+                lab.lis.error_text = f"unknown test code GLU ({code})"
+                sim = lab.analyzer("an-0", messages=1)
+                sim.factory.counter = 10 * n  # new samples each time
+                await sim.run(asyncio.Event())
+                await eventually(lambda n=n: lab.daemon.relays[0].health.dead_lettered == n, what="dead letter")
             dead = await lab.daemon.store.outbox_rows(state="dead")
-            assert dead[0]["last_error"] == "LIS answered AE: unknown test code GLU"
+            assert {d["last_error"] for d in dead} == {"LIS answered AE: unknown test code GLU (AE)",
+                                                       "LIS answered AR: unknown test code GLU (AR)"}
+            assert lab.daemon.relays[0].health.retried == 0
 
+    run(body())
+
+
+def test_lis_answering_ar_is_retried_when_the_site_says_so(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1, extra_lis={"dead_letter_codes": ["AE", "CE"]}) as lab:
             lab.lis.mode = "AR"
             sim2 = lab.analyzer("an-0", messages=1)
             sim2.factory.counter = 100  # new samples

@@ -40,6 +40,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "ortho-vitros": "labbridge_driver_ortho_vitros:OrthoVitrosDriver",
     "siemens-advia": "labbridge_driver_siemens_advia:SiemensAdviaDriver",
     "beckman-dxh": "labbridge_driver_beckman_dxh:BeckmanDxhDriver",
+    "sysmex-un": "labbridge_driver_sysmex_un:SysmexUnDriver",
 }
 
 

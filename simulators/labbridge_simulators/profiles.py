@@ -28,7 +28,7 @@ from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
-            "ortho-vitros", "siemens-advia", "beckman-dxh")
+            "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
@@ -74,6 +74,13 @@ ADVIA = (Param("TSH3UL", "uIU/mL", 0.55, 4.78, 3), Param("FT4", "ng/dL", 0.89, 1
 ADVIA_QUALITATIVE = {"HBsII": 1.0}  # assay -> index cut-off: an INTERP row is sent too
 DXH = (Param("WBC", "10*3/uL", 4.0, 10.0, 2), Param("RBC", "10*6/uL", 3.9, 5.2, 2), Param("HGB", "g/dL", 12.0, 15.5),
        Param("HCT", "%", 36.0, 46.0), Param("MCV", "fL", 80, 100), Param("PLT", "10*3/uL", 150, 400, 0))
+# Sysmex UN (urinalysis through U-WAM): strip parameters send grades; the driver's [qualitative] table turns
+# "-" into NEG, "+-" into TRACE, "normal" into NORMAL, so each grade is listed as sent and as reported.
+UN_STRIP = (("GLU", (("-", "NEG"), ("+-", "TRACE"), ("1+", "1+"), ("3+", "3+"))),
+            ("PRO", (("-", "NEG"), ("+-", "TRACE"), ("1+", "1+"), ("2+", "2+"))),
+            ("BLD", (("-", "NEG"), ("+-", "TRACE"), ("2+", "2+"))),
+            ("UBG", (("normal", "NORMAL"), ("1+", "1+"))))
+UN_SEDIMENT = (Param("RBC", "/uL", 0.0, 25.0), Param("WBC", "/uL", 0.0, 20.0))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -128,7 +135,7 @@ class FamilyFactory:
             "sysmex-xn": self._sysmex, "roche-cobas": self._cobas, "abbott-architect": self._architect,
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
-            "beckman-dxh": self._dxh,
+            "beckman-dxh": self._dxh, "sysmex-un": self._un,
         }[self.family]
         self._requested = codes
         try:
@@ -291,4 +298,26 @@ class FamilyFactory:
             recs.append(f"R|{i}|^^^{p.code}|{value}|{p.units}|{'' if qc else f'{p.low}-{p.high}'}|"
                         f"{'' if qc else flag}||F||||{ts}")
             ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _un(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        codes = [c for c, _ in UN_STRIP] + [p.code for p in UN_SEDIMENT]
+        wanted = [c for c in codes if c in self._requested] or codes[:max(1, self.panel_size)]
+        recs = [f"H|\\^&|||U-WAM^00-09^{self.instrument}||||||||E1394-97|{ts}",
+                "P|1" if qc else f"P|1||{self._patient()}||DUBOIS^ANNE||19720314|F",
+                f"O|1|{'' if qc else sample}|^^{sample:>28}^B|^^^^GLU|R|{ts}|||||{'Q' if qc else 'N'}||||URINE"
+                f"||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for code, grades in UN_STRIP:
+            if code in wanted:
+                sent, reported = self.rng.choice(grades)
+                flag = "" if qc else "N" if reported in ("NEG", "NORMAL") else "A"
+                recs.append(f"R|{len(recs) - 2}|^^^^{code}^1|{sent}|||{flag}||F||||{ts}")
+                ids.append((self.instrument, sample, code, reported))
+        for p in UN_SEDIMENT:
+            if p.code in wanted:
+                value, flag = self._value(p)
+                recs.append(f"R|{len(recs) - 2}|^^^^{p.code}^1|{value}|{p.units}|{p.low}-{p.high}|"
+                            f"{'' if qc else flag}||F||||{ts}")
+                ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids

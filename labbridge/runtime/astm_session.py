@@ -333,7 +333,6 @@ class AstmSession:
             elif isinstance(event, e1381.JunkDiscarded):
                 counters.junk_bytes += event.count
             elif isinstance(event, e1381.IncompleteMessage):
-                counters.incomplete_transmissions += 1
                 log.warning("incomplete_transmission", instrument=self.health.id, reason=event.reason,
                             records=len(event.records))
                 if self.health.state == "up" and event.reason != "connection lost":
@@ -346,6 +345,8 @@ class AstmSession:
                                                        reason=event.reason, received_at=time.time())
                 except Exception as exc:  # it never became a result; keeping it is best effort
                     log.error("incomplete_not_kept", instrument=self.health.id, error=str(exc))
+                # Counted once kept (or once keeping it failed), so the counter never runs ahead of the store.
+                counters.incomplete_transmissions += 1
             elif isinstance(event, e1381.TransferEnded) and event.reason == "timeout":
                 counters.timeouts += 1
             elif isinstance(event, e1381.KeepAlive):

@@ -164,13 +164,13 @@ class Hl7Session:
                          note="orders stay pending and are sent again on the next connection")
             partial = self.receiver.connection_lost()
             if partial:
-                self.health.counters.incomplete_transmissions += 1
                 log.warning("incomplete_transmission", instrument=self.health.id, bytes=len(partial))
                 try:
                     await self.store.record_incomplete(instrument=self.health.id, raw=partial, received_at=time.time(),
                                                        reason="connection ended inside an MLLP block")
                 except Exception as exc:  # it never became a message; keeping it is best effort
                     log.error("incomplete_not_kept", instrument=self.health.id, error=str(exc))
+                self.health.counters.incomplete_transmissions += 1  # once kept: never ahead of the store
 
     async def _handle(self, event: Hl7Event) -> None:
         counters = self.health.counters

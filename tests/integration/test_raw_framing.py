@@ -36,7 +36,10 @@ def test_raw_records_over_tcp_reach_the_lis_and_a_cut_message_is_kept_incomplete
             assert await reader.read() == b""  # raw framing never answers
             assert lab.lis.delivered == expected
             assert counters.messages_received == 3
-            counts = await lab.daemon.store.counts()
-            assert counts["incomplete"] == 1
+            # The counter moves before the incomplete transmission is written: wait for the store too.
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await lab.daemon.store.counts())["incomplete"] != 1:
+                assert asyncio.get_running_loop().time() < deadline, "incomplete transmission not stored"
+                await asyncio.sleep(0.05)
 
     run(body())

@@ -23,7 +23,6 @@ connection stay pending and are pushed again on the next one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381, raw
 from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.input_wait import InputWaiter
 from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.store import Store
 
@@ -98,8 +98,7 @@ class AstmSession:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         link = self.link
-        read_task: asyncio.Task[bytes] | None = None
-        wake_task: asyncio.Task[bool] | None = None
+        waiter = InputWaiter(self.reader, READ_SIZE)
         try:
             await self._offer_work()
             while True:
@@ -124,24 +123,11 @@ class AstmSession:
                     await self._pump()
                     await self._offer_work()
                     continue
-                if read_task is None:
-                    read_task = asyncio.create_task(self.reader.read(READ_SIZE))
-                waiters: set[asyncio.Task[bytes] | asyncio.Task[bool]] = {read_task}
-                if self.wakeup is not None and self.orders is not None:
-                    if wake_task is None:
-                        wake_task = asyncio.create_task(self.wakeup.wait())
-                    waiters.add(wake_task)
-                deadline = self._deadline()
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if wake_task is not None and wake_task in done:
-                    wake_task = None
-                    assert self.wakeup is not None
-                    self.wakeup.clear()
+                woken = await waiter.wait(self._deadline(), self.wakeup if self.orders is not None else None)
+                if woken.by_event:
                     self._next_poll = 0.0
-                if read_task in done:
-                    data = read_task.result()
-                    read_task = None
+                if woken.data is not None:
+                    data = woken.data
                     if not data:
                         break
                     self.health.counters.bytes_received += len(data)
@@ -155,11 +141,7 @@ class AstmSession:
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
-            for task in (read_task, wake_task):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                        await task
+            await waiter.close()
             link.connection_lost()
             await self._handle_events(flush=False)
             if self._on_link or self._reply is not None:

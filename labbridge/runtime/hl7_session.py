@@ -29,7 +29,6 @@ pushed again later (same AWOS IDs).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections import deque
@@ -57,6 +56,7 @@ from labbridge.protocols.hl7_orders import (
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
 from labbridge.runtime.astm_session import ByteWriter
 from labbridge.runtime.health import InstrumentHealth
+from labbridge.runtime.input_wait import InputWaiter
 from labbridge.runtime.intake import InstrumentDecoder, Intake
 from labbridge.runtime.store import Store
 
@@ -115,29 +115,15 @@ class Hl7Session:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        read_task: asyncio.Task[bytes] | None = None
-        wake_task: asyncio.Task[bool] | None = None
+        waiter = InputWaiter(self.reader, READ_SIZE)
         try:
             await self._offer()
             while True:
-                if read_task is None:
-                    read_task = asyncio.create_task(self.reader.read(READ_SIZE))
-                waiters: set[asyncio.Task[bytes] | asyncio.Task[bool]] = {read_task}
-                if self.wakeup is not None and self.orders is not None:
-                    if wake_task is None:
-                        wake_task = asyncio.create_task(self.wakeup.wait())
-                    waiters.add(wake_task)
-                deadline = self._deadline()
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if wake_task is not None and wake_task in done:
-                    wake_task = None
-                    assert self.wakeup is not None
-                    self.wakeup.clear()
+                woken = await waiter.wait(self._deadline(), self.wakeup if self.orders is not None else None)
+                if woken.by_event:
                     self._next_poll = 0.0
-                if read_task in done:
-                    data = read_task.result()
-                    read_task = None
+                if woken.data is not None:
+                    data = woken.data
                     if not data:
                         break
                     self.health.counters.bytes_received += len(data)
@@ -153,11 +139,7 @@ class Hl7Session:
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
-            for task in (read_task, wake_task):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                        await task
+            await waiter.close()
             if self._waiting is not None or self._queue:
                 log.info("host_messages_not_delivered", instrument=self.health.id,
                          messages=len(self._queue) + (self._waiting is not None),

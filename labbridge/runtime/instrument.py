@@ -11,7 +11,7 @@ import contextlib
 import errno
 import ssl
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
@@ -32,6 +32,24 @@ from labbridge.transports import serial as serial_transport
 log = get_logger("labbridge.instrument")
 
 BIND_RETRY_S = 30.0
+
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def listen_with_retry(on_client: ClientHandler, host: str, port: int, ssl_ctx: ssl.SSLContext | None, *,
+                            on_failure: Callable[[str], None]) -> asyncio.Server:
+    """Bind a listener, retrying with capped backoff while it cannot (the port may be freed later);
+    ``on_failure`` gets a reason a technician can act on each time, for the links that wait on it."""
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.start_server(on_client, host, port, ssl=ssl_ctx)
+        except OSError as exc:
+            hint = ("another program (or another labbridge) already uses this port"
+                    if exc.errno == errno.EADDRINUSE else "check the host address in the config")
+            on_failure(f"{exc.strerror or exc}; {hint}")
+            await asyncio.sleep(backoff_delay(attempt, 1.0, BIND_RETRY_S))
+            attempt += 1
 
 def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
@@ -100,20 +118,12 @@ class InstrumentRunner:
     async def _serve(self, t: TcpServerTransport) -> None:
         from labbridge.runtime.tls import server_context
 
-        ssl_ctx = server_context(t.tls) if t.tls is not None else None
-        attempt = 0
-        while True:
-            try:
-                server = await asyncio.start_server(self._on_client, t.host, t.port, ssl=ssl_ctx)
-                break
-            except OSError as exc:
-                hint = ("another program (or another labbridge) already uses this port"
-                        if exc.errno == errno.EADDRINUSE else "check the host address in the config")
-                self.health.set_state("failed", f"cannot listen on {t.host}:{t.port}: "
-                                                f"{exc.strerror or exc}; {hint}")
-                self.ready.set()
-                await asyncio.sleep(backoff_delay(attempt, 1.0, BIND_RETRY_S))
-                attempt += 1
+        def failed(why: str) -> None:
+            self.health.set_state("failed", f"cannot listen on {t.host}:{t.port}: {why}")
+            self.ready.set()
+
+        server = await listen_with_retry(self._on_client, t.host, t.port,
+                                         server_context(t.tls) if t.tls is not None else None, on_failure=failed)
         sockname = server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
         self.health.listening = f"{self.bound[0]}:{self.bound[1]}"

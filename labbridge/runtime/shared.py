@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 from collections.abc import Callable
 
 from labbridge.config import InstrumentConfig, TcpServerTransport
 from labbridge.logs import get_logger
 from labbridge.protocols.hl7_parse import Hl7Message
-from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.instrument import BIND_RETRY_S, InstrumentRunner
+from labbridge.runtime.instrument import InstrumentRunner, listen_with_retry
 from labbridge.runtime.intake import InstrumentDecoder, Intake
 from labbridge.runtime.store import DEAD_UNKNOWN_SENDER, Held
 from labbridge.sharing import SenderRouter, astm_sender_names, hl7_sender_names
@@ -92,21 +90,14 @@ class SharedListener:
                 runner.ready.set()
         try:
             t = self.transport
-            ssl_ctx = server_context(t.tls) if t.tls is not None else None
-            attempt = 0
-            while True:
-                try:
-                    server = await asyncio.start_server(self._on_client, t.host, t.port, ssl=ssl_ctx)
-                    break
-                except OSError as exc:
-                    hint = ("another program (or another labbridge) already uses this port"
-                            if exc.errno == errno.EADDRINUSE else "check the host address in the config")
-                    for runner in self.usable:
-                        runner.health.set_state("failed", f"cannot listen on {self.address} (shared): "
-                                                          f"{exc.strerror or exc}; {hint}")
-                        runner.ready.set()
-                    await asyncio.sleep(backoff_delay(attempt, 1.0, BIND_RETRY_S))
-                    attempt += 1
+            def failed(why: str) -> None:
+                for runner in self.usable:
+                    runner.health.set_state("failed", f"cannot listen on {self.address} (shared): {why}")
+                    runner.ready.set()
+
+            server = await listen_with_retry(self._on_client, t.host, t.port,
+                                             server_context(t.tls) if t.tls is not None else None,
+                                             on_failure=failed)
             sockname = server.sockets[0].getsockname()
             bound = (str(sockname[0]), int(sockname[1]))
             for runner in self.usable:

@@ -107,11 +107,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.lost == 0 and summary.duplicates == 0 else EXIT_FAILURE
 
 
-def _fetch(url: str) -> Any:
+def _http_json(method: str, url: str, body: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:
+    """The one HTTP call of the CLI (to the daemon's JSON API): status and decoded body."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an HTTP URL: {url}")
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (scheme checked above)
-        return json.loads(resp.read().decode("utf-8"))
+    data = json.dumps(body).encode("utf-8") if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (scheme checked above)
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked above)
+            return resp.status, json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", errors="replace")
+        try:
+            return exc.code, json.loads(text or "{}")
+        except ValueError:
+            return exc.code, {"error": text or str(exc)}
+
+
+def _error_text(data: Any, status: int) -> str:
+    return str(data.get("error", f"HTTP {status}")) if isinstance(data, dict) else f"HTTP {status}"
+
+
+def _fetch(url: str) -> Any:
+    """GET; an error status is raised as URLError, like an unreachable daemon."""
+    status, data = _http_json("GET", url, timeout=5.0)
+    if status >= 400:
+        raise urllib.error.URLError(f"HTTP {status}: {_error_text(data, status)}")
+    return data
 
 
 def _mb(n: int) -> str:
@@ -173,19 +196,11 @@ def _target(args: argparse.Namespace) -> str | _Offline:
 
 
 def _post(url: str, body: dict[str, Any]) -> Any:
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"not an HTTP URL: {url}")
-    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), method="POST",  # noqa: S310
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 (scheme checked above)
-            return json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read().decode("utf-8")).get("error", str(exc))
-        except ValueError:
-            message = str(exc)
-        raise LabbridgeError(message) from None
+    """POST an operator action (re-decoding may take a while); an error status is a LabbridgeError."""
+    status, data = _http_json("POST", url, body, timeout=60.0)
+    if status >= 400:
+        raise LabbridgeError(_error_text(data, status))
+    return data
 
 
 def _run_offline(offline: _Offline, action: Any) -> Any:
@@ -442,19 +457,6 @@ def _order_target(args: argparse.Namespace) -> tuple[str, str]:
 
         return "store", load_config(args.config).store.path
     return "url", args.url.rstrip("/")
-
-
-def _http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"not an HTTP URL: {url}")
-    data = json.dumps(body).encode("utf-8") if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (scheme checked above)
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (scheme checked above)
-            return resp.status, json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read().decode("utf-8") or "{}")
 
 
 def _with_store(path: str, work: Any) -> Any:

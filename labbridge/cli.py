@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from labbridge import __version__, logs
+from labbridge import __version__, aio, logs
 from labbridge.errors import ConfigError, LabbridgeError
 
 EXIT_OK = 0
@@ -69,7 +69,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _install_signals(stop)
         await Daemon(config, ready_file=args.ready_file).run(stop)
 
-    asyncio.run(main())
+    try:
+        aio.run(main(), loop=config.event_loop)
+    except ConfigError as exc:  # the loop asked for is not installed
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -96,7 +100,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             return None
 
     try:
-        summary = asyncio.run(main())
+        summary = aio.run(main())
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG

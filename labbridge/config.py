@@ -331,6 +331,8 @@ class LogConfig(_Model):
 
 class Config(_Model):
     node: Annotated[str, Field(pattern=ID_PATTERN)] = "labbridge"
+    # auto: uvloop where installed (several times less CPU per frame), else asyncio's loop (labbridge.aio)
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     store: StoreConfig = StoreConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from labbridge import aio
 from labbridge.config import Config, TcpServerTransport
 from labbridge.driver import AstmDriver, Hl7Driver, load_driver
 from labbridge.errors import DriverError
@@ -183,7 +184,7 @@ class Daemon:
             self._write_ready_file()
             self.started.set()
             log.info("daemon_started", node=self.config.node, instruments=len(self.runners),
-                     destinations=len(self.relays),
+                     destinations=len(self.relays), event_loop=aio.loop_name(asyncio.get_running_loop()),
                      http=f"http://{self.http_address[0]}:{self.http_address[1]}/" if self.http_address else None)
             await stop.wait()
         finally:

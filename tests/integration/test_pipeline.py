@@ -11,7 +11,8 @@ from tests.conftest import run
 from tests.integration.helpers import eventually, running_lab
 
 
-def test_results_reach_the_lis_once_with_a_corrupting_analyzer_beside_a_clean_one(tmp_path: Path) -> None:
+def test_results_reach_the_lis_once_with_a_corrupting_analyzer_beside_a_clean_one(tmp_path: Path,
+                                                                                   event_loop_name: str) -> None:
     async def body() -> None:
         async with running_lab(tmp_path, instruments=2) as lab:
             clean = lab.analyzer("an-0", messages=6)
@@ -43,7 +44,7 @@ def test_results_reach_the_lis_once_with_a_corrupting_analyzer_beside_a_clean_on
                 await asyncio.sleep(0.05)
             assert delivered[-1] == 12
 
-    run(body())
+    run(body(), loop=event_loop_name)
 
 
 def test_lis_outage_results_wait_in_the_store_and_flow_when_it_returns(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381, raw
 from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.input_wait import InputWaiter
+from labbridge.runtime.input_wait import Wakeup, read_or_wake
 from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.store import Store
 
@@ -66,7 +66,7 @@ class AstmSession:
     def __init__(self, *, link: e1381.E1381Link | raw.RawLink, driver: AstmDriver, context: DecodeContext, store: Store,
                  health: InstrumentHealth, destinations: list[str], reader: asyncio.StreamReader,
                  writer: ByteWriter, on_stored: Callable[[], None] | None = None,
-                 orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None,
+                 orders: OrderSource | None = None, site: str = "", wakeup: Wakeup | None = None,
                  decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None,
                  attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
         self.link = link
@@ -98,36 +98,14 @@ class AstmSession:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         link = self.link
-        waiter = InputWaiter(self.reader, READ_SIZE)
+        wakeup = self.wakeup if self.orders is not None else None
         try:
             await self._offer_work()
             while True:
-                if self.wakeup is None or self.orders is None:
-                    # No order wakeup to watch: await the read itself under the link's deadline (no task and
-                    # no asyncio.wait per frame). StreamReader.read is cancel-safe: a timeout loses no byte.
-                    deadline = self._deadline()
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            data = await self.reader.read(READ_SIZE)
-                    except TimeoutError:
-                        pass
-                    else:
-                        if not data:
-                            break
-                        self.health.counters.bytes_received += len(data)
-                        self.health.last_byte_at = time.time()
-                        link.receive_data(data, loop.time())
-                    timer = link.get_timer()
-                    if timer is not None and loop.time() >= timer:
-                        link.handle_timer(loop.time())
-                    await self._pump()
-                    await self._offer_work()
-                    continue
-                woken = await waiter.wait(self._deadline(), self.wakeup if self.orders is not None else None)
-                if woken.by_event:
+                data = await read_or_wake(self.reader, READ_SIZE, self._deadline(), wakeup)
+                if wakeup is not None and wakeup.consume():
                     self._next_poll = 0.0
-                if woken.data is not None:
-                    data = woken.data
+                if data is not None:
                     if not data:
                         break
                     self.health.counters.bytes_received += len(data)
@@ -141,7 +119,6 @@ class AstmSession:
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
-            await waiter.close()
             link.connection_lost()
             await self._handle_events(flush=False)
             if self._on_link or self._reply is not None:

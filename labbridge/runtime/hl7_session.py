@@ -56,7 +56,7 @@ from labbridge.protocols.hl7_orders import (
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
 from labbridge.runtime.astm_session import ByteWriter
 from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.input_wait import InputWaiter
+from labbridge.runtime.input_wait import Wakeup, read_or_wake
 from labbridge.runtime.intake import InstrumentDecoder, Intake
 from labbridge.runtime.store import Store
 
@@ -91,7 +91,7 @@ class Hl7Session:
                  writer: ByteWriter, on_stored: Callable[[], None] | None = None,
                  decoder: InstrumentDecoder | None = None, backlog_after_s: float | None = None,
                  attribute: Callable[[str], InstrumentHealth] | None = None,
-                 orders: OrderSource | None = None, site: str = "", wakeup: asyncio.Event | None = None) -> None:
+                 orders: OrderSource | None = None, site: str = "", wakeup: Wakeup | None = None) -> None:
         self.receiver = receiver
         self.driver = driver
         self.context = context
@@ -115,15 +115,14 @@ class Hl7Session:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        waiter = InputWaiter(self.reader, READ_SIZE)
+        wakeup = self.wakeup if self.orders is not None else None
         try:
             await self._offer()
             while True:
-                woken = await waiter.wait(self._deadline(), self.wakeup if self.orders is not None else None)
-                if woken.by_event:
+                data = await read_or_wake(self.reader, READ_SIZE, self._deadline(), wakeup)
+                if wakeup is not None and wakeup.consume():
                     self._next_poll = 0.0
-                if woken.data is not None:
-                    data = woken.data
+                if data is not None:
                     if not data:
                         break
                     self.health.counters.bytes_received += len(data)
@@ -139,7 +138,6 @@ class Hl7Session:
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
-            await waiter.close()
             if self._waiting is not None or self._queue:
                 log.info("host_messages_not_delivered", instrument=self.health.id,
                          messages=len(self._queue) + (self._waiting is not None),

@@ -1,59 +1,63 @@
-"""Waiting for a connection's next bytes, a wake-up and a deadline at once (sessions that also send).
+"""Waiting for a connection's next bytes, a wake-up and a deadline at once, without a task per read.
 
-A session that only receives awaits ``reader.read`` under ``asyncio.timeout_at``. One that may also have
-something to send (query answers, order pushes) must wake up as well when an order is added. This keeps
-one outstanding read and one outstanding wait on the event across iterations (cancelling a pending
-``StreamReader.read`` loses nothing, but re-creating it each turn is waste), and cancels both on close.
+A session awaits ``reader.read`` directly under ``asyncio.timeout_at(deadline)``: no task, no
+``asyncio.wait`` and no second future per frame (a chemistry message is ~25 frames, each read on this
+path). A session that may also send (query answers, order pushes) must wake up when an order is added:
+:meth:`Wakeup.set` reschedules the pending read's timeout to now, so the read ends as a timeout would.
+``StreamReader.read`` is cancel-safe: bytes that arrive meanwhile stay in the reader's buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
-class Woken:
-    data: bytes | None  # bytes read (b"" at end of stream), or None if the read is still pending
-    by_event: bool  # the wake-up event was set (it has been cleared)
+class Wakeup:
+    """A flag that new work sets (an order added); a session reading under :func:`read_or_wake` wakes at once.
+
+    Set from the event loop's thread only (as an ``asyncio.Event``).
+    """
+
+    __slots__ = ("_flag", "_watching")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._watching: set[asyncio.Timeout] = set()
+
+    def set(self) -> None:
+        self._flag = True
+        if self._watching:
+            now = asyncio.get_running_loop().time()
+            for timeout in self._watching:
+                timeout.reschedule(now)
+            self._watching.clear()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def consume(self) -> bool:
+        """Whether it was set since the last call (and clear it)."""
+        flag, self._flag = self._flag, False
+        return flag
 
 
-class InputWaiter:
-    def __init__(self, reader: asyncio.StreamReader, read_size: int) -> None:
-        self.reader = reader
-        self.read_size = read_size
-        self._read: asyncio.Task[bytes] | None = None
-        self._wake: asyncio.Task[bool] | None = None
-
-    async def wait(self, deadline: float | None, wakeup: asyncio.Event | None = None) -> Woken:
-        """Until bytes arrive, ``wakeup`` is set, or the loop time reaches ``deadline`` (None: no limit)."""
-        loop = asyncio.get_running_loop()
-        if self._read is None:
-            self._read = asyncio.create_task(self.reader.read(self.read_size))
-        waiters: set[asyncio.Task[bytes] | asyncio.Task[bool]] = {self._read}
-        if wakeup is not None:
-            if self._wake is None:
-                self._wake = asyncio.create_task(wakeup.wait())
-            waiters.add(self._wake)
-        timeout = None if deadline is None else max(0.0, deadline - loop.time())
-        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        by_event = False
-        if self._wake is not None and self._wake in done:
-            self._wake = None
-            assert wakeup is not None
-            wakeup.clear()
-            by_event = True
-        data: bytes | None = None
-        if self._read in done:
-            data = self._read.result()  # raises the connection's error, as a direct read would
-            self._read = None
-        return Woken(data, by_event)
-
-    async def close(self) -> None:
-        for task in (self._read, self._wake):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                    await task
-        self._read = self._wake = None
+async def read_or_wake(reader: asyncio.StreamReader, size: int, deadline: float | None,
+                       wakeup: Wakeup | None = None) -> bytes | None:
+    """Bytes read (``b""`` at end of stream), or None once the loop time reaches ``deadline`` (None: no
+    limit) or ``wakeup`` is set, whichever comes first. A connection error is raised as a read raises it."""
+    if wakeup is not None and wakeup.is_set():
+        return None
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            if wakeup is None:
+                return await reader.read(size)
+            wakeup._watching.add(timeout)
+            try:
+                return await reader.read(size)
+            finally:
+                wakeup._watching.discard(timeout)
+    except TimeoutError:
+        if not timeout.expired():
+            raise  # the socket's own ETIMEDOUT (an OSError): a connection error, not our deadline
+        return None

@@ -24,6 +24,7 @@ from labbridge.runtime.astm_session import AstmSession, ByteWriter
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.hl7_session import Hl7Session
+from labbridge.runtime.input_wait import Wakeup
 from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.links import host_link
 from labbridge.runtime.store import Store
@@ -74,7 +75,7 @@ class InstrumentRunner:
         self.on_stored = on_stored
         self.orders = orders
         # Set when an order for this instrument was added: the connected session looks for work to push.
-        self.orders_wakeup = asyncio.Event()
+        self.orders_wakeup = Wakeup()
         self.backlog_after_s = backlog_after_s
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)

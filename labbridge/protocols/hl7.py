@@ -10,6 +10,7 @@ against hl7apy's strict v2.5.1 validation and parse it back with python-hl7.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,11 @@ def hl7_timestamp(iso: str | None) -> str:
     """ISO 8601 to HL7 TS (``YYYYMMDDHHMMSS+ZZZZ``); '' when absent or unreadable."""
     if not iso:
         return ""
+    return _hl7_timestamp(iso)
+
+
+@functools.lru_cache(maxsize=1024)  # the results of one message share their time: parse it once
+def _hl7_timestamp(iso: str) -> str:
     try:
         dt = datetime.fromisoformat(iso)
     except ValueError:

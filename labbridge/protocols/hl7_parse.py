@@ -20,7 +20,9 @@ table 0357 error code, plus what could be read of MSH so the acknowledgement can
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,10 +84,20 @@ class Separators:
 DEFAULT_SEPARATORS = Separators()
 
 
+@functools.lru_cache(maxsize=64)
+def _specials(seps: Separators) -> re.Pattern[str]:
+    return re.compile("[" + re.escape(seps.field + seps.encoding_characters) + "\r\n]")
+
+
+def _plain(value: str, seps: Separators) -> bool:
+    """No character of ``value`` needs escaping (most values: one C-speed scan, no string built)."""
+    return _specials(seps).search(value) is None
+
+
 def escape(value: str, seps: Separators = DEFAULT_SEPARATORS) -> str:
     """Escape a value for output (R-C9): the escape character first, then the delimiters; CR and LF
     as hex (``\\X0D\\``, ``\\X0A\\``), since a raw CR would end the segment."""
-    if not value:
+    if not value or _plain(value, seps):
         return value
     e = seps.escape
     out = value.replace(e, f"{e}E{e}")

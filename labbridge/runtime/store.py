@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -292,8 +291,11 @@ def is_backlog(results: Sequence[Result], received_at: float, threshold_s: float
 
 
 def group_key_for(results: Sequence[Result]) -> str:
-    keys = sorted(r.idempotency_key() for r in results)
-    return hashlib.sha256("".join(keys).encode()).hexdigest()
+    return _group_key([r.idempotency_key() for r in results])
+
+
+def _group_key(result_keys: list[str]) -> str:
+    return hashlib.sha256("".join(sorted(result_keys)).encode()).hexdigest()
 
 
 def _group_by_sample(results: Sequence[tuple[int, Result]]) -> dict[str, list[tuple[int, Result]]]:
@@ -307,8 +309,12 @@ _compact_json = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a n
 
 
 def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
-                    received_at: float) -> tuple[list[tuple[int, Result]], int]:
-    """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates."""
+                    received_at: float, *, keys: dict[int, str] | None = None) -> tuple[list[tuple[int, Result]], int]:
+    """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates.
+
+    ``keys``, if given, gets each new row's content key (row id -> key), so that queueing does not hash
+    the results again. The returned results are the caller's (their ``message_id`` is not filled in).
+    """
     new: list[tuple[int, Result]] = []
     duplicates = 0
     dumps = _compact_json.encode
@@ -316,12 +322,16 @@ def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, 
     for result in results:
         data = result.to_json()
         data["message_id"] = message_id
+        key = result.idempotency_key()
         cur = execute(
             "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) "
             "VALUES (?, ?, ?, ?, ?)",
-            (message_id, instrument, result.idempotency_key(), received_at, dumps(data)))
-        if cur.rowcount == 1 and cur.lastrowid is not None:
-            new.append((cur.lastrowid, dataclasses.replace(result, message_id=message_id)))
+            (message_id, instrument, key, received_at, dumps(data)))
+        rowid = cur.lastrowid
+        if cur.rowcount == 1 and rowid is not None:
+            new.append((rowid, result))
+            if keys is not None:
+                keys[rowid] = key
         else:
             duplicates += 1
     return new, duplicates
@@ -329,14 +339,19 @@ def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, 
 
 def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str,
                   rows: Sequence[tuple[int, Result]], received_at: float,
-                  backlog_after_s: float | None, hold: Held | None = None) -> list[int]:
+                  backlog_after_s: float | None, hold: Held | None = None,
+                  keys: dict[int, str] | None = None) -> list[int]:
     """One outbox item per sample; the same group of results (same key) is never queued twice.
 
     With ``hold``, the items start in the dead letters with its kind and reason (released by a retry).
+    ``keys``: the rows' content keys as :func:`_insert_results` collected them (else they are computed).
     """
     ids: list[int] = []
     for group in _group_by_sample(rows).values():
-        group_key = group_key_for([r for _, r in group])
+        if keys is not None:
+            group_key = _group_key([keys[rid] for rid, _ in group])
+        else:
+            group_key = group_key_for([r for _, r in group])
         backlog = is_backlog([r for _, r in group], received_at, backlog_after_s)
         result_ids = [rid for rid, _ in group]
         cur = conn.execute(
@@ -569,10 +584,12 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)", (instrument, protocol, received_at, raw, status, error))
             message_id = cur.lastrowid
             assert message_id is not None
-            new, duplicates = _insert_results(conn, message_id, instrument, results, received_at)
+            keys: dict[int, str] = {}
+            new, duplicates = _insert_results(conn, message_id, instrument, results, received_at, keys=keys)
             new_held: Sequence[tuple[int, Result]] = ()
             if held_results:
-                new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at)
+                new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at,
+                                                            keys=keys)
                 duplicates += held_duplicates
             conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
                          (len(new) + len(new_held), duplicates, message_id))
@@ -582,11 +599,12 @@ class Store:
             outbox_ids: list[int] = []
             for destination in destinations:
                 outbox_ids += _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
-                                            rows=new, received_at=received_at, backlog_after_s=backlog_after_s)
+                                            rows=new, received_at=received_at, backlog_after_s=backlog_after_s,
+                                            keys=keys)
                 if new_held:
                     _queue_groups(conn, destination, message_id=message_id, instrument=instrument, rows=new_held,
                                   received_at=received_at, backlog_after_s=backlog_after_s,
-                                  hold=Held(DEAD_HELD, hold_reason or "held by configuration"))
+                                  hold=Held(DEAD_HELD, hold_reason or "held by configuration"), keys=keys)
                 for entry in dead:
                     _insert_dead(conn, destination, message_id=message_id, instrument=instrument, entry=entry,
                                  at=received_at)

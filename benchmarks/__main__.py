@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, Figure, Ratio, print_table, write_json
+from benchmarks.common import RESULTS_DIR, Figure, Ratio, event_loop, print_table, write_json
 
 SECTIONS = ("parse", "e2e", "scale")
 
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[Ratio] = []
     notes: list[str] = []
     started = time.monotonic()
+    print(f"event loop: {event_loop()} (labbridge, the LIS, the bare server and the load client alike)")
     if "parse" in only:
         from benchmarks import bench_parse
 

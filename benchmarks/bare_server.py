@@ -15,8 +15,10 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import cast
 
 from benchmarks.common import raise_nofile
+from labbridge import aio
 
 ACK = b"\x06"
 
@@ -29,8 +31,7 @@ class AckOnly(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
         acks = data.count(b"\x05") + data.count(b"\n")
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_nofile()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.ready))
+        aio.run(serve(args.host, args.port, args.ready))
 
 
 if __name__ == "__main__":

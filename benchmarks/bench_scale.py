@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from benchmarks import procs
 from benchmarks.common import Figure, Ratio, raise_nofile
 from benchmarks.loadclient import run_load
+from labbridge import aio
 
 SECTION = "scale"
 MIB = 2**20
@@ -58,7 +58,7 @@ def memory_run(links: int, interval: float, messages: int) -> dict[str, Any]:
                 stop = threading.Event()
                 sampler = threading.Thread(target=_sample_peak, args=(daemon, stop, peak), daemon=True)
                 sampler.start()
-                load = asyncio.run(run_load(procs.targets(daemon), connections=links, messages=messages,
+                load = aio.run(run_load(procs.targets(daemon), connections=links, messages=messages,
                                             interval=interval))
                 stop.set()
                 sampler.join()
@@ -82,7 +82,7 @@ def backlog_run(analyzers: int, results_each: int) -> dict[str, Any]:
         daemon = procs.start_daemon(folder, instruments=analyzers, lis_port=port)
         lis = None
         try:
-            load = asyncio.run(run_load(procs.targets(daemon), connections=analyzers, messages=messages_each))
+            load = aio.run(run_load(procs.targets(daemon), connections=analyzers, messages=messages_each))
             lis = procs.start_acker(folder, port)
             up = lis.ready_at
             deadline = time.monotonic() + 600

@@ -17,6 +17,8 @@ from typing import Any
 
 from labbridge_simulators.astm_analyzer import Analyte, MessageFactory, SimMessage
 
+from labbridge import aio
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
@@ -141,7 +143,12 @@ def machine() -> dict[str, Any]:
         load = (0.0, 0.0, 0.0)
     return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_start": load,
-            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)}
+            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE), "event_loop": event_loop()}
+
+
+def event_loop() -> str:
+    """The loop labbridge and every benchmark process run on (labbridge.aio: uvloop where installed)."""
+    return "uvloop" if aio.loop_factory() is not None else "asyncio"
 
 
 def write_json(path: Path | None, args: dict[str, Any], figures: Sequence[Figure], ratios: Sequence[Ratio],

@@ -22,7 +22,9 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from labbridge import aio
 
 SB, EB = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE = 1 << 20
@@ -69,8 +71,7 @@ class Acker(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.ready, args.progress, args.out))
+        aio.run(serve(args.host, args.port, args.ready, args.progress, args.out))
 
 
 if __name__ == "__main__":

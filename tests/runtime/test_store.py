@@ -288,3 +288,38 @@ def test_group_commit_counters(tmp_path: Path) -> None:
             await store.close()
 
     run(body())
+
+
+@pytest.mark.parametrize("multi_row", [True, False], ids=["multi-row-insert", "row-by-row"])
+def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multi_row: bool) -> None:
+    """Both insert paths (SQLite 3.35+ multi-row INSERT ... RETURNING, and row by row) give each result its
+    own row id: a repeat inside one message and a result stored before are duplicates, over 100 rows span
+    several statements, and every outbox item lists exactly its sample's results."""
+    from labbridge.runtime import store as store_module
+
+    if multi_row and not store_module._MULTI_ROW_INSERT:
+        pytest.skip("this SQLite has no RETURNING (3.35+)")
+    monkeypatch.setattr(store_module, "_MULTI_ROW_INSERT", multi_row)
+
+    async def body() -> None:
+        store = Store(tmp_path / "store.db")
+        await store.open()
+        try:
+            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"first", received_at=1.0,
+                                       results=[result("S0", "T0", "0")], destinations=["lis"])
+            many = [result(f"S{i % 5}", f"T{i}", str(i)) for i in range(250)]
+            sent = [*many, many[7], result("S0", "T0", "0")]  # a repeat inside, and one stored before
+            stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"second",
+                                                received_at=2.0, results=sent, destinations=["lis"])
+            assert (stored.new_results, stored.duplicate_results) == (249, 3)  # S0/T0/"0" is many[0] too
+            items, _ = await store.due_items("lis", now=10.0, limit=100)
+            by_sample = {item.results[0].sample_id: item for item in items if item.message_id == stored.message_id}
+            assert sorted(by_sample) == [f"S{i}" for i in range(5)]
+            for sample, item in by_sample.items():
+                expected = sorted((r.test_code, r.value) for r in many[1:] if r.sample_id == sample)
+                assert sorted((r.test_code, r.value) for r in item.results) == expected
+        finally:
+            await store.close()
+
+    run(body())

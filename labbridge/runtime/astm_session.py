@@ -35,7 +35,7 @@ from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381, raw
 from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.input_wait import Wakeup, read_or_wake
+from labbridge.runtime.input_wait import LinkInput, Wakeup
 from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.store import Store
 
@@ -99,10 +99,11 @@ class AstmSession:
         loop = asyncio.get_running_loop()
         link = self.link
         wakeup = self.wakeup if self.orders is not None else None
+        link_input = LinkInput(self.reader, READ_SIZE, wakeup)
         try:
             await self._offer_work()
             while True:
-                data = await read_or_wake(self.reader, READ_SIZE, self._deadline(), wakeup)
+                data = await link_input.read(self._deadline())
                 if wakeup is not None and wakeup.consume():
                     self._next_poll = 0.0
                 if data is not None:
@@ -119,6 +120,7 @@ class AstmSession:
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
+            link_input.close()
             link.connection_lost()
             await self._handle_events(flush=False)
             if self._on_link or self._reply is not None:

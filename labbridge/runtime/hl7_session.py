@@ -56,7 +56,7 @@ from labbridge.protocols.hl7_orders import (
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
 from labbridge.runtime.astm_session import ByteWriter
 from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.input_wait import Wakeup, read_or_wake
+from labbridge.runtime.input_wait import LinkInput, Wakeup
 from labbridge.runtime.intake import InstrumentDecoder, Intake
 from labbridge.runtime.store import Store
 
@@ -116,10 +116,11 @@ class Hl7Session:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         wakeup = self.wakeup if self.orders is not None else None
+        link_input = LinkInput(self.reader, READ_SIZE, wakeup)
         try:
             await self._offer()
             while True:
-                data = await read_or_wake(self.reader, READ_SIZE, self._deadline(), wakeup)
+                data = await link_input.read(self._deadline())
                 if wakeup is not None and wakeup.consume():
                     self._next_poll = 0.0
                 if data is not None:
@@ -138,6 +139,7 @@ class Hl7Session:
         except (ConnectionError, OSError) as exc:
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         finally:
+            link_input.close()
             if self._waiting is not None or self._queue:
                 log.info("host_messages_not_delivered", instrument=self.health.id,
                          messages=len(self._queue) + (self._waiting is not None),

@@ -1,9 +1,13 @@
-"""Waiting for a connection's next bytes, a wake-up and a deadline at once, without a task per read.
+"""A session's reads: the next bytes, or its deadline, or a wake-up, whichever comes first; nothing lost.
 
-A session awaits ``reader.read`` directly under ``asyncio.timeout_at(deadline)``: no task, no
-``asyncio.wait`` and no second future per frame (a chemistry message is ~25 frames, each read on this
-path). A session that may also send (query answers, order pushes) must wake up when an order is added:
-:meth:`Wakeup.set` reschedules the pending read's timeout to now, so the read ends as a timeout would.
+The read is awaited in the session's own task (no task, ``asyncio.wait`` or second future per frame: a
+chemistry message is ~25 frames, each read on this path). The deadline (the link's next timer) moves with
+almost every frame, so instead of a timer per read (``asyncio.timeout_at``: a timer handle created,
+pushed on the loop's heap and cancelled per frame) a :class:`LinkInput` keeps one timer and re-arms it
+lazily: only when the deadline comes earlier than the armed timer, or when the timer fires before the
+deadline it was armed for has moved to. When the deadline has passed, or :meth:`Wakeup.set` is called
+(an order added), the read is interrupted by cancelling the task, and the cancellation is taken back as
+``asyncio.timeout`` does (``Task.uncancel``), so a cancellation from anyone else still propagates.
 ``StreamReader.read`` is cancel-safe: bytes that arrive meanwhile stay in the reader's buffer.
 """
 
@@ -13,7 +17,7 @@ import asyncio
 
 
 class Wakeup:
-    """A flag that new work sets (an order added); a session reading under :func:`read_or_wake` wakes at once.
+    """A flag that new work sets (an order added); a session reading through :class:`LinkInput` wakes at once.
 
     Set from the event loop's thread only (as an ``asyncio.Event``).
     """
@@ -22,15 +26,12 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._flag = False
-        self._watching: set[asyncio.Timeout] = set()
+        self._watching: set[LinkInput] = set()
 
     def set(self) -> None:
         self._flag = True
-        if self._watching:
-            now = asyncio.get_running_loop().time()
-            for timeout in self._watching:
-                timeout.reschedule(now)
-            self._watching.clear()
+        for reader in tuple(self._watching):
+            reader.interrupt()
 
     def is_set(self) -> bool:
         return self._flag
@@ -41,23 +42,77 @@ class Wakeup:
         return flag
 
 
-async def read_or_wake(reader: asyncio.StreamReader, size: int, deadline: float | None,
-                       wakeup: Wakeup | None = None) -> bytes | None:
-    """Bytes read (``b""`` at end of stream), or None once the loop time reaches ``deadline`` (None: no
-    limit) or ``wakeup`` is set, whichever comes first. A connection error is raised as a read raises it."""
-    if wakeup is not None and wakeup.is_set():
-        return None
-    timeout = asyncio.timeout_at(deadline)
-    try:
-        async with timeout:
-            if wakeup is None:
-                return await reader.read(size)
-            wakeup._watching.add(timeout)
-            try:
-                return await reader.read(size)
-            finally:
-                wakeup._watching.discard(timeout)
-    except TimeoutError:
-        if not timeout.expired():
-            raise  # the socket's own ETIMEDOUT (an OSError): a connection error, not our deadline
-        return None
+class LinkInput:
+    """One session's reads (see the module's docstring); one read at a time."""
+
+    __slots__ = ("_deadline", "_interrupted", "_reading", "_task", "_timer", "_timer_at", "reader", "size",
+                 "wakeup")
+
+    def __init__(self, reader: asyncio.StreamReader, size: int, wakeup: Wakeup | None = None) -> None:
+        self.reader = reader
+        self.size = size
+        self.wakeup = wakeup
+        self._task: asyncio.Task[object] | None = None
+        self._reading = False
+        self._interrupted = False
+        self._deadline: float | None = None  # of the read in progress
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None  # when the armed timer fires
+
+    async def read(self, deadline: float | None) -> bytes | None:
+        """Bytes read (``b""`` at end of stream), or None once the loop time reaches ``deadline`` (None: no
+        limit) or the wake-up is set. A connection error is raised as a read raises it."""
+        wakeup = self.wakeup
+        if wakeup is not None and wakeup.is_set():
+            return None
+        loop = asyncio.get_running_loop()
+        if deadline is not None:
+            if deadline <= loop.time():
+                return None
+            if self._timer_at is None or deadline < self._timer_at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._on_timer)
+                self._timer_at = deadline
+        task = self._task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("LinkInput.read must run in a task")
+        self._deadline = deadline
+        self._interrupted = False
+        cancelling = task.cancelling()
+        if wakeup is not None:
+            wakeup._watching.add(self)
+        self._reading = True
+        try:
+            return await self.reader.read(self.size)
+        except asyncio.CancelledError:
+            if self._interrupted and task.uncancel() <= cancelling:
+                return None  # our own interruption, and nobody else's: the deadline or the wake-up
+            raise
+        finally:
+            self._reading = False
+            if wakeup is not None:
+                wakeup._watching.discard(self)
+
+    def interrupt(self) -> None:
+        """End the read in progress (it returns None); nothing if no read is waiting."""
+        if self._reading and not self._interrupted and self._task is not None:
+            self._interrupted = True
+            self._task.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        deadline = self._deadline
+        if not self._reading or deadline is None:
+            return  # the next read arms the timer again if it has a deadline
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            self.interrupt()
+        else:  # the deadline moved later since this timer was armed
+            self._timer = loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None

@@ -1,4 +1,4 @@
-"""read_or_wake: a session's read under its deadline, woken by new work, losing no byte, on both loops."""
+"""LinkInput: a session's read under its deadline, woken by new work, losing no byte, on both loops."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from labbridge.runtime.input_wait import Wakeup, read_or_wake
+from labbridge.runtime.input_wait import LinkInput, Wakeup
 from tests.conftest import run
 
 
@@ -27,16 +27,17 @@ def test_data_deadline_and_wakeup_lose_no_byte(event_loop_name: str) -> None:
         loop = asyncio.get_running_loop()
         reader, own, peer, server = await _pair()
         wakeup = Wakeup()
+        link = LinkInput(reader, 100, wakeup)
         peer.write(b"\x05")
-        assert await read_or_wake(reader, 100, loop.time() + 5, wakeup) == b"\x05"
+        assert await link.read(loop.time() + 5) == b"\x05"
 
         # The deadline passes first: None; bytes sent afterwards are read by the next call.
-        assert await read_or_wake(reader, 100, loop.time() + 0.05, wakeup) is None
+        assert await link.read(loop.time() + 0.05) is None
         peer.write(b"\x02frame")
-        assert await read_or_wake(reader, 100, loop.time() + 5, wakeup) == b"\x02frame"
+        assert await link.read(loop.time() + 5) == b"\x02frame"
 
         # Woken while the read waits (no deadline at all): it returns at once, and the flag says so once.
-        pending = asyncio.ensure_future(read_or_wake(reader, 100, None, wakeup))
+        pending = asyncio.ensure_future(link.read(None))
         await asyncio.sleep(0.05)
         assert not pending.done()
         started = loop.time()
@@ -45,30 +46,30 @@ def test_data_deadline_and_wakeup_lose_no_byte(event_loop_name: str) -> None:
         assert loop.time() - started < 1.0
         assert wakeup.consume() and not wakeup.consume()
         peer.write(b"\x04")
-        assert await read_or_wake(reader, 100, None, wakeup) == b"\x04"
+        assert await link.read(None) == b"\x04"
 
         # Set before the read: no read at all; the bytes wait in the reader.
         peer.write(b"\x05")
         await asyncio.sleep(0.05)
         wakeup.set()
-        assert await read_or_wake(reader, 100, None, wakeup) is None
+        assert await link.read(None) is None
         assert wakeup.consume()
-        assert await read_or_wake(reader, 100, None, wakeup) == b"\x05"
+        assert await link.read(None) == b"\x05"
 
         # Data and the wake-up in the same loop turn: the bytes are not lost either way.
-        pending = asyncio.ensure_future(read_or_wake(reader, 100, None, wakeup))
+        pending = asyncio.ensure_future(link.read(None))
         await asyncio.sleep(0.05)
         peer.write(b"ABC")
         await asyncio.sleep(0.02)
         wakeup.set()
         got = await asyncio.wait_for(pending, 2)
         if got is None:
-            got = await read_or_wake(reader, 100, loop.time() + 2)
+            got = await link.read(loop.time() + 2)
         assert got == b"ABC"
         wakeup.consume()
 
         peer.close()
-        assert await read_or_wake(reader, 100, loop.time() + 5, wakeup) == b""
+        assert await link.read(loop.time() + 5) == b""
         own.close()
         server.close()
         await server.wait_closed()
@@ -81,6 +82,65 @@ def test_a_socket_timeout_is_raised_not_taken_for_the_deadline(event_loop_name: 
         reader = asyncio.StreamReader()
         reader.set_exception(TimeoutError(110, "Connection timed out"))  # ETIMEDOUT from the kernel
         with pytest.raises(TimeoutError):
-            await read_or_wake(reader, 100, asyncio.get_running_loop().time() + 5, Wakeup())
+            await LinkInput(reader, 100, Wakeup()).read(asyncio.get_running_loop().time() + 5)
+
+    run(body(), loop=event_loop_name)
+
+
+def test_a_deadline_is_kept_when_it_moves_later_or_earlier_between_reads(event_loop_name: str) -> None:
+    """One timer per session, re-armed lazily: a later deadline is not cut short by the timer armed for an
+    earlier one, and an earlier deadline is not missed because a later timer was armed."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reader, own, peer, server = await _pair()
+        link = LinkInput(reader, 100)
+        # Arm for +0.1 s, then read with a deadline of +0.4 s: the first timer fires and is re-armed.
+        peer.write(b"x")
+        assert await link.read(loop.time() + 0.1) == b"x"
+        started = loop.time()
+        assert await link.read(started + 0.4) is None
+        assert 0.35 <= loop.time() - started < 1.5
+        # Now a far deadline is armed; an earlier one must still end the read on time.
+        peer.write(b"y")
+        assert await link.read(loop.time() + 30) == b"y"
+        started = loop.time()
+        assert await link.read(started + 0.1) is None
+        assert loop.time() - started < 1.0
+        link.close()
+        own.close()
+        server.close()
+        await server.wait_closed()
+
+    run(body(), loop=event_loop_name)
+
+
+def test_a_cancellation_from_outside_goes_through_even_when_the_deadline_passes_at_once(
+        event_loop_name: str) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reader, own, _peer, server = await _pair()
+        link = LinkInput(reader, 100, Wakeup())
+
+        async def session() -> bytes | None:
+            return await link.read(None)
+
+        task = asyncio.ensure_future(session())
+        await asyncio.sleep(0.05)
+        task.cancel()  # the daemon stopping
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The interruption and an outside cancel in the same turn: the outside one wins.
+        link2 = LinkInput(reader, 100, Wakeup())
+        task = asyncio.ensure_future(link2.read(loop.time() + 60))
+        await asyncio.sleep(0.05)
+        assert link2.wakeup is not None
+        link2.wakeup.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        own.close()
+        server.close()
+        await server.wait_closed()
 
     run(body(), loop=event_loop_name)

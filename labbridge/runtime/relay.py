@@ -23,18 +23,20 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labbridge.config import Destination, FileDestination, HttpDestination, MllpDestination
 from labbridge.errors import TransientLinkError
 from labbridge.lis.file import FileDropSender
-from labbridge.lis.http import HttpSender
 from labbridge.lis.mllp import MllpSender
 from labbridge.lis.render import render_astm, render_hl7, render_json
 from labbridge.logs import get_logger
 from labbridge.protocols.hl7 import Party
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.store import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem, Store
+
+if TYPE_CHECKING:
+    from labbridge.lis.http import HttpSender  # imported when an HTTP destination is configured: aiohttp is ~9 MiB
 
 log = get_logger("labbridge.relay")
 
@@ -108,6 +110,8 @@ class Relay:
         elif isinstance(dest, FileDestination):
             self.file = FileDropSender(dest.directory)
         else:
+            from labbridge.lis.http import HttpSender
+
             self.http = HttpSender(dest.url, timeout=dest.timeout_s, headers=dest.headers,
                                    verify_tls=dest.verify_tls)
         self._outage_attempts = 0

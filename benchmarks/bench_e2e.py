@@ -132,6 +132,24 @@ SPLIT_LINKS = 10
 SPLIT_CHOP = 7  # bytes per write: every frame arrives in pieces
 
 
+def peer_run(links: int, total: int, panel: str) -> dict[str, Any]:
+    """The same load against python-astm's own server (benchmarks/peer_server.py): ACK and decode only."""
+    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
+        folder = Path(tmp)
+        server = procs.Proc("benchmarks.peer_server", ["--ready", str(folder / "ready.json")],
+                            folder / "ready.json", folder / "peer.log")
+        try:
+            cpu0 = server.cpu_seconds()
+            load = aio.run(run_load([(server.ready["host"], server.ready["port"])], connections=links,
+                                    messages=_per_link(total, links), panel=panel))
+            cpu = server.cpu_seconds() - cpu0
+        finally:
+            server.stop()
+    expected = load["connections"] * load["messages_per_connection"]
+    return {"msg_s": load["messages_per_s"], "cpu_us_per_msg": 1e6 * cpu / max(1, load["messages_acked"]),
+            "unacked": expected - load["messages_acked"], "errors": load["errors"][:5]}
+
+
 def run(links_list: list[int], total: int, runs: int, panel: str = "chem20",
         profile_dir: Path | None = None) -> tuple[list[Figure], list[Ratio], list[str]]:
     raise_nofile(max(links_list) * 4 + 1024)
@@ -173,6 +191,16 @@ def run(links_list: list[int], total: int, runs: int, panel: str = "chem20",
         fig("bare server CPU per message", "us", "cpu_us_per_msg", ceiling, higher=False)
         ratios.append(Ratio(SECTION, f"{tag}: labbridge stored / bare-ACK ceiling", stored.median / ceil.median,
                             0.5 if links == 100 else None))
+        peer = [peer_run(links, total, panel) for _ in range(runs)]
+        peer_fig = fig("python-astm server (ACK + decode, no store)", "messages/s", "msg_s", peer)
+        fig("python-astm server CPU per message", "us", "cpu_us_per_msg", peer, higher=False)
+        fig("python-astm server: messages never ACKed", "messages", "unacked", peer, higher=False)
+        ratios.append(Ratio(SECTION, f"{tag}: python-astm server / bare-ACK ceiling", peer_fig.median / ceil.median,
+                            None))
+        ratios.append(Ratio(SECTION, f"{tag}: labbridge stored (durable) / python-astm server",
+                            stored.median / peer_fig.median if peer_fig.median else float("nan"), None))
+        notes.extend(f"{tag}: python-astm server errors {r['errors']}, never ACKed {r['unacked']}"
+                     for r in peer if r["errors"] or r["unacked"])
         notes.extend(f"{tag}: errors {r['errors']}, messages never ACKed {r['unacked_by_analyzer']}, "
                      f"daemon exit {r['daemon_exit']}"
                      for r in lb if r["errors"] or r["unacked_by_analyzer"] or r["daemon_exit"])

@@ -168,7 +168,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---- labbridge outbox: against the running daemon (HTTP) or the store file (daemon stopped) ----------
+# ---- labbridge outbox and orders: against the running daemon (HTTP) or the store file (daemon stopped) --
 
 
 class _Offline:
@@ -179,8 +179,18 @@ class _Offline:
         self.config = config
 
 
+def _add_target_arguments(q: argparse.ArgumentParser) -> None:
+    """Where ``outbox`` and ``orders`` act: the running daemon, or the store file when it is stopped."""
+    where = q.add_mutually_exclusive_group()
+    where.add_argument("--url", default="http://127.0.0.1:8470", help="the running daemon's HTTP API (default)")
+    where.add_argument("--store", help="the store file, when the daemon is stopped")
+    where.add_argument("-c", "--config", help="the daemon's config: its HTTP API if it runs, else its store file "
+                                              "(names checked against the config)")
+    q.add_argument("--json", action="store_true")
+
+
 def _target(args: argparse.Namespace) -> str | _Offline:
-    """The daemon's base URL, or the store to open directly."""
+    """The daemon's base URL, or the store to open directly (with the config, if given by -c)."""
     if args.store:
         return _Offline(args.store, None)
     if args.config:
@@ -452,17 +462,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _order_target(args: argparse.Namespace) -> tuple[str, str]:
-    """("url", base) for a running daemon, or ("store", path) for a store file (from --store or -c)."""
-    if args.store:
-        return "store", args.store
-    if args.config:
-        from labbridge.config import load_config
-
-        return "store", load_config(args.config).store.path
-    return "url", args.url.rstrip("/")
-
-
 def _with_store(path: str, work: Any) -> Any:
     from labbridge.runtime.order_store import SqliteOrderSource
     from labbridge.runtime.store import Store
@@ -498,10 +497,11 @@ def _cmd_orders(args: argparse.Namespace) -> int:
 
     logs.configure("warning")  # stdout is the command's answer; only problems go to stderr
     try:
-        kind, where = _order_target(args)
+        target = _target(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
+    kind, where = ("url", target) if isinstance(target, str) else ("store", target.store_path)
     try:
         if args.action == "add":
             order = NewOrder(sample_id=args.sample, test_codes=tuple(args.tests), instrument=args.instrument or "",
@@ -518,11 +518,10 @@ def _cmd_orders(args: argparse.Namespace) -> int:
                     return EXIT_FAILURE
             else:
                 problems = order.problems()
-                if args.config:
-                    from labbridge.config import load_config
+                config = target.config if isinstance(target, _Offline) else None
+                if config is not None:  # -c with the daemon stopped: the names are checked against it
                     from labbridge.runtime.daemon import complete_order, order_problems
 
-                    config = load_config(args.config)
                     problems = order_problems(config, order)
                     order = complete_order(config, order)
                 if problems:
@@ -603,11 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
 
     def target(q: argparse.ArgumentParser) -> None:
-        where = q.add_mutually_exclusive_group()
-        where.add_argument("--url", default="http://127.0.0.1:8470", help="the running daemon (default)")
-        where.add_argument("--store", help="the store file, when the daemon is stopped")
-        where.add_argument("-c", "--config", help="the daemon's config: its HTTP API if it runs, else its store")
-        q.add_argument("--json", action="store_true")
+        _add_target_arguments(q)
         q.set_defaults(func=_cmd_outbox)
 
     q = actions.add_parser("list", help="list outbox items, newest first")
@@ -653,13 +648,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("orders", help="add, list and cancel orders (the embedded order source)")
     osub = p.add_subparsers(dest="action", required=True)
 
-    def orders_target(q: argparse.ArgumentParser) -> None:
-        group = q.add_mutually_exclusive_group()
-        group.add_argument("--url", default="http://127.0.0.1:8470",
-                           help="a running daemon's HTTP address (the default target)")
-        group.add_argument("--store", help="work on this store file directly (no daemon needed)")
-        group.add_argument("-c", "--config", help="work on this config's store file, checking names against it")
-        q.add_argument("--json", action="store_true")
 
     q = osub.add_parser("add", help="add an order")
     q.add_argument("--sample", required=True, help="sample (specimen) ID")
@@ -669,17 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--site", help="any instrument of this site (answered when an analyzer asks)")
     q.add_argument("--priority", default="routine", choices=["routine", "asap", "stat"])
     q.add_argument("--patient", help="patient ID")
-    orders_target(q)
+    _add_target_arguments(q)
     q = osub.add_parser("list", help="list orders, newest first")
     q.add_argument("--instrument")
     q.add_argument("--site")
     q.add_argument("--sample")
     q.add_argument("--state", choices=["pending", "sent", "accepted", "cancelled"])
     q.add_argument("--limit", type=int, default=200)
-    orders_target(q)
+    _add_target_arguments(q)
     q = osub.add_parser("cancel", help="cancel an order")
     q.add_argument("id", type=int)
-    orders_target(q)
+    _add_target_arguments(q)
     p.set_defaults(func=_cmd_orders)
 
     p = sub.add_parser("simulate", help="run a simulated analyzer (ASTM or HL7), ASTM host, or LIS")

@@ -217,3 +217,34 @@ def test_cli_works_on_a_store_file(tmp_path: Path) -> None:
     assert call("cancel", "--store", store, "42").returncode == 1
     listed = call("list", "--store", store, "--state", "cancelled", "--json")
     assert [o["sample_id"] for o in json.loads(listed.stdout)] == ["S1"]
+
+
+def test_cli_with_a_config_and_the_daemon_stopped_checks_names_against_it(tmp_path: Path) -> None:
+    """``orders -c CONFIG`` (as ``outbox -c``): the daemon's API if it runs, else its store file, with the
+    instrument and site names checked against the config and the site filled in from the instrument."""
+    import json
+    import subprocess
+
+    from tests.integration.helpers import free_port
+
+    config = tmp_path / "labbridge.toml"
+    config.write_text("\n".join([
+        "[store]", 'path = "lb.db"', "[http]", f"port = {free_port()}",  # nothing listens there: stopped
+        "[[sites]]", 'id = "arlon"', 'name = "Arlon"',
+        "[[instruments]]", 'id = "arlon-chem-1"', 'site = "arlon"', 'driver = "astm-generic"',
+        'transport = { kind = "tcp-server", host = "127.0.0.1", port = 4001 }',
+    ]) + "\n", encoding="utf-8")
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labbridge.cli", "orders", *args, "-c", str(config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    refused = call("add", "--instrument", "nope", "--sample", "S1", "--test", "GLUC")
+    assert refused.returncode == 1 and "instrument: no instrument 'nope'" in refused.stderr
+    added = call("add", "--instrument", "arlon-chem-1", "--sample", "S1", "--test", "GLUC", "--json")
+    assert added.returncode == 0, added.stderr
+    order = json.loads(added.stdout)
+    assert order["instrument"] == "arlon-chem-1" and order["site"] == "arlon"  # completed from the config
+    assert (tmp_path / "lb.db").exists()  # the config's store, relative to the config file
+    listed = call("list", "--json")
+    assert [o["sample_id"] for o in json.loads(listed.stdout)] == ["S1"]

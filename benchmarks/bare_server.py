@@ -8,7 +8,6 @@ with the E1381 exchange itself. Handles frames split over reads and several fram
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -17,7 +16,7 @@ import signal
 from pathlib import Path
 from typing import cast
 
-from benchmarks.common import raise_nofile
+from benchmarks.common import raise_nofile, receiver_arguments
 from labbridge import aio
 
 ACK = b"\x06"
@@ -55,11 +54,7 @@ async def serve(host: str, port: int, ready: Path | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ready", type=Path)
-    args = parser.parse_args()
+    args = receiver_arguments(__doc__)
     raise_nofile()
     with contextlib.suppress(KeyboardInterrupt):
         aio.run(serve(args.host, args.port, args.ready))

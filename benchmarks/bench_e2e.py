@@ -111,11 +111,13 @@ def _summarise(load: dict[str, Any], books: dict[str, Any], cpu: float, memory: 
     }
 
 
-def ceiling_run(links: int, total: int, panel: str) -> dict[str, Any]:
+def _receiver_run(module: str, links: int, total: int, panel: str) -> tuple[dict[str, Any], float]:
+    """The load against another receiver in its own process (``python -m module --ready FILE``): the load's
+    summary and the receiver's CPU seconds."""
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
         folder = Path(tmp)
-        server = procs.Proc("benchmarks.bare_server", ["--ready", str(folder / "ready.json")],
-                            folder / "ready.json", folder / "bare.log")
+        server = procs.Proc(module, ["--ready", str(folder / "ready.json")], folder / "ready.json",
+                            folder / "receiver.log")
         try:
             cpu0 = server.cpu_seconds()
             load = aio.run(run_load([(server.ready["host"], server.ready["port"])], connections=links,
@@ -123,31 +125,27 @@ def ceiling_run(links: int, total: int, panel: str) -> dict[str, Any]:
             cpu = server.cpu_seconds() - cpu0
         finally:
             server.stop()
+    return load, cpu
+
+
+def ceiling_run(links: int, total: int, panel: str) -> dict[str, Any]:
+    """The same load against benchmarks/bare_server.py: ACKs only."""
+    load, cpu = _receiver_run("benchmarks.bare_server", links, total, panel)
     return {"msg_s": load["messages_per_s"], "results_s": load["results_per_s"],
             "cpu_us_per_msg": 1e6 * cpu / max(1, load["messages_acked"]),
             "ack_p99_ms": load["last_frame_ack_p99_ms"], "errors": load["errors"][:5]}
 
 
-SPLIT_LINKS = 10
-SPLIT_CHOP = 7  # bytes per write: every frame arrives in pieces
-
-
 def peer_run(links: int, total: int, panel: str) -> dict[str, Any]:
     """The same load against python-astm's own server (benchmarks/peer_server.py): ACK and decode only."""
-    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
-        folder = Path(tmp)
-        server = procs.Proc("benchmarks.peer_server", ["--ready", str(folder / "ready.json")],
-                            folder / "ready.json", folder / "peer.log")
-        try:
-            cpu0 = server.cpu_seconds()
-            load = aio.run(run_load([(server.ready["host"], server.ready["port"])], connections=links,
-                                    messages=_per_link(total, links), panel=panel))
-            cpu = server.cpu_seconds() - cpu0
-        finally:
-            server.stop()
+    load, cpu = _receiver_run("benchmarks.peer_server", links, total, panel)
     expected = load["connections"] * load["messages_per_connection"]
     return {"msg_s": load["messages_per_s"], "cpu_us_per_msg": 1e6 * cpu / max(1, load["messages_acked"]),
             "unacked": expected - load["messages_acked"], "errors": load["errors"][:5]}
+
+
+SPLIT_LINKS = 10
+SPLIT_CHOP = 7  # bytes per write: every frame arrives in pieces
 
 
 def run(links_list: list[int], total: int, runs: int, panel: str = "chem20",

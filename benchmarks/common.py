@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -172,3 +173,12 @@ def raise_nofile(want: int = 65536) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+def receiver_arguments(description: str | None) -> argparse.Namespace:
+    """``--host``, ``--port`` and ``--ready FILE`` of the benchmark's stand-alone receivers."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready", type=Path, help="write host, port and pid here (JSON) once listening")
+    return parser.parse_args()

@@ -12,16 +12,14 @@ changed: its writer slices replies with Python 2's ``buffer()``, given here (as 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from benchmarks import astm_compat  # imports python-astm leaving the root logger as it was
-from benchmarks.common import raise_nofile
+from benchmarks.common import raise_nofile, receiver_arguments
 
 astm_server = astm_compat.astm.server
 
@@ -41,11 +39,7 @@ class CountingDispatcher(astm_server.BaseRecordsDispatcher):  # type: ignore[mis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ready", type=Path)
-    args = parser.parse_args()
+    args = receiver_arguments(__doc__)
     raise_nofile()
     server = astm_server.Server(host=args.host, port=args.port, dispatcher=CountingDispatcher)
     server.socket.listen(4096)

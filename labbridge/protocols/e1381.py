@@ -273,6 +273,7 @@ _DEFAULT_PROFILE = LinkProfile()
 _TERMINATORS = (ETX, ETB)
 _WHITESPACE = (CR, LF)
 _RESTARTS = (STX, EOT, ENQ)
+_TERMINATOR_RECORD = (b"L", b"l")
 
 
 def _first_of(buf: bytearray, values: tuple[int, ...], start: int, end: int) -> int:
@@ -600,8 +601,17 @@ class E1381Link:
 
     def _accept_frame(self, frame: bytes, text: bytes, *, final: bool, now: float) -> None:
         self._frames_in_transfer += 1
-        snapshot = _Snapshot(tuple(self._records), self._partial, bytes(self._raw)) if final else None
-        if len(self._raw) + len(frame) > self.profile.max_message_bytes:
+        oversize = len(self._raw) + len(frame) > self.profile.max_message_bytes  # abandons what came before
+        records: list[bytes] = []
+        snapshot = None
+        if final:
+            records = split_records(text if oversize else self._partial + text, self.profile.record_terminator)
+            # The state before this frame, restored if the message it completes cannot be stored. Taken only
+            # for a frame that completes one (an L record): copying the message so far at every frame made
+            # receiving a message quadratic in its frames.
+            if any(record[:1] in _TERMINATOR_RECORD for record in records):
+                snapshot = _Snapshot(tuple(self._records), self._partial, bytes(self._raw))
+        if oversize:
             self._abandon_message(f"message longer than {self.profile.max_message_bytes} bytes")
         self._raw += frame
         if not final:
@@ -610,10 +620,9 @@ class E1381Link:
             self._accepted_frame()
             self._deadline = now + self.profile.receive_timeout
             return
-        text = self._partial + text
         self._partial = b""
         completed: list[MessageReceived] = []
-        for record in split_records(text, self.profile.record_terminator):
+        for record in records:
             kind = record[:1].upper()
             if kind == b"H" and self._records:
                 self._abandon_message("new header (H) record before the terminator (L) record",

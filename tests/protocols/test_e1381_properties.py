@@ -53,6 +53,46 @@ def test_any_chunking_yields_the_same_events(cuts: list[int], profile: LinkProfi
        role=st.sampled_from(list(Role)), prefix=st.booleans())
 def test_any_bytes_yield_events_never_an_exception(data: bytes, chunk: int, profile: LinkProfile, role: Role,
                                                    prefix: bool) -> None:
+    _feed_anything(data, chunk, profile, role, prefix, accept=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), chunk=st.integers(min_value=1, max_value=80), profile=st.sampled_from(PROFILES),
+       prefix=st.booleans())
+def test_any_bytes_with_every_message_refused_by_the_store_never_raise(data: bytes, chunk: int,
+                                                                      profile: LinkProfile, prefix: bool) -> None:
+    """reject_message restores the state from before the message's last frame, whatever came before it
+    (an oversize message abandoned, an ETB record cut off): it must always have that state to restore."""
+    _feed_anything(data, chunk, profile, Role.HOST, prefix, accept=False)
+
+
+def test_a_frame_completing_a_message_after_an_oversize_abandon_can_be_refused() -> None:
+    """An intermediate (ETB) frame pushes the message over its size limit, so what came before is
+    abandoned; the next, final frame alone holds an L record and completes a (new) message. Refusing it
+    (the store failed) NAKs the frame and the retransmission is taken."""
+    profile = LinkProfile(max_message_bytes=60)
+    link = E1381Link(Role.HOST, profile)
+    link.receive_data(bytes([ENQ]), 0.0)
+
+    def frame(fn: int, text: bytes, end: int) -> bytes:
+        body = b"%d" % fn + text + bytes([end])
+        return b"\x02" + body + e1381.checksum(body) + b"\r\n"
+
+    link.receive_data(frame(1, b"H|\\^&\r", 0x03), 0.1)
+    link.receive_data(frame(2, b"R|1|^^^GLU|" + b"9" * 60, 0x17), 0.2)  # ETB: the record goes on; too long
+    final = frame(3, b"L|1|N\r", 0x03)
+    link.receive_data(final, 0.3)
+    events = link.events()
+    assert any(isinstance(e, e1381.IncompleteMessage) for e in events)
+    assert [e.records for e in events if isinstance(e, e1381.MessageReceived)] == [(b"L|1|N",)]
+    link.data_to_send()
+    link.reject_message(0.4)
+    assert link.data_to_send() == bytes([0x15])  # NAK
+    link.receive_data(final, 0.5)
+    assert [e.records for e in link.events() if isinstance(e, e1381.MessageReceived)] == [(b"L|1|N",)]
+
+
+def _feed_anything(data: bytes, chunk: int, profile: LinkProfile, role: Role, prefix: bool, *, accept: bool) -> None:
     link = E1381Link(role, dataclasses.replace(profile, max_frame_bytes=256, max_message_bytes=1024))
     if role is Role.INSTRUMENT:
         link.send_message(MESSAGE, 0.0)
@@ -63,7 +103,10 @@ def test_any_bytes_yield_events_never_an_exception(data: bytes, chunk: int, prof
         link.receive_data(data[i:i + chunk], now)
         for event in link.events():
             if isinstance(event, e1381.MessageReceived):
-                link.accept_message(now)
+                if accept:
+                    link.accept_message(now)
+                else:
+                    link.reject_message(now)
         link.data_to_send()
         now += 1.0
         timer = link.get_timer()

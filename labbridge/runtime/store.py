@@ -7,6 +7,13 @@ A request's future completes only after the COMMIT returned: that is when an ana
 
 Reads use a second connection on their own thread (WAL readers never block the writer).
 
+Checkpoints (copying the WAL's pages into the database file, with its own fsync) run on a third
+connection, in the background, every ``checkpoint_interval_s`` (PASSIVE: they never wait for or block
+the writer). SQLite's automatic checkpoint would run them inside a COMMIT every 1,000 pages, the commit
+whose analyzer waits for its ACK: measured, that was the whole p99 of the commit at one link (17 ms
+against 6.5 ms without). The writer still checkpoints by itself past ``WAL_BACKSTOP_PAGES`` (64 MiB), in
+case the background checkpoints cannot keep up.
+
 Tables: ``messages`` (raw bytes as received, per instrument), ``results`` (canonical JSON, unique per
 instrument and content key), ``outbox`` (one row per LIS destination and group of results, with its
 stable control ID and delivery state; dead letters are outbox rows in state ``dead`` with a ``dead_kind``
@@ -443,11 +450,21 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+CHECKPOINT_INTERVAL_S = 1.0
+WAL_BACKSTOP_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer checkpoints itself past this (SQLite's default is 1,000)
+
+
 class Store:
     """Async facade over the SQLite store."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
         self.path = str(path)
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
+        self.checkpoints = 0  # background checkpoints run
+        self.checkpoint_seconds = 0.0
+        self.last_checkpoint_error: str | None = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._write_conn: sqlite3.Connection | None = None
@@ -479,12 +496,21 @@ class Store:
         except (StoreError, sqlite3.Error):
             conn.close()
             raise
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
         self._write_conn = conn
         self._writer = threading.Thread(target=self._write_loop, name="labbridge-store-write", daemon=True)
         self._writer.start()
         self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect)
+        self._checkpoint_stop.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="labbridge-store-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpoint_stop.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -494,6 +520,35 @@ class Store:
             await asyncio.get_running_loop().run_in_executor(self._reader, conn.close)
             self._read_conn = None
         self._reader.shutdown(wait=True)
+
+    # ---- background checkpoints ----------------------------------------------------------------
+
+    def _checkpoint_loop(self) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:  # the writer's backstop checkpoints instead
+            self.last_checkpoint_error = str(exc)
+            log.error("checkpointer_unavailable", error=str(exc))
+            return
+        try:
+            while not self._checkpoint_stop.wait(self.checkpoint_interval_s):
+                self.checkpoint(conn)
+        finally:
+            conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        """One PASSIVE checkpoint on ``conn`` (the checkpointer's connection); errors are counted, not raised."""
+        started = time.perf_counter()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            if self.last_checkpoint_error != str(exc):
+                log.warning("checkpoint_failed", error=str(exc))
+            self.last_checkpoint_error = str(exc)
+            return
+        self.checkpoints += 1
+        self.checkpoint_seconds += time.perf_counter() - started
+        self.last_checkpoint_error = None
 
     # ---- the writer thread ---------------------------------------------------------------------
 

@@ -90,6 +90,10 @@ class _Snapshot(Collector):
                                   value=store.commit_failures)
         yield CounterMetricFamily("labbridge_store_commit_seconds", "Time spent committing, fsync included",
                                   value=store.commit_seconds)
+        yield CounterMetricFamily("labbridge_store_checkpoints", "Background WAL checkpoints run",
+                                  value=store.checkpoints)
+        yield CounterMetricFamily("labbridge_store_checkpoint_seconds", "Time spent in background checkpoints",
+                                  value=store.checkpoint_seconds)
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, n in zip(GROUP_SIZE_BUCKETS, store.group_sizes, strict=True):

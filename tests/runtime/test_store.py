@@ -323,3 +323,50 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
             await store.close()
 
     run(body())
+
+
+def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -> None:
+    """The WAL passes SQLite's default 1,000-page checkpoint without any commit copying it into the
+    database file (the commit an analyzer waits on stays short); the background checkpointer does it."""
+    from labbridge.runtime.store import WAL_BACKSTOP_PAGES
+
+    db = tmp_path / "s.db"
+    big = b"R" * 6000  # two pages of raw bytes per message
+
+    async def fill(store: Store, first: int, count: int) -> None:
+        await asyncio.gather(*(
+            store.commit_message(instrument="chem-1", protocol="astm", raw=big, received_at=float(i),
+                                 results=[result(f"S{i}", "GLU")], destinations=["lis"])
+            for i in range(first, first + count)))
+
+    async def body() -> None:
+        store = Store(db, checkpoint_interval_s=3600.0)  # no background checkpoint during this part
+        await store.open()
+        try:
+            assert await store.write(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
+                == WAL_BACKSTOP_PAGES
+            size_before = store.size().file_bytes
+            await fill(store, 0, 600)
+            size = store.size()
+            assert size.wal_bytes > 1000 * 4096  # past SQLite's default checkpoint...
+            assert size.file_bytes == size_before  # ...and no commit copied it into the database file
+            assert store.checkpoints == 0
+        finally:
+            await store.close()
+
+        store = Store(db, checkpoint_interval_s=0.05)
+        await store.open()
+        try:
+            await fill(store, 600, 100)
+            for _ in range(200):
+                if store.checkpoints >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert store.checkpoints >= 2 and store.last_checkpoint_error is None
+            assert store.size().file_bytes > 700 * 6000  # the messages are in the database file now
+            counts = await store.counts()
+            assert counts["messages"] == 700
+        finally:
+            await store.close()
+
+    run(body())

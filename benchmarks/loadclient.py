@@ -109,7 +109,7 @@ class _Analyzer(asyncio.Protocol):
         self.watchdog = self.loop.call_later(REPLY_TIMEOUT_S, self._check, self.progress)
 
     def _enq(self) -> None:
-        if not self.messages[self.index:]:
+        if self.index >= len(self.messages):
             self._finish()
             return
         assert self.transport is not None

@@ -240,14 +240,10 @@ def _run_offline(offline: _Offline, action: Any) -> Any:
         return None
 
     async def main() -> Any:
-        store = Store(offline.store_path)
-        await store.open()
-        try:
+        async with Store(offline.store_path) as store:
             ops = Operations(store, decoder_for,
                              backlog_after_s=config.backlog.older_than_s if config is not None else None)
             return await action(store, ops)
-        finally:
-            await store.close()
 
     return asyncio.run(main())
 
@@ -467,12 +463,8 @@ def _with_store(path: str, work: Any) -> Any:
     from labbridge.runtime.store import Store
 
     async def main() -> Any:
-        store = Store(path)
-        await store.open()
-        try:
+        async with Store(path) as store:
             return await work(SqliteOrderSource(store))
-        finally:
-            await store.close()
 
     return asyncio.run(main())
 

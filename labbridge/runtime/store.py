@@ -506,6 +506,13 @@ class Store:
                                               daemon=True)
         self._checkpointer.start()
 
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpoint_stop.set()
@@ -532,11 +539,11 @@ class Store:
             return
         try:
             while not self._checkpoint_stop.wait(self.checkpoint_interval_s):
-                self.checkpoint(conn)
+                self._checkpoint(conn)
         finally:
             conn.close()
 
-    def checkpoint(self, conn: sqlite3.Connection) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """One PASSIVE checkpoint on ``conn`` (the checkpointer's connection); errors are counted, not raised."""
         started = time.perf_counter()
         try:

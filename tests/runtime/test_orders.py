@@ -17,9 +17,7 @@ from tests.conftest import run
 
 def test_order_lifecycle_and_who_may_run_what(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             src = SqliteOrderSource(store)
             assert isinstance(src, OrderSource)
             mine = await src.add_order(NewOrder("S1", ("GLUC", "K"), instrument="chem-1", site="arlon",
@@ -55,8 +53,6 @@ def test_order_lifecycle_and_who_may_run_what(tmp_path: Path) -> None:
             assert await src.cancel(9999, now=1.0) is None
             assert [o.id for o in await src.list_orders(state="pending")] == [elsewhere.id, site_wide.id]
             assert [o.id for o in await src.list_orders(sample_id="S1")] == [other.id, mine.id]
-        finally:
-            await store.close()
 
     run(body())
 
@@ -72,19 +68,14 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
     conn.close()
 
     async def body() -> None:
-        store = Store(path)
-        await store.open()
-        try:
+        async with Store(path) as store:
             assert (await store.counts())["messages"] == 1
             src = SqliteOrderSource(store)
             order = await src.add_order(NewOrder("S1", ("GLUC",), instrument="chem-1"), now=1.0)
             assert order.id == 1
-        finally:
-            await store.close()
         # Opening again is a no-op migration.
-        store = Store(path)
-        await store.open()
-        await store.close()
+        async with Store(path):
+            pass
 
     run(body())
     conn = sqlite3.connect(path)
@@ -146,9 +137,7 @@ def test_new_order_problems_are_named() -> None:
 
 def test_refused_orders_go_back_to_pending_with_the_reason_and_are_not_pushed_again(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             src = SqliteOrderSource(store)
             order = await src.add_order(NewOrder("S1", ("GLUC",), instrument="chem-1", site="arlon"), now=1.0)
             await src.mark_sent([order.id], instrument="chem-1", now=2.0)
@@ -161,17 +150,13 @@ def test_refused_orders_go_back_to_pending_with_the_reason_and_are_not_pushed_ag
             await src.mark_accepted([order.id], instrument="chem-1", now=4.0)
             accepted = await src.get(order.id)
             assert accepted is not None and (accepted.state, accepted.note) == ("accepted", "")
-        finally:
-            await store.close()
 
     run(body())
 
 
 def test_orders_from_a_message_are_stored_with_it_once(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             src = SqliteOrderSource(store)
             new = [NewOrder("S1", ("GLUC",), instrument="chem-1", site="arlon", source="lis:in")]
             added, duplicate = await src.add_orders_from_message(new, origin="lis:in", raw=b"MSH|1",
@@ -184,7 +169,5 @@ def test_orders_from_a_message_are_stored_with_it_once(tmp_path: Path) -> None:
                                                                 sender_id=("M2", "d2"), now=3.0, error="bad")
             assert none == [] and not duplicate
             assert len(await src.list_orders()) == 1
-        finally:
-            await store.close()
 
     run(body())

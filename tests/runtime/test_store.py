@@ -21,9 +21,7 @@ def test_commit_is_durable_and_resent_results_are_recognised(tmp_path: Path) -> 
     path = tmp_path / "store.db"
 
     async def body() -> None:
-        store = Store(path)
-        await store.open()
-        try:
+        async with Store(path) as store:
             first = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"raw-1", received_at=1.0,
                                                results=[result("S1", "GLU"), result("S1", "K"), result("S2", "GLU")],
                                                destinations=["lis-a", "lis-b"])
@@ -36,8 +34,6 @@ def test_commit_is_durable_and_resent_results_are_recognised(tmp_path: Path) -> 
             item, _ = await store.next_due("lis-a", now=10.0)
             assert item is not None and [r.test_code for r in item.results] == ["GLU", "K"]
             assert item.control_id.startswith("LB") and len(item.control_id) == 20
-        finally:
-            await store.close()
 
     run(body())
     # A fresh connection (another process after a crash would see the same) finds everything.
@@ -49,9 +45,7 @@ def test_commit_is_durable_and_resent_results_are_recognised(tmp_path: Path) -> 
 
 def test_failed_commit_raises_and_keeps_nothing(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             store.fail_commits = True
             with pytest.raises(StoreError, match="commit failed"):
                 await store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=1.0,
@@ -59,17 +53,13 @@ def test_failed_commit_raises_and_keeps_nothing(tmp_path: Path) -> None:
             store.fail_commits = False
             counts = await store.counts()
             assert counts["messages"] == 0 and counts["results"] == 0
-        finally:
-            await store.close()
 
     run(body())
 
 
 def test_concurrent_commits_are_grouped_and_all_land(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             await asyncio.gather(*(
                 store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=float(i),
                                      results=[result(f"S{i}", "GLU")], destinations=["lis"])
@@ -77,17 +67,13 @@ def test_concurrent_commits_are_grouped_and_all_land(tmp_path: Path) -> None:
             counts = await store.counts()
             assert counts["results"] == 200 and counts["outbox"]["lis"]["pending"] == 200
             assert store.commits < 200  # group commit folded requests together
-        finally:
-            await store.close()
 
     run(body())
 
 
 def test_outbox_retry_and_dead_letter_states(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=1.0,
                                                 results=[result("S1", "GLU"), result("S2", "GLU")],
                                                 destinations=["lis"])
@@ -100,8 +86,6 @@ def test_outbox_retry_and_dead_letter_states(tmp_path: Path) -> None:
             assert item is None and next_at == 100.0
             rows = await store.outbox_rows(state="dead")
             assert rows[0]["last_error"] == "LIS answered AE: unknown test"
-        finally:
-            await store.close()
 
     run(body())
 
@@ -132,17 +116,13 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_data(tmp_path: Pat
     conn.close()
 
     async def body() -> None:
-        store = Store(path)
-        await store.open()
-        try:
+        async with Store(path) as store:
             rows = await store.outbox_rows()
             assert rows[0]["last_error"] == "LIS answered AE" and rows[0]["backlog"] is False
             # An item dead-lettered before the migration counts as refused by the LIS, and can be retried.
             outcome = await store.retry_dead(None, actor="ops", reason="LIS fixed", now=5.0)
             assert outcome == [{"id": 1, "outcome": "queued"}]
             assert (await store.audit_rows())[0]["actor"] == "ops"
-        finally:
-            await store.close()
 
     run(body())
     conn = sqlite3.connect(path)
@@ -152,9 +132,7 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_data(tmp_path: Pat
 
 def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=1.0,
                                                 results=[result("S1", "GLU"), result("S2", "GLU"), result("S3", "K")],
                                                 destinations=["lis"])
@@ -174,8 +152,6 @@ def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: P
             assert [(e["action"], e["actor"], e["reason"]) for e in audit] == [
                 ("retry", "alice", "LIS mapping fixed"), ("purge", "ops", "cleanup")]
             assert audit[0]["detail"]["previous_error"] == "LIS answered AE: unknown test"
-        finally:
-            await store.close()
 
     run(body())
 
@@ -184,9 +160,7 @@ def test_prune_keeps_pending_and_dead_items_and_what_they_refer_to(tmp_path: Pat
     from labbridge.runtime.store import Held, Retention
 
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             delivered = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"d", received_at=100.0,
                                                    results=[result("S1", "GLU")], destinations=["lis"])
             await store.mark_delivered(delivered.outbox_ids[0], 101.0)
@@ -210,8 +184,6 @@ def test_prune_keeps_pending_and_dead_items_and_what_they_refer_to(tmp_path: Pat
             dead = await store.outbox_rows(state="dead")
             raw = await store.raw_message(dead[0]["message_id"])
             assert raw is not None and raw.raw == b"u"  # a dead letter's raw message is kept for re-decoding
-        finally:
-            await store.close()
 
     run(body())
 
@@ -220,9 +192,7 @@ def test_a_full_store_refuses_the_commit_keeps_nothing_partial_and_recovers(tmp_
     path = tmp_path / "s.db"
 
     async def body() -> None:
-        store = Store(path)
-        await store.open()
-        try:
+        async with Store(path) as store:
             await store.commit_message(instrument="chem-1", protocol="astm", raw=b"x" * 1000, received_at=1.0,
                                        results=[result("S0", "GLU")], destinations=["lis"])
             await store.set_size_limit(0)  # no page more than now: SQLite's real SQLITE_FULL
@@ -239,8 +209,6 @@ def test_a_full_store_refuses_the_commit_keeps_nothing_partial_and_recovers(tmp_
             assert after["messages"] == before["messages"] + 1
             # Every stored message has its results and outbox item: nothing half-written.
             assert after["results"] == after["messages"] == after["outbox"]["lis"]["pending"]
-        finally:
-            await store.close()
 
     run(body())
     conn = sqlite3.connect(path)
@@ -249,9 +217,7 @@ def test_a_full_store_refuses_the_commit_keeps_nothing_partial_and_recovers(tmp_
 
 def test_backlog_is_flagged_and_live_items_come_first(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             now = 1_800_000_000.0
             backlog = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"o", received_at=now,
                                                  results=[old("B1", "GLU", 30, now)], destinations=["lis"],
@@ -268,24 +234,18 @@ def test_backlog_is_flagged_and_live_items_come_first(tmp_path: Path) -> None:
             assert item is not None and item.id == backlog.outbox_ids[0] and item.backlog
             counts = await store.counts()
             assert counts["backlog_results"] == 1 and counts["outbox"]["lis"]["backlog_pending"] == 1
-        finally:
-            await store.close()
 
     run(body())
 
 
 def test_group_commit_counters(tmp_path: Path) -> None:
     async def body() -> None:
-        store = Store(tmp_path / "s.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "s.db") as store:
             await asyncio.gather(*(
                 store.commit_message(instrument="chem-1", protocol="astm", raw=b"x", received_at=float(i),
                                      results=[result(f"S{i}", "GLU")], destinations=["lis"]) for i in range(100)))
             assert store.committed_jobs == 100 and sum(store.group_sizes) == store.commits < 100
             assert store.commit_seconds > 0
-        finally:
-            await store.close()
 
     run(body())
 
@@ -303,9 +263,7 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
     monkeypatch.setattr(store_module, "_MULTI_ROW_INSERT", multi_row)
 
     async def body() -> None:
-        store = Store(tmp_path / "store.db")
-        await store.open()
-        try:
+        async with Store(tmp_path / "store.db") as store:
             await store.commit_message(instrument="chem-1", protocol="astm", raw=b"first", received_at=1.0,
                                        results=[result("S0", "T0", "0")], destinations=["lis"])
             many = [result(f"S{i % 5}", f"T{i}", str(i)) for i in range(250)]
@@ -319,8 +277,6 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
             for sample, item in by_sample.items():
                 expected = sorted((r.test_code, r.value) for r in many[1:] if r.sample_id == sample)
                 assert sorted((r.test_code, r.value) for r in item.results) == expected
-        finally:
-            await store.close()
 
     run(body())
 
@@ -340,9 +296,8 @@ def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -
             for i in range(first, first + count)))
 
     async def body() -> None:
-        store = Store(db, checkpoint_interval_s=3600.0)  # no background checkpoint during this part
-        await store.open()
-        try:
+        # No background checkpoint during this part.
+        async with Store(db, checkpoint_interval_s=3600.0) as store:
             assert await store.write(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
                 == WAL_BACKSTOP_PAGES
             size_before = store.size().file_bytes
@@ -351,12 +306,8 @@ def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -
             assert size.wal_bytes > 1000 * 4096  # past SQLite's default checkpoint...
             assert size.file_bytes == size_before  # ...and no commit copied it into the database file
             assert store.checkpoints == 0
-        finally:
-            await store.close()
 
-        store = Store(db, checkpoint_interval_s=0.05)
-        await store.open()
-        try:
+        async with Store(db, checkpoint_interval_s=0.05) as store:
             await fill(store, 600, 100)
             for _ in range(200):
                 if store.checkpoints >= 2:
@@ -366,7 +317,5 @@ def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -
             assert store.size().file_bytes > 700 * 6000  # the messages are in the database file now
             counts = await store.counts()
             assert counts["messages"] == 700
-        finally:
-            await store.close()
 
     run(body())

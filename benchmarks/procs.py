@@ -49,20 +49,35 @@ class Proc:
         except OSError:
             return ""
 
+    def pids(self) -> list[int]:
+        """The process and its live descendants (labbridge's store writer process, say)."""
+        return [self.pid, *descendants(self.pid)]
+
     def cpu_seconds(self) -> float:
-        """User + system CPU of the process (all its threads), from /proc/PID/stat."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
+        """User + system CPU of the process and its live descendants (all threads), from /proc/PID/stat."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
+        return total
 
     def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) in bytes, from /proc/PID/status."""
-        out = {}
-        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":", 1)
-                    out[key] = int(value.split()[0]) * 1024
+        """VmRSS and VmHWM (peak RSS) in bytes, from /proc/PID/status, summed over the process and its live
+        descendants (the sum of peaks: an upper bound of the peak of the sum)."""
+        out = {"VmRSS": 0, "VmHWM": 0}
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                    for line in f:
+                        if line.startswith(("VmRSS:", "VmHWM:")):
+                            key, value = line.split(":", 1)
+                            out[key] += int(value.split()[0]) * 1024
+            except OSError:
+                continue
         return out
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -122,6 +137,23 @@ def acker_books(folder: Path) -> dict[str, Any]:
 
 def targets(daemon: Proc) -> list[tuple[str, int]]:
     return [(v["host"], v["port"]) for v in daemon.ready["instruments"].values() if v]
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
 
 
 def free_port() -> int:

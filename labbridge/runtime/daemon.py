@@ -30,7 +30,8 @@ from labbridge.runtime.operations import Operations
 from labbridge.runtime.order_store import SqliteOrderSource
 from labbridge.runtime.relay import Relay
 from labbridge.runtime.shared import SharedListener
-from labbridge.runtime.store import Retention, Store, wall_clock
+from labbridge.runtime.store import Store, wall_clock
+from labbridge.runtime.store_sql import Retention
 
 log = get_logger("labbridge.daemon")
 

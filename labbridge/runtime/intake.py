@@ -17,7 +17,7 @@ from labbridge.mapping import ResultMapper
 from labbridge.model import Decoded, HostQuery, Result
 from labbridge.protocols.hl7_parse import Hl7Message, parse_message
 from labbridge.runtime.links import records_from_raw
-from labbridge.runtime.store import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
+from labbridge.runtime.store_sql import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
 
 
 @dataclass(slots=True)

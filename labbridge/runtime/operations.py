@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from labbridge.runtime.intake import InstrumentDecoder
-from labbridge.runtime.store import DEAD_UNDECODABLE, Held, Store, wall_clock
+from labbridge.runtime.store import Store, wall_clock
+from labbridge.runtime.store_sql import DEAD_UNDECODABLE, Held
 
 
 class Operations:

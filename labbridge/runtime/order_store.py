@@ -1,6 +1,6 @@
 """The embedded order source: orders kept in the SQLite store (table ``orders``, schema 2).
 
-Writes go through the store's writer thread (durable when the call returns); reads use its read
+Writes go through the store's writer process (durable when the call returns); reads use its read
 connection. Another process (``labbridge orders add --store FILE``) may write the same file while the
 daemon runs: SQLite's WAL mode lets it, and the daemon's runners poll for new orders.
 """
@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from labbridge.model import OrderPriority
 from labbridge.orders import LIVE_STATES, NewOrder, Order, OrderState
-from labbridge.runtime.store import Store
+
+if TYPE_CHECKING:  # the writer process imports this module for its functions: no store facade there
+    from labbridge.runtime.store import Store
 
 _COLUMNS = ("id, sample_id, tests, instrument, site, priority, patient_id, state, source, created_at, sent_at,"
             " sent_to, accepted_at, cancelled_at, note")
@@ -37,6 +39,72 @@ _FOR_INSTRUMENT = "(instrument = ? OR (instrument = '' AND site = ? AND site != 
 _PUSH_ORDER = "CASE priority WHEN 'stat' THEN 0 WHEN 'asap' THEN 1 ELSE 2 END, id"
 
 
+# Writes: run in the store's writer process (module-level functions, pickled by reference).
+
+def _add_order(conn: sqlite3.Connection, order: NewOrder, now: float) -> Order:
+    cur = conn.execute(
+        "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
+         order.priority, order.patient_id, order.source, now))
+    row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (cur.lastrowid,)).fetchone()
+    return _order(row)
+
+
+def _add_orders_from_message(conn: sqlite3.Connection, orders: Sequence[NewOrder], *, origin: str, raw: bytes,
+                             sender_id: tuple[str, str] | None, now: float,
+                             error: str | None) -> tuple[list[Order], bool]:
+    if sender_id is not None and error is None:
+        row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
+                           " AND digest = ?", (origin, *sender_id)).fetchone()
+        if row is not None:
+            return [], True
+    cur = conn.execute(
+        "INSERT INTO messages (instrument, protocol, received_at, raw, status, error, result_count)"
+        " VALUES (?, 'hl7', ?, ?, ?, ?, 0)", (origin, now, raw, "refused" if error else "orders", error))
+    message_id = cur.lastrowid
+    if error is not None:
+        return [], False
+    if sender_id is not None:
+        conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
+                     " VALUES (?, ?, ?, ?)", (origin, *sender_id, message_id))
+    out: list[Order] = []
+    for order in orders:
+        cur = conn.execute(
+            "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
+             order.priority, order.patient_id, order.source, now))
+        out.append(_order(conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?",
+                                       (cur.lastrowid,)).fetchone()))
+    return out, False
+
+
+def _mark_sent(conn: sqlite3.Connection, ids: list[int], instrument: str, now: float) -> None:
+    # Only pending orders move: a cancelled order stays cancelled; a resent one keeps its first time.
+    conn.execute(f"UPDATE orders SET state = 'sent', sent_at = ?, sent_to = ? WHERE id IN ({_marks(ids)})"
+                 " AND state = 'pending'", (now, instrument, *ids))
+
+
+def _mark_accepted(conn: sqlite3.Connection, ids: list[int], instrument: str, now: float) -> None:
+    conn.execute(f"UPDATE orders SET state = 'accepted', accepted_at = ?, sent_to = ?, note = '',"
+                 f" sent_at = COALESCE(sent_at, ?) WHERE id IN ({_marks(ids)})"
+                 " AND state IN ('pending', 'sent')", (now, instrument, now, *ids))
+
+
+def _mark_refused(conn: sqlite3.Connection, ids: list[int], instrument: str, reason: str, now: float) -> None:
+    conn.execute(f"UPDATE orders SET state = 'pending', note = ?, sent_to = ? WHERE id IN ({_marks(ids)})"
+                 " AND state IN ('pending', 'sent', 'accepted')",
+                 (reason[:500] or "refused by the analyzer", instrument, *ids))
+
+
+def _cancel(conn: sqlite3.Connection, order_id: int, now: float) -> Order | None:
+    conn.execute("UPDATE orders SET state = 'cancelled', cancelled_at = ? WHERE id = ?"
+                 " AND state != 'cancelled'", (now, order_id))
+    row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (order_id,)).fetchone()
+    return _order(row) if row else None
+
+
 class SqliteOrderSource:
     """:class:`labbridge.orders.OrderSource` on the labbridge store."""
 
@@ -44,16 +112,7 @@ class SqliteOrderSource:
         self.store = store
 
     async def add_order(self, order: NewOrder, *, now: float) -> Order:
-        def work(conn: sqlite3.Connection) -> Order:
-            cur = conn.execute(
-                "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
-                 order.priority, order.patient_id, order.source, now))
-            row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (cur.lastrowid,)).fetchone()
-            return _order(row)
-
-        return await self.store.write(work)
+        return await self.store.write(_add_order, order, now)
 
     async def add_orders_from_message(self, orders: Sequence[NewOrder], *, origin: str, raw: bytes,
                                       sender_id: tuple[str, str] | None, now: float,
@@ -65,33 +124,8 @@ class SqliteOrderSource:
         adds nothing and returns ``([], True)`` (a resend after a lost ACK). With ``error`` the message is
         kept for inspection (status ``refused``) and no order is added.
         """
-        def work(conn: sqlite3.Connection) -> tuple[list[Order], bool]:
-            if sender_id is not None and error is None:
-                row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
-                                   " AND digest = ?", (origin, *sender_id)).fetchone()
-                if row is not None:
-                    return [], True
-            cur = conn.execute(
-                "INSERT INTO messages (instrument, protocol, received_at, raw, status, error, result_count)"
-                " VALUES (?, 'hl7', ?, ?, ?, ?, 0)", (origin, now, raw, "refused" if error else "orders", error))
-            message_id = cur.lastrowid
-            if error is not None:
-                return [], False
-            if sender_id is not None:
-                conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
-                             " VALUES (?, ?, ?, ?)", (origin, *sender_id, message_id))
-            out: list[Order] = []
-            for order in orders:
-                cur = conn.execute(
-                    "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
-                     order.priority, order.patient_id, order.source, now))
-                out.append(_order(conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?",
-                                               (cur.lastrowid,)).fetchone()))
-            return out, False
-
-        return await self.store.write(work)
+        return await self.store.write(_add_orders_from_message, orders, origin=origin, raw=raw, sender_id=sender_id,
+                                      now=now, error=error)
 
     async def orders_for_samples(self, *, instrument: str, site: str, sample_ids: Sequence[str]) -> list[Order]:
         samples = list(dict.fromkeys(sample_ids))
@@ -132,45 +166,24 @@ class SqliteOrderSource:
         if not ids:
             return
 
-        def work(conn: sqlite3.Connection) -> None:
-            # Only pending orders move: a cancelled order stays cancelled; a resent one keeps its first time.
-            conn.execute(f"UPDATE orders SET state = 'sent', sent_at = ?, sent_to = ? WHERE id IN ({_marks(ids)})"
-                         " AND state = 'pending'", (now, instrument, *ids))
-
-        await self.store.write(work)
+        await self.store.write(_mark_sent, ids, instrument, now)
 
     async def mark_accepted(self, order_ids: Sequence[int], *, instrument: str, now: float) -> None:
         ids = list(order_ids)
         if not ids:
             return
 
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(f"UPDATE orders SET state = 'accepted', accepted_at = ?, sent_to = ?, note = '',"
-                         f" sent_at = COALESCE(sent_at, ?) WHERE id IN ({_marks(ids)})"
-                         " AND state IN ('pending', 'sent')", (now, instrument, now, *ids))
-
-        await self.store.write(work)
+        await self.store.write(_mark_accepted, ids, instrument, now)
 
     async def mark_refused(self, order_ids: Sequence[int], *, instrument: str, reason: str, now: float) -> None:
         ids = list(order_ids)
         if not ids:
             return
 
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(f"UPDATE orders SET state = 'pending', note = ?, sent_to = ? WHERE id IN ({_marks(ids)})"
-                         " AND state IN ('pending', 'sent', 'accepted')",
-                         (reason[:500] or "refused by the analyzer", instrument, *ids))
-
-        await self.store.write(work)
+        await self.store.write(_mark_refused, ids, instrument, reason, now)
 
     async def cancel(self, order_id: int, *, now: float) -> Order | None:
-        def work(conn: sqlite3.Connection) -> Order | None:
-            conn.execute("UPDATE orders SET state = 'cancelled', cancelled_at = ? WHERE id = ?"
-                         " AND state != 'cancelled'", (now, order_id))
-            row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (order_id,)).fetchone()
-            return _order(row) if row else None
-
-        return await self.store.write(work)
+        return await self.store.write(_cancel, order_id, now)
 
     async def get(self, order_id: int) -> Order | None:
         def work(conn: sqlite3.Connection) -> Order | None:

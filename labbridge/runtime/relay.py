@@ -33,7 +33,8 @@ from labbridge.lis.render import render_astm, render_hl7, render_json
 from labbridge.logs import get_logger
 from labbridge.protocols.hl7 import Party
 from labbridge.runtime.backoff import backoff_delay
-from labbridge.runtime.store import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem, Store
+from labbridge.runtime.store import Store
+from labbridge.runtime.store_sql import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
 
 if TYPE_CHECKING:
     from labbridge.lis.http import HttpSender  # imported when an HTTP destination is configured: aiohttp is ~9 MiB

@@ -24,7 +24,7 @@ from labbridge.protocols.hl7_parse import Hl7Message
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.instrument import InstrumentRunner, listen_with_retry
 from labbridge.runtime.intake import InstrumentDecoder, Intake
-from labbridge.runtime.store import DEAD_UNKNOWN_SENDER, Held
+from labbridge.runtime.store_sql import DEAD_UNKNOWN_SENDER, Held
 from labbridge.sharing import SenderRouter, astm_sender_names, hl7_sender_names
 
 log = get_logger("labbridge.shared")

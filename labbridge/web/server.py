@@ -27,7 +27,7 @@ from labbridge.errors import StoreError
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.runtime.health import STATES
-from labbridge.runtime.store import GROUP_SIZE_BUCKETS
+from labbridge.runtime.store_sql import GROUP_SIZE_BUCKETS
 
 if TYPE_CHECKING:
     from labbridge.runtime.daemon import Daemon

@@ -12,6 +12,10 @@ from labbridge.runtime.store import Store
 from tests.conftest import run
 
 
+def _pragma(conn: sqlite3.Connection, name: str) -> object:  # runs in the writer process: module level
+    return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
 def result(sample: str, test: str, value: str = "1.0") -> Result:
     return Result(instrument="chem-1", sample_id=sample, test_code=test, instrument_test_code=test, value=value,
                   measured_at="2026-11-23T10:00:00+01:00")
@@ -157,7 +161,7 @@ def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: P
 
 
 def test_prune_keeps_pending_and_dead_items_and_what_they_refer_to(tmp_path: Path) -> None:
-    from labbridge.runtime.store import Held, Retention
+    from labbridge.runtime.store_sql import Held, Retention
 
     async def body() -> None:
         async with Store(tmp_path / "s.db") as store:
@@ -255,30 +259,42 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multi_row: bool) -> None:
     """Both insert paths (SQLite 3.35+ multi-row INSERT ... RETURNING, and row by row) give each result its
     own row id: a repeat inside one message and a result stored before are duplicates, over 100 rows span
-    several statements, and every outbox item lists exactly its sample's results."""
-    from labbridge.runtime import store as store_module
+    several statements, and every outbox item lists exactly its sample's results. (The SQL functions run
+    here, in this process, on a migrated store: the writer process would not see the monkeypatch.)"""
+    from labbridge.runtime import store_sql
+    from labbridge.runtime.store_writer import connect
 
-    if multi_row and not store_module._MULTI_ROW_INSERT:
+    if multi_row and not store_sql._MULTI_ROW_INSERT:
         pytest.skip("this SQLite has no RETURNING (3.35+)")
-    monkeypatch.setattr(store_module, "_MULTI_ROW_INSERT", multi_row)
+    monkeypatch.setattr(store_sql, "_MULTI_ROW_INSERT", multi_row)
+    path = tmp_path / "store.db"
 
-    async def body() -> None:
-        async with Store(tmp_path / "store.db") as store:
-            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"first", received_at=1.0,
-                                       results=[result("S0", "T0", "0")], destinations=["lis"])
-            many = [result(f"S{i % 5}", f"T{i}", str(i)) for i in range(250)]
-            sent = [*many, many[7], result("S0", "T0", "0")]  # a repeat inside, and one stored before
-            stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"second",
-                                                received_at=2.0, results=sent, destinations=["lis"])
-            assert (stored.new_results, stored.duplicate_results) == (249, 3)  # S0/T0/"0" is many[0] too
-            items, _ = await store.due_items("lis", now=10.0, limit=100)
-            by_sample = {item.results[0].sample_id: item for item in items if item.message_id == stored.message_id}
-            assert sorted(by_sample) == [f"S{i}" for i in range(5)]
-            for sample, item in by_sample.items():
-                expected = sorted((r.test_code, r.value) for r in many[1:] if r.sample_id == sample)
-                assert sorted((r.test_code, r.value) for r in item.results) == expected
+    async def migrate() -> None:
+        async with Store(path):
+            pass
 
-    run(body())
+    run(migrate())
+    conn = connect(str(path))
+    try:
+        def commit(raw: bytes, received_at: float, results: list[Result]) -> store_sql.StoredMessage:
+            return store_sql.commit_message(
+                conn, instrument="chem-1", protocol="astm", raw=raw, received_at=received_at, results=results,
+                destinations=["lis"], error=None, sender_id=None, dead=[], backlog_after_s=None, held_results=(),
+                hold_reason="")
+
+        commit(b"first", 1.0, [result("S0", "T0", "0")])
+        many = [result(f"S{i % 5}", f"T{i}", str(i)) for i in range(250)]
+        sent = [*many, many[7], result("S0", "T0", "0")]  # a repeat inside, and one stored before
+        stored = commit(b"second", 2.0, sent)
+        assert (stored.new_results, stored.duplicate_results) == (249, 3)  # S0/T0/"0" is many[0] too
+        items, _ = store_sql.due_items(conn, "lis", 10.0, include_backlog=True, limit=100, exclude=())
+        by_sample = {item.results[0].sample_id: item for item in items if item.message_id == stored.message_id}
+        assert sorted(by_sample) == [f"S{i}" for i in range(5)]
+        for sample, item in by_sample.items():
+            expected = sorted((r.test_code, r.value) for r in many[1:] if r.sample_id == sample)
+            assert sorted((r.test_code, r.value) for r in item.results) == expected
+    finally:
+        conn.close()
 
 
 def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -> None:
@@ -298,8 +314,7 @@ def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -
     async def body() -> None:
         # No background checkpoint during this part.
         async with Store(db, checkpoint_interval_s=3600.0) as store:
-            assert await store.write(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
-                == WAL_BACKSTOP_PAGES
+            assert await store.write(_pragma, "wal_autocheckpoint") == WAL_BACKSTOP_PAGES
             size_before = store.size().file_bytes
             await fill(store, 0, 600)
             size = store.size()

@@ -1,0 +1,463 @@
+"""The store's SQL: the functions the writer process runs (``fn(conn, ...)``) and the values they exchange.
+
+Kept apart from :mod:`labbridge.runtime.store` (the daemon's async facade) so that the writer process
+imports only this, the model and SQLite: no asyncio, no logging set-up, no configuration models. Every
+function here runs on one connection inside the caller's transaction (the writer's group commit) and
+must not commit or roll back itself. See :mod:`labbridge.runtime.store` for the tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sqlite3
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from labbridge.model import Result
+
+GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# Why an item is in the dead letters (outbox.dead_kind).
+DEAD_LIS_REJECTED = "lis-rejected"
+DEAD_UNDELIVERED = "undelivered"
+DEAD_UNDECODABLE = "undecodable"
+DEAD_UNMAPPED = "unmapped"
+DEAD_UNKNOWN_SENDER = "unknown-sender"
+# Results the instrument's mapping holds back (hold_tests): stored, not sent until an operator
+# releases them with a retry (which puts them in line as they are, no re-decoding).
+DEAD_HELD = "held"
+# Kinds fixed by re-decoding the stored raw message with the current driver and config.
+REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    message_id: int
+    new_results: int
+    duplicate_results: int
+    outbox_ids: tuple[int, ...]
+    duplicate: bool = False  # the same message (sender's ID and content) was already stored: nothing new
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    destination: str
+    control_id: str
+    instrument: str
+    message_id: int
+    attempts: int
+    created_at: float
+    results: tuple[Result, ...]
+    backlog: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Part of a message kept out of the LIS for a person to fix: one dead letter per destination."""
+
+    kind: str  # one of the DEAD_* kinds
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    id: int
+    instrument: str
+    protocol: str
+    raw: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    file_bytes: int
+    wal_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.file_bytes + self.wal_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the store keeps what no longer waits for anyone (seconds)."""
+
+    raw_messages_s: float
+    delivered_s: float
+    incomplete_s: float
+
+
+def control_id_for(key: str) -> str:
+    """A stable HL7 MSH-10 (at most 20 characters) derived from the content key."""
+    return "LB" + key[:18].upper()
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+def is_backlog(results: Sequence[Result], received_at: float, threshold_s: float | None) -> bool:
+    """Every result was measured more than ``threshold_s`` before it reached us (an analyzer's resent backlog)."""
+    if threshold_s is None or not results:
+        return False
+    times = [_epoch(r.measured_at) for r in results]
+    return all(t is not None and received_at - t > threshold_s for t in times)
+
+
+def group_key_for(results: Sequence[Result]) -> str:
+    return _group_key([r.idempotency_key() for r in results])
+
+
+def _group_key(result_keys: list[str]) -> str:
+    return hashlib.sha256("".join(sorted(result_keys)).encode()).hexdigest()
+
+
+def _group_by_sample(results: Sequence[tuple[int, Result]]) -> dict[str, list[tuple[int, Result]]]:
+    groups: dict[str, list[tuple[int, Result]]] = {}
+    for row in results:
+        groups.setdefault(row[1].sample_id, []).append(row)
+    return groups
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a new encoder per call with options
+
+
+# One multi-row INSERT ... RETURNING per message (SQLite 3.35+) instead of one statement per result: the
+# same rows, but one statement to run where there were twenty (each also hands the GIL to the event loop
+# and back while SQLite works: the writer thread's main cost under load). Older SQLite: row by row.
+_MULTI_ROW_INSERT = sqlite3.sqlite_version_info >= (3, 35, 0)
+_ROWS_PER_INSERT = 100  # 500 parameters per statement: under every SQLite's limit (999 before 3.32)
+_INSERT_RESULT = "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) VALUES "
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_results_sql(rows: int) -> str:
+    return _INSERT_RESULT + ",".join(["(?, ?, ?, ?, ?)"] * rows) + " RETURNING id, key"
+
+
+def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
+                    received_at: float, *, keys: dict[int, str] | None = None) -> tuple[list[tuple[int, Result]], int]:
+    """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates.
+
+    A result whose content key is already stored for this instrument (or repeated within ``results``) is
+    a duplicate. ``keys``, if given, gets each new row's content key (row id -> key), so that queueing
+    does not hash the results again. The returned results are the caller's (``message_id`` not filled in).
+    """
+    new: list[tuple[int, Result]] = []
+    duplicates = 0
+    dumps = _compact_json.encode
+    if not _MULTI_ROW_INSERT:
+        for result in results:
+            data = result.to_json()
+            data["message_id"] = message_id
+            key = result.idempotency_key()
+            cur = conn.execute(_INSERT_RESULT + "(?, ?, ?, ?, ?)", (message_id, instrument, key, received_at,
+                                                                     dumps(data)))
+            rowid = cur.lastrowid
+            if cur.rowcount == 1 and rowid is not None:
+                new.append((rowid, result))
+                if keys is not None:
+                    keys[rowid] = key
+            else:
+                duplicates += 1
+        return new, duplicates
+    for start in range(0, len(results), _ROWS_PER_INSERT):
+        chunk = results[start:start + _ROWS_PER_INSERT]
+        params: list[object] = []
+        chunk_keys: list[str] = []
+        for result in chunk:
+            data = result.to_json()
+            data["message_id"] = message_id
+            key = result.idempotency_key()
+            params += (message_id, instrument, key, received_at, dumps(data))
+            chunk_keys.append(key)
+        # RETURNING lists the rows actually inserted (not the ignored ones), in no set order: by key.
+        inserted = {key: rowid for rowid, key in conn.execute(_insert_results_sql(len(chunk)), params).fetchall()}
+        for result, key in zip(chunk, chunk_keys, strict=True):
+            rowid = inserted.pop(key, None)  # popped: the same key twice in one message is one new row
+            if rowid is None:
+                duplicates += 1
+                continue
+            new.append((rowid, result))
+            if keys is not None:
+                keys[rowid] = key
+    return new, duplicates
+
+
+def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str,
+                  rows: Sequence[tuple[int, Result]], received_at: float,
+                  backlog_after_s: float | None, hold: Held | None = None,
+                  keys: dict[int, str] | None = None) -> list[int]:
+    """One outbox item per sample; the same group of results (same key) is never queued twice.
+
+    With ``hold``, the items start in the dead letters with its kind and reason (released by a retry).
+    ``keys``: the rows' content keys as :func:`_insert_results` collected them (else they are computed).
+    """
+    ids: list[int] = []
+    for group in _group_by_sample(rows).values():
+        if keys is not None:
+            group_key = _group_key([keys[rid] for rid, _ in group])
+        else:
+            group_key = group_key_for([r for _, r in group])
+        backlog = is_backlog([r for _, r in group], received_at, backlog_after_s)
+        result_ids = [rid for rid, _ in group]
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument,"
+            " result_ids, created_at, next_attempt_at, backlog, state, dead_kind, last_error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (destination, group_key, control_id_for(group_key), message_id, instrument, json.dumps(result_ids),
+             received_at, received_at, int(backlog), "pending" if hold is None else "dead",
+             None if hold is None else hold.kind, None if hold is None else hold.reason))
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            if hold is None:
+                ids.append(cur.lastrowid)
+            if backlog:
+                marks = ",".join("?" * len(result_ids))
+                conn.execute(f"UPDATE results SET backlog = 1 WHERE id IN ({marks})", result_ids)
+    return ids
+
+
+def _insert_dead(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str, entry: Held,
+                 at: float) -> None:
+    key = f"{entry.kind}:{message_id}"
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument, result_ids, state,"
+        " created_at, next_attempt_at, last_error, dead_kind) VALUES (?, ?, ?, ?, ?, '[]', 'dead', ?, ?, ?, ?)",
+        (destination, key, control_id_for(hashlib.sha256(key.encode()).hexdigest()), message_id, instrument,
+         at, at, entry.reason, entry.kind))
+
+
+def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, target: str, reason: str,
+           detail: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO audit (at, actor, action, target, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                 (at, actor, action, target, reason, json.dumps(detail, separators=(",", ":"))))
+
+
+def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
+                    results: Sequence[Result], destinations: Sequence[str], error: str | None,
+                    sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
+                    held_results: Sequence[Result], hold_reason: str) -> StoredMessage:
+    if sender_id is not None:
+        row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
+                           " AND digest = ?", (instrument, *sender_id)).fetchone()
+        if row is not None:
+            return StoredMessage(int(row[0]), 0, len(results), (), duplicate=True)
+    status = "undecodable" if error is not None else "decoded"
+    cur = conn.execute(
+        "INSERT INTO messages (instrument, protocol, received_at, raw, status, error) "
+        "VALUES (?, ?, ?, ?, ?, ?)", (instrument, protocol, received_at, raw, status, error))
+    message_id = cur.lastrowid
+    assert message_id is not None
+    keys: dict[int, str] = {}
+    new, duplicates = _insert_results(conn, message_id, instrument, results, received_at, keys=keys)
+    new_held: Sequence[tuple[int, Result]] = ()
+    if held_results:
+        new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at,
+                                                    keys=keys)
+        duplicates += held_duplicates
+    conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
+                 (len(new) + len(new_held), duplicates, message_id))
+    if sender_id is not None and error is None:
+        conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
+                     " VALUES (?, ?, ?, ?)", (instrument, *sender_id, message_id))
+    outbox_ids: list[int] = []
+    for destination in destinations:
+        outbox_ids += _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
+                                    rows=new, received_at=received_at, backlog_after_s=backlog_after_s,
+                                    keys=keys)
+        if new_held:
+            _queue_groups(conn, destination, message_id=message_id, instrument=instrument, rows=new_held,
+                          received_at=received_at, backlog_after_s=backlog_after_s,
+                          hold=Held(DEAD_HELD, hold_reason or "held by configuration"), keys=keys)
+        for entry in dead:
+            _insert_dead(conn, destination, message_id=message_id, instrument=instrument, entry=entry,
+                         at=received_at)
+    return StoredMessage(message_id, len(new), duplicates, tuple(outbox_ids))
+
+
+def mark_delivered(conn: sqlite3.Connection, item_id: int, at: float) -> None:
+    conn.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"
+                 " last_error = NULL WHERE id = ?", (at, item_id))
+
+
+def record_incomplete(conn: sqlite3.Connection, instrument: str, raw: bytes, reason: str, received_at: float) -> None:
+    conn.execute("INSERT INTO incomplete (instrument, received_at, raw, reason) VALUES (?, ?, ?, ?)",
+                 (instrument, received_at, raw, reason))
+
+
+def schedule_retry(conn: sqlite3.Connection, item_id: int, next_attempt_at: float, error: str) -> None:
+    conn.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                 " WHERE id = ? AND state = 'pending'", (next_attempt_at, error, item_id))
+
+
+def dead_letter(conn: sqlite3.Connection, item_id: int, reason: str, kind: str) -> None:
+    conn.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, dead_kind = ?"
+                 " WHERE id = ?", (reason, kind, item_id))
+
+
+def set_size_limit(conn: sqlite3.Connection, max_bytes: int | None) -> int:
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    pages = 4294967294 if max_bytes is None else max(1, max_bytes // page_size)
+    return int(conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
+
+
+def retry_dead(conn: sqlite3.Connection, item_ids: Sequence[int] | None, *, actor: str, reason: str,
+               now: float) -> list[dict[str, Any]]:
+    if item_ids is None:
+        rows = conn.execute("SELECT id, state, dead_kind, last_error FROM outbox WHERE state = 'dead'"
+                            " ORDER BY id").fetchall()
+    else:
+        rows = []
+        for item_id in item_ids:
+            row = conn.execute("SELECT id, state, dead_kind, last_error FROM outbox WHERE id = ?",
+                               (item_id,)).fetchone()
+            rows.append(row if row is not None else (item_id, None, None, None))
+    out: list[dict[str, Any]] = []
+    for item_id, state, kind, last_error in rows:
+        if state is None:
+            out.append({"id": item_id, "outcome": "not-found"})
+        elif state != "dead":
+            out.append({"id": item_id, "outcome": f"not-dead ({state})"})
+        elif kind in REDECODE_KINDS:
+            out.append({"id": item_id, "outcome": "needs-redecode", "dead_kind": kind})
+        else:
+            conn.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                         " dead_kind = NULL, last_error = NULL WHERE id = ?", (now, item_id))
+            _audit(conn, at=now, actor=actor, action="retry", target=f"outbox:{item_id}", reason=reason,
+                   detail={"previous_error": last_error, "dead_kind": kind, "outcome": "queued"})
+            out.append({"id": item_id, "outcome": "queued"})
+    return out
+
+
+def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[Result], held: Sequence[Held],
+                    actor: str, reason: str, now: float, backlog_after_s: float | None,
+                    held_results: Sequence[Result], hold_reason: str) -> dict[str, Any]:
+    row = conn.execute("SELECT destination, message_id, instrument, state, dead_kind, last_error, created_at"
+                       " FROM outbox WHERE id = ?", (item_id,)).fetchone()
+    if row is None:
+        return {"id": item_id, "outcome": "not-found"}
+    destination, message_id, instrument, state, kind, last_error, created_at = row
+    if state != "dead" or kind not in REDECODE_KINDS:
+        return {"id": item_id, "outcome": f"not-a-redecode-dead-letter ({state}, {kind})"}
+    def not_yet_queued(batch: Sequence[Result]) -> list[tuple[int, Result]]:
+        _insert_results(conn, message_id, instrument, batch, created_at)
+        rows: list[tuple[int, Result]] = []
+        for result in batch:
+            rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND key = ?",
+                                     (instrument, result.idempotency_key())).fetchone()
+            already = conn.execute(
+                "SELECT 1 FROM outbox o, json_each(o.result_ids) j WHERE o.destination = ?"
+                " AND o.instrument = ? AND j.value = ? LIMIT 1", (destination, instrument, rid)).fetchone()
+            if already is None:
+                rows.append((rid, Result.from_json(json.loads(data))))
+        return rows
+
+    queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
+                           rows=not_yet_queued(results), received_at=created_at,
+                           backlog_after_s=backlog_after_s)
+    if held_results:
+        _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
+                      rows=not_yet_queued(held_results), received_at=created_at,
+                      backlog_after_s=backlog_after_s, hold=Held(DEAD_HELD, hold_reason or "held"))
+    detail: dict[str, Any] = {"previous_error": last_error, "dead_kind": kind, "results": len(results),
+                              "queued_items": queued}
+    if held:
+        conn.execute("UPDATE outbox SET dead_kind = ?, last_error = ?, attempts = attempts + 1"
+                     " WHERE id = ?", (held[0].kind, "; ".join(h.reason for h in held), item_id))
+        detail["outcome"] = "still-dead"
+        detail["reason_now"] = "; ".join(h.reason for h in held)
+    else:
+        conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        if kind == DEAD_UNDECODABLE:
+            conn.execute("UPDATE messages SET status = 'decoded', error = NULL WHERE id = ?", (message_id,))
+        detail["outcome"] = "redecoded"
+    _audit(conn, at=now, actor=actor, action="retry", target=f"outbox:{item_id}", reason=reason,
+           detail=detail)
+    return {"id": item_id, **detail}
+
+
+def purge(conn: sqlite3.Connection, item_ids: Sequence[int] | None, *, state: str | None, older_than_s: float | None,
+           actor: str, reason: str, now: float) -> dict[str, Any]:
+    sql = "SELECT id, state FROM outbox WHERE state IN ('dead', 'delivered')"
+    args: list[Any] = []
+    if item_ids is not None:
+        sql += f" AND id IN ({','.join('?' * len(item_ids))})"
+        args += list(item_ids)
+    if state is not None:
+        sql += " AND state = ?"
+        args.append(state)
+    if older_than_s is not None:
+        sql += " AND created_at < ?"
+        args.append(now - older_than_s)
+    found = conn.execute(sql, args).fetchall()
+    ids = [r[0] for r in found]
+    skipped = sorted(set(item_ids or ()) - set(ids))
+    for chunk in range(0, len(ids), 500):
+        part = ids[chunk:chunk + 500]
+        conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(part))})", part)
+    detail = {"purged": len(ids), "ids": ids[:1000], "skipped": skipped, "state": state,
+              "older_than_s": older_than_s}
+    target = "outbox:" + (",".join(map(str, item_ids)) if item_ids is not None else f"state={state}")
+    _audit(conn, at=now, actor=actor, action="purge", target=target, reason=reason, detail=detail)
+    return detail
+
+
+def prune(conn: sqlite3.Connection, retention: Retention, now: float) -> dict[str, int]:
+    out: dict[str, int] = {}
+    cutoff = now - retention.delivered_s
+    out["delivered_items"] = conn.execute(
+        "DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (cutoff,)).rowcount
+    out["results"] = conn.execute(
+        "DELETE FROM results WHERE received_at < ? AND message_id NOT IN"
+        " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (cutoff,)).rowcount
+    raw_cutoff = now - retention.raw_messages_s
+    keep = ("id NOT IN (SELECT message_id FROM outbox) AND id NOT IN (SELECT message_id FROM results)")
+    out["messages"] = conn.execute(
+        f"DELETE FROM messages WHERE received_at < ? AND {keep}", (raw_cutoff,)).rowcount
+    # Still referenced by stored (delivered) results: keep the row, drop the raw bytes.
+    out["raw_cleared"] = conn.execute(
+        "UPDATE messages SET raw = X'' WHERE received_at < ? AND length(raw) > 0 AND id NOT IN"
+        " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (raw_cutoff,)).rowcount
+    out["incomplete"] = conn.execute(
+        "DELETE FROM incomplete WHERE received_at < ?", (now - retention.incomplete_s,)).rowcount
+    return out
+
+
+def due_items(conn: sqlite3.Connection, destination: str, now: float, *, include_backlog: bool, limit: int,
+               exclude: Collection[int]) -> tuple[list[OutboxItem], float | None]:
+    only_live = "" if include_backlog else " AND backlog = 0"
+    rows = conn.execute(
+        "SELECT id, control_id, instrument, message_id, attempts, created_at, result_ids, backlog"
+        " FROM outbox WHERE destination = ? AND state = 'pending' AND next_attempt_at <= ?" + only_live +
+        " ORDER BY backlog, next_attempt_at, id LIMIT ?", (destination, now, limit + len(exclude))).fetchall()
+    rows = [row for row in rows if row[0] not in exclude][:limit]
+    if not rows:
+        nxt = conn.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE destination = ?"
+                           " AND state = 'pending'" + only_live, (destination,)).fetchone()[0]
+        return [], None if nxt is None else float(nxt)
+    id_lists = [json.loads(row[6]) for row in rows]
+    wanted = [rid for ids in id_lists for rid in ids]
+    data: dict[int, Result] = {}
+    for start in range(0, len(wanted), 500):  # stay under SQLite's host-parameter limit
+        chunk = wanted[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for rid, text in conn.execute(f"SELECT id, data FROM results WHERE id IN ({marks})", chunk):
+            data[rid] = Result.from_json(json.loads(text))
+    items = [OutboxItem(row[0], destination, row[1], row[2], row[3], row[4], row[5],
+                        tuple(data[rid] for rid in sorted(ids) if rid in data), bool(row[7]))
+             for row, ids in zip(rows, id_lists, strict=True)]
+    return items, None
+
+
+OUTBOX_COLUMNS = ("id", "destination", "control_id", "instrument", "message_id", "state", "attempts",
+                  "created_at", "next_attempt_at", "last_error", "delivered_at", "dead_kind", "backlog")

@@ -1,11 +1,14 @@
 """The durable store: SQLite in WAL mode with ``synchronous=FULL`` (each commit fsyncs the WAL).
 
-One writer thread owns the write connection and commits in groups: every write request queued while
-the previous commit was on disk goes into the next transaction, each inside its own SAVEPOINT, so a
-failing request never takes the others down and durability costs one fsync per group, not per message.
-A request's future completes only after the COMMIT returned: that is when an analyzer may be ACKed.
+A writer process (:mod:`labbridge.runtime.store_writer`) owns the write connection and commits in
+groups: every write request waiting while the previous commit was on disk goes into the next
+transaction, each inside its own SAVEPOINT, so a failing request never takes the others down and
+durability costs one fsync per group, not per message. A request's future completes only after the
+COMMIT returned: that is when an analyzer may be ACKed. :class:`WriterClient` is the daemon's end of it,
+on the event loop; the SQL it runs is in :mod:`labbridge.runtime.store_sql`.
 
-Reads use a second connection on their own thread (WAL readers never block the writer).
+Other reads use a connection of their own on a thread (WAL readers never block the writer); the relay's
+reads of due items go through the writer (after its group's commit).
 
 Checkpoints (copying the WAL's pages into the database file, with its own fsync) run on a third
 connection, in the background, every ``checkpoint_interval_s`` (PASSIVE: they never wait for or block

@@ -395,6 +395,8 @@ class AstmAnalyzerSim:
                 out = self._maybe_corrupt(out)
                 step = self.write_chunk or len(out)
                 for i in range(0, len(out), step):
+                    if writer.is_closing():  # the peer went away between two pieces (uvloop raises on a write)
+                        raise ConnectionResetError("connection closed by the receiver")
                     writer.write(out[i:i + step])
                     await writer.drain()
                     if self.write_delay and i + step < len(out):

@@ -216,6 +216,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         log.info("store_migrated", from_version=version, to_version=step)
         version = step
 
+
 class WriterClient(asyncio.Protocol):
     """The daemon's end of one writer child, on the event loop: requests out, outcomes back, no thread.
 
@@ -247,7 +248,7 @@ class WriterClient(asyncio.Protocol):
     async def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # fork + exec returns at once (the child's start-up runs in the child); noqa: ASYNC220 for that
+            # fork + exec returns at once (the child's start-up runs in the child), hence ASYNC220
             self._proc = subprocess.Popen(  # noqa: S603, ASYNC220 - this interpreter, fixed arguments
                 [sys.executable, "-c", "from labbridge.runtime.store_writer import main; raise SystemExit(main())",
                  str(theirs.fileno()), self.path, str(self.wal_backstop_pages)],
@@ -283,8 +284,16 @@ class WriterClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._frames.feed(data)
+        try:
+            self._take_answers()
+        except Exception as exc:  # a corrupt answer: drop this writer (its requests fail) rather than wait forever
+            log.error("store_writer_answer_unreadable", error=f"{type(exc).__name__}: {exc}")
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _take_answers(self) -> None:
         while (got := self._frames.next()) is not None:
-            _, outcomes, stats = loads(got[1])
+            outcomes, stats = loads(got[1])
             if stats is not None:
                 self.on_stats(stats)
             for request_id, ok, value in outcomes:
@@ -319,11 +328,6 @@ class WriterClient(asyncio.Protocol):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
-
-    def kill(self) -> None:
-        """Kill the child (tests: a writer that dies)."""
-        if self._proc is not None:
-            self._proc.kill()
 
 
 CHECKPOINT_INTERVAL_S = 1.0

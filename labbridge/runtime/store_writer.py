@@ -80,39 +80,24 @@ def _sqlite_failure(exc: BaseException) -> BaseException:
     return StoreError(f"commit failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
 
 
-def run_batch(conn: sqlite3.Connection, requests: Sequence[Request],
-              fail_commit: bool = False) -> tuple[list[Outcome], BatchStats]:
-    """Run a group: its writes in one transaction, each in its own SAVEPOINT, one COMMIT for all; then its reads.
+def run_writes(conn: sqlite3.Connection, requests: Sequence[Request],
+               fail_commit: bool = False) -> tuple[list[Outcome], BatchStats]:
+    """Run a group's writes in one transaction, each in its own SAVEPOINT, one COMMIT for all.
 
     A write that raises is rolled back alone and fails alone. If the transaction itself fails (the disk
-    is full, say), every write fails. ``fail_commit`` makes the COMMIT fail as a full disk would (tests
-    and an operator's fault drill). Outcomes are in the order of ``requests``.
+    is full, say), every write fails. A group of RELAXED writes only commits with synchronous=NORMAL.
+    ``fail_commit`` makes the COMMIT fail as a full disk would (tests and an operator's fault drill).
+    Outcomes are in the order of ``requests``.
     """
-    outcomes: list[Outcome | None] = [None] * len(requests)
-    writes = [i for i, r in enumerate(requests) if r[0] != READ]
-    stats = BatchStats(False, 0.0, None)
-    if writes:
-        stats = _run_writes(conn, requests, writes, outcomes, fail_commit)
-    for i, (kind, fn, args, kwargs) in enumerate(requests):
-        if kind == READ:
-            try:
-                outcomes[i] = (True, fn(conn, *args, **kwargs))
-            except Exception as exc:  # one failing read fails alone
-                outcomes[i] = (False, _sqlite_failure(exc))
-    return [o if o is not None else (False, StoreError("not run")) for o in outcomes], stats
-
-
-def _run_writes(conn: sqlite3.Connection, requests: Sequence[Request], writes: list[int],
-                outcomes: list[Outcome | None], fail_commit: bool) -> BatchStats:
+    outcomes: list[Outcome] = []
     started = time.perf_counter()
     error: str | None = None
-    durable = any(requests[i][0] == WRITE for i in writes)
+    durable = any(kind == WRITE for kind, *_ in requests)
     try:
         if not durable:
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
-        for i in writes:
-            _, fn, args, kwargs = requests[i]
+        for _, fn, args, kwargs in requests:
             conn.execute("SAVEPOINT job")
             try:
                 value = fn(conn, *args, **kwargs)
@@ -123,10 +108,10 @@ def _run_writes(conn: sqlite3.Connection, requests: Sequence[Request], writes: l
                 conn.execute("RELEASE job")
                 if isinstance(exc, sqlite3.Error):  # e.g. "database or disk is full" on this request
                     error = str(exc)
-                outcomes[i] = (False, _sqlite_failure(exc))
+                outcomes.append((False, _sqlite_failure(exc)))
             else:
                 conn.execute("RELEASE job")
-                outcomes[i] = (True, value)
+                outcomes.append((True, value))
         if fail_commit:
             raise sqlite3.OperationalError("database or disk is full (simulated)")
         conn.execute("COMMIT")
@@ -135,14 +120,22 @@ def _run_writes(conn: sqlite3.Connection, requests: Sequence[Request], writes: l
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         failure = StoreError(f"commit failed: {exc}")
-        for i in writes:
-            outcomes[i] = (False, failure)
-        return BatchStats(False, time.perf_counter() - started, str(exc), len(writes))
+        return [(False, failure)] * len(requests), BatchStats(False, time.perf_counter() - started, str(exc),
+                                                              len(requests))
     finally:
         if not durable:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA synchronous=FULL")
-    return BatchStats(True, time.perf_counter() - started, error, len(writes))
+    return outcomes, BatchStats(True, time.perf_counter() - started, error, len(requests))
+
+
+def run_read(conn: sqlite3.Connection, request: Request) -> Outcome:
+    """One READ, outside any transaction; a failing read fails alone."""
+    _, fn, args, kwargs = request
+    try:
+        return True, fn(conn, *args, **kwargs)
+    except Exception as exc:
+        return False, _sqlite_failure(exc)
 
 
 # ---- wire: frames of a 4-byte length, an 8-byte request id and a pickle -----------------------------
@@ -187,12 +180,12 @@ def loads(body: bytes) -> Any:
 
 # ---- the child --------------------------------------------------------------------------------------
 
-# Reply frames carry request id 0 and a pickled (part, [(request_id, ok, value), ...], stats): part "w" for
-# a group's writes (sent as soon as its COMMIT returned), "r" for its reads (sent after them).
+# Answer frames carry request id 0 and a pickled ([(request_id, ok, value), ...], stats): one for a group's
+# writes (sent as soon as its COMMIT returned, with the group's stats), one for its reads (stats None).
 
-def _answer(outcomes: list[tuple[int, bool, Any]], part: str, stats: BatchStats | None) -> bytes:
+def _answer(outcomes: list[tuple[int, bool, Any]], stats: BatchStats | None) -> bytes:
     try:
-        body = dumps((part, outcomes, stats))
+        body = dumps((outcomes, stats))
     except Exception:  # a value or an exception that cannot be pickled: that request gets a StoreError
         safe: list[tuple[int, bool, Any]] = []
         for request_id, ok, value in outcomes:
@@ -203,7 +196,7 @@ def _answer(outcomes: list[tuple[int, bool, Any]], part: str, stats: BatchStats 
                     f"the store's answer cannot be sent back to the daemon: {type(value).__name__}")))
             else:
                 safe.append((request_id, ok, value))
-        body = dumps((part, safe, stats))
+        body = dumps((safe, stats))
     return frame(0, body)
 
 
@@ -249,15 +242,13 @@ def serve(sock: socket.socket, path: str, wal_backstop_pages: int) -> None:
             stats = None
             done = refused
             if writes:
-                outcomes, stats = run_batch(conn, [r for _, r in writes], fail_commit)
+                outcomes, stats = run_writes(conn, [r for _, r in writes], fail_commit)
                 done = done + [(i, ok, value) for (i, _), (ok, value) in zip(writes, outcomes, strict=True)]
             if done:
-                sock.sendall(_answer(done, "w", stats))
-            reads = [(i, r) for i, r in requests if r[0] == READ]
+                sock.sendall(_answer(done, stats))
+            reads = [(i, *run_read(conn, r)) for i, r in requests if r[0] == READ]
             if reads:
-                outcomes, _ = run_batch(conn, [r for _, r in reads])
-                sock.sendall(_answer([(i, ok, value) for (i, _), (ok, value) in zip(reads, outcomes, strict=True)],
-                                     "r", None))
+                sock.sendall(_answer(reads, None))
     finally:
         conn.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -70,6 +71,42 @@ def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -
             assert store.commit_failures >= 1
             counts = await store.counts()
             assert counts["messages"] >= 2  # S1, S2 and whatever committed before the kill landed
+
+    run(body())
+
+
+def test_an_unreadable_answer_drops_the_writer_instead_of_hanging(tmp_path: Path) -> None:
+    """A corrupt frame from the writer fails what waits on it (no caller waits forever) and the next
+    request gets a new writer."""
+
+    async def body() -> None:
+        async with Store(tmp_path / "s.db") as store:
+            writer = store._writer
+            assert writer is not None
+            waiting = asyncio.ensure_future(_commit(store, "S1"))
+            await asyncio.sleep(0)  # sent, not answered yet
+            writer.data_received(b"\xff" * 12)  # a length past any frame
+            with pytest.raises(StoreError, match="writer process stopped"):
+                await asyncio.wait_for(waiting, 10)
+            await _commit(store, "S2")
+            assert store.writer_starts == 2
+
+    run(body())
+
+
+def test_the_writer_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
+    """Ctrl-C or a service stop reach the whole process group: the writer lets the daemon decide."""
+
+    async def body() -> None:
+        async with Store(tmp_path / "s.db") as store:
+            writer = store._writer
+            assert writer is not None and writer.pid is not None
+            await _commit(store, "S0")  # its signal handlers are set before it serves
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                os.kill(writer.pid, signum)
+            await asyncio.sleep(0.2)
+            await _commit(store, "S1")
+            assert store._writer is writer and writer.alive and store.writer_starts == 1
 
     run(body())
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from labbridge.model import Result
+from labbridge.model import Result, positional_pickle
 
 GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -34,6 +34,7 @@ DEAD_HELD = "held"
 REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     message_id: int
@@ -43,6 +44,7 @@ class StoredMessage:
     duplicate: bool = False  # the same message (sender's ID and content) was already stored: nothing new
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
     id: int

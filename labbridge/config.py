@@ -241,6 +241,10 @@ class MllpDestination(_Destination):
     tls: TlsConfig | None = None
     connect_timeout_s: Seconds = 10.0
     ack_timeout_s: Seconds = 30.0
+    # MLLP connections open to this LIS at once, each with one message waiting for its ACK. 1 is HL7's
+    # original mode; more drain a backlog faster if the LIS takes several connections on its port. A
+    # sample's results always go over the same connection, in order.
+    connections: Annotated[int, Field(ge=1, le=16)] = 1
     # ACK codes that go to the dead letters with the LIS's reason instead of being resent: AE/CE (the message
     # has an error: fix it) and AR/CR (the LIS rejects it). A LIS that answers AR for a passing condition
     # (busy, its database down) can be given ["AE", "CE"]: AR is then retried with backoff.

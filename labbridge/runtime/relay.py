@@ -15,6 +15,13 @@ drop (written atomically, always accepted once on disk) or an HTTP POST (2xx acc
 
 Backlog items (results measured long before they arrived: an analyzer resending what it kept during an
 outage) are paced: live items always go first, and at most ``backlog_per_minute`` backlog items are sent.
+
+An MLLP destination may take several connections at once (``connections``, default 1): each read of due
+items is shared out over them by sample (a sample's items always go over the same connection, in the
+order read, and every item of a read is handed over before the next read), so the LIS still gets one
+sample's results in order, while a slow ACK holds up only its own connection's items. Unreachable is
+then a destination's state: the first connection that cannot reach the LIS stops the others after
+their current item, and the destination backs off once.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +104,7 @@ class Relay:
         self.store = store
         self.wakeup = wakeup
         self.health = DestinationHealth(dest.id, _address(dest))
-        self.sender: MllpSender | None = None
+        self.senders: list[MllpSender] = []  # one per MLLP connection (lane)
         self.file: FileDropSender | None = None
         self.http: HttpSender | None = None
         if isinstance(dest, MllpDestination):
@@ -105,9 +113,10 @@ class Relay:
                 from labbridge.runtime.tls import client_context
 
                 ssl_context = client_context(dest.tls)
-            self.sender = MllpSender(dest.host, dest.port, connect_timeout=dest.connect_timeout_s,
-                                     ack_timeout=dest.ack_timeout_s, ssl_context=ssl_context,
-                                     server_hostname=dest.tls.server_hostname if dest.tls is not None else None)
+            self.senders = [MllpSender(dest.host, dest.port, connect_timeout=dest.connect_timeout_s,
+                                       ack_timeout=dest.ack_timeout_s, ssl_context=ssl_context,
+                                       server_hostname=dest.tls.server_hostname if dest.tls is not None else None)
+                            for _ in range(dest.connections)]
         elif isinstance(dest, FileDestination):
             self.file = FileDropSender(dest.directory)
         else:
@@ -116,6 +125,7 @@ class Relay:
             self.http = HttpSender(dest.url, timeout=dest.timeout_s, headers=dest.headers,
                                    verify_tls=dest.verify_tls)
         self._outage_attempts = 0
+        self._down = False  # a connection found the destination unreachable during this batch
         self._backlog_next_at = 0.0  # wall clock: the next backlog item may go at this time
         # Pipelining: an item the LIS accepted is marked delivered by a write that the relay does not wait
         # for before sending the next one. Until that commit lands the item is excluded from reads, so it is
@@ -141,12 +151,13 @@ class Relay:
                           receiver=Party(dest.receiving_application, dest.receiving_facility),
                           message_type=dest.message_type if isinstance(dest, MllpDestination) else "ORU^R01")
 
-    async def hand_over(self, item: OutboxItem) -> Outcome:
-        """Give one item to the destination; raises TransientLinkError if it cannot be reached."""
+    async def hand_over(self, item: OutboxItem, lane: int = 0) -> Outcome:
+        """Give one item to the destination (over connection ``lane``); raises TransientLinkError if it
+        cannot be reached."""
         payload = self.render(item)
-        if self.sender is not None:
+        if self.senders:
             assert isinstance(self.dest, MllpDestination)
-            ack = await self.sender.send(payload, item.control_id)
+            ack = await self.senders[lane].send(payload, item.control_id)
             return Outcome(ack.accepted, ack.code, ack.text, dead=ack.code in self.dest.dead_letter_codes)
         if self.file is not None:
             assert isinstance(self.dest, FileDestination)
@@ -159,8 +170,8 @@ class Relay:
         return Outcome(False, f"HTTP {answer.status}", answer.reason, dead=True)
 
     async def close(self) -> None:
-        if self.sender is not None:
-            await self.sender.close()
+        for sender in self.senders:
+            await sender.close()
         if self.http is not None:
             await self.http.close()
 
@@ -189,18 +200,50 @@ class Relay:
                         async with asyncio.timeout(max(0.0, min(wake))):
                             await self.wakeup.wait()
                     continue
+                batch: list[OutboxItem] = []
                 for item in items:
                     if item.backlog:
                         now = time.time()
                         if now < self._backlog_next_at or self.wakeup.is_set():
                             break  # paced, or new live items may have come: read again, live items first
                         self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
-                    if not await self._deliver(item) or self._mark_error is not None:
-                        break  # the destination is down (backed off), or the store failed: read again
+                    batch.append(item)
+                if not batch:
+                    continue
+                lanes = self._lanes(batch)
+                self._down = False
+                if len(lanes) == 1:
+                    await self._deliver_lane(*lanes[0])
+                else:
+                    await asyncio.gather(*(self._deliver_lane(lane, queue) for lane, queue in lanes))
+                if self._down:  # unreachable: the items not handed over keep their place; back off, read again
+                    delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s,
+                                          self.dest.backoff_max_s)
+                    self._outage_attempts += 1
+                    await asyncio.sleep(delay)
         finally:
             if self._mark_tasks:
                 await asyncio.gather(*self._mark_tasks, return_exceptions=True)
             await self.close()
+
+    def _lanes(self, items: list[OutboxItem]) -> list[tuple[int, list[OutboxItem]]]:
+        """The items per connection, in the order read; a sample's items all on one connection."""
+        count = len(self.senders)
+        if count <= 1:
+            return [(0, items)]
+        lanes: dict[int, list[OutboxItem]] = {}
+        for item in items:
+            sample = item.results[0].sample_id if item.results else ""
+            lanes.setdefault(zlib.crc32(sample.encode("utf-8")) % count, []).append(item)
+        return list(lanes.items())
+
+    async def _deliver_lane(self, lane: int, items: list[OutboxItem]) -> None:
+        """Hand items over in order on one connection; stop when the destination is found unreachable (by
+        this connection or another) or a delivered mark failed to commit."""
+        for item in items:
+            if self._down or self._mark_error is not None:
+                return
+            await self._deliver(item, lane)
 
     async def _mark_delivered(self, item: OutboxItem, at: float) -> None:
         try:
@@ -217,27 +260,27 @@ class Relay:
         finally:
             self._marking.discard(item.id)
 
-    async def _deliver(self, item: OutboxItem) -> bool:
-        """Hand one item over and book the outcome; False if the destination is unreachable (backed off)."""
+    async def _deliver(self, item: OutboxItem, lane: int = 0) -> None:
+        """Hand one item over and book the outcome; sets ``_down`` if the destination is unreachable."""
         now = time.time()
         if not item.results:
             await self.store.dead_letter(item.id, "no results left to send (store inconsistency)", DEAD_UNDELIVERED)
-            return True
+            return
         try:
-            outcome = await self.hand_over(item)
+            outcome = await self.hand_over(item, lane)
         except TransientLinkError as exc:
+            self._down = True
             reason = str(exc)
             self.health.last_error = reason
             self.health.set_state("down", f"{reason}; results wait in the store and are sent when it is back")
             if now - item.created_at > self.dest.give_up_after_s:
                 await self._dead(item, f"undelivered after {self.dest.give_up_after_s / 3600:g} h: {reason}",
                                  DEAD_UNDELIVERED)
-                return False
-            await self.store.schedule_retry(item.id, now, reason)
-            delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
-            self._outage_attempts += 1
-            await asyncio.sleep(delay)
-            return False
+                return
+            # Its place in line is kept (due time unchanged): once the LIS is back it goes first, before the
+            # items stored after it, so a sample's results still arrive in the order stored.
+            await self.store.schedule_retry(item.id, None, reason)
+            return
         self._outage_attempts = 0
         self.health.set_state("up", "the LIS acknowledges results")
         if outcome.accepted:
@@ -248,18 +291,17 @@ class Relay:
             task.add_done_callback(self._mark_tasks.discard)
             while len(self._marking) >= MAX_UNCOMMITTED and self._mark_tasks:  # bounded: wait for the writer
                 await asyncio.wait(self._mark_tasks, return_when=asyncio.FIRST_COMPLETED)
-            return True
+            return
         reason = f"LIS answered {outcome.code}" + (f": {outcome.text}" if outcome.text else "")
         self.health.last_error = reason
         if outcome.dead or now - item.created_at > self.dest.give_up_after_s:
             await self._dead(item, reason, DEAD_LIS_REJECTED)
-            return True
+            return
         self.health.retried += 1
         delay = backoff_delay(item.attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
         await self.store.schedule_retry(item.id, now + delay, reason)
         log.warning("lis_refused", destination=self.dest.id, outbox_id=item.id, code=outcome.code,
                     retry_in_s=round(delay, 1))
-        return True
 
     async def _dead(self, item: OutboxItem, reason: str, kind: str) -> None:
         await self.store.dead_letter(item.id, reason, kind)

@@ -524,7 +524,8 @@ class Store:
         """Mark an item the LIS accepted; a relaxed write (see :mod:`labbridge.runtime.store_writer`)."""
         await self._submit(RELAXED, sql.mark_delivered, item_id, at)
 
-    async def schedule_retry(self, item_id: int, next_attempt_at: float, error: str) -> None:
+    async def schedule_retry(self, item_id: int, next_attempt_at: float | None, error: str) -> None:
+        """A failed attempt; ``next_attempt_at`` None: the item keeps its place (the destination was down)."""
         await self._write(sql.schedule_retry, item_id, next_attempt_at, error)
 
     async def dead_letter(self, item_id: int, reason: str, kind: str = DEAD_LIS_REJECTED) -> None:

@@ -297,9 +297,10 @@ def record_incomplete(conn: sqlite3.Connection, instrument: str, raw: bytes, rea
                  (instrument, received_at, raw, reason))
 
 
-def schedule_retry(conn: sqlite3.Connection, item_id: int, next_attempt_at: float, error: str) -> None:
-    conn.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                 " WHERE id = ? AND state = 'pending'", (next_attempt_at, error, item_id))
+def schedule_retry(conn: sqlite3.Connection, item_id: int, next_attempt_at: float | None, error: str) -> None:
+    """Count a failed attempt; ``next_attempt_at`` None keeps the item's place in line (due order)."""
+    conn.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = COALESCE(?, next_attempt_at),"
+                 " last_error = ? WHERE id = ? AND state = 'pending'", (next_attempt_at, error, item_id))
 
 
 def dead_letter(conn: sqlite3.Connection, item_id: int, reason: str, kind: str) -> None:

@@ -38,6 +38,7 @@ class Booked:
     control_id: str
     message_type: str
     results: list[ResultIdentity] = field(default_factory=list)
+    connection: int = 0  # which of the LIS's connections it came in on (1 = the first accepted)
 
 
 def read_results(message: hl7.Message) -> tuple[str, str, list[ResultIdentity]]:
@@ -99,6 +100,9 @@ class SimulatedLis:
         self.rejected = 0
         self.parse_errors = 0
         self.acks_dropped = 0
+        self.connections_accepted = 0
+        self.in_flight = 0  # messages received and not answered yet, over all connections
+        self.most_in_flight = 0
         self.order_acks: list[hl7.Message] = []  # labbridge's answers to the orders this LIS sent
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -168,6 +172,8 @@ class SimulatedLis:
         assert task is not None
         self._handlers.add(task)
         self._writers.add(writer)
+        self.connections_accepted += 1
+        connection = self.connections_accepted
         decoder = mllp.MllpDecoder()
         try:
             while True:
@@ -177,7 +183,12 @@ class SimulatedLis:
                 for event in decoder.receive_data(data):
                     if isinstance(event, mllp.MllpMessage):
                         dropping = self.mode == "drop-ack"
-                        reply = await self._handle(event.payload)
+                        self.in_flight += 1
+                        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                        try:
+                            reply = await self._handle(event.payload, connection)
+                        finally:
+                            self.in_flight -= 1
                         if dropping:
                             self.acks_dropped += 1
                             return
@@ -193,7 +204,7 @@ class SimulatedLis:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(self, payload: bytes) -> bytes | None:
+    async def _handle(self, payload: bytes, connection: int = 0) -> bytes | None:
         self.messages_received += 1
         try:
             message = hl7.parse(payload.decode("utf-8"))
@@ -210,7 +221,7 @@ class SimulatedLis:
             if control_id in self.booked:
                 self.redeliveries += 1
             else:
-                self.booked[control_id] = Booked(control_id, message_type, results)
+                self.booked[control_id] = Booked(control_id, message_type, results, connection)
             ack = message.create_ack("AA")
         else:
             self.rejected += 1

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import procs
 from benchmarks.common import RESULTS_DIR, Figure, Ratio, event_loop, print_table, write_json
 
 SECTIONS = ("parse", "e2e", "scale")
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy-messages", type=int, default=3, help="messages per analyzer when busy")
     parser.add_argument("--backlog", type=_ints, metavar="ANALYZERS,RESULTS",
                         help="backlog case (default 100,1000; quick 10,200)")
+    parser.add_argument("--lis-connections", type=int, default=procs.LIS_CONNECTIONS,
+                        help="MLLP connections from labbridge to the LIS (its [[lis]] connections setting; "
+                             f"default {procs.LIS_CONNECTIONS})")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during one 10-link run")
     parser.add_argument("--json", type=Path, help=f"where to write the JSON (default {RESULTS_DIR}/bench-*.json)")
     args = parser.parse_args(argv)
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(only) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
+    procs.LIS_CONNECTIONS = args.lis_connections
     q = args.quick
     parse_runs = args.runs or (3 if q else 5)
     runs = args.runs or (2 if q else 3)
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"only": only, "quick": q, "parse_runs": parse_runs, "runs": runs, "seconds": seconds,
                 "links": links, "e2e_messages": e2e_messages, "scale_links": scale_links, "backlog": backlog,
                 "busy_interval": args.busy_interval, "busy_messages": args.busy_messages,
+                "lis_connections": args.lis_connections,
                 "elapsed_s": round(time.monotonic() - started, 1)}
     path = write_json(args.json, settings, figures, ratios, notes)
     print(f"\nwrote {path} ({settings['elapsed_s']} s)")

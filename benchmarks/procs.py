@@ -92,8 +92,13 @@ class Proc:
         return self.popen.returncode
 
 
+# MLLP connections from labbridge to the LIS (its ``connections`` setting); ``--lis-connections`` sets it.
+LIS_CONNECTIONS = 4
+
+
 def daemon_config(folder: Path, *, instruments: int, lis_port: int) -> Path:
-    """A labbridge config: ``instruments`` tcp-server ASTM instruments on 127.0.0.1 port 0, one MLLP LIS."""
+    """A labbridge config: ``instruments`` tcp-server ASTM instruments on 127.0.0.1 port 0, one MLLP LIS
+    (``LIS_CONNECTIONS`` connections)."""
     lines = [
         'node = "bench"',
         "[store]", f'path = "{folder / "labbridge.db"}"',
@@ -105,7 +110,8 @@ def daemon_config(folder: Path, *, instruments: int, lis_port: int) -> Path:
         lines += ["[[instruments]]", f'id = "an{i}"', 'site = "bench"', 'driver = "astm-generic"',
                   'transport = { kind = "tcp-server", host = "127.0.0.1", port = 0 }']
     lines += ["[[lis]]", 'id = "lis"', 'host = "127.0.0.1"', f"port = {lis_port}", "connect_timeout_s = 2",
-              "ack_timeout_s = 10", "backoff_initial_s = 0.05", "backoff_max_s = 1"]
+              "ack_timeout_s = 10", "backoff_initial_s = 0.05", "backoff_max_s = 1",
+              f"connections = {LIS_CONNECTIONS}"]
     path = folder / "labbridge.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -18,7 +18,7 @@ against 6.5 ms without). The writer still checkpoints by itself past ``WAL_BACKS
 case the background checkpoints cannot keep up.
 
 Tables: ``messages`` (raw bytes as received, per instrument), ``results`` (canonical JSON, unique per
-instrument and content key), ``outbox`` (one row per LIS destination and group of results, with its
+instrument, sample and content key), ``outbox`` (one row per LIS destination and group of results, with its
 stable control ID and delivery state; dead letters are outbox rows in state ``dead`` with a ``dead_kind``
 and a reason), ``incomplete`` (transmissions that never became a message), ``received_ids`` (HL7 MSH-10
 per analyzer), ``orders`` (the embedded order source, :mod:`labbridge.runtime.order_store`), ``audit``
@@ -184,11 +184,42 @@ def _migrate_order_notes(conn: sqlite3.Connection) -> None:
     _add_column(conn, "orders", "note", "TEXT NOT NULL DEFAULT ''")
 
 
+def _migrate_results_by_sample(conn: sqlite3.Connection) -> None:
+    """``results`` unique per (instrument, sample, content key) instead of (instrument, content key).
+
+    The same rows are unique either way (a content key hashes the sample ID in), but the old index ordered
+    the entries by a hash: the ~20 results of one message landed on ~20 random pages of it, which every
+    commit rewrote to the WAL (27 of a message's 35 pages). Ordered by sample first, a message's results
+    share one or two pages. SQLite cannot change a table's UNIQUE constraint in place: the table is
+    rebuilt (ids, contents and order kept); a store with the ``sample`` column already is left alone.
+    """
+    if "sample" in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
+        return
+    conn.execute("""CREATE TABLE results_by_sample (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id),
+        instrument TEXT NOT NULL,
+        sample TEXT NOT NULL,             -- the result's sample_id
+        key TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        data TEXT NOT NULL,               -- canonical JSON (labbridge.model.Result)
+        backlog INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (instrument, sample, key)
+    )""")
+    conn.execute("INSERT INTO results_by_sample (id, message_id, instrument, sample, key, received_at, data, backlog)"
+                 " SELECT id, message_id, instrument, COALESCE(json_extract(data, '$.sample_id'), ''), key,"
+                 " received_at, data, backlog FROM results ORDER BY id")
+    conn.execute("DROP TABLE results")
+    conn.execute("ALTER TABLE results_by_sample RENAME TO results")
+    conn.execute("CREATE INDEX results_message ON results(message_id)")
+
+
 # Step n brings a store from user_version n-1 to n. Version 1 is SCHEMA itself.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _migrate_orders,
     3: _migrate_outbox_operations,
     4: _migrate_order_notes,
+    5: _migrate_results_by_sample,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -138,13 +138,13 @@ _compact_json = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds a n
 # same rows, but one statement to run where there were twenty (each also hands the GIL to the event loop
 # and back while SQLite works: the writer thread's main cost under load). Older SQLite: row by row.
 _MULTI_ROW_INSERT = sqlite3.sqlite_version_info >= (3, 35, 0)
-_ROWS_PER_INSERT = 100  # 500 parameters per statement: under every SQLite's limit (999 before 3.32)
-_INSERT_RESULT = "INSERT OR IGNORE INTO results (message_id, instrument, key, received_at, data) VALUES "
+_ROWS_PER_INSERT = 100  # 600 parameters per statement: under every SQLite's limit (999 before 3.32)
+_INSERT_RESULT = "INSERT OR IGNORE INTO results (message_id, instrument, sample, key, received_at, data) VALUES "
 
 
 @functools.lru_cache(maxsize=_ROWS_PER_INSERT)
 def _insert_results_sql(rows: int) -> str:
-    return _INSERT_RESULT + ",".join(["(?, ?, ?, ?, ?)"] * rows) + " RETURNING id, key"
+    return _INSERT_RESULT + ",".join(["(?, ?, ?, ?, ?, ?)"] * rows) + " RETURNING id, key"
 
 
 def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
@@ -163,8 +163,8 @@ def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, 
             data = result.to_json()
             data["message_id"] = message_id
             key = result.idempotency_key()
-            cur = conn.execute(_INSERT_RESULT + "(?, ?, ?, ?, ?)", (message_id, instrument, key, received_at,
-                                                                     dumps(data)))
+            cur = conn.execute(_INSERT_RESULT + "(?, ?, ?, ?, ?, ?)", (message_id, instrument, result.sample_id, key,
+                                                                        received_at, dumps(data)))
             rowid = cur.lastrowid
             if cur.rowcount == 1 and rowid is not None:
                 new.append((rowid, result))
@@ -181,7 +181,7 @@ def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, 
             data = result.to_json()
             data["message_id"] = message_id
             key = result.idempotency_key()
-            params += (message_id, instrument, key, received_at, dumps(data))
+            params += (message_id, instrument, result.sample_id, key, received_at, dumps(data))
             chunk_keys.append(key)
         # RETURNING lists the rows actually inserted (not the ignored ones), in no set order: by key.
         inserted = {key: rowid for rowid, key in conn.execute(_insert_results_sql(len(chunk)), params).fetchall()}
@@ -356,8 +356,8 @@ def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[
         _insert_results(conn, message_id, instrument, batch, created_at)
         rows: list[tuple[int, Result]] = []
         for result in batch:
-            rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND key = ?",
-                                     (instrument, result.idempotency_key())).fetchone()
+            rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND sample = ? AND key = ?",
+                                     (instrument, result.sample_id, result.idempotency_key())).fetchone()
             already = conn.execute(
                 "SELECT 1 FROM outbox o, json_each(o.result_ids) j WHERE o.destination = ?"
                 " AND o.instrument = ? AND j.value = ? LIMIT 1", (destination, instrument, rid)).fetchone()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -132,6 +133,50 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_data(tmp_path: Pat
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_version_4_store_gets_results_unique_by_sample_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Schema 5 rebuilds ``results`` (unique per instrument, sample and content key): ids, contents and the
+    recognition of resent results survive it."""
+    import json
+
+    from labbridge.runtime.store import MIGRATIONS, SCHEMA
+
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    for step in (2, 3, 4):
+        MIGRATIONS[step](conn)
+    conn.execute("INSERT INTO messages (instrument, protocol, received_at, raw, status)"
+                 " VALUES ('chem-1', 'astm', 1, x'01', 'decoded')")
+    stored = [result("S1", "GLU"), result("S1", "K"), result("S2", "GLU")]
+    for i, r in enumerate(stored, start=7):  # as schema 4 wrote them (no sample column), ids not from 1
+        data = {**r.to_json(), "message_id": 1}
+        conn.execute("INSERT INTO results (id, message_id, instrument, key, received_at, data, backlog)"
+                     " VALUES (?, 1, 'chem-1', ?, 1.0, ?, ?)", (i, r.idempotency_key(), json.dumps(data), i % 2))
+    conn.execute("PRAGMA user_version=4")
+    conn.commit()
+    conn.close()
+
+    async def body() -> None:
+        async with Store(path) as store:
+            again = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"again", received_at=2.0,
+                                               results=[result("S1", "GLU"), result("S2", "GLU"),
+                                                        result("S2", "K")], destinations=["lis"])
+            assert (again.new_results, again.duplicate_results) == (1, 2)  # resent ones still recognised
+
+    run(body())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = conn.execute("SELECT id, sample, key, backlog, data FROM results ORDER BY id").fetchall()
+    assert [(r[0], r[1], r[3]) for r in rows] == [(7, "S1", 1), (8, "S1", 0), (9, "S2", 1), (10, "S2", 0)]
+    assert [r[2] for r in rows[:3]] == [r.idempotency_key() for r in stored]
+    assert Result.from_json(json.loads(rows[1][4])) == dataclasses.replace(stored[1], message_id=1)
+    unique = [name for _, name, is_unique, *_ in conn.execute("PRAGMA index_list(results)") if is_unique]
+    assert [[c[2] for c in conn.execute(f"PRAGMA index_info({name})")] for name in unique] == \
+        [["instrument", "sample", "key"]]
+    assert {name for _, name, *_ in conn.execute("PRAGMA index_list(results)")} >= {"results_message"}
 
 
 def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: Path) -> None:

@@ -2,8 +2,13 @@
 ``framing = "raw"``, :class:`labbridge.protocols.raw.RawLink`, which has the same interface and events).
 
 A single task per connection reads bytes, feeds them to the link with the loop's clock, writes what the
-link wants sent, and waits for the link's next deadline (``asyncio.timeout_at``) at the same time as it
-waits for bytes; no callbacks, so the link is never entered twice at once.
+link wants sent, and waits for the link's next deadline at the same time as it waits for bytes
+(:class:`labbridge.runtime.input_wait.LinkInput`). On TCP, bytes that arrive while that task waits are fed
+to the E1381 link at once from the transport's callback (the fast path, :meth:`AstmSession._take`): the
+link's answer (an intermediate frame's ACK) is written there, events that only count are counted, and
+the task is woken for anything else (a complete message, the end of a transfer), which it handles in
+order. The link is still entered by one party at a time: the callback only runs while the task waits in
+its read, and never once it has been woken.
 
 A complete message is decoded by the driver (pure), committed to the store, and only then is its final
 frame acknowledged; if the commit fails, the frame is NAKed and the analyzer retransmits it.
@@ -94,16 +99,23 @@ class AstmSession:
         # The health reason says so while our messages fail, or after a transfer that ended incomplete.
         self._send_trouble = False
         self._incomplete_noted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._input: LinkInput | None = None
+        self._held: object | None = None  # an event the fast path took from the link for the task to handle
+        self._failed: Exception | None = None  # an error in the fast path, raised in the task
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         link = self.link
         wakeup = self.wakeup if self.orders is not None else None
-        link_input = LinkInput(self.reader, READ_SIZE, wakeup)
+        fast = isinstance(link, e1381.E1381Link) and isinstance(self.writer, asyncio.StreamWriter)  # TCP
+        link_input = self._input = LinkInput(self.reader, READ_SIZE, wakeup, consume=self._take if fast else None)
         try:
             await self._offer_work()
             while True:
                 data = await link_input.read(self._deadline())
+                if self._failed is not None:
+                    raise self._failed
                 if wakeup is not None and wakeup.consume():
                     self._next_poll = 0.0
                 if data is not None:
@@ -127,6 +139,30 @@ class AstmSession:
                 log.info("host_messages_not_delivered", instrument=self.health.id,
                          messages=len(self._on_link) + (self._reply is not None),
                          note="orders stay pending and are pushed again on the next connection")
+
+    def _take(self, data: bytes) -> None:
+        """The fast path (see the module's docstring): bytes that arrived while the task waits in its read."""
+        link = self.link
+        loop = self._loop
+        link_input = self._input
+        assert loop is not None
+        assert link_input is not None
+        try:
+            self.health.counters.bytes_received += len(data)
+            self.health.last_byte_at = time.time()
+            link.receive_data(data, loop.time())
+            out = link.data_to_send()
+            if out:
+                self.writer.write(out)  # an ACK or NAK, a byte: no drain needed (the peer waits for it)
+            while (event := link.next_event()) is not None:
+                if not self._count(event):
+                    self._held = event  # handled first when the task runs, then the link's next events
+                    link_input.interrupt()
+                    return
+            link_input.move_deadline(self._deadline())
+        except Exception as exc:  # raised in the task, as the same error on the task's path would be
+            self._failed = exc
+            link_input.interrupt()
 
     def _link_idle(self) -> bool:
         link = self.link
@@ -249,9 +285,15 @@ class AstmSession:
         while True:
             if flush:
                 await self._flush()
-            event = link.next_event()
+            event = self._held
             if event is None:
-                return
+                event = link.next_event()
+                if event is None:
+                    return
+            else:
+                self._held = None
+            if self._count(event):
+                continue
             if isinstance(event, e1381.MessageReceived):
                 queries = await self._store_message(event)
                 if queries is not None:
@@ -277,22 +319,6 @@ class AstmSession:
                         f"the analyzer did not take labbridge's message ({event.reason}); query answers and "
                         "orders stay pending and are sent again: check the analyzer's host communication "
                         "settings if this persists"))
-            elif isinstance(event, e1381.Contention):
-                counters.contentions += 1
-            elif isinstance(event, e1381.FrameRejected):
-                if event.by_peer:
-                    counters.naks_received += 1
-                else:
-                    counters.frames_rejected += 1
-                    if event.reason.startswith("checksum"):
-                        counters.checksum_errors += 1
-                    self.health.frame_outcome(False)
-            elif isinstance(event, e1381.FrameAccepted):
-                self.health.frame_outcome(True)
-            elif isinstance(event, e1381.FrameRetransmitted):
-                counters.retransmissions += 1
-            elif isinstance(event, e1381.JunkDiscarded):
-                counters.junk_bytes += event.count
             elif isinstance(event, e1381.IncompleteMessage):
                 log.warning("incomplete_transmission", instrument=self.health.id, reason=event.reason,
                             records=len(event.records))
@@ -310,8 +336,31 @@ class AstmSession:
                 counters.incomplete_transmissions += 1
             elif isinstance(event, e1381.TransferEnded) and event.reason == "timeout":
                 counters.timeouts += 1
-            elif isinstance(event, e1381.KeepAlive):
-                counters.keepalives += 1
+
+    def _count(self, event: object) -> bool:
+        """Handle an event that only counts (True); False for one the task must handle."""
+        counters = self.health.counters
+        if isinstance(event, e1381.FrameAccepted):
+            self.health.frame_outcome(True)
+        elif isinstance(event, e1381.FrameRejected):
+            if event.by_peer:
+                counters.naks_received += 1
+            else:
+                counters.frames_rejected += 1
+                if event.reason.startswith("checksum"):
+                    counters.checksum_errors += 1
+                self.health.frame_outcome(False)
+        elif isinstance(event, e1381.FrameRetransmitted):
+            counters.retransmissions += 1
+        elif isinstance(event, e1381.JunkDiscarded):
+            counters.junk_bytes += event.count
+        elif isinstance(event, e1381.Contention):
+            counters.contentions += 1
+        elif isinstance(event, e1381.KeepAlive):
+            counters.keepalives += 1
+        elif not isinstance(event, (e1381.TransferStarted, e1381.PeerBusy)):
+            return False
+        return True
 
     async def _store_message(self, event: e1381.MessageReceived) -> list[HostQuery] | None:
         """Decode and commit; the message's host queries once it is stored, None if it is not."""

@@ -11,7 +11,7 @@ import contextlib
 import errno
 import ssl
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
@@ -24,7 +24,7 @@ from labbridge.runtime.astm_session import AstmSession, ByteWriter
 from labbridge.runtime.backoff import backoff_delay
 from labbridge.runtime.health import InstrumentHealth
 from labbridge.runtime.hl7_session import Hl7Session
-from labbridge.runtime.input_wait import Wakeup
+from labbridge.runtime.input_wait import ClientHandler, Wakeup, open_link_connection, start_link_server
 from labbridge.runtime.intake import InstrumentDecoder
 from labbridge.runtime.links import host_link
 from labbridge.runtime.store import Store
@@ -34,7 +34,6 @@ log = get_logger("labbridge.instrument")
 
 BIND_RETRY_S = 30.0
 
-ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def listen_with_retry(on_client: ClientHandler, host: str, port: int, ssl_ctx: ssl.SSLContext | None, *,
@@ -44,7 +43,7 @@ async def listen_with_retry(on_client: ClientHandler, host: str, port: int, ssl_
     attempt = 0
     while True:
         try:
-            return await asyncio.start_server(on_client, host, port, ssl=ssl_ctx)
+            return await start_link_server(on_client, host, port, ssl_ctx)
         except OSError as exc:
             hint = ("another program (or another labbridge) already uses this port"
                     if exc.errno == errno.EADDRINUSE else "check the host address in the config")
@@ -173,8 +172,8 @@ class InstrumentRunner:
                 self.health.set_state("connecting", f"dialing the analyzer at {t.host}:{t.port}")
             try:
                 async with asyncio.timeout(t.connect_timeout_s):
-                    reader, writer = await asyncio.open_connection(
-                        t.host, t.port, ssl=ssl_ctx, server_hostname=server_hostname if ssl_ctx else None)
+                    reader, writer = await open_link_connection(t.host, t.port, ssl_ctx=ssl_ctx,
+                                                                server_hostname=server_hostname)
             except (OSError, TimeoutError) as exc:
                 why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
                 self.health.set_state("down", f"cannot reach the analyzer at {t.host}:{t.port} ({why}); "

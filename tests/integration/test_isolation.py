@@ -7,6 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run
 from tests.integration.helpers import eventually, running_lab
 
@@ -46,3 +48,40 @@ def test_junk_floods_and_half_frames_on_one_link_leave_the_other_untouched(tmp_p
             assert lab.lis.duplicates == 0
 
     run(body())
+
+
+def test_tcp_links_acknowledge_frames_on_the_fast_path_and_a_fault_there_stays_on_its_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On TCP, intermediate frames are taken from the transport's callback (AstmSession._take) and the
+    results arrive whole; an error raised there ends that connection like an error in its task (logged,
+    the analyzer retransmits on its next connection), while the other link goes on."""
+    from labbridge.runtime.astm_session import AstmSession
+
+    taken: dict[str, int] = {}
+    failing = {"an-1": 1}  # the first chunk an-1 sends on the fast path raises
+    original = AstmSession._take
+
+    def counting(self: AstmSession, data: bytes) -> None:
+        taken[self.health.id] = taken.get(self.health.id, 0) + 1
+        if failing.get(self.health.id):
+            failing[self.health.id] -= 1
+            original(self, data)
+            raise RuntimeError("a bug in the fast path")
+        original(self, data)
+
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=2) as lab:
+            # Wrapped around the fast path the way the session installs it (a bound method at run()).
+            monkeypatch.setattr(AstmSession, "_take", counting)
+            good = lab.analyzer("an-0", messages=3, tests=8)
+            hit = lab.analyzer("an-1", messages=2, tests=8)
+            stop = asyncio.Event()
+            await asyncio.wait_for(asyncio.gather(good.run(stop), hit.run(stop)), 60)
+            assert len(good.acked) == 3 * 8 and len(hit.acked) == 2 * 8
+            await eventually(lambda: set(good.acked) | set(hit.acked) <= lab.lis.delivered, what="all results")
+            assert lab.lis.duplicates == 0
+            # Frames went through the fast path: a message of 8 results is ~10 frames, few task wake-ups.
+            assert taken["an-0"] >= 3 * 8
+            assert lab.daemon.runners["an-1"].health.counters.connections >= 2  # the fault cost a connection
+
+    run(body(), timeout=90)

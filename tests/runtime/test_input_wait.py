@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from labbridge.runtime.input_wait import LinkInput, Wakeup
+from labbridge.runtime.input_wait import LinkInput, LinkReader, Wakeup, open_link_connection, start_link_server
 from tests.conftest import run
 
 
@@ -139,6 +139,88 @@ def test_a_cancellation_from_outside_goes_through_even_when_the_deadline_passes_
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        own.close()
+        server.close()
+        await server.wait_closed()
+
+    run(body(), loop=event_loop_name)
+
+
+async def _link_pair() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.StreamWriter, asyncio.Server]:
+    """A connection whose reading end is a LinkReader (as labbridge's TCP links have), from both helpers."""
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        assert isinstance(r, LinkReader)
+        accepted.set_result(w)
+
+    server = await start_link_server(on_client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await open_link_connection("127.0.0.1", port)
+    return reader, writer, await accepted, server
+
+
+def test_the_fast_path_takes_bytes_while_the_read_waits_and_keeps_their_order(event_loop_name: str) -> None:
+    """Bytes arriving while a read waits go to ``consume`` from the transport's callback (the read goes on
+    waiting); once ``consume`` interrupts, later bytes wait in the buffer for the next read, in order;
+    bytes buffered before a read are returned by it, never given to ``consume``."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reader, own, peer, server = await _link_pair()
+        taken: list[bytes] = []
+        link: LinkInput
+
+        def consume(data: bytes) -> None:
+            taken.append(data)
+            if data.endswith(b"!"):
+                link.interrupt()  # what needs the task: it wakes; what follows is buffered
+
+        link = LinkInput(reader, 100, consume=consume)
+        pending = asyncio.ensure_future(link.read(loop.time() + 10))
+        await asyncio.sleep(0.05)  # the read is waiting
+        for chunk in (b"one", b"two"):
+            peer.write(chunk)
+            await asyncio.sleep(0.05)
+        assert taken == [b"one", b"two"] and not pending.done()
+        peer.write(b"three!")
+        assert await asyncio.wait_for(pending, 2) is None
+        peer.write(b"four")  # nobody reads now: buffered
+        await asyncio.sleep(0.05)
+        peer.write(b"five")
+        await asyncio.sleep(0.05)
+        assert taken == [b"one", b"two", b"three!"]
+        assert await link.read(loop.time() + 5) == b"fourfive"  # buffered bytes come first, by the read
+        # A plain StreamReader (serial) never takes the fast path, consume or not.
+        plain = LinkInput(asyncio.StreamReader(), 100, consume=consume)
+        assert plain._fast_reader is None
+        own.close()
+        server.close()
+        await server.wait_closed()
+
+    run(body(), loop=event_loop_name)
+
+
+def test_the_fast_path_moves_the_deadline_of_the_waiting_read(event_loop_name: str) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reader, own, peer, server = await _link_pair()
+        link: LinkInput
+
+        def consume(data: bytes) -> None:
+            link.move_deadline(loop.time() + (0.1 if data == b"soon" else 30.0))
+
+        link = LinkInput(reader, 100, consume=consume)
+        started = loop.time()
+        pending = asyncio.ensure_future(link.read(started + 0.3))
+        await asyncio.sleep(0.05)
+        peer.write(b"later")  # the deadline moves 30 s on: the 0.3 s timer must not end the read
+        await asyncio.sleep(0.5)
+        assert not pending.done()
+        peer.write(b"soon")  # and earlier again: the read ends ~0.1 s after
+        assert await asyncio.wait_for(pending, 2) is None
+        assert loop.time() - started < 2.0
+        link.close()
         own.close()
         server.close()
         await server.wait_closed()

@@ -125,7 +125,7 @@ class Relay:
             self.http = HttpSender(dest.url, timeout=dest.timeout_s, headers=dest.headers,
                                    verify_tls=dest.verify_tls)
         self._outage_attempts = 0
-        self._down = False  # a connection found the destination unreachable during this batch
+        self._down = False  # stop this batch: a connection found the LIS unreachable (or a lane failed)
         self._backlog_next_at = 0.0  # wall clock: the next backlog item may go at this time
         # Pipelining: an item the LIS accepted is marked delivered by a write that the relay does not wait
         # for before sending the next one. Until that commit lands the item is excluded from reads, so it is
@@ -215,7 +215,13 @@ class Relay:
                 if len(lanes) == 1:
                     await self._deliver_lane(*lanes[0])
                 else:
-                    await asyncio.gather(*(self._deliver_lane(lane, queue) for lane, queue in lanes))
+                    # Every lane is over before the run goes on (or fails: the supervisor restarts it), so
+                    # no send of this run is still in flight when the next run reads due items.
+                    outcomes = await asyncio.gather(*(self._deliver_lane(lane, queue) for lane, queue in lanes),
+                                                    return_exceptions=True)
+                    for outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
                 if self._down:  # unreachable: the items not handed over keep their place; back off, read again
                     delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s,
                                           self.dest.backoff_max_s)
@@ -243,7 +249,11 @@ class Relay:
         for item in items:
             if self._down or self._mark_error is not None:
                 return
-            await self._deliver(item, lane)
+            try:
+                await self._deliver(item, lane)
+            except Exception:
+                self._down = True  # the store failed under this lane: the others stop after their item too
+                raise
 
     async def _mark_delivered(self, item: OutboxItem, at: float) -> None:
         try:

@@ -135,3 +135,30 @@ def test_a_lis_outage_loses_doubles_and_reorders_nothing(tmp_path: Path, connect
             assert [value for value, _ in bookings] == ["0.0", "1.0", "2.0"], sample
 
     run(body(), timeout=60)
+
+
+def test_a_store_failure_under_one_connection_ends_the_run_with_no_send_left_in_flight(tmp_path: Path) -> None:
+    """The run fails (its supervisor restarts it) only once every connection's current item is over: a
+    send still in flight would race the next run's read of the same item."""
+
+    async def body() -> None:
+        lis = SimulatedLis(mode="AR", delay=0.05)  # refusals: each one is booked by a store write
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                await _fill(store)
+                dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port, connections=4,
+                                       dead_letter_codes=["AE"], backoff_initial_s=0.05, backoff_max_s=0.2)
+                relay = Relay(dest, store, asyncio.Event())
+                store.fail_commits = True  # the refusal cannot be booked
+                with pytest.raises(Exception, match="commit failed"):
+                    await relay.run()
+                lanes = [t for t in asyncio.all_tasks() if "_deliver_lane" in t.get_coro().__qualname__]
+                assert lanes == []  # no connection's send left running
+                assert lis.in_flight == 0
+                store.fail_commits = False
+                assert (await store.counts())["outbox"]["lis"]["pending"] == SAMPLES * RERUNS
+        finally:
+            await lis.stop()
+
+    run(body(), timeout=60)

@@ -99,13 +99,12 @@ class AstmSession:
         # The health reason says so while our messages fail, or after a transfer that ended incomplete.
         self._send_trouble = False
         self._incomplete_noted = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._input: LinkInput | None = None
         self._held: object | None = None  # an event the fast path took from the link for the task to handle
         self._failed: Exception | None = None  # an error in the fast path, raised in the task
 
     async def run(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         link = self.link
         wakeup = self.wakeup if self.orders is not None else None
         fast = isinstance(link, e1381.E1381Link) and isinstance(self.writer, asyncio.StreamWriter)  # TCP
@@ -121,9 +120,7 @@ class AstmSession:
                 if data is not None:
                     if not data:
                         break
-                    self.health.counters.bytes_received += len(data)
-                    self.health.last_byte_at = time.time()
-                    link.receive_data(data, loop.time())
+                    self._feed(data)
                 timer = link.get_timer()
                 if timer is not None and loop.time() >= timer:
                     link.handle_timer(loop.time())
@@ -143,14 +140,10 @@ class AstmSession:
     def _take(self, data: bytes) -> None:
         """The fast path (see the module's docstring): bytes that arrived while the task waits in its read."""
         link = self.link
-        loop = self._loop
         link_input = self._input
-        assert loop is not None
         assert link_input is not None
         try:
-            self.health.counters.bytes_received += len(data)
-            self.health.last_byte_at = time.time()
-            link.receive_data(data, loop.time())
+            self._feed(data)
             out = link.data_to_send()
             if out:
                 self.writer.write(out)  # an ACK or NAK, a byte: no drain needed (the peer waits for it)
@@ -163,6 +156,11 @@ class AstmSession:
         except Exception as exc:  # raised in the task, as the same error on the task's path would be
             self._failed = exc
             link_input.interrupt()
+
+    def _feed(self, data: bytes) -> None:
+        self.health.counters.bytes_received += len(data)
+        self.health.last_byte_at = time.time()
+        self.link.receive_data(data, asyncio.get_running_loop().time())
 
     def _link_idle(self) -> bool:
         link = self.link

@@ -395,6 +395,11 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)
 
+    @property
+    def writer_restarts(self) -> int:
+        """Writer processes that died and were replaced (their in-flight requests failed: nothing ACKed)."""
+        return max(0, self.writer_starts - 1)
+
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()

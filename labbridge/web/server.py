@@ -88,6 +88,9 @@ class _Snapshot(Collector):
                                   value=store.commits)
         yield CounterMetricFamily("labbridge_store_commit_failures", "Group commits that failed (nothing ACKed)",
                                   value=store.commit_failures)
+        yield CounterMetricFamily("labbridge_store_writer_restarts",
+                                  "Store writer processes that died and were replaced (in-flight messages not ACKed)",
+                                  value=store.writer_restarts)
         yield CounterMetricFamily("labbridge_store_commit_seconds", "Time spent committing, fsync included",
                                   value=store.commit_seconds)
         yield CounterMetricFamily("labbridge_store_checkpoints", "Background WAL checkpoints run",
@@ -170,7 +173,8 @@ class WebServer:
             "store": {**{k: v for k, v in counts.items() if k != "outbox"},
                       "path": store.path, "file_bytes": size.file_bytes, "wal_bytes": size.wal_bytes,
                       "size_bytes": size.total_bytes, "commits": store.commits,
-                      "commit_failures": store.commit_failures, "last_commit_error": store.last_commit_error},
+                      "commit_failures": store.commit_failures, "last_commit_error": store.last_commit_error,
+                      "writer_restarts": store.writer_restarts},
             "destinations": [
                 {**relay.health.to_json(), "kind": relay.dest.kind, "dead_kinds": {},
                  **counts["outbox"].get(relay.dest.id, empty)}

@@ -127,6 +127,7 @@ def test_operator_tools_against_a_running_daemon_and_the_lis_rejection_reason(tm
             assert audit[1]["actor"]  # the OS user when --by is not given
             assert "labbridge_store_commit_group_size_bucket" in metrics
             assert 'labbridge_store_bytes{file="db"}' in metrics and "labbridge_store_commits_total" in metrics
+            assert "labbridge_store_writer_restarts_total 0.0" in metrics
 
     run(body(), timeout=90)
 

@@ -68,6 +68,7 @@ def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -
             assert "writer process stopped" in str(error)
             assert await _commit(store, "S2") > 1
             assert store.writer_starts == 2 and store._writer is not None and store._writer.pid != first_pid
+            assert store.writer_restarts == 1
             assert store.commit_failures >= 1
             counts = await store.counts()
             assert counts["messages"] >= 2  # S1, S2 and whatever committed before the kill landed

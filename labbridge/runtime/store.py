@@ -192,6 +192,8 @@ def _migrate_results_by_sample(conn: sqlite3.Connection) -> None:
     commit rewrote to the WAL (27 of a message's 35 pages). Ordered by sample first, a message's results
     share one or two pages. SQLite cannot change a table's UNIQUE constraint in place: the table is
     rebuilt (ids, contents and order kept); a store with the ``sample`` column already is left alone.
+    Once, on the first start after the upgrade, before any link opens: ~20 s per million results stored
+    (measured: 500,000 results, 255 MB, in 9.6 s).
     """
     if "sample" in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
         return
@@ -236,6 +238,8 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         version = 1
     while version < SCHEMA_VERSION:
         step = version + 1
+        doc = (MIGRATIONS[step].__doc__ or "").strip()
+        log.info("store_migrating", from_version=version, to_version=step, what=doc.splitlines()[0] if doc else "")
         conn.execute("BEGIN IMMEDIATE")
         try:
             MIGRATIONS[step](conn)

@@ -151,7 +151,7 @@ class Relay:
                           receiver=Party(dest.receiving_application, dest.receiving_facility),
                           message_type=dest.message_type if isinstance(dest, MllpDestination) else "ORU^R01")
 
-    async def hand_over(self, item: OutboxItem, lane: int = 0) -> Outcome:
+    async def hand_over(self, item: OutboxItem, lane: int) -> Outcome:
         """Give one item to the destination (over connection ``lane``); raises TransientLinkError if it
         cannot be reached."""
         payload = self.render(item)
@@ -270,7 +270,7 @@ class Relay:
         finally:
             self._marking.discard(item.id)
 
-    async def _deliver(self, item: OutboxItem, lane: int = 0) -> None:
+    async def _deliver(self, item: OutboxItem, lane: int) -> None:
         """Hand one item over and book the outcome; sets ``_down`` if the destination is unreachable."""
         now = time.time()
         if not item.results:

@@ -204,7 +204,7 @@ class SimulatedLis:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(self, payload: bytes, connection: int = 0) -> bytes | None:
+    async def _handle(self, payload: bytes, connection: int) -> bytes | None:
         self.messages_received += 1
         try:
             message = hl7.parse(payload.decode("utf-8"))

@@ -38,6 +38,18 @@ async def _fill(store: Store) -> None:
 
 
 @contextlib.asynccontextmanager
+async def _filled_store(tmp_path: Path, lis: SimulatedLis) -> AsyncIterator[Store]:
+    """The LIS listening and a store holding every sample's reruns (the LIS stopped on the way out)."""
+    await lis.start()
+    try:
+        async with Store(tmp_path / "s.db") as store:
+            await _fill(store)
+            yield store
+    finally:
+        await lis.stop()
+
+
+@contextlib.asynccontextmanager
 async def _relaying(store: Store, lis: SimulatedLis, connections: int) -> AsyncIterator[Relay]:
     dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port, connections=connections,
                            ack_timeout_s=2.0, connect_timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -48,6 +60,15 @@ async def _relaying(store: Store, lis: SimulatedLis, connections: int) -> AsyncI
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def _assert_each_sample_in_stored_order(lis: SimulatedLis) -> dict[str, list[tuple[str, int]]]:
+    """Every sample booked, each value once, in the order stored; returns the bookings per sample."""
+    per_sample = _per_sample(lis)
+    assert len(per_sample) == SAMPLES
+    for sample, bookings in per_sample.items():
+        assert [value for value, _ in bookings] == ["0.0", "1.0", "2.0"], sample
+    return per_sample
 
 
 def _per_sample(lis: SimulatedLis) -> dict[str, list[tuple[str, int]]]:
@@ -62,23 +83,16 @@ def _per_sample(lis: SimulatedLis) -> dict[str, list[tuple[str, int]]]:
 def test_several_connections_carry_messages_at_once_and_keep_each_sample_in_order(tmp_path: Path) -> None:
     async def body() -> None:
         lis = SimulatedLis(delay=0.01)  # each ACK takes a while: one connection would have one message in flight
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                await _fill(store)
-                async with _relaying(store, lis, connections=4) as relay:
-                    await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
-                counts = await store.counts()
-        finally:
-            await lis.stop()
+        async with _filled_store(tmp_path, lis) as store:
+            async with _relaying(store, lis, connections=4) as relay:
+                await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
+            counts = await store.counts()
         assert counts["outbox"]["lis"]["delivered"] == SAMPLES * RERUNS
         assert lis.connections_accepted == 4
         assert lis.most_in_flight >= 2  # the connections carried messages at the same time
         assert lis.duplicates == 0 and lis.redeliveries == 0
-        per_sample = _per_sample(lis)
-        assert len(per_sample) == SAMPLES
+        per_sample = _assert_each_sample_in_stored_order(lis)
         for sample, bookings in per_sample.items():
-            assert [value for value, _ in bookings] == ["0.0", "1.0", "2.0"], sample  # in the order stored
             assert len({connection for _, connection in bookings}) == 1, sample  # over one connection
         assert len({c for bookings in per_sample.values() for _, c in bookings}) == 4  # every connection used
 
@@ -88,18 +102,13 @@ def test_several_connections_carry_messages_at_once_and_keep_each_sample_in_orde
 def test_one_connection_is_the_default_one_message_at_a_time(tmp_path: Path) -> None:
     async def body() -> None:
         lis = SimulatedLis(delay=0.005)
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                await _fill(store)
-                dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port)
-                assert dest.connections == 1
-                async with _relaying(store, lis, connections=dest.connections) as relay:
-                    await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
-        finally:
-            await lis.stop()
+        async with _filled_store(tmp_path, lis) as store:
+            dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port)
+            assert dest.connections == 1
+            async with _relaying(store, lis, connections=dest.connections) as relay:
+                await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
         assert lis.connections_accepted == 1 and lis.most_in_flight == 1
-        assert all([v for v, _ in b] == ["0.0", "1.0", "2.0"] for b in _per_sample(lis).values())
+        _assert_each_sample_in_stored_order(lis)
 
 
 @pytest.mark.parametrize("connections", [1, 3])
@@ -109,30 +118,22 @@ def test_a_lis_outage_loses_doubles_and_reorders_nothing(tmp_path: Path, connect
 
     async def body() -> None:
         lis = SimulatedLis(delay=0.01)
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                await _fill(store)
-                async with _relaying(store, lis, connections=connections) as relay:
-                    await eventually(lambda: len(lis.booked) >= 10, what="some delivered")
-                    await lis.go_down()  # every connection dropped, some mid-message
-                    await eventually(lambda: relay.health.state == "down", what="the relay sees the outage")
-                    delivered_while_down = relay.health.delivered
-                    await asyncio.sleep(0.3)
-                    assert relay.health.delivered == delivered_while_down
-                    await lis.come_back()
-                    await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
-                    assert relay.health.state == "up"
-                counts = await store.counts()
-        finally:
-            await lis.stop()
+        async with _filled_store(tmp_path, lis) as store:
+            async with _relaying(store, lis, connections=connections) as relay:
+                await eventually(lambda: len(lis.booked) >= 10, what="some delivered")
+                await lis.go_down()  # every connection dropped, some mid-message
+                await eventually(lambda: relay.health.state == "down", what="the relay sees the outage")
+                delivered_while_down = relay.health.delivered
+                await asyncio.sleep(0.3)
+                assert relay.health.delivered == delivered_while_down
+                await lis.come_back()
+                await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
+                assert relay.health.state == "up"
+            counts = await store.counts()
         assert counts["outbox"]["lis"]["delivered"] == SAMPLES * RERUNS
         assert lis.duplicates == 0
-        per_sample = _per_sample(lis)
-        assert len(per_sample) == SAMPLES
-        for sample, bookings in per_sample.items():
-            # Each value booked once (a resend after a lost ACK is the same control ID), in the order stored.
-            assert [value for value, _ in bookings] == ["0.0", "1.0", "2.0"], sample
+        # Each value booked once (a resend after a lost ACK is the same control ID), in the order stored.
+        _assert_each_sample_in_stored_order(lis)
 
     run(body(), timeout=60)
 
@@ -143,22 +144,17 @@ def test_a_store_failure_under_one_connection_ends_the_run_with_no_send_left_in_
 
     async def body() -> None:
         lis = SimulatedLis(mode="AR", delay=0.05)  # refusals: each one is booked by a store write
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                await _fill(store)
-                dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port, connections=4,
-                                       dead_letter_codes=["AE"], backoff_initial_s=0.05, backoff_max_s=0.2)
-                relay = Relay(dest, store, asyncio.Event())
-                store.fail_commits = True  # the refusal cannot be booked
-                with pytest.raises(Exception, match="commit failed"):
-                    await relay.run()
-                lanes = [t for t in asyncio.all_tasks() if "_deliver_lane" in t.get_coro().__qualname__]
-                assert lanes == []  # no connection's send left running
-                assert lis.in_flight == 0
-                store.fail_commits = False
-                assert (await store.counts())["outbox"]["lis"]["pending"] == SAMPLES * RERUNS
-        finally:
-            await lis.stop()
+        async with _filled_store(tmp_path, lis) as store:
+            dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port, connections=4,
+                                   dead_letter_codes=["AE"], backoff_initial_s=0.05, backoff_max_s=0.2)
+            relay = Relay(dest, store, asyncio.Event())
+            store.fail_commits = True  # the refusal cannot be booked
+            with pytest.raises(Exception, match="commit failed"):
+                await relay.run()
+            lanes = [t for t in asyncio.all_tasks() if "_deliver_lane" in t.get_coro().__qualname__]
+            assert lanes == []  # no connection's send left running
+            assert lis.in_flight == 0
+            store.fail_commits = False
+            assert (await store.counts())["outbox"]["lis"]["pending"] == SAMPLES * RERUNS
 
     run(body(), timeout=60)

@@ -166,9 +166,15 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
         **make_hl7("ORU^R01", oru),
         **make_hl7("OUL^R22", oul),
     }
+    # Runs interleaved (every path once, then again): a burst of load from the shared machine's neighbours
+    # then slows one run of each path, not every run of one path, which would skew its ratios.
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(runs):
+        for name, fn in paths.items():
+            rates[name].append(rate(fn, seconds))
     medians: dict[str, float] = {}
-    for name, fn in paths.items():
-        values = [rate(fn, seconds) for _ in range(runs)]
+    for name in paths:
+        values = rates[name]
         fig = Figure.of(SECTION, f"{panel} {name}", "messages/s", values, panel=panel,
                         results_per_message=n_results)
         figures.append(fig)

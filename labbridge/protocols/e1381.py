@@ -56,6 +56,7 @@ Dialects are flags on :class:`LinkProfile` (PROTOCOLS.md "Common vendor deviatio
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -274,6 +275,15 @@ _TERMINATORS = (ETX, ETB)
 _WHITESPACE = (CR, LF)
 _RESTARTS = (STX, EOT, ENQ)
 _TERMINATOR_RECORD = (b"L", b"l")
+# A whole, well-formed frame of the standard layout at the start of the buffer: STX, FN, text free of
+# terminators and of the bytes that restart a transfer, ETX or ETB, two hex digits, CR LF. One C-level match
+# in place of the general path's scans; whatever it does not match takes the general path.
+_PLAIN_FRAME = re.compile(rb"\x02[0-7][^\x02\x03\x04\x05\x17]*[\x03\x17]([0-9A-Fa-f]{2})\r\n")
+# The value of each two-digit checksum, either case ("0a" and "0A" alike).
+_HEX_VALUE = {b"%02X" % v: v for v in range(256)} | {b"%02x" % v: v for v in range(256)} | {
+    b"%X%x" % (v >> 4, v & 15): v for v in range(256)} | {b"%x%X" % (v >> 4, v & 15): v for v in range(256)}
+# First bytes of a record that the general path must see: a header or terminator record, or stray LF.
+_SPECIAL_RECORD_START = frozenset(b"HhLl\n")
 
 
 def _first_of(buf: bytearray, values: tuple[int, ...], start: int, end: int) -> int:
@@ -308,6 +318,10 @@ class E1381Link:
     def __init__(self, role: Role, profile: LinkProfile | None = None) -> None:
         self.role = role
         self.profile = profile or LinkProfile()
+        p = self.profile
+        # The standard's layout (frame numbers, checksums, CR records, no whitespace leniency): frames take
+        # the plain-frame path first (_take_plain_frame).
+        self._plain = p.frame_numbers and p.checksums and not p.skips_whitespace
         self.state = State.NEUTRAL
         self._inbuf = bytearray()
         self._out = bytearray()
@@ -436,12 +450,16 @@ class E1381Link:
         self._raw.clear()
 
     def _process(self, now: float) -> None:
-        while self._inbuf:
-            if self.state is State.NEUTRAL:
-                self._process_neutral(now)
-            elif self.state is State.RECEIVER:
+        buf = self._inbuf
+        while buf:
+            state = self.state
+            if state is State.RECEIVER:
+                if buf[0] == STX and self._plain and self._take_plain_frame(now):
+                    continue
                 if not self._process_receiver(now):
                     return  # need more data
+            elif state is State.NEUTRAL:
+                self._process_neutral(now)
             elif self.state is State.RECEIVER_HOLD:
                 self._bound_held_input()
                 return
@@ -587,6 +605,45 @@ class E1381Link:
             return True
         self._expected_fn = fn
         self._accept_frame(frame, body[1:-1], final=body[-1] == ETX, now=now)
+        return True
+
+    def _take_plain_frame(self, now: float) -> bool:
+        """The common case, a well-formed frame in sequence with a good checksum, in fewer steps.
+
+        Returns False, having changed nothing, for anything else (an incomplete or malformed frame, a wrong
+        checksum or frame number, a retransmission): the general path then handles it as it always has. A
+        frame that completes an ordinary record (not H or L) is taken here whole; others go on to
+        :meth:`_accept_frame`. Both paths give the same ACKs, events and state (tests/protocols).
+        """
+        buf = self._inbuf
+        m = _PLAIN_FRAME.match(buf)
+        if m is None:
+            return False
+        end = m.end()
+        sum_at = end - 4
+        fn = self._expected_fn
+        profile = self.profile
+        if (end > profile.max_frame_bytes or buf[1] - 0x30 != fn
+                or (sum(buf[1:sum_at]) & 0xFF) != _HEX_VALUE[m.group(1)]):
+            return False
+        frame = bytes(buf[:end])
+        del buf[:end]
+        text = frame[2:sum_at - 1]
+        final = frame[sum_at - 1] == ETX
+        if (not final or self._partial or text.find(b"\r") != len(text) - 1 or len(text) < 2
+                or text[0] in _SPECIAL_RECORD_START or text[-2] == LF
+                or len(self._raw) + end > profile.max_message_bytes):
+            self._accept_frame(frame, text, final=final, now=now)
+            return True
+        # One ordinary record, whole in this frame: what _accept_frame would do for it, without its checks.
+        self._frames_in_transfer += 1
+        self._raw += frame
+        self._records.append(text[:-1])
+        self._out.append(ACK)
+        self._events.append(FrameAccepted(fn))
+        self._last_fn = fn
+        self._expected_fn = (fn + 1) & 7
+        self._deadline = now + profile.receive_timeout
         return True
 
     def _reject(self, now: float, reason: str) -> None:

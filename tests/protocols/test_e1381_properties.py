@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from labbridge.protocols import e1381
@@ -198,3 +198,111 @@ def lossy_conversation(seed: int) -> None:
 def test_two_peers_over_a_lossy_channel_deliver_every_message_and_return_to_neutral() -> None:
     for seed in range(40):
         lossy_conversation(seed)
+
+
+# ---- the plain-frame path (E1381Link._take_plain_frame) against the general path ----------------------
+
+_RECORDS = [b"H|\\^&|||Sim^1", b"P|1||PAT1", b"O|1|S0001||^^^GLU", b"R|1|^^^GLU|5.4|mmol/L||N||F", b"L|1|N",
+            b"h|\\^&", b"l|1", b"R|2|\n^^^NA|140\n", b"C|1|I|note", b"R|3|^^^K|" + b"4" * 260, b"", b"\n"]
+
+
+def _frame(fn: int, text: bytes, end: int, *, lower: bool = False, bad_sum: bool = False) -> bytes:
+    body = b"%d" % fn + text + bytes([end])
+    total = (sum(body) + (1 if bad_sum else 0)) & 0xFF
+    return b"\x02" + body + (b"%02x" % total if lower else b"%02X" % total) + b"\r\n"
+
+
+@st.composite
+def _hostile_stream(draw: st.DrawFn) -> bytes:
+    """Mostly well-formed frames, with what the plain path must leave to the general path mixed in: ETB
+    continuations, H and L records, several records in one frame, LF at a record's edges, lower-case and
+    wrong checksums, out-of-sequence and repeated frame numbers, ENQ/EOT/STX mid-stream, junk, a frame
+    without its CR LF."""
+    out = bytearray()
+    fn = 1
+    for _ in range(draw(st.integers(min_value=1, max_value=30))):
+        kind = draw(st.sampled_from(["record", "record", "record", "two", "etb", "enq", "eot", "junk", "dup",
+                                     "cut"]))
+        record = draw(st.sampled_from(_RECORDS)) + b"\r"
+        if kind == "enq":
+            out.append(ENQ)
+            fn = 1
+        elif kind == "eot":
+            out.append(EOT)
+        elif kind == "junk":
+            out += draw(st.binary(min_size=1, max_size=4))
+        elif kind == "cut":
+            out += _frame(fn, record, 0x03)[:draw(st.integers(min_value=1, max_value=len(record)))]
+        else:
+            if kind == "two":
+                record += draw(st.sampled_from(_RECORDS)) + b"\r"
+            if kind == "etb":
+                cut = draw(st.integers(min_value=0, max_value=len(record)))
+                out += _frame(fn, record[:cut], 0x17)
+                fn = (fn + 1) % 8
+                record = record[cut:]
+            use = draw(st.sampled_from([fn, fn, fn, (fn + 1) % 8, (fn - 1) % 8]))
+            frame = _frame(use, record, 0x03, lower=draw(st.booleans()), bad_sum=draw(st.integers(0, 9)) == 0)
+            out += frame
+            if kind == "dup":
+                out += frame
+            fn = (fn + 1) % 8
+    return bytes(out)
+
+
+def _host_run(stream: bytes, chunk: int, profile: LinkProfile, *, plain: bool,
+              accept: bool) -> tuple[list[e1381.Event], bytes, e1381.State]:
+    link = E1381Link(Role.HOST, profile)
+    link._plain = plain and link._plain  # the general path alone when False
+    events: list[e1381.Event] = []
+    out = b""
+    for i in range(0, len(stream), chunk):
+        link.receive_data(stream[i:i + chunk], float(i))
+        while (event := link.next_event()) is not None:
+            if isinstance(event, e1381.MessageReceived):
+                (link.accept_message if accept else link.reject_message)(float(i))
+            events.append(event)
+        out += link.data_to_send()
+    return events, out, link.state
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=_hostile_stream(), chunk=st.sampled_from([1, 3, 7, 64, 100_000]), accept=st.booleans(),
+       profile=st.sampled_from([LinkProfile(), LinkProfile(max_message_bytes=200), LinkProfile(max_frame_bytes=90),
+                                LinkProfile(strict_frame_numbers=False)]))
+# The bounds, which random streams reach too rarely: a whole frame longer than max_frame_bytes in one read,
+# and ordinary record frames that take a message over max_message_bytes.
+@example(stream=_frame(1, _RECORDS[9] + b"\r", 0x03), chunk=100_000, accept=True,
+         profile=LinkProfile(max_frame_bytes=90))
+@example(stream=b"".join(_frame(fn, _RECORDS[3] + b"\r", 0x03) for fn in range(1, 8)), chunk=100_000,
+         accept=True, profile=LinkProfile(max_message_bytes=200))
+def test_the_plain_frame_path_gives_what_the_general_path_gives(stream: bytes, chunk: int, accept: bool,
+                                                                profile: LinkProfile) -> None:
+    """The plain-frame path is an optimisation only: ACKs and NAKs, events (messages, records, raw bytes,
+    rejections with their reasons) and the final state are those of the general path, byte for byte."""
+    stream = bytes([ENQ]) + stream
+    assert _host_run(stream, chunk, profile, plain=True, accept=accept) == _host_run(
+        stream, chunk, profile, plain=False, accept=accept)
+
+
+def test_the_plain_frame_path_takes_ordinary_record_frames() -> None:
+    """The differential test above would pass with the plain path never taken: check it is taken."""
+    link = E1381Link(Role.HOST)
+    assert link._plain
+    link.receive_data(bytes([ENQ]) + _frame(1, b"H|\\^&\r", 0x03), 0.0)
+    calls = 0
+    general = link._accept_frame
+
+    def counting(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        general(*args, **kwargs)  # type: ignore[arg-type]
+
+    link._accept_frame = counting  # type: ignore[method-assign]
+    link.receive_data(_frame(2, b"P|1\r", 0x03) + _frame(3, b"O|1|S1\r", 0x03) + _frame(4, b"R|1|^^^GLU|5\r", 0x03),
+                      0.0)
+    assert calls == 0 and link.data_to_send() == b"\x06" * 5  # ENQ, H (general), then P, O, R (plain)
+    link.receive_data(_frame(5, b"L|1\r", 0x03), 0.0)
+    assert calls == 1
+    assert [e.records for e in link.events() if isinstance(e, e1381.MessageReceived)] == [
+        (b"H|\\^&", b"P|1", b"O|1|S1", b"R|1|^^^GLU|5", b"L|1")]

@@ -9,7 +9,8 @@ LIS, and the load client of benchmarks/loadclient.py with N connections sending 
 - latency per sample: the analyzer's last frame written -> the LIS's ACK of that sample (p50, p99), and
   last frame -> labbridge's ACK (the commit's share);
 - daemon CPU per message (utime + stime of all its threads over the run, /proc/PID/stat) and peak RSS
-  (VmHWM, /proc/PID/status);
+  (VmHWM, /proc/PID/status), each summed over the daemon and its store writer process; and the peak memory
+  with the pages both map counted once (the daemon's RSS + the writer's private pages, sampled every 0.1 s);
 - lost: results ACKed to an analyzer that the LIS never ACKed (must be 0), and duplicates.
 Beside it, the same load against benchmarks/bare_server.py (ACKs only, in its own process): the ceiling.
 """
@@ -50,15 +51,16 @@ def labbridge_run(links: int, total: int, panel: str, profile: Path | None = Non
                                        stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
             cpu0 = daemon.cpu_seconds()
-            load = aio.run(run_load(procs.targets(daemon), connections=links,
-                                    messages=_per_link(total, links), panel=panel, chop=chop))
-            deadline = time.monotonic() + DELIVERY_TIMEOUT_S
-            while procs.acker_progress(folder)["distinct"] < load["messages_acked"]:
-                if time.monotonic() > deadline or daemon.popen.poll() is not None:
-                    break
-                time.sleep(0.05)
+            with procs.PeakSampler(daemon) as peak:
+                load = aio.run(run_load(procs.targets(daemon), connections=links,
+                                        messages=_per_link(total, links), panel=panel, chop=chop))
+                deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+                while procs.acker_progress(folder)["distinct"] < load["messages_acked"]:
+                    if time.monotonic() > deadline or daemon.popen.poll() is not None:
+                        break
+                    time.sleep(0.05)
             cpu = daemon.cpu_seconds() - cpu0
-            memory = daemon.memory()
+            memory = {**daemon.memory(), "once": peak.peak_once}
         finally:
             if spy is not None:
                 spy.send_signal(procs.signal.SIGINT)
@@ -103,7 +105,8 @@ def _summarise(load: dict[str, Any], books: dict[str, Any], cpu: float, memory: 
         "latency_p99_ms": 1000 * percentile(latencies, 0.99),
         "store_ack_p50_ms": load["last_frame_ack_p50_ms"], "store_ack_p99_ms": load["last_frame_ack_p99_ms"],
         "cpu_us_per_msg": 1e6 * cpu / messages if messages else float("nan"),
-        "peak_rss_mib": memory.get("VmHWM", 0) / 2**20, "messages": messages, "results": results,
+        "peak_rss_mib": memory.get("VmHWM", 0) / 2**20, "peak_once_mib": memory.get("once", 0) / 2**20,
+        "messages": messages, "results": results,
         "lost_results": lost, "unacked_by_analyzer": load["connections"] * load["messages_per_connection"] - messages,
         "duplicates": sum(1 for d in delivered.values() if len(d[2]) > 1),
         "redeliveries": books["messages"] - len(books["by_control"]),
@@ -183,6 +186,7 @@ def run(links_list: list[int], total: int, runs: int, panel: str = "chem20",
         fig("last frame -> labbridge ACK (commit) p99", "ms", "store_ack_p99_ms", lb, higher=False)
         fig("daemon CPU per message", "us", "cpu_us_per_msg", lb, higher=False)
         fig("daemon peak RSS", "MiB", "peak_rss_mib", lb, higher=False)
+        fig("daemon peak memory, shared pages once", "MiB", "peak_once_mib", lb, higher=False)
         fig("lost results (must be 0)", "results", "lost_results", lb, higher=False)
         fig("duplicates at the LIS", "samples", "duplicates", lb, higher=False)
         ceil = fig("bare ACK server (ceiling)", "messages/s", "msg_s", ceiling)

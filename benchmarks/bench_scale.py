@@ -3,8 +3,10 @@
 - baseline: the daemon with no instrument (RSS once ready, and its start time);
 - idle: the daemon with L tcp-server instruments (listening, nobody connected): RSS, and the time from
   process start to "every listener bound" (its ready file), beside the same for no instrument;
-- busy: then L analyzers connect and each sends a message every ``interval`` seconds: peak RSS (VmHWM);
-  per link = (RSS - baseline) / L;
+- busy: then L analyzers connect and each sends a message every ``interval`` seconds: peak RSS (sampled
+  every 0.1 s); per link = (RSS - baseline) / L;
+- RSS is summed over the daemon and its store writer process, which counts the libraries both map twice;
+  "shared pages once" adds only the writer's private pages to the daemon's RSS;
 - backlog: the LIS is down; A analyzers each send R results (messages of 20) at once, as fast as the
   protocol allows (stored: the time until the last is ACKed); then the LIS comes back: time until the
   last result is ACKed by the LIS (the relay's backoff is capped at 1 s in the benchmark config, so at
@@ -14,7 +16,6 @@
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,6 @@ from labbridge import aio
 
 SECTION = "scale"
 MIB = 2**20
-
-
-def _sample_peak(proc: procs.Proc, stop: threading.Event, out: dict[str, int]) -> None:
-    while not stop.is_set():
-        try:
-            rss = proc.memory()["VmRSS"]
-        except (OSError, KeyError):
-            return
-        out["peak"] = max(out.get("peak", 0), rss)
-        stop.wait(0.1)
 
 
 def memory_run(links: int, interval: float, messages: int) -> dict[str, Any]:
@@ -54,20 +45,17 @@ def memory_run(links: int, interval: float, messages: int) -> dict[str, Any]:
                 bring_up = daemon.ready_at - daemon.started_at
                 time.sleep(0.5)
                 idle_rss = daemon.memory()["VmRSS"]
-                peak: dict[str, int] = {}
-                stop = threading.Event()
-                sampler = threading.Thread(target=_sample_peak, args=(daemon, stop, peak), daemon=True)
-                sampler.start()
-                load = aio.run(run_load(procs.targets(daemon), connections=links, messages=messages,
+                idle_once = daemon.memory_once()
+                with procs.PeakSampler(daemon) as peak:
+                    load = aio.run(run_load(procs.targets(daemon), connections=links, messages=messages,
                                             interval=interval))
-                stop.set()
-                sampler.join()
-                busy_rss = max(peak.get("peak", 0), daemon.memory()["VmRSS"])
+                busy_rss = peak.peak_rss
             finally:
                 daemon.stop()
         finally:
             lis.stop()
     return {"base_rss_mib": base_rss / MIB, "idle_rss_mib": idle_rss / MIB, "busy_rss_mib": busy_rss / MIB,
+            "idle_once_mib": idle_once / MIB, "busy_once_mib": peak.peak_once / MIB,
             "idle_kib_per_link": (idle_rss - base_rss) / 1024 / links,
             "busy_kib_per_link": (busy_rss - base_rss) / 1024 / links, "bring_up_s": bring_up,
             "base_start_s": base_start,
@@ -120,6 +108,8 @@ def run(links: int, interval: float, busy_messages: int, analyzers: int, results
     fig("daemon RSS, no instrument (baseline)", "MiB", "base_rss_mib", mem)
     fig(f"daemon RSS, {links} links idle", "MiB", "idle_rss_mib", mem)
     fig(f"daemon peak RSS, {links} links busy", "MiB", "busy_rss_mib", mem)
+    fig(f"daemon memory, shared pages once, {links} links idle", "MiB", "idle_once_mib", mem)
+    fig(f"daemon peak memory, shared pages once, {links} links busy", "MiB", "busy_once_mib", mem)
     fig("memory per link, idle", "KiB", "idle_kib_per_link", mem)
     fig("memory per link, busy", "KiB", "busy_kib_per_link", mem)
     fig("daemon start to ready, no instrument", "s", "base_start_s", mem)

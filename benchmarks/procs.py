@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,17 @@ class Proc:
                 continue
         return out
 
+    def memory_once(self) -> int:
+        """Bytes held by the process and its live descendants with shared pages counted once: the process's
+        RSS plus each descendant's private pages (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup).
+        The store writer is started afresh, not forked: what it shares with the daemon is the interpreter and
+        its libraries, which the sum of RSS counts twice."""
+        total = 0
+        for i, pid in enumerate(self.pids()):
+            rollup = smaps_rollup(pid)
+            total += rollup.get("Rss", 0) if i == 0 else rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
+        return total
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -90,6 +102,51 @@ class Proc:
                 self.popen.wait()
         self._log.close()
         return self.popen.returncode
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The byte counts of /proc/PID/smaps_rollup (Rss, Pss, Private_Dirty ...); empty if the process is gone."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                key, sep, rest = line.partition(":")
+                parts = rest.split()
+                if sep and len(parts) == 2 and parts[1] == "kB":
+                    out[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class PeakSampler:
+    """Samples a process's memory every 0.1 s on a thread while in use: the peak of the sum of RSS over the
+    process and its descendants, and the peak with shared pages counted once (:meth:`Proc.memory_once`)."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.peak_rss = 0
+        self.peak_once = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-sampler", daemon=True)
+
+    def sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, self.proc.memory()["VmRSS"])
+        self.peak_once = max(self.peak_once, self.proc.memory_once())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 # MLLP connections from labbridge to the LIS (its ``connections`` setting); ``--lis-connections`` sets it.

@@ -44,3 +44,11 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
     assert data["machine"]["event_loop"] in ("uvloop", "asyncio")
     assert not [n for n in data["notes"] if "errors" in n], data["notes"]
     assert "== end to end" in proc.stdout and "ratio" in proc.stdout
+    # Memory with the pages the daemon and its store writer share counted once: measured, non-zero, and
+    # below the sum of their RSS (which counts those pages twice).
+    by_name = {f["name"]: f for f in data["figures"]}
+    for tag in ("1 links", "2 links"):
+        once = by_name[f"{tag}: daemon peak memory, shared pages once"]["median"]
+        assert 0 < once < by_name[f"{tag}: daemon peak RSS"]["median"]
+    assert 0 < by_name["daemon peak memory, shared pages once, 3 links busy"]["median"] < by_name[
+        "daemon peak RSS, 3 links busy"]["median"]

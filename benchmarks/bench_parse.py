@@ -5,7 +5,9 @@ Run alone: .venv/bin/python -m benchmarks.bench_parse [--seconds 1] [--runs 5]  
 ASTM, for a generated 20-test chemistry message and a 25-result CBC:
 - labbridge full path: E1381 receiver (frame scan, checksums, frame numbers, joining) + E1394 records +
   the generic driver (canonical results with mapped codes and time zones);
-- labbridge frame path: the E1381 receiver alone (records out);
+- labbridge frame path: the E1381 receiver alone (records out), fed one frame per call and its ACK taken
+  after each, as on the wire and as python-astm's handler is driven (the target's ratio); and fed the
+  whole transfer in one call (fewer calls: not what a link does, shown for the difference);
 - labbridge codec: E1394 ``parse_records`` (fields split; components split lazily when read), and
   codec + driver;
 - python-astm (astm-2025) frame path: its RequestHandler (checksum, join, decode) through benchmarks/astm_compat;
@@ -124,6 +126,20 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
         link.receive_data(stream[-1:], 0.0)
         return 1
 
+    def labbridge_frame_by_frame() -> int:
+        link = e1381.E1381Link(e1381.Role.HOST)
+        link.receive_data(b"\x05", 0.0)
+        link.data_to_send()
+        for frame in frames:
+            link.receive_data(frame, 0.0)
+            for event in link.events():
+                if isinstance(event, e1381.MessageReceived):
+                    link.accept_message(0.0)
+            if link.data_to_send() != b"\x06":
+                raise RuntimeError("labbridge did not ACK a frame")
+        link.receive_data(b"\x04", 0.0)
+        return 1
+
     def labbridge_codec() -> int:
         return 1 if e1394.parse_records(msg.records) else 0
 
@@ -157,7 +173,8 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
 
     paths: dict[str, Callable[[], int]] = {
         "ASTM labbridge E1381+E1394+driver": labbridge_full,
-        "ASTM labbridge frame path (E1381)": labbridge_frames,
+        "ASTM labbridge frame path (E1381), frame by frame": labbridge_frame_by_frame,
+        "ASTM labbridge frame path (E1381), whole transfer in one call": labbridge_frames,
         "ASTM labbridge codec (E1394)": labbridge_codec,
         "ASTM labbridge codec + driver": labbridge_codec_driver,
         "ASTM python-astm frame path": python_astm_frames,
@@ -189,8 +206,10 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
           TARGET_ASTM_CODEC)
     ratio("labbridge codec+driver / python-astm codec", "ASTM labbridge codec + driver",
           "ASTM python-astm codec")
-    ratio("labbridge frame path / python-astm frame path", "ASTM labbridge frame path (E1381)",
+    ratio("labbridge frame path / python-astm frame path", "ASTM labbridge frame path (E1381), frame by frame",
           "ASTM python-astm frame path", TARGET_ASTM_FRAMES)
+    ratio("labbridge frame path, whole transfer in one call / python-astm frame path",
+          "ASTM labbridge frame path (E1381), whole transfer in one call", "ASTM python-astm frame path")
     ratio("labbridge full path / python-astm frame path", "ASTM labbridge E1381+E1394+driver",
           "ASTM python-astm frame path")
     ratio("labbridge full path / plain split", "ASTM labbridge E1381+E1394+driver", "ASTM plain split baseline")

@@ -460,10 +460,10 @@ class E1381Link:
                     return  # need more data
             elif state is State.NEUTRAL:
                 self._process_neutral(now)
-            elif self.state is State.RECEIVER_HOLD:
+            elif state is State.RECEIVER_HOLD:
                 self._bound_held_input()
                 return
-            elif self.state is State.SENDER_ENQ:
+            elif state is State.SENDER_ENQ:
                 self._process_sender_enq(now)
             else:
                 self._process_sender_frame(now)

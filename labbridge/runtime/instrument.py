@@ -35,7 +35,6 @@ log = get_logger("labbridge.instrument")
 BIND_RETRY_S = 30.0
 
 
-
 async def listen_with_retry(on_client: ClientHandler, host: str, port: int, ssl_ctx: ssl.SSLContext | None, *,
                             on_failure: Callable[[str], None]) -> asyncio.Server:
     """Bind a listener, retrying with capped backoff while it cannot (the port may be freed later);

@@ -509,26 +509,20 @@ class Store:
         result: T = await writer.submit(kind, fn, args, kwargs, self.fail_commits)
         return result
 
-    async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in the writer process, in a transaction; returns once it is on disk.
+
+        Also for store extensions (the order source). ``fn`` must be a module-level function (it is pickled
+        by reference), its arguments and result picklable, and it must not commit or roll back itself.
+        """
         return await self._submit(WRITE, fn, *args, **kwargs)
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the read connection (it sees every committed write)."""
         conn = self._read_conn
         if conn is None:
             raise StoreError("store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
-
-    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in the writer process, in a transaction; returns once it is on disk.
-
-        For store extensions (the order source). ``fn`` must be a module-level function (it is pickled
-        by reference), its arguments and result picklable, and it must not commit or roll back itself.
-        """
-        return await self._write(fn, *args, **kwargs)
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the read connection (it sees every committed write)."""
-        return await self._read(fn)
 
     # ---- writes --------------------------------------------------------------------------------
 
@@ -552,13 +546,13 @@ class Store:
         if error is not None:
             dead.insert(0, Held(DEAD_UNDECODABLE, f"no driver could decode this message: {error}"))
 
-        return await self._write(sql.commit_message, instrument=instrument, protocol=protocol, raw=raw,
+        return await self.write(sql.commit_message, instrument=instrument, protocol=protocol, raw=raw,
                                  received_at=received_at, results=results, destinations=destinations, error=error,
                                  sender_id=sender_id, dead=dead, backlog_after_s=backlog_after_s,
                                  held_results=held_results, hold_reason=hold_reason)
 
     async def record_incomplete(self, *, instrument: str, raw: bytes, reason: str, received_at: float) -> None:
-        await self._write(sql.record_incomplete, instrument, raw, reason, received_at)
+        await self.write(sql.record_incomplete, instrument, raw, reason, received_at)
 
     async def mark_delivered(self, item_id: int, at: float) -> None:
         """Mark an item the LIS accepted; a relaxed write (see :mod:`labbridge.runtime.store_writer`)."""
@@ -566,10 +560,10 @@ class Store:
 
     async def schedule_retry(self, item_id: int, next_attempt_at: float | None, error: str) -> None:
         """A failed attempt; ``next_attempt_at`` None: the item keeps its place (the destination was down)."""
-        await self._write(sql.schedule_retry, item_id, next_attempt_at, error)
+        await self.write(sql.schedule_retry, item_id, next_attempt_at, error)
 
     async def dead_letter(self, item_id: int, reason: str, kind: str = DEAD_LIS_REJECTED) -> None:
-        await self._write(sql.dead_letter, item_id, reason, kind)
+        await self.write(sql.dead_letter, item_id, reason, kind)
 
     async def set_size_limit(self, max_bytes: int | None) -> int:
         """Cap the database file (SQLite ``max_page_count``): past it, commits fail as on a full disk.
@@ -577,7 +571,7 @@ class Store:
         Returns the page limit now in force. ``None`` lifts the cap. SQLite never sets it below the
         pages already used.
         """
-        return await self._write(sql.set_size_limit, max_bytes)
+        return await self.write(sql.set_size_limit, max_bytes)
 
     # ---- operator actions (each one audited in the same transaction) ---------------------------
 
@@ -588,7 +582,7 @@ class Store:
         Dead letters that need re-decoding (undecodable, unmapped, unknown sender) are not touched
         here: see :meth:`apply_redecode`. Returns one outcome per item.
         """
-        return await self._write(sql.retry_dead, item_ids, actor=actor, reason=reason, now=now)
+        return await self.write(sql.retry_dead, item_ids, actor=actor, reason=reason, now=now)
 
     async def apply_redecode(self, item_id: int, *, results: Sequence[Result], held: Sequence[Held],
                              actor: str, reason: str, now: float,
@@ -599,7 +593,7 @@ class Store:
         Results not yet sent to this destination are queued for it (never one it already has); if
         something is still held, the dead letter stays with the new reason, else it is removed. Audited.
         """
-        return await self._write(sql.apply_redecode, item_id, results=results, held=held, actor=actor, reason=reason,
+        return await self.write(sql.apply_redecode, item_id, results=results, held=held, actor=actor, reason=reason,
                                  now=now, backlog_after_s=backlog_after_s, held_results=held_results,
                                  hold_reason=hold_reason)
 
@@ -610,12 +604,12 @@ class Store:
             raise StoreError(f"only dead or delivered items can be purged, not {state!r}")
         if item_ids is None and state is None:
             raise StoreError("name the items to purge (ids) or a state (dead or delivered)")
-        return await self._write(sql.purge, item_ids, state=state, older_than_s=older_than_s, actor=actor,
+        return await self.write(sql.purge, item_ids, state=state, older_than_s=older_than_s, actor=actor,
                                  reason=reason, now=now)
 
     async def prune(self, retention: Retention, now: float) -> dict[str, int]:
         """Drop what retention no longer requires: never a pending or dead item, nor what they refer to."""
-        return await self._write(sql.prune, retention, now)
+        return await self.write(sql.prune, retention, now)
 
     def size(self) -> StoreSize:
         def stat(path: str) -> int:
@@ -649,7 +643,7 @@ class Store:
                                   exclude=exclude)
 
     async def backlog_waiting(self, destination: str) -> int:
-        return int(await self._read(lambda conn: conn.execute(
+        return int(await self.read(lambda conn: conn.execute(
             "SELECT COUNT(*) FROM outbox WHERE destination = ? AND state = 'pending' AND backlog = 1",
             (destination,)).fetchone()[0]))
 
@@ -659,7 +653,7 @@ class Store:
                                (message_id,)).fetchone()
             return None if row is None else RawMessage(row[0], row[1], row[2], bytes(row[3]), row[4])
 
-        return await self._read(work)
+        return await self.read(work)
 
     async def audit_rows(self, limit: int = 200) -> list[dict[str, Any]]:
         def work(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -671,7 +665,7 @@ class Store:
                 item["detail"] = json.loads(item["detail"]) if item["detail"] else None
             return out
 
-        return await self._read(work)
+        return await self.read(work)
 
     async def counts(self) -> dict[str, Any]:
         def work(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -697,7 +691,7 @@ class Store:
                 books.setdefault("dead_kinds", {})[kind or DEAD_LIS_REJECTED] = n
             return out
 
-        return await self._read(work)
+        return await self.read(work)
 
     async def outbox_rows(self, state: str | None = None, limit: int = 200, destination: str | None = None,
                           item_id: int | None = None) -> list[dict[str, Any]]:
@@ -719,7 +713,7 @@ class Store:
                 row["backlog"] = bool(row["backlog"])
             return rows
 
-        return await self._read(work)
+        return await self.read(work)
 
 
 def wall_clock() -> float:

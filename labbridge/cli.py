@@ -219,9 +219,9 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 
 def _run_offline(offline: _Offline, action: Any) -> Any:
     from labbridge.driver import AstmDriver, load_driver
-    from labbridge.runtime.intake import InstrumentDecoder
-    from labbridge.runtime.operations import Operations
-    from labbridge.runtime.store import Store
+    from labbridge.links.intake import InstrumentDecoder
+    from labbridge.relay.operations import Operations
+    from labbridge.store.db import Store
 
     if not Path(offline.store_path).is_file():
         raise LabbridgeError(f"no store at {offline.store_path}")
@@ -459,8 +459,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _with_store(path: str, work: Any) -> Any:
-    from labbridge.runtime.order_store import SqliteOrderSource
-    from labbridge.runtime.store import Store
+    from labbridge.store.db import Store
+    from labbridge.store.orders import SqliteOrderSource
 
     async def main() -> Any:
         async with Store(path) as store:

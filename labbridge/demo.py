@@ -28,9 +28,9 @@ from labbridge_simulators.lis import SimulatedLis
 from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
+from labbridge.links.dialect import link_profile
 from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
-from labbridge.runtime.links import link_profile
 
 DRAIN_TIMEOUT_S = 30.0
 SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples

@@ -1,6 +1,6 @@
 """Per-instrument result mapping: what the lab's LIS calls what the analyzer sent.
 
-Applied in one place (:class:`labbridge.runtime.intake.InstrumentDecoder`) to the output of every driver,
+Applied in one place (:class:`labbridge.links.intake.InstrumentDecoder`) to the output of every driver,
 ASTM and HL7 alike, on a live link and when an operator re-decodes a stored message. Pure: no I/O.
 
 For each result, by its instrument test code:

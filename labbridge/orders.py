@@ -17,7 +17,7 @@ ORL^O34 ``UA``) puts it back to ``pending`` with its reason in ``note``. An orde
 analyzer acknowledged it; until then it stays pending and is sent again.
 
 :class:`OrderSource` is the interface; the embedded default keeps orders in the SQLite store
-(:class:`labbridge.runtime.order_store.SqliteOrderSource`). It is fed by the CLI and the HTTP API
+(:class:`labbridge.store.orders.SqliteOrderSource`). It is fed by the CLI and the HTTP API
 today, and by the LIS side later.
 """
 

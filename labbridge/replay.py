@@ -134,7 +134,7 @@ def _replay_hl7(driver: Hl7Driver, capture: bytes, context: DecodeContext,
 def _driver_link_profile(driver: Driver) -> e1381.LinkProfile:
     """The E1381 dialect of the driver's link defaults (e.g. MAGLUMI: no frame numbers, no checksums)."""
     from labbridge.config import LinkConfig
-    from labbridge.runtime.links import link_profile
+    from labbridge.links.dialect import link_profile
 
     keys = set(LinkConfig.model_fields) - {"framing", "encoding"}
     link = LinkConfig.model_validate({"strict_frame_numbers": False,

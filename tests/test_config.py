@@ -117,7 +117,7 @@ link = { framing = "mllp" }
 
 
 def test_link_dialect_flags_reach_the_link_profile(tmp_path: Path) -> None:
-    from labbridge.runtime.links import link_profile
+    from labbridge.links.dialect import link_profile
 
     text = GOOD.replace('transport = { kind = "tcp-server", port = 4001 }',
                         'transport = { kind = "tcp-server", port = 4001 }\n'

@@ -17,21 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from labbridge import aio
+from labbridge.backoff import backoff_delay
 from labbridge.config import Config, TcpServerTransport
 from labbridge.driver import AstmDriver, Hl7Driver, load_driver
 from labbridge.errors import DriverError
+from labbridge.links.instrument import InstrumentRunner
+from labbridge.links.intake import InstrumentDecoder
+from labbridge.links.lis_orders import LisOrderListener
+from labbridge.links.shared import SharedListener
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order
-from labbridge.runtime.backoff import backoff_delay
-from labbridge.runtime.instrument import InstrumentRunner
-from labbridge.runtime.intake import InstrumentDecoder
-from labbridge.runtime.lis_orders import LisOrderListener
-from labbridge.runtime.operations import Operations
-from labbridge.runtime.order_store import SqliteOrderSource
-from labbridge.runtime.relay import Relay
-from labbridge.runtime.shared import SharedListener
-from labbridge.runtime.store import Store, wall_clock
-from labbridge.runtime.store_sql import Retention
+from labbridge.relay.operations import Operations
+from labbridge.relay.relay import Relay
+from labbridge.store.db import Store, wall_clock
+from labbridge.store.orders import SqliteOrderSource
+from labbridge.store.sql import Retention
 
 log = get_logger("labbridge.daemon")
 

@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from labbridge.errors import StoreError
+from labbridge.health.instrument import STATES
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
-from labbridge.runtime.health import STATES
-from labbridge.runtime.store_sql import GROUP_SIZE_BUCKETS
+from labbridge.store.sql import GROUP_SIZE_BUCKETS
 
 if TYPE_CHECKING:
     from labbridge.runtime.daemon import Daemon

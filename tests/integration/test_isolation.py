@@ -55,7 +55,7 @@ def test_tcp_links_acknowledge_frames_on_the_fast_path_and_a_fault_there_stays_o
     """On TCP, intermediate frames are taken from the transport's callback (AstmSession._take) and the
     results arrive whole; an error raised there ends that connection like an error in its task (logged,
     the analyzer retransmits on its next connection), while the other link goes on."""
-    from labbridge.runtime.astm_session import AstmSession
+    from labbridge.links.astm import AstmSession
 
     taken: dict[str, int] = {}
     failing = {"an-1": 1}  # the first chunk an-1 sends on the fast path raises

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from labbridge.config import LinkConfig
+from labbridge.links.dialect import link_profile
 from labbridge.protocols import e1381
 from labbridge.protocols.e1381 import ACK, ENQ, EOT, NAK, E1381Link, LinkProfile, Role, build_frames
-from labbridge.runtime.links import link_profile
 
 MESSAGE = (b"H|\\^&|||SimChem^1.0", b"P|1|PAT1", b"O|1|S0001||^^^GLU", b"R|1|^^^GLU|5.4|mmol/L||N||F",
            b"L|1|N")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from labbridge.runtime.input_wait import LinkInput, LinkReader, Wakeup, open_link_connection, start_link_server
+from labbridge.links.input_wait import LinkInput, LinkReader, Wakeup, open_link_connection, start_link_server
 from tests.conftest import run
 
 

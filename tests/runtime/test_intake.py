@@ -3,9 +3,9 @@ from __future__ import annotations
 from labbridge_driver_astm import GenericAstmDriver
 
 from labbridge.config import InstrumentConfig, LinkConfig
+from labbridge.links.dialect import records_from_raw
+from labbridge.links.intake import InstrumentDecoder
 from labbridge.protocols.e1381 import build_frames
-from labbridge.runtime.intake import InstrumentDecoder
-from labbridge.runtime.links import records_from_raw
 
 RECORDS = [b"H|\\^&|||SimChem^1.0", b"P|1|PAT1", b"O|1|S1||^^^GLU", b"R|1|^^^GLU|5.1|mmol/L",
            b"R|2|^^^UREA|4.0|mmol/L", b"L|1|N"]

@@ -11,8 +11,8 @@ from labbridge_driver_hl7 import GenericHl7Driver
 from labbridge.config import InstrumentConfig, parse_config
 from labbridge.driver import AstmDriver, Hl7Driver
 from labbridge.errors import ConfigError
+from labbridge.links.intake import InstrumentDecoder
 from labbridge.protocols.hl7_parse import parse_message
-from labbridge.runtime.intake import InstrumentDecoder
 
 ASTM = [b"H|\\^&|||SimImmuno^1.0", b"P|1|PAT1", b"O|1|S1||^^^HBSAG",
         b"R|1|^^^HBSAG|POS||", b"R|2|^^^HIV|Reactive||", b"R|3|^^^GLU|90|mg/dL", b"R|4|^^^INTQC|1.0|",

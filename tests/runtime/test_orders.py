@@ -10,8 +10,8 @@ import pytest
 from labbridge.errors import StoreError
 from labbridge.model import HostQuery
 from labbridge.orders import NewOrder, OrderSource, answer_query, push_lines
-from labbridge.runtime.order_store import SqliteOrderSource
-from labbridge.runtime.store import SCHEMA, SCHEMA_VERSION, Store
+from labbridge.store.db import SCHEMA, SCHEMA_VERSION, Store
+from labbridge.store.orders import SqliteOrderSource
 from tests.conftest import run
 
 

@@ -15,8 +15,8 @@ from labbridge_simulators.lis import SimulatedLis
 
 from labbridge.config import MllpDestination
 from labbridge.model import Result
-from labbridge.runtime.relay import Relay
-from labbridge.runtime.store import Store
+from labbridge.relay.relay import Relay
+from labbridge.store.db import Store
 from tests.conftest import run
 from tests.integration.helpers import eventually
 

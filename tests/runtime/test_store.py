@@ -9,7 +9,7 @@ import pytest
 
 from labbridge.errors import StoreError
 from labbridge.model import Result
-from labbridge.runtime.store import Store
+from labbridge.store.db import Store
 from tests.conftest import run
 
 
@@ -106,7 +106,7 @@ def old(sample: str, test: str, hours_ago: float, received_at: float) -> Result:
 
 
 def test_a_version_1_store_is_migrated_in_place_and_keeps_its_data(tmp_path: Path) -> None:
-    from labbridge.runtime.store import SCHEMA, SCHEMA_VERSION
+    from labbridge.store.db import SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
@@ -140,7 +140,7 @@ def test_a_version_4_store_gets_results_unique_by_sample_and_keeps_its_rows(tmp_
     recognition of resent results survive it."""
     import json
 
-    from labbridge.runtime.store import MIGRATIONS, SCHEMA
+    from labbridge.store.db import MIGRATIONS, SCHEMA
 
     path = tmp_path / "v4.db"
     conn = sqlite3.connect(path)
@@ -206,7 +206,7 @@ def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: P
 
 
 def test_prune_keeps_pending_and_dead_items_and_what_they_refer_to(tmp_path: Path) -> None:
-    from labbridge.runtime.store_sql import Held, Retention
+    from labbridge.store.sql import Held, Retention
 
     async def body() -> None:
         async with Store(tmp_path / "s.db") as store:
@@ -306,8 +306,8 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
     own row id: a repeat inside one message and a result stored before are duplicates, over 100 rows span
     several statements, and every outbox item lists exactly its sample's results. (The SQL functions run
     here, in this process, on a migrated store: the writer process would not see the monkeypatch.)"""
-    from labbridge.runtime import store_sql
-    from labbridge.runtime.store_writer import connect
+    from labbridge.store import sql as store_sql
+    from labbridge.store.writer import connect
 
     if multi_row and not store_sql._MULTI_ROW_INSERT:
         pytest.skip("this SQLite has no RETURNING (3.35+)")
@@ -345,7 +345,7 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
 def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -> None:
     """The WAL passes SQLite's default 1,000-page checkpoint without any commit copying it into the
     database file (the commit an analyzer waits on stays short); the background checkpointer does it."""
-    from labbridge.runtime.store import WAL_BACKSTOP_PAGES
+    from labbridge.store.db import WAL_BACKSTOP_PAGES
 
     db = tmp_path / "s.db"
     big = b"R" * 6000  # two pages of raw bytes per message

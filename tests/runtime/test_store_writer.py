@@ -15,8 +15,8 @@ import pytest
 
 from labbridge.errors import StoreError
 from labbridge.model import Result
-from labbridge.runtime.store import Store
-from labbridge.runtime.store_writer import FrameBuffer, frame
+from labbridge.store.db import Store
+from labbridge.store.writer import FrameBuffer, frame
 from tests.conftest import run
 
 
@@ -147,7 +147,7 @@ def test_delivered_marks_commit_relaxed_and_the_writer_goes_back_to_full_sync(tm
 def test_the_writer_process_does_not_outlive_a_killed_daemon(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
-        "from labbridge.runtime.store import Store\n"
+        "from labbridge.store.db import Store\n"
         "async def main():\n"
         f"    async with Store({str(tmp_path / 's.db')!r}) as store:\n"
         "        print(\"WRITER\", store._writer.pid, flush=True)\n"

@@ -16,7 +16,7 @@ from labbridge.model import OrderPriority
 from labbridge.orders import LIVE_STATES, NewOrder, Order, OrderState
 
 if TYPE_CHECKING:  # the writer process imports this module for its functions: no store facade there
-    from labbridge.runtime.store import Store
+    from labbridge.store.db import Store
 
 _COLUMNS = ("id, sample_id, tests, instrument, site, priority, patient_id, state, source, created_at, sent_at,"
             " sent_to, accepted_at, cancelled_at, note")

@@ -3,7 +3,7 @@
 
 A single task per connection reads bytes, feeds them to the link with the loop's clock, writes what the
 link wants sent, and waits for the link's next deadline at the same time as it waits for bytes
-(:class:`labbridge.runtime.input_wait.LinkInput`). On TCP, bytes that arrive while that task waits are fed
+(:class:`labbridge.links.input_wait.LinkInput`). On TCP, bytes that arrive while that task waits are fed
 to the E1381 link at once from the transport's callback (the fast path, :meth:`AstmSession._take`): the
 link's answer (an intermediate frame's ACK) is written there, events that only count are counted, and
 the task is woken for anything else (a complete message, the end of a transfer), which it handles in
@@ -35,14 +35,14 @@ from datetime import datetime
 from typing import Protocol
 
 from labbridge.driver import AstmDriver, DecodeContext
+from labbridge.health.instrument import InstrumentHealth
+from labbridge.links.input_wait import LinkInput, Wakeup
+from labbridge.links.intake import InstrumentDecoder
 from labbridge.logs import get_logger
 from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381, raw
-from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.input_wait import LinkInput, Wakeup
-from labbridge.runtime.intake import InstrumentDecoder
-from labbridge.runtime.store import Store
+from labbridge.store.db import Store
 
 log = get_logger("labbridge.astm")
 

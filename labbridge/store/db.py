@@ -1,11 +1,11 @@
 """The durable store: SQLite in WAL mode with ``synchronous=FULL`` (each commit fsyncs the WAL).
 
-A writer process (:mod:`labbridge.runtime.store_writer`) owns the write connection and commits in
+A writer process (:mod:`labbridge.store.writer`) owns the write connection and commits in
 groups: every write request waiting while the previous commit was on disk goes into the next
 transaction, each inside its own SAVEPOINT, so a failing request never takes the others down and
 durability costs one fsync per group, not per message. A request's future completes only after the
 COMMIT returned: that is when an analyzer may be ACKed. :class:`WriterClient` is the daemon's end of it,
-on the event loop; the SQL it runs is in :mod:`labbridge.runtime.store_sql`.
+on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`.
 
 Other reads use a connection of their own on a thread (WAL readers never block the writer); the relay's
 reads of due items go through the writer (after its group's commit).
@@ -21,7 +21,7 @@ Tables: ``messages`` (raw bytes as received, per instrument), ``results`` (canon
 instrument, sample and content key), ``outbox`` (one row per LIS destination and group of results, with its
 stable control ID and delivery state; dead letters are outbox rows in state ``dead`` with a ``dead_kind``
 and a reason), ``incomplete`` (transmissions that never became a message), ``received_ids`` (HL7 MSH-10
-per analyzer), ``orders`` (the embedded order source, :mod:`labbridge.runtime.order_store`), ``audit``
+per analyzer), ``orders`` (the embedded order source, :mod:`labbridge.store.orders`), ``audit``
 (every operator action: who, when, what, why).
 
 Schema versions live in ``PRAGMA user_version``. Schema 1 is ``SCHEMA``; an older store is brought up to
@@ -48,8 +48,8 @@ from typing import Any, TypeVar, cast
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
 from labbridge.model import Result
-from labbridge.runtime import store_sql as sql
-from labbridge.runtime.store_sql import (
+from labbridge.store import sql
+from labbridge.store.sql import (
     DEAD_LIS_REJECTED,
     DEAD_UNDECODABLE,
     GROUP_SIZE_BUCKETS,
@@ -61,7 +61,7 @@ from labbridge.runtime.store_sql import (
     StoredMessage,
     StoreSize,
 )
-from labbridge.runtime.store_writer import READ, RELAXED, WRITE, BatchStats, FrameBuffer, connect, dumps, frame, loads
+from labbridge.store.writer import READ, RELAXED, WRITE, BatchStats, FrameBuffer, connect, dumps, frame, loads
 
 log = get_logger("labbridge.store")
 T = TypeVar("T")
@@ -147,7 +147,7 @@ CREATE INDEX IF NOT EXISTS orders_site ON orders(site, state, id);
 
 
 def _migrate_orders(conn: sqlite3.Connection) -> None:
-    """The embedded order source (labbridge.runtime.order_store)."""
+    """The embedded order source (labbridge.store.orders)."""
     for statement in _ORDERS_SQL.split(";"):
         if statement.strip():
             conn.execute(statement)
@@ -285,7 +285,7 @@ class WriterClient(asyncio.Protocol):
         try:
             # fork + exec returns at once (the child's start-up runs in the child), hence ASYNC220
             self._proc = subprocess.Popen(  # noqa: S603, ASYNC220 - this interpreter, fixed arguments
-                [sys.executable, "-c", "from labbridge.runtime.store_writer import main; raise SystemExit(main())",
+                [sys.executable, "-c", "from labbridge.store.writer import main; raise SystemExit(main())",
                  str(theirs.fileno()), self.path, str(self.wal_backstop_pages)],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except OSError:
@@ -555,7 +555,7 @@ class Store:
         await self.write(sql.record_incomplete, instrument, raw, reason, received_at)
 
     async def mark_delivered(self, item_id: int, at: float) -> None:
-        """Mark an item the LIS accepted; a relaxed write (see :mod:`labbridge.runtime.store_writer`)."""
+        """Mark an item the LIS accepted; a relaxed write (see :mod:`labbridge.store.writer`)."""
         await self._submit(RELAXED, sql.mark_delivered, item_id, at)
 
     async def schedule_retry(self, item_id: int, next_attempt_at: float | None, error: str) -> None:

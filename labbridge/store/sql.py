@@ -1,9 +1,9 @@
 """The store's SQL: the functions the writer process runs (``fn(conn, ...)``) and the values they exchange.
 
-Kept apart from :mod:`labbridge.runtime.store` (the daemon's async facade) so that the writer process
+Kept apart from :mod:`labbridge.store.db` (the daemon's async facade) so that the writer process
 imports only this, the model and SQLite: no asyncio, no logging set-up, no configuration models. Every
 function here runs on one connection inside the caller's transaction (the writer's group commit) and
-must not commit or roll back itself. See :mod:`labbridge.runtime.store` for the tables.
+must not commit or roll back itself. See :mod:`labbridge.store.db` for the tables.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from labbridge.driver import DecodeContext, Hl7Driver
+from labbridge.health.instrument import InstrumentHealth
+from labbridge.links.astm import ByteWriter
+from labbridge.links.input_wait import LinkInput, Wakeup
+from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
 from labbridge.orders import LIVE_STATES, Order, OrderSource
 from labbridge.protocols import mllp
@@ -54,11 +58,7 @@ from labbridge.protocols.hl7_orders import (
     read_wos_query,
 )
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
-from labbridge.runtime.astm_session import ByteWriter
-from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.input_wait import LinkInput, Wakeup
-from labbridge.runtime.intake import InstrumentDecoder, Intake
-from labbridge.runtime.store import Store
+from labbridge.store.db import Store
 
 log = get_logger("labbridge.hl7")
 

@@ -33,7 +33,7 @@ from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Received, Hl7Receiver, Outcome
 from labbridge.protocols.hl7_orders import Hl7OrderError, LisOrder, read_lis_orders
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, Hl7Message
-from labbridge.runtime.order_store import SqliteOrderSource
+from labbridge.store.orders import SqliteOrderSource
 
 log = get_logger("labbridge.lis_orders")
 
@@ -96,7 +96,7 @@ class LisOrderListener:
         self.refused = 0
 
     async def run(self) -> None:
-        from labbridge.runtime.tls import server_context
+        from labbridge.transports.tls import server_context
 
         ssl_ctx = server_context(self.cfg.tls) if self.cfg.tls is not None else None
         try:

@@ -19,13 +19,13 @@ import contextlib
 from collections.abc import Callable
 
 from labbridge.config import InstrumentConfig, TcpServerTransport
+from labbridge.health.instrument import InstrumentHealth
+from labbridge.links.instrument import InstrumentRunner, listen_with_retry
+from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
 from labbridge.protocols.hl7_parse import Hl7Message
-from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.instrument import InstrumentRunner, listen_with_retry
-from labbridge.runtime.intake import InstrumentDecoder, Intake
-from labbridge.runtime.store_sql import DEAD_UNKNOWN_SENDER, Held
 from labbridge.sharing import SenderRouter, astm_sender_names, hl7_sender_names
+from labbridge.store.sql import DEAD_UNKNOWN_SENDER, Held
 
 log = get_logger("labbridge.shared")
 
@@ -82,7 +82,7 @@ class SharedListener:
         return [r for r in self.runners.values() if r.driver is not None]
 
     async def run(self) -> None:
-        from labbridge.runtime.tls import server_context
+        from labbridge.transports.tls import server_context
 
         for runner in self.runners.values():
             if runner.driver is None:

@@ -33,19 +33,21 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from labbridge.backoff import backoff_delay
 from labbridge.config import Destination, FileDestination, HttpDestination, MllpDestination
 from labbridge.errors import TransientLinkError
-from labbridge.lis.file import FileDropSender
-from labbridge.lis.mllp import MllpSender
-from labbridge.lis.render import render_astm, render_hl7, render_json
 from labbridge.logs import get_logger
 from labbridge.protocols.hl7 import Party
-from labbridge.runtime.backoff import backoff_delay
-from labbridge.runtime.store import Store
-from labbridge.runtime.store_sql import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
+from labbridge.relay.lis.file import FileDropSender
+from labbridge.relay.lis.mllp import MllpSender
+from labbridge.relay.lis.render import render_astm, render_hl7, render_json
+from labbridge.store.db import Store
+from labbridge.store.sql import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
 
 if TYPE_CHECKING:
-    from labbridge.lis.http import HttpSender  # imported when an HTTP destination is configured: aiohttp is ~9 MiB
+    from labbridge.relay.lis.http import (
+        HttpSender,  # imported when an HTTP destination is configured: aiohttp is ~9 MiB
+    )
 
 log = get_logger("labbridge.relay")
 
@@ -110,7 +112,7 @@ class Relay:
         if isinstance(dest, MllpDestination):
             ssl_context = None
             if dest.tls is not None:
-                from labbridge.runtime.tls import client_context
+                from labbridge.transports.tls import client_context
 
                 ssl_context = client_context(dest.tls)
             self.senders = [MllpSender(dest.host, dest.port, connect_timeout=dest.connect_timeout_s,
@@ -120,7 +122,7 @@ class Relay:
         elif isinstance(dest, FileDestination):
             self.file = FileDropSender(dest.directory)
         else:
-            from labbridge.lis.http import HttpSender
+            from labbridge.relay.lis.http import HttpSender
 
             self.http = HttpSender(dest.url, timeout=dest.timeout_s, headers=dest.headers,
                                    verify_tls=dest.verify_tls)

@@ -14,20 +14,20 @@ import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
+from labbridge.backoff import backoff_delay
 from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
 from labbridge.errors import PermanentLinkError, TransientLinkError
+from labbridge.health.instrument import InstrumentHealth
+from labbridge.links.astm import AstmSession, ByteWriter
+from labbridge.links.dialect import host_link
+from labbridge.links.hl7 import Hl7Session
+from labbridge.links.input_wait import ClientHandler, Wakeup, open_link_connection, start_link_server
+from labbridge.links.intake import InstrumentDecoder
 from labbridge.logs import get_logger
 from labbridge.orders import OrderSource
 from labbridge.protocols.hl7_ack import Hl7Receiver
-from labbridge.runtime.astm_session import AstmSession, ByteWriter
-from labbridge.runtime.backoff import backoff_delay
-from labbridge.runtime.health import InstrumentHealth
-from labbridge.runtime.hl7_session import Hl7Session
-from labbridge.runtime.input_wait import ClientHandler, Wakeup, open_link_connection, start_link_server
-from labbridge.runtime.intake import InstrumentDecoder
-from labbridge.runtime.links import host_link
-from labbridge.runtime.store import Store
+from labbridge.store.db import Store
 from labbridge.transports import serial as serial_transport
 
 log = get_logger("labbridge.instrument")
@@ -115,7 +115,7 @@ class InstrumentRunner:
     # ---- TCP server: the analyzer dials in -----------------------------------------------------
 
     async def _serve(self, t: TcpServerTransport) -> None:
-        from labbridge.runtime.tls import server_context
+        from labbridge.transports.tls import server_context
 
         def failed(why: str) -> None:
             self.health.set_state("failed", f"cannot listen on {t.host}:{t.port}: {why}")
@@ -160,7 +160,7 @@ class InstrumentRunner:
     # ---- TCP client: labbridge dials the analyzer ----------------------------------------------
 
     async def _dial(self, t: TcpClientTransport) -> None:
-        from labbridge.runtime.tls import client_context
+        from labbridge.transports.tls import client_context
 
         ssl_ctx: ssl.SSLContext | None = client_context(t.tls) if t.tls is not None else None
         server_hostname = t.tls.server_hostname if t.tls is not None and t.tls.server_hostname else None
@@ -230,7 +230,7 @@ class InstrumentRunner:
                         decoder: InstrumentDecoder | None = None, health: InstrumentHealth | None = None,
                         attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
         """One connection. On a shared listener (``attribute`` given), the connection starts on its own
-        ``health`` and each message is attributed by ``decoder`` (see runtime/shared.py)."""
+        ``health`` and each message is attributed by ``decoder`` (see links/shared.py)."""
         assert self.driver is not None
         if health is None:
             health = self.health

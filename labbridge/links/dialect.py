@@ -1,7 +1,7 @@
 """Building an instrument's sans-I/O receiving link from its ``[instruments.link]`` settings.
 
-One place, used by the live session (runtime/instrument.py) and by re-decoding a stored message from
-its raw bytes (runtime/intake.py), so both read the bytes with the same dialect.
+One place, used by the live session (links/instrument.py) and by re-decoding a stored message from
+its raw bytes (links/intake.py), so both read the bytes with the same dialect.
 """
 
 from __future__ import annotations

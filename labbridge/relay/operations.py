@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from labbridge.runtime.intake import InstrumentDecoder
-from labbridge.runtime.store import Store, wall_clock
-from labbridge.runtime.store_sql import DEAD_UNDECODABLE, Held
+from labbridge.links.intake import InstrumentDecoder
+from labbridge.store.db import Store, wall_clock
+from labbridge.store.sql import DEAD_UNDECODABLE, Held
 
 
 class Operations:

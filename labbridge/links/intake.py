@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from labbridge.config import InstrumentConfig, LinkConfig
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
 from labbridge.errors import DecodeError
+from labbridge.links.dialect import records_from_raw
 from labbridge.mapping import ResultMapper
 from labbridge.model import Decoded, HostQuery, Result
 from labbridge.protocols.hl7_parse import Hl7Message, parse_message
-from labbridge.runtime.links import records_from_raw
-from labbridge.runtime.store_sql import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
+from labbridge.store.sql import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
 
 
 @dataclass(slots=True)

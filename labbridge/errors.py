@@ -80,6 +80,16 @@ class PermanentLinkError(LinkError):
 class StoreError(LabbridgeError):
     """The store could not commit; nothing was acknowledged."""
 
+    def __init__(self, message: str, kind: str = "other") -> None:
+        self.kind = kind
+        super().__init__(message)
+
+    @property
+    def hint(self) -> str:
+        if self.kind == "full":
+            return "the store is full (disk or configured store.max_size_mb): free space or raise the cap"
+        return "check the disk"
+
 
 class RelayError(LabbridgeError):
     """Delivery to a LIS destination failed."""

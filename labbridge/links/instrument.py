@@ -7,7 +7,6 @@ is logged, counted and shown), never at the daemon or another link.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ssl
 import zoneinfo
@@ -19,11 +18,12 @@ from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTranspo
 from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
 from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.health.instrument import InstrumentHealth
-from labbridge.links.astm import AstmSession, ByteWriter
+from labbridge.links.astm import AstmRole
 from labbridge.links.dialect import host_link
-from labbridge.links.hl7 import Hl7Session
-from labbridge.links.input_wait import ClientHandler, Wakeup, open_link_connection, start_link_server
+from labbridge.links.hl7 import Hl7Role
 from labbridge.links.intake import InstrumentDecoder
+from labbridge.links.session import LinkSession, Wakeup
+from labbridge.links.sink import MessageSink
 from labbridge.logs import get_logger
 from labbridge.orders import OrderSource
 from labbridge.protocols.hl7_ack import Hl7Receiver
@@ -34,21 +34,26 @@ log = get_logger("labbridge.instrument")
 
 BIND_RETRY_S = 30.0
 
+AnySession = LinkSession[Any]
 
-async def listen_with_retry(on_client: ClientHandler, host: str, port: int, ssl_ctx: ssl.SSLContext | None, *,
-                            on_failure: Callable[[str], None]) -> asyncio.Server:
-    """Bind a listener, retrying with capped backoff while it cannot (the port may be freed later);
-    ``on_failure`` gets a reason a technician can act on each time, for the links that wait on it."""
+
+async def listen_with_retry(session: Callable[[], asyncio.Protocol], host: str, port: int,
+                            ssl_ctx: ssl.SSLContext | None, *, on_failure: Callable[[str], None]) -> asyncio.Server:
+    """Bind a listener whose connections each get a new ``session``, retrying with capped backoff while it
+    cannot (the port may be freed later); ``on_failure`` gets a reason a technician can act on each time, for
+    the links that wait on it."""
+    loop = asyncio.get_running_loop()
     attempt = 0
     while True:
         try:
-            return await start_link_server(on_client, host, port, ssl_ctx)
+            return await loop.create_server(session, host, port, ssl=ssl_ctx)
         except OSError as exc:
             hint = ("another program (or another labbridge) already uses this port"
                     if exc.errno == errno.EADDRINUSE else "check the host address in the config")
             on_failure(f"{exc.strerror or exc}; {hint}")
             await asyncio.sleep(backoff_delay(attempt, 1.0, BIND_RETRY_S))
             attempt += 1
+
 
 def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
@@ -72,14 +77,15 @@ class InstrumentRunner:
         self.destinations = destinations
         self.on_stored = on_stored
         self.orders = orders
-        # Set when an order for this instrument was added: the connected session looks for work to push.
+        # Set when an order for this instrument was added: its connected session looks for work to push.
         self.orders_wakeup = Wakeup()
         self.backlog_after_s = backlog_after_s
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
         self.bound: tuple[str, int] | None = None
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
-        self._active: asyncio.StreamWriter | None = None
+        self.sessions: set[AnySession] = set()  # open connections (closed when the runner stops)
+        self._active: AnySession | None = None  # the connection a tcp-server instrument shows
         self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
                                      test_map=cfg.lis_test_map(), encoding=cfg.link.encoding,
                                      host_name=host_name)
@@ -89,6 +95,55 @@ class InstrumentRunner:
         if self.driver is None:
             return None
         return InstrumentDecoder.from_config(self.cfg, self.driver, self.context)
+
+    def session(self, *, on_made: Callable[[AnySession], bool] | None = None,
+                on_closed: Callable[[AnySession], None] | None = None, decoder: InstrumentDecoder | None = None,
+                health: InstrumentHealth | None = None,
+                attribute: Callable[[str], InstrumentHealth] | None = None) -> AnySession:
+        """A session for one connection of this instrument: its link, its role and its way into the store.
+
+        On a shared listener (``attribute`` given), the connection starts on its own ``health`` and each
+        message is attributed by ``decoder`` (see links/shared.py); it answers no host queries and gets no
+        order pushes, since orders belong to one instrument."""
+        driver = self.driver
+        assert driver is not None
+        decoder = decoder or self.decoder()
+        assert decoder is not None
+        orders = self.orders if attribute is None else None
+
+        def sink(session: AnySession) -> MessageSink:
+            return MessageSink(self.store, decoder, self.destinations, session, on_stored=self.on_stored,
+                               backlog_after_s=self.backlog_after_s, attribute=attribute)
+
+        def opened(session: AnySession) -> bool:
+            if on_made is not None and not on_made(session):
+                return False
+            self.sessions.add(session)
+            return True
+
+        def closed(session: AnySession) -> None:
+            self.sessions.discard(session)
+            if on_closed is not None:
+                on_closed(session)
+
+        wakeup = self.orders_wakeup if orders is not None else None
+        if isinstance(driver, Hl7Driver):
+            receiver = Hl7Receiver(default_charset=self.cfg.link.encoding,
+                                   allow_missing_cr=self.cfg.link.allow_missing_cr)
+            return LinkSession(receiver, lambda s: Hl7Role(s, receiver, sink=sink(s), driver=driver,
+                                                           context=self.context, orders=orders, site=self.cfg.site),
+                               health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup)
+        link = host_link(self.cfg.link)
+        return LinkSession(link, lambda s: AstmRole(s, link, sink=sink(s), driver=driver, context=self.context,
+                                                    orders=orders, site=self.cfg.site),
+                           health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup)
+
+    def connected(self, session: AnySession) -> None:
+        """A connection of this instrument's own: shown up, counted."""
+        health = self.health
+        health.counters.connections += 1
+        health.peer = session.peer
+        health.set_state("up", f"analyzer connected from {session.peer}")
 
     async def run(self) -> None:
         try:
@@ -111,6 +166,8 @@ class InstrumentRunner:
                 log.error("link_failed", instrument=self.cfg.id, reason=str(exc))
         finally:
             self.ready.set()
+            for session in tuple(self.sessions):
+                session.abort()
 
     # ---- TCP server: the analyzer dials in -----------------------------------------------------
 
@@ -121,8 +178,9 @@ class InstrumentRunner:
             self.health.set_state("failed", f"cannot listen on {t.host}:{t.port}: {why}")
             self.ready.set()
 
-        server = await listen_with_retry(self._on_client, t.host, t.port,
-                                         server_context(t.tls) if t.tls is not None else None, on_failure=failed)
+        server = await listen_with_retry(lambda: self.session(on_made=self.accept, on_closed=self._disconnected),
+                                         t.host, t.port, server_context(t.tls) if t.tls is not None else None,
+                                         on_failure=failed)
         sockname = server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
         self.health.listening = f"{self.bound[0]}:{self.bound[1]}"
@@ -132,30 +190,30 @@ class InstrumentRunner:
         async with server:
             await server.serve_forever()
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        peer_label = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+    def accept(self, session: AnySession) -> bool:
+        """A connection to this instrument's port: its second-connection policy, then shown up."""
         t = self.cfg.transport
         assert isinstance(t, TcpServerTransport)
         if self._active is not None:
             if t.second_connection == "reject":
                 self.health.counters.connections_refused += 1
-                log.warning("second_connection_refused", instrument=self.cfg.id, peer=peer_label)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                return
-            log.warning("connection_replaced", instrument=self.cfg.id, peer=peer_label)
-            self._active.close()
-        self._active = writer
-        try:
-            await self._run_session(reader, writer, peer_label)
-        finally:
-            if self._active is writer:
-                self._active = None
-                self.health.peer = None
-                self.health.set_state("down", f"analyzer disconnected; listening on port "
-                                              f"{self.bound[1] if self.bound else t.port} for it to reconnect")
+                log.warning("second_connection_refused", instrument=self.cfg.id, peer=session.peer)
+                return False
+            log.warning("connection_replaced", instrument=self.cfg.id, peer=session.peer)
+            self._active.abort()
+        self._active = session
+        self.connected(session)
+        return True
+
+    def _disconnected(self, session: AnySession) -> None:
+        if self._active is not session:
+            return
+        self._active = None
+        self.health.peer = None
+        t = self.cfg.transport
+        port = self.bound[1] if self.bound else t.port if isinstance(t, TcpServerTransport) else 0
+        self.health.set_state("down", session.failure or f"analyzer disconnected; listening on port {port} "
+                                                         "for it to reconnect")
 
     # ---- TCP client: labbridge dials the analyzer ----------------------------------------------
 
@@ -164,6 +222,7 @@ class InstrumentRunner:
 
         ssl_ctx: ssl.SSLContext | None = client_context(t.tls) if t.tls is not None else None
         server_hostname = t.tls.server_hostname if t.tls is not None and t.tls.server_hostname else None
+        loop = asyncio.get_running_loop()
         self.ready.set()
         attempt = 0
         while True:
@@ -171,8 +230,9 @@ class InstrumentRunner:
                 self.health.set_state("connecting", f"dialing the analyzer at {t.host}:{t.port}")
             try:
                 async with asyncio.timeout(t.connect_timeout_s):
-                    reader, writer = await open_link_connection(t.host, t.port, ssl_ctx=ssl_ctx,
-                                                                server_hostname=server_hostname)
+                    _, session = await loop.create_connection(
+                        lambda: self.session(on_made=self._made), t.host, t.port, ssl=ssl_ctx,
+                        server_hostname=server_hostname if ssl_ctx else None)
             except (OSError, TimeoutError) as exc:
                 why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
                 self.health.set_state("down", f"cannot reach the analyzer at {t.host}:{t.port} ({why}); "
@@ -181,9 +241,14 @@ class InstrumentRunner:
                 attempt += 1
                 continue
             attempt = 0
-            await self._run_session(reader, writer, f"{t.host}:{t.port}")
-            self.health.set_state("down", "the analyzer closed the connection; redialing")
+            await session.closed
+            self.health.peer = None
+            self.health.set_state("down", session.failure or "the analyzer closed the connection; redialing")
             await asyncio.sleep(backoff_delay(0, t.reconnect_initial_s, t.reconnect_max_s))
+
+    def _made(self, session: AnySession) -> bool:
+        self.connected(session)
+        return True
 
     # ---- serial: the analyzer's RS-232 port -----------------------------------------------------
 
@@ -194,7 +259,8 @@ class InstrumentRunner:
             if attempt == 0:
                 self.health.set_state("connecting", f"opening {t.port}")
             try:
-                conn = await serial_transport.SerialConnection.open(t)
+                _, protocol = await serial_transport.open_serial(
+                    t, lambda: self.session(on_made=lambda s: self._opened_port(s, t.port)))
             except PermanentLinkError as exc:
                 self.health.set_state("failed", f"{exc}; retrying every {t.reopen_max_s:g} s at most")
                 await asyncio.sleep(backoff_delay(attempt, t.reopen_initial_s, t.reopen_max_s))
@@ -206,61 +272,15 @@ class InstrumentRunner:
                 attempt += 1
                 continue
             attempt = 0
-            try:
-                await self._run_link(conn.reader, conn, t.port)
-            finally:
-                await conn.close()
+            assert isinstance(protocol, LinkSession)
+            await protocol.closed
             self.health.peer = None
-            self.health.set_state("down", f"the serial device {t.port} went away (unplugged or closed); "
-                                          "reopening: check the cable and the USB-serial adapter")
+            self.health.set_state("down", protocol.failure or f"the serial device {t.port} went away (unplugged "
+                                                               "or closed); reopening: check the cable and the "
+                                                               "USB-serial adapter")
             await asyncio.sleep(backoff_delay(0, t.reopen_initial_s, t.reopen_max_s))
 
-    # ---- one connection ------------------------------------------------------------------------
-
-    async def _run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
-                           **routed: Any) -> None:
-        try:
-            await self._run_link(reader, writer, peer, **routed)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()
-
-    async def _run_link(self, reader: asyncio.StreamReader, writer: ByteWriter, peer: str, *,
-                        decoder: InstrumentDecoder | None = None, health: InstrumentHealth | None = None,
-                        attribute: Callable[[str], InstrumentHealth] | None = None) -> None:
-        """One connection. On a shared listener (``attribute`` given), the connection starts on its own
-        ``health`` and each message is attributed by ``decoder`` (see links/shared.py)."""
-        assert self.driver is not None
-        if health is None:
-            health = self.health
-            health.counters.connections += 1
-            health.peer = peer
-            health.set_state("up", f"analyzer connected from {peer}")
-        decoder = decoder or self.decoder()
-        session: AstmSession | Hl7Session
-        if isinstance(self.driver, Hl7Driver):
-            receiver = Hl7Receiver(default_charset=self.cfg.link.encoding,
-                                   allow_missing_cr=self.cfg.link.allow_missing_cr)
-            session = Hl7Session(receiver=receiver, driver=self.driver, context=self.context, store=self.store,
-                                 health=health, destinations=self.destinations, reader=reader,
-                                 writer=writer, on_stored=self.on_stored, decoder=decoder,
-                                 backlog_after_s=self.backlog_after_s, attribute=attribute,
-                                 orders=self.orders if attribute is None else None, site=self.cfg.site,
-                                 wakeup=self.orders_wakeup)
-        else:
-            # A connection shared by several instruments answers no host queries and gets no order
-            # pushes: orders belong to one instrument (not yet supported there).
-            session = AstmSession(link=host_link(self.cfg.link), driver=self.driver, context=self.context,
-                                  store=self.store, health=health, destinations=self.destinations,
-                                  reader=reader, writer=writer, on_stored=self.on_stored,
-                                  orders=self.orders if attribute is None else None,
-                                  site=self.cfg.site, wakeup=self.orders_wakeup, decoder=decoder,
-                                  backlog_after_s=self.backlog_after_s, attribute=attribute)
-        try:
-            await session.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # isolation: a bug on one link is logged and shown, never spreads
-            log.exception("session_crashed", instrument=health.id, error=type(exc).__name__)
-            health.set_state("down", f"internal error on this link ({type(exc).__name__}); reconnecting")
+    def _opened_port(self, session: AnySession, port: str) -> bool:
+        session.peer = port
+        self.connected(session)
+        return True

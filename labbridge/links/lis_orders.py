@@ -21,23 +21,24 @@ through the inverse of its ``test_map`` when it sends the work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from labbridge.config import Config, InstrumentConfig, LisOrdersConfig
+from labbridge.health.instrument import InstrumentHealth
+from labbridge.links.session import LinkSession
+from labbridge.links.sink import Decision
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order
 from labbridge.protocols import mllp
-from labbridge.protocols.hl7_ack import Hl7Received, Hl7Receiver, Outcome
+from labbridge.protocols.hl7_ack import Hl7Event, Hl7Received, Hl7Receiver, IncompleteBlock
 from labbridge.protocols.hl7_orders import Hl7OrderError, LisOrder, read_lis_orders
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, Hl7Message
+from labbridge.protocols.link import Answer, Outcome
 from labbridge.store.orders import SqliteOrderSource
 
 log = get_logger("labbridge.lis_orders")
-
-READ_SIZE = 64 * 1024
 
 
 def _unknown_tests(inst: InstrumentConfig, codes: tuple[str, ...]) -> list[str]:
@@ -94,13 +95,18 @@ class LisOrderListener:
         self.ready = asyncio.Event()
         self.messages = 0
         self.refused = 0
+        # The listener's connections are counted like an instrument's (bytes, junk, refused blocks).
+        self.health = InstrumentHealth(id=f"lis-orders:{cfg.id}", site="", driver="hl7",
+                                       transport=f"tcp-server {cfg.host}:{cfg.port}")
+        self.sessions: set[LinkSession[Hl7Event]] = set()
 
     async def run(self) -> None:
         from labbridge.transports.tls import server_context
 
         ssl_ctx = server_context(self.cfg.tls) if self.cfg.tls is not None else None
+        loop = asyncio.get_running_loop()
         try:
-            server = await asyncio.start_server(self._on_client, self.cfg.host, self.cfg.port, ssl=ssl_ctx)
+            server = await loop.create_server(self._session, self.cfg.host, self.cfg.port, ssl=ssl_ctx)
         except OSError as exc:
             log.error("lis_orders_cannot_listen", listener=self.cfg.id, host=self.cfg.host, port=self.cfg.port,
                       error=exc.strerror or str(exc))
@@ -108,35 +114,28 @@ class LisOrderListener:
             raise
         sockname = server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
+        self.health.listening = f"{self.bound[0]}:{self.bound[1]}"
         log.info("lis_orders_listening", listener=self.cfg.id, host=self.bound[0], port=self.bound[1])
         self.ready.set()
-        async with server:
-            await server.serve_forever()
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        receiver = Hl7Receiver(default_charset=self.cfg.encoding, ack_id_prefix="LBL")
         try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    break
-                for event in receiver.receive_data(data):
-                    if isinstance(event, Hl7Received):
-                        await self._message(receiver, event)
-                    elif isinstance(event, mllp.MllpOversize | mllp.MllpBadEnd):
-                        log.warning("lis_orders_block_rejected", listener=self.cfg.id, kind=type(event).__name__)
-                    out = receiver.data_to_send()
-                    if out:
-                        writer.write(out)
-                        await writer.drain()
-        except (ConnectionError, OSError) as exc:
-            log.info("lis_orders_connection_error", listener=self.cfg.id, error=type(exc).__name__)
+            async with server:
+                await server.serve_forever()
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            for session in tuple(self.sessions):
+                session.abort()
 
-    async def _message(self, receiver: Hl7Receiver, event: Hl7Received) -> None:
+    def _session(self) -> LinkSession[Hl7Event]:
+        receiver = Hl7Receiver(default_charset=self.cfg.encoding, ack_id_prefix="LBL")
+
+        def opened(session: LinkSession[Hl7Event]) -> bool:
+            self.sessions.add(session)
+            return True
+
+        return LinkSession(receiver, lambda session: _LisRole(session, self, receiver), self.health, on_made=opened,
+                           on_closed=self.sessions.discard)
+
+    async def message(self, event: Hl7Received) -> Decision:
+        """One message from the LIS: its orders stored, and the answer (see the module's docstring)."""
         self.messages += 1
         origin = f"lis:{self.cfg.id}"
         msg = event.message
@@ -166,18 +165,51 @@ class LisOrderListener:
                 [] if problems else new, origin=origin, raw=event.raw, sender_id=sender_id, now=time.time(),
                 error=reason or None)
         except Exception as exc:
-            log.error("lis_orders_store_failed", listener=self.cfg.id, error=str(exc))
-            receiver.acknowledge(event, outcome=Outcome.REJECTED, stored=False, now=datetime.now(UTC),
-                                 text="labbridge could not store the orders; send them again later",
-                                 error_code=ERR_INTERNAL)
-            return
+            log.error("lis_orders_store_failed", listener=self.cfg.id, error=type(exc).__name__)
+            return Decision(False, Answer(Outcome.REJECTED, datetime.now(UTC),
+                                          "labbridge could not store the orders; send them again later",
+                                          ERR_INTERNAL))
         if problems:
             self.refused += 1
             log.warning("lis_orders_refused", listener=self.cfg.id, reason=reason[:300])
-            receiver.acknowledge(event, outcome=outcome, stored=True, now=datetime.now(UTC), text=reason,
-                                 error_code=error_code)
-            return
-        receiver.acknowledge(event, outcome=Outcome.ACCEPTED, stored=True, now=datetime.now(UTC))
+            return Decision(True, Answer(outcome, datetime.now(UTC), reason, error_code))
         log.info("lis_orders_stored", listener=self.cfg.id, orders=len(added), duplicate=duplicate)
         for stored in added:
             self.on_added(stored)
+        return Decision(True, Answer(Outcome.ACCEPTED, datetime.now(UTC)))
+
+
+class _LisRole:
+    """The listener's part of one LIS connection: each message is stored, then answered, in order."""
+
+    def __init__(self, session: LinkSession[Hl7Event], listener: LisOrderListener, receiver: Hl7Receiver) -> None:
+        self.session = session
+        self.listener = listener
+        self.receiver = receiver
+
+    def on_event(self, event: Hl7Event) -> bool:
+        if isinstance(event, mllp.MllpJunk):
+            self.listener.health.counters.junk_bytes += event.count
+            return True
+        if isinstance(event, mllp.MllpOversize | mllp.MllpBadEnd):
+            self.listener.health.counters.frames_rejected += 1
+            log.warning("lis_orders_block_rejected", listener=self.listener.cfg.id, kind=type(event).__name__)
+            return True
+        if isinstance(event, IncompleteBlock):
+            log.warning("lis_orders_block_cut_off", listener=self.listener.cfg.id, bytes=len(event.raw))
+            return True
+        return False
+
+    async def handle(self, event: Hl7Event) -> None:
+        if isinstance(event, Hl7Received):
+            decision = await self.listener.message(event)
+            decision.apply(self.receiver, self.session.now())
+
+    def deadline(self) -> float | None:
+        return None
+
+    async def work(self, now: float, *, woken: bool) -> None:
+        return
+
+    async def finish(self) -> None:
+        return

@@ -15,12 +15,11 @@ The listener binds once. For each connection it asks :class:`labbridge.sharing.S
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from labbridge.config import InstrumentConfig, TcpServerTransport
 from labbridge.health.instrument import InstrumentHealth
-from labbridge.links.instrument import InstrumentRunner, listen_with_retry
+from labbridge.links.instrument import AnySession, InstrumentRunner, listen_with_retry
 from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
 from labbridge.protocols.hl7_parse import Hl7Message
@@ -90,12 +89,13 @@ class SharedListener:
                 runner.ready.set()
         try:
             t = self.transport
+
             def failed(why: str) -> None:
                 for runner in self.usable:
                     runner.health.set_state("failed", f"cannot listen on {self.address} (shared): {why}")
                     runner.ready.set()
 
-            server = await listen_with_retry(self._on_client, t.host, t.port,
+            server = await listen_with_retry(self._session, t.host, t.port,
                                              server_context(t.tls) if t.tls is not None else None,
                                              on_failure=failed)
             sockname = server.sockets[0].getsockname()
@@ -113,28 +113,28 @@ class SharedListener:
         finally:
             for runner in self.runners.values():
                 runner.ready.set()
+                for session in tuple(runner.sessions):
+                    session.abort()
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        peer_ip = str(peer[0]) if peer else ""
-        peer_label = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+    def _session(self) -> asyncio.Protocol:
+        """A connection to the shared port: handed to one instrument by its peer address, or attributed
+        message by message (see the module's docstring)."""
+        return _Pending(self)
+
+    def routed(self, peer_ip: str, peer_label: str) -> AnySession | None:
+        """The session for a new connection from ``peer_ip``, or None to refuse it."""
         chosen = self.router.at_connect(peer_ip)
         if chosen is not None:
             runner = self.runners[chosen.id]
             if runner.driver is not None:
-                await runner._on_client(reader, writer)
-                return
+                return runner.session(on_made=runner.accept, on_closed=runner._disconnected)
             log.warning("shared_connection_refused", listener=self.address, instrument=chosen.id,
                         reason="driver cannot be used")
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
+            return None
         candidates = self.router.by_peer(peer_ip)
         decoders = {r.cfg.id: d for r in self.usable if (d := r.decoder()) is not None}
         if not decoders:
-            writer.close()
-            return
+            return None
         routing = RoutingDecoder(self.router, candidates, decoders, self.unknown_id)
         owner = self.usable[0]
         connection = InstrumentHealth(id=self.unknown_id, site=owner.cfg.site, driver=owner.cfg.driver,
@@ -156,10 +156,7 @@ class SharedListener:
                 log.info("shared_connection_attributed", listener=self.address, instrument=instrument_id)
             return runner.health
 
-        try:
-            await owner._run_session(reader, writer, peer_label, decoder=routing, health=connection,
-                                     attribute=attribute)
-        finally:
+        def closed(_: AnySession) -> None:
             for instrument_id in shown:
                 self._attributed[instrument_id] -= 1
                 runner = self.runners[instrument_id]
@@ -167,3 +164,34 @@ class SharedListener:
                     runner.health.peer = None
                     runner.health.set_state("down", f"analyzer disconnected; listening on shared port "
                                                     f"{self.transport.port} for it to reconnect")
+
+        return owner.session(on_closed=closed, decoder=routing, health=connection, attribute=attribute)
+
+
+class _Pending(asyncio.Protocol):
+    """A connection to a shared port until its peer's address chose its session (at once, on connect)."""
+
+    def __init__(self, listener: SharedListener) -> None:
+        self.listener = listener
+        self.session: AnySession | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        peer_ip = str(peer[0]) if peer else ""
+        peer_label = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        self.session = self.listener.routed(peer_ip, peer_label)
+        if self.session is None:
+            transport.close()
+            return
+        self.session.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.connection_lost(exc)

@@ -60,6 +60,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+from labbridge.protocols.link import Answer
+
 # Control characters (PROTOCOLS.md "Control characters").
 STX = 0x02
 ETX = 0x03
@@ -396,8 +398,8 @@ class E1381Link:
     def holding(self) -> bool:
         return self.state is State.RECEIVER_HOLD
 
-    def accept_message(self, now: float) -> None:
-        """The held message is committed: acknowledge its final frame."""
+    def accept_message(self, now: float, answer: Answer | None = None) -> None:
+        """The held message is committed: acknowledge its final frame (E1381 says no more than ACK)."""
         if self.state is not State.RECEIVER_HOLD:
             return  # the transfer ended (peer closed or gave up) while the caller committed
         self._hold_snapshot = None
@@ -407,7 +409,7 @@ class E1381Link:
         self._deadline = now + self.profile.receive_timeout
         self._process(now)
 
-    def reject_message(self, now: float) -> None:
+    def reject_message(self, now: float, answer: Answer | None = None) -> None:
         """The held message could not be committed: NAK its final frame so the peer retransmits it."""
         if self.state is not State.RECEIVER_HOLD:
             return

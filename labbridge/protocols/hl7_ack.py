@@ -5,9 +5,12 @@ Theory of operation (PROTOCOLS.md part c, R-C5..R-C7):
 * Bytes go in with :meth:`Hl7Receiver.receive_data`; the MLLP framer cuts blocks (R-C1, R-C4) and each
   block becomes one :class:`Hl7Received` event holding the raw bytes and either the parsed message or
   the :class:`~labbridge.protocols.hl7_parse.Hl7ParseError` that says why it cannot be read.
-* The shell stores the message (raw, always: a malformed one is kept for inspection), then calls
-  :meth:`Hl7Receiver.acknowledge` with the outcome; only then are acknowledgement bytes queued
-  (:meth:`data_to_send`). So an acknowledgement that says "accepted" (AA, CA) can only follow a commit.
+* The receiver then holds (the :class:`~labbridge.protocols.link.Link` contract): the shell stores the
+  message (raw, always: a malformed one is kept for inspection), then calls
+  :meth:`Hl7Receiver.accept_message` or :meth:`Hl7Receiver.reject_message` with an
+  :class:`~labbridge.protocols.link.Answer`; only then are acknowledgement bytes queued
+  (:meth:`data_to_send`) and the next message taken. So an acknowledgement that says "accepted" (AA, CA)
+  can only follow a commit.
 * Original mode (MSH-15 and MSH-16 both empty): one application ACK, AA / AE / AR.
 * Enhanced mode (either non-empty): a commit ACK (CA when stored, CE when the message cannot be read, CR
   when it could not be stored), sent per MSH-15; then, only after a CA, the application ACK (AA / AE / AR)
@@ -19,16 +22,17 @@ Theory of operation (PROTOCOLS.md part c, R-C5..R-C7):
   processing ID, MSA-2 = the original MSH-10, MSA-3 and ERR with the reason when not accepted (ERR-3/4/8
   from v2.5 on, ERR-1 before).
 
-Time is an input (``now`` as an aware datetime for MSH-7); there are no timers on this side: the sender
+Time is an input (the answer's aware datetime for MSH-7); there are no timers on this side: the sender
 owns the retry.
 """
 
 from __future__ import annotations
 
-import enum
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
+from labbridge.errors import LocalProtocolError
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7_parse import (
     DEFAULT_SEPARATORS,
@@ -40,15 +44,12 @@ from labbridge.protocols.hl7_parse import (
     escape,
     parse_message,
 )
+from labbridge.protocols.link import Answer, Outcome
+
+__all__ = ["Answer", "Hl7Event", "Hl7Received", "Hl7Receiver", "IncompleteBlock", "Outcome", "ack_codes", "build_ack"]
 
 MSA_TEXT_MAX = 80
 ACK_CONDITIONS = frozenset({"AL", "NE", "ER", "SU"})  # HL7 table 0155  # MSA-3 is ST(80) in v2.5.1
-
-
-class Outcome(enum.Enum):
-    ACCEPTED = "A"  # stored and understood (or a duplicate of one that was): AA
-    ERROR = "E"  # stored for inspection, but the message is wrong: AE, the sender should fix it
-    REJECTED = "R"  # unsupported type/version, or labbridge could not store it: AR, may be resent
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,14 @@ class Hl7Received:
     error: Hl7ParseError | None
 
 
-Hl7Event = Hl7Received | mllp.MllpJunk | mllp.MllpOversize | mllp.MllpBadEnd
+@dataclass(frozen=True, slots=True)
+class IncompleteBlock:
+    """The bytes of a block (or of input held behind a message) that the end of the connection cut off."""
+
+    raw: bytes
+
+
+Hl7Event = Hl7Received | mllp.MllpJunk | mllp.MllpOversize | mllp.MllpBadEnd | IncompleteBlock
 
 
 def _wanted(condition: str, accepted: bool) -> bool:
@@ -132,36 +140,106 @@ def build_ack(code: str, *, header: Segment | None, separators: Separators = DEF
 
 
 class Hl7Receiver:
-    """One analyzer connection's HL7 receiving side: MLLP blocks in, acknowledgement bytes out."""
+    """One analyzer connection's HL7 receiving side: MLLP blocks in, acknowledgement bytes out (a
+    :class:`labbridge.protocols.link.Link`).
+
+    Each block becomes one :class:`Hl7Received`; after it the receiver holds: input is kept (up to one
+    message's bound; beyond it is dropped and reported as junk) and no further event comes out until the shell
+    answers with :meth:`accept_message` (the message is committed: its answer's outcome says AA, AE or AR,
+    in the sender's acknowledgement mode) or :meth:`reject_message` (not committed: AR, or CR in enhanced
+    mode). So messages are answered one at a time, in order, and nothing accepting precedes a commit.
+    """
 
     def __init__(self, *, default_charset: str = "latin-1", max_message: int = mllp.DEFAULT_MAX_MESSAGE,
                  allow_missing_cr: bool = False, ack_id_prefix: str = "LBA") -> None:
         self.default_charset = default_charset
+        self.max_message = max_message
         self._decoder = mllp.MllpDecoder(max_message=max_message, allow_missing_cr=allow_missing_cr)
+        self._events: deque[Hl7Event] = deque()
+        self._held: Hl7Received | None = None
+        self._waiting = bytearray()  # input that arrived while a message was held
+        self._dropped = 0  # bytes of it beyond the bound
         self._out = bytearray()
         self._ack_prefix = ack_id_prefix
-        self._acks_sent = 0
+        self.acks_sent = 0  # acknowledgements queued so far (a message may get none, one or two)
 
-    def receive_data(self, data: bytes) -> list[Hl7Event]:
-        events: list[Hl7Event] = []
+    def receive_data(self, data: bytes, now: float) -> None:
+        if self._held is None:
+            self._decode(data)
+            return
+        room = self.max_message - len(self._waiting)
+        self._waiting += data[:max(room, 0)]
+        self._dropped += max(len(data) - max(room, 0), 0)
+
+    def _decode(self, data: bytes) -> None:
         for event in self._decoder.receive_data(data):
             if isinstance(event, mllp.MllpMessage):
                 try:
                     message = parse_message(event.payload, default_charset=self.default_charset)
                 except Hl7ParseError as exc:
-                    events.append(Hl7Received(event.payload, None, exc))
+                    self._events.append(Hl7Received(event.payload, None, exc))
                 else:
-                    events.append(Hl7Received(event.payload, message, None))
+                    self._events.append(Hl7Received(event.payload, message, None))
             else:
-                events.append(event)
-        return events
+                self._events.append(event)
+
+    def next_event(self) -> Hl7Event | None:
+        if self._held is not None or not self._events:
+            return None
+        event = self._events.popleft()
+        if isinstance(event, Hl7Received):
+            self._held = event
+        return event
+
+    def get_timer(self) -> float | None:
+        return None  # the sender owns the retry: nothing to time on this side
+
+    def handle_timer(self, now: float) -> None:
+        return
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def accept_message(self, now: float, answer: Answer | None = None) -> None:
+        """The held message is committed: queue the acknowledgement(s) its answer gives."""
+        self._settle(answer, stored=True)
+
+    def reject_message(self, now: float, answer: Answer | None = None) -> None:
+        """The held message could not be committed: AR (CR in enhanced mode) with the answer's reason."""
+        self._settle(answer, stored=False)
+
+    def release(self) -> None:
+        """Let the held message go unacknowledged: it was itself an answer (an ORL^O34 to our OML^O33), or the
+        shell answered it with a message of its own (an RSP^K11 carries its MSA)."""
+        if self._held is not None:
+            self._held = None
+            self._resume()
+
+    def _settle(self, answer: Answer | None, *, stored: bool) -> None:
+        held = self._held
+        if held is None:
+            return
+        if answer is None:
+            raise LocalProtocolError("an HL7 acknowledgement needs an Answer (outcome and time)")
+        self._held = None
+        self.acknowledge(held, outcome=answer.outcome, stored=stored, now=answer.at, text=answer.text,
+                         error_code=answer.error_code)
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._dropped:
+            self._events.append(mllp.MllpJunk(self._dropped))
+            self._dropped = 0
+        if self._waiting:
+            waiting = bytes(self._waiting)
+            self._waiting.clear()
+            self._decode(waiting)
 
     def acknowledge(self, received: Hl7Received, *, outcome: Outcome, stored: bool, now: datetime,
                     text: str = "", error_code: str = "") -> list[str]:
-        """Queue the acknowledgement(s) for one message after the shell stored it (or failed to).
-
-        Returns the MSA-1 codes queued (possibly none, when the sender asked for none).
-        """
+        """Queue the acknowledgement(s) for one message; the MSA-1 codes queued (possibly none, when the sender
+        asked for none). The shell answers through :meth:`accept_message` / :meth:`reject_message`."""
         msg = received.message
         err = received.error
         if msg is not None:
@@ -179,9 +257,9 @@ class Hl7Receiver:
             text = text or err.reason
             error_code = error_code or err.error_code
         for code in codes:
-            self._acks_sent += 1
+            self.acks_sent += 1
             self._out += mllp.frame(build_ack(code, header=header, separators=seps, charset=charset,
-                                              control_id=f"{self._ack_prefix}{self._acks_sent}", now=now,
+                                              control_id=f"{self._ack_prefix}{self.acks_sent}", now=now,
                                               text="" if code in ("AA", "CA") else text, error_code=error_code))
         return codes
 
@@ -190,6 +268,12 @@ class Hl7Receiver:
         self._out.clear()
         return out
 
-    def connection_lost(self) -> bytes:
-        """The bytes of a block cut off by the end of the connection (for the store), if any."""
-        return self._decoder.pending()
+    def connection_lost(self) -> None:
+        """The transport went away: a block cut off by it becomes an :class:`IncompleteBlock` event."""
+        partial = self._decoder.pending()
+        if self._waiting:
+            partial += bytes(self._waiting)
+            self._waiting.clear()
+        self._held = None
+        if partial:
+            self._events.append(IncompleteBlock(partial))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from labbridge.protocols.link import Answer
 from labbridge.protocols.e1381 import Event, FrameRejected, IncompleteMessage, JunkDiscarded, MessageReceived
 
 T_RAW_IDLE = 30.0  # like LIS1-A's receiver timer: 30 s without a byte ends an unfinished message
@@ -52,7 +53,7 @@ class RawLink:
         self._deadline: float | None = None
         self._skipping = False  # discarding an over-long record up to its terminator
 
-    # ---- the E1381Link-shaped interface ---------------------------------------------------------
+    # ---- the Link interface (labbridge.protocols.link) ---------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> None:
         if not data:
@@ -80,10 +81,10 @@ class RawLink:
             self._deadline = None
             self._end_of_stream(f"no L record and no byte for {self.profile.idle_timeout:g} s")
 
-    def accept_message(self, now: float) -> None:
+    def accept_message(self, now: float, answer: Answer | None = None) -> None:
         """Nothing to acknowledge in raw framing."""
 
-    def reject_message(self, now: float) -> None:
+    def reject_message(self, now: float, answer: Answer | None = None) -> None:
         """The message could not be stored; raw framing has no way to ask for it again."""
         self._events.append(FrameRejected("message could not be stored (raw framing cannot ask for a resend)"))
 

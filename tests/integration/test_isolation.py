@@ -52,27 +52,38 @@ def test_junk_floods_and_half_frames_on_one_link_leave_the_other_untouched(tmp_p
 
 def test_tcp_links_acknowledge_frames_on_the_fast_path_and_a_fault_there_stays_on_its_link(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On TCP, intermediate frames are taken from the transport's callback (AstmSession._take) and the
-    results arrive whole; an error raised there ends that connection like an error in its task (logged,
-    the analyzer retransmits on its next connection), while the other link goes on."""
-    from labbridge.links.astm import AstmSession
+    """Intermediate frames are acknowledged from ``data_received`` (LinkSession's fast path): the session's task
+    runs only for what must wait (a complete message to commit). An error raised on that path ends that
+    connection only (logged, the analyzer retransmits on its next connection), while the other link goes on."""
+    from labbridge.links.astm import AstmRole
+    from labbridge.links.session import LinkSession
+    from labbridge.protocols import e1381
 
-    taken: dict[str, int] = {}
-    failing = {"an-1": 1}  # the first chunk an-1 sends on the fast path raises
-    original = AstmSession._take
+    chunks: dict[str, int] = {}
+    tasks: dict[str, int] = {}
+    failing = {"an-1": 1}  # the first frame an-1 gets accepted raises on the fast path
+    on_event, data_received, run_task = AstmRole.on_event, LinkSession.data_received, LinkSession._run
 
-    def counting(self: AstmSession, data: bytes) -> None:
-        taken[self.health.id] = taken.get(self.health.id, 0) + 1
-        if failing.get(self.health.id):
+    def counting_on_event(self: AstmRole, event: e1381.Event) -> bool:
+        if failing.get(self.health.id) and isinstance(event, e1381.FrameAccepted):
             failing[self.health.id] -= 1
-            original(self, data)
-            raise RuntimeError("a bug in the fast path")
-        original(self, data)
+            raise RuntimeError("a bug on the fast path")
+        return on_event(self, event)
+
+    def counting_data(self: LinkSession[e1381.Event], data: bytes) -> None:
+        chunks[self.health.id] = chunks.get(self.health.id, 0) + 1
+        data_received(self, data)
+
+    async def counting_run(self: LinkSession[e1381.Event]) -> None:
+        tasks[self.health.id] = tasks.get(self.health.id, 0) + 1
+        await run_task(self)
+
+    monkeypatch.setattr(AstmRole, "on_event", counting_on_event)
+    monkeypatch.setattr(LinkSession, "data_received", counting_data)
+    monkeypatch.setattr(LinkSession, "_run", counting_run)
 
     async def body() -> None:
         async with running_lab(tmp_path, instruments=2) as lab:
-            # Wrapped around the fast path the way the session installs it (a bound method at run()).
-            monkeypatch.setattr(AstmSession, "_take", counting)
             good = lab.analyzer("an-0", messages=3, tests=8)
             hit = lab.analyzer("an-1", messages=2, tests=8)
             stop = asyncio.Event()
@@ -80,8 +91,11 @@ def test_tcp_links_acknowledge_frames_on_the_fast_path_and_a_fault_there_stays_o
             assert len(good.acked) == 3 * 8 and len(hit.acked) == 2 * 8
             await eventually(lambda: set(good.acked) | set(hit.acked) <= lab.lis.delivered, what="all results")
             assert lab.lis.duplicates == 0
-            # Frames went through the fast path: a message of 8 results is ~10 frames, few task wake-ups.
-            assert taken["an-0"] >= 3 * 8
+            # A message of 8 results is ~10 frames, each its own chunk; the task ran about once per message.
+            assert chunks["an-0"] >= 3 * 10
+            assert tasks["an-0"] <= chunks["an-0"] / 3
+            assert failing["an-1"] == 0
             assert lab.daemon.runners["an-1"].health.counters.connections >= 2  # the fault cost a connection
+            assert lab.daemon.runners["an-0"].health.counters.connections == 1
 
     run(body(), timeout=90)

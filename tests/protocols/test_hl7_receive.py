@@ -11,9 +11,11 @@ from hl7apy.parser import parse_message as hl7apy_parse
 from hypothesis import given
 from hypothesis import strategies as st
 
+from labbridge.errors import LocalProtocolError
 from labbridge.protocols import mllp
-from labbridge.protocols.hl7_ack import Hl7Receiver, Outcome, ack_codes, build_ack
+from labbridge.protocols.hl7_ack import Hl7Received, Hl7Receiver, IncompleteBlock, Outcome, ack_codes, build_ack
 from labbridge.protocols.hl7_parse import Hl7ParseError, Separators, escape, parse_message, unescape
+from labbridge.protocols.link import Answer
 
 NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
 LAW = ("MSH|^~\\&|BA400|LAB1|LIS|HOSP|20261123101500||OUL^R22^OUL_R22|MSG0001|P|2.5.1|||ER|AL||UNICODE UTF-8"
@@ -121,15 +123,61 @@ def test_enhanced_mode_unreadable_message_gets_commit_error() -> None:
     assert ack_codes("AL", "AL", outcome=Outcome.ERROR, stored=True, readable=False) == ["CE"]
 
 
+def _acks(data: bytes) -> list[bytes]:
+    return [e.payload for e in mllp.MllpDecoder().receive_data(data) if isinstance(e, mllp.MllpMessage)]
+
+
 def _ack_for(payload: bytes, outcome: Outcome, *, stored: bool = True, text: str = "", code: str = "") -> list[bytes]:
     receiver = Hl7Receiver()
-    [event] = receiver.receive_data(mllp.frame(payload))
-    from labbridge.protocols.hl7_ack import Hl7Received
-
+    receiver.receive_data(mllp.frame(payload), 0.0)
+    event = receiver.next_event()
     assert isinstance(event, Hl7Received)
-    receiver.acknowledge(event, outcome=outcome, stored=stored, now=NOW, text=text, error_code=code)
-    return [e.payload for e in mllp.MllpDecoder().receive_data(receiver.data_to_send())
-            if isinstance(e, mllp.MllpMessage)]
+    assert receiver.holding and receiver.data_to_send() == b""  # nothing before the shell's answer
+    answer = Answer(outcome, NOW, text, code)
+    if stored:
+        receiver.accept_message(0.0, answer)
+    else:
+        receiver.reject_message(0.0, answer)
+    assert not receiver.holding
+    return _acks(receiver.data_to_send())
+
+
+def test_receiver_holds_each_message_until_it_is_answered_and_keeps_the_rest_in_order() -> None:
+    """The Link contract: one message at a time; input behind a held message is kept and taken after it."""
+    receiver = Hl7Receiver()
+    first = LAW.replace("MSG0001", "M1").encode()
+    second = LAW.replace("MSG0001", "M2").encode()
+    receiver.receive_data(mllp.frame(first) + mllp.frame(second)[:20], 0.0)
+    event = receiver.next_event()
+    assert isinstance(event, Hl7Received) and event.raw == first
+    receiver.receive_data(mllp.frame(second)[20:] + b"junk", 0.0)
+    assert receiver.next_event() is None  # held: the second waits for the first's answer
+    receiver.accept_message(0.0, Answer(Outcome.ACCEPTED, NOW))
+    [ack] = _acks(receiver.data_to_send())
+    assert b"MSA|AA|M1" in ack
+    event = receiver.next_event()
+    assert isinstance(event, Hl7Received) and event.raw == second
+    receiver.release()  # answered by a message of the shell's own: no ACK queued
+    assert receiver.data_to_send() == b""
+    assert receiver.next_event() == mllp.MllpJunk(4)
+    receiver.receive_data(mllp.frame(first), 0.0)
+    assert receiver.next_event() is not None
+    with pytest.raises(LocalProtocolError):  # an HL7 answer needs its outcome and time
+        receiver.accept_message(0.0)
+
+
+def test_receiver_bounds_input_held_behind_a_message_and_reports_a_cut_off_block() -> None:
+    receiver = Hl7Receiver(max_message=1000)
+    receiver.receive_data(mllp.frame(LAW.encode()), 0.0)
+    assert isinstance(receiver.next_event(), Hl7Received)
+    receiver.receive_data(b"\x0b" + b"x" * 5000, 0.0)  # a flood while the message is being stored
+    receiver.reject_message(0.0, Answer(Outcome.REJECTED, NOW, "could not store"))
+    assert b"MSA|CR|MSG0001" in _acks(receiver.data_to_send())[0]  # enhanced mode: commit reject
+    assert receiver.next_event() == mllp.MllpJunk(4001)  # beyond one message's bound: dropped, reported
+    assert receiver.next_event() is None
+    receiver.connection_lost()
+    event = receiver.next_event()
+    assert isinstance(event, IncompleteBlock) and event.raw == b"x" * 999
 
 
 def test_ack_swaps_parties_echoes_msh10_and_version_and_passes_hl7apy_strict() -> None:

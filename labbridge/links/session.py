@@ -1,0 +1,312 @@
+"""One connection: the asyncio shell that drives any sans-I/O link (:class:`labbridge.protocols.link.Link`).
+
+:class:`LinkSession` is an :class:`asyncio.Protocol`, so TCP, TLS and serial (the thread-bridged transport
+of :mod:`labbridge.transports.serial`) all drive it the same way. What is specific to a protocol lives in
+its :class:`Role` (the ASTM one answers host queries and pushes orders, the HL7 one speaks IHE LAW, the
+LIS order listener adds orders): a small strategy that gives meaning to the link's events.
+
+Theory of operation:
+
+* ``data_received`` is the fast path: the bytes go to the link with the loop's clock, whatever the link
+  wants sent (an intermediate frame's ACK) is written at once, and the events that only count (frames
+  accepted, junk) are handled there by :meth:`Role.on_event`. The first event that needs to wait for
+  something (a complete message to commit, an order state to save) starts the session's task, which handles
+  it and every event after it in order, then the role's own work, and ends when nothing is left. While the
+  task runs, ``data_received`` only feeds the link (which holds a message until it is answered, and bounds
+  what it buffers) and writes its output: events are never handled out of order.
+* Timers: one :class:`asyncio.TimerHandle` on ``loop.call_at`` for the earliest of the link's deadline
+  (:meth:`Link.get_timer`) and the role's (:meth:`Role.deadline`), re-armed lazily: only when the deadline
+  comes earlier than the armed timer, or when the timer fires before the deadline it was armed for has
+  moved to (the E1381 receive timer moves at every frame).
+* The end of the connection is told to the link once the event in hand is handled (so a message being
+  committed is answered first, and an unfinished one becomes the link's last event); then the role finishes
+  and :attr:`LinkSession.closed` completes.
+* Isolation: an exception in a callback or in the task is logged, ends this connection only, and is seen
+  by the runner as a closed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+from labbridge.health.instrument import InstrumentHealth
+from labbridge.logs import get_logger
+from labbridge.protocols.link import Link
+
+log = get_logger("labbridge.session")
+
+E = TypeVar("E")
+E_contra = TypeVar("E_contra", contravariant=True)
+
+
+class Role(Protocol[E_contra]):
+    """What one kind of link does with its events (a strategy of :class:`LinkSession`)."""
+
+    def on_event(self, event: E_contra) -> bool:
+        """Handle an event that needs no waiting (count it); False: it goes to :meth:`handle`, in the task."""
+        ...
+
+    async def handle(self, event: E_contra) -> None:
+        """Handle an event that needs to wait (commit a message, then answer it through the link)."""
+        ...
+
+    def deadline(self) -> float | None:
+        """The role's own next deadline on the loop's clock (an order poll, an answer awaited), or None."""
+        ...
+
+    async def work(self, now: float, *, woken: bool) -> None:
+        """Its own work, at its deadline or when woken (new work for it, or a first look once connected):
+        hand a message of ours to the link, time out a wait. It must move its deadline past ``now``."""
+        ...
+
+    async def finish(self) -> None:
+        """The connection ended and the link's last events were handled."""
+        ...
+
+
+class Wakeup:
+    """New work for the sessions of one instrument (an order was added): each connected one looks at once."""
+
+    __slots__ = ("_sessions",)
+
+    def __init__(self) -> None:
+        self._sessions: set[LinkSession[Any]] = set()
+
+    def set(self) -> None:
+        for session in tuple(self._sessions):
+            session.wake()
+
+    def watch(self, session: LinkSession[Any]) -> None:
+        self._sessions.add(session)
+
+    def unwatch(self, session: LinkSession[Any]) -> None:
+        self._sessions.discard(session)
+
+
+class LinkSession(asyncio.Protocol, Generic[E]):
+    """Drives one :class:`Link` over one transport (see the module's docstring)."""
+
+    def __init__(self, link: Link[E], make_role: Callable[[LinkSession[E]], Role[E]], health: InstrumentHealth,
+                 *, label: str = "", on_made: Callable[[LinkSession[E]], bool] | None = None,
+                 on_closed: Callable[[LinkSession[E]], None] | None = None, wakeup: Wakeup | None = None) -> None:
+        """``on_made`` may refuse the connection (False: it is closed at once, nothing else runs);
+        ``on_closed`` runs once the connection's last events are handled."""
+        self.link = link
+        # Where bytes and messages are counted; a role may move it to the instrument a message is from.
+        self.health = health
+        self.label = label  # the peer, for reasons and logs ("10.1.2.3:5000", "/dev/ttyS0")
+        self.peer = label
+        self._on_made = on_made
+        self._on_closed = on_closed
+        self._wakeup = wakeup
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.refused = False
+        self.failure: str | None = None  # why the session ended the connection itself (a bug), for the health
+        self._task: asyncio.Task[None] | None = None
+        self._pending: E | None = None  # the event that started the task
+        self._woken = False
+        self._lost = False  # the transport is gone
+        self._told = False  # ... and the link was told
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.role = make_role(self)
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (TCP, TLS, serial); uvloop's are not registered as asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        if self._on_made is not None and not self._on_made(self):
+            self.refused = True
+            transport.close()
+            return
+        if self._wakeup is not None:
+            self._wakeup.watch(self)
+        self.wake()  # the role's first look for work of its own
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            health = self.health
+            health.counters.bytes_received += len(data)
+            health.last_byte_at = time.time()
+            self.link.receive_data(data, self._loop.time())
+            self.flush()
+            if self._task is None:
+                event = self._take_event()
+                if event is not None:
+                    self._pending = event
+                    self._start()
+            self._arm()
+        except Exception as exc:  # isolation: this connection ends, nothing else
+            self._crashed(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            if not self.closed.done():
+                self.closed.set_result(None)
+            return
+        if exc is not None:
+            log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
+        self._lost = True
+        if self._wakeup is not None:
+            self._wakeup.unwatch(self)
+        self._start()
+
+    # ---- what roles and runners call ----------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write bytes of our own (the link's are written by the session)."""
+        transport = self.transport
+        if data and transport is not None and not self._lost and not transport.is_closing():
+            transport.write(data)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def wake(self) -> None:
+        """Run the role's work soon (new work for it, or a first look)."""
+        self._woken = True
+        self._start()
+
+    def close(self) -> None:
+        """Close the connection (pending output is flushed first); :attr:`closed` completes after."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now (a replaced or removed link)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what the link wants sent (an acknowledgement before slower work, say)."""
+        out = self.link.data_to_send()
+        if out:
+            self.send(out)
+
+    def _take_event(self) -> E | None:
+        """The next event that needs the task; those that only count are handled on the way."""
+        event = self._pending
+        if event is not None:
+            self._pending = None
+            return event
+        link, role = self.link, self.role
+        while (event := link.next_event()) is not None:
+            if not role.on_event(event):
+                return event
+        return None
+
+    def _start(self) -> None:
+        if self._task is None and not self.closed.done():
+            self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            worked = False
+            while True:
+                event = self._take_event()
+                if event is not None:
+                    await self.role.handle(event)
+                    self.flush()
+                    continue
+                if self._lost:
+                    if not self._told:
+                        self._told = True
+                        self._cancel_timer()
+                        self.link.connection_lost()
+                        continue
+                    await self.role.finish()
+                    break
+                now = self._loop.time()
+                deadline = self.role.deadline()
+                if self._woken or (not worked and deadline is not None and now >= deadline):
+                    woken, self._woken = self._woken, False
+                    worked = True
+                    await self.role.work(now, woken=woken)
+                    self.flush()
+                    continue
+                break
+        except asyncio.CancelledError:
+            self._finish_closed()
+            raise
+        except Exception as exc:
+            self._crashed(exc)
+        finally:
+            self._task = None
+        if self._lost and self._told:
+            self._finish_closed()
+        elif self._lost or self._woken:
+            self._start()  # woken or lost while the last step ran: go round again
+        else:
+            self._arm()
+
+    def _finish_closed(self) -> None:
+        self._cancel_timer()
+        if not self.closed.done():
+            self.closed.set_result(None)
+            if self._on_closed is not None:
+                self._on_closed(self)
+
+    def _crashed(self, exc: Exception) -> None:
+        log.error("session_crashed", instrument=self.health.id, error=type(exc).__name__, exc_info=exc)
+        self.failure = (f"internal error on this link ({type(exc).__name__}); the connection was closed and "
+                        "the analyzer will send again")
+        self.health.set_state("down", self.failure)
+        self.abort()
+
+    def _deadline(self) -> float | None:
+        timer = self.link.get_timer()
+        own = self.role.deadline()
+        if own is not None and (timer is None or own < timer):
+            return own
+        return timer
+
+    def _arm(self) -> None:
+        if self._lost:
+            return
+        deadline = self._deadline()
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        if self._lost or self._task is not None:
+            return  # the task arms the timer again when it ends
+        try:
+            now = self._loop.time()
+            timer = self.link.get_timer()
+            if timer is not None and now >= timer:
+                self.link.handle_timer(now)
+                self.flush()
+            event = self._take_event()
+            own = self.role.deadline()
+            if event is not None:
+                self._pending = event
+                self._start()
+            elif own is not None and now >= own:
+                self._start()
+            else:
+                self._arm()
+        except Exception as exc:
+            self._crashed(exc)

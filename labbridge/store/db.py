@@ -5,7 +5,13 @@ groups: every write request waiting while the previous commit was on disk goes i
 transaction, each inside its own SAVEPOINT, so a failing request never takes the others down and
 durability costs one fsync per group, not per message. A request's future completes only after the
 COMMIT returned: that is when an analyzer may be ACKed. :class:`WriterClient` is the daemon's end of it,
-on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`.
+on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`. ``LABBRIDGE_STORE_WRITER=thread``
+runs the same group commit on a thread of the daemon instead (:mod:`labbridge.store.writer_thread`), so
+that the simpler design can be measured against the process; both stand behind the same :class:`Store`.
+
+Every failure a caller sees from a write is a :class:`~labbridge.errors.StoreError` whose ``kind`` comes
+from SQLite's error code or the errno (:mod:`labbridge.store.failure`); a writer that stopped fails what
+it had in flight with kind ``unavailable``.
 
 Other reads use a connection of their own on a thread (WAL readers never block the writer); the relay's
 reads of due items go through the writer (after its group's commit).
@@ -34,9 +40,9 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from labbridge.errors import StoreError
+from labbridge.errors import ConfigError, StoreError
 from labbridge.logs import get_logger
 from labbridge.model import Result
 from labbridge.outbox import (
@@ -51,12 +57,45 @@ from labbridge.outbox import (
     StoreSize,
 )
 from labbridge.store import sql
+from labbridge.store.failure import store_error
 from labbridge.store.schema import migrate
 from labbridge.store.sql import OUTBOX_COLUMNS
 from labbridge.store.writer import READ, RELAXED, WRITE, BatchStats, FrameBuffer, connect, dumps, frame, loads
+from labbridge.store.writer_thread import WriterThread
 
 log = get_logger("labbridge.store")
 T = TypeVar("T")
+
+WRITER_ENV = "LABBRIDGE_STORE_WRITER"
+WRITER_MODES = ("process", "thread")
+
+
+def writer_mode() -> str:
+    """Which writer the store runs: ``LABBRIDGE_STORE_WRITER`` (``process``, the default, or ``thread``)."""
+    mode = os.environ.get(WRITER_ENV) or "process"
+    if mode not in WRITER_MODES:
+        raise ConfigError(WRITER_ENV, [("", f"expected one of {', '.join(WRITER_MODES)}, not {mode!r}")])
+    return mode
+
+
+class Writer(Protocol):
+    """What the store needs of its writer: :class:`WriterClient` (a process) or :class:`WriterThread`."""
+
+    lost_reason: str
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    def submit(self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               fail_commit: bool) -> asyncio.Future[Any]: ...
+
+    async def close(self) -> None: ...
+
 
 class WriterClient(asyncio.Protocol):
     """The daemon's end of one writer child, on the event loop: requests out, outcomes back, no thread.
@@ -108,7 +147,8 @@ class WriterClient(asyncio.Protocol):
                fail_commit: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._transport is None:
-            future.set_exception(StoreError(f"the store writer process is not running ({self.lost_reason})"))
+            future.set_exception(StoreError(f"the store writer process is not running ({self.lost_reason})",
+                                            kind="unavailable"))
             return future
         try:
             body = dumps((kind, fn, args, kwargs, fail_commit))
@@ -155,7 +195,7 @@ class WriterClient(asyncio.Protocol):
         for future in pending.values():
             if not future.done():
                 future.set_exception(StoreError(
-                    f"commit failed: the store writer process stopped ({self.lost_reason})"))
+                    f"commit failed: the store writer process stopped ({self.lost_reason})", kind="unavailable"))
 
     async def close(self) -> None:
         """Close our end: the child finishes the group in hand and exits."""
@@ -186,9 +226,10 @@ class Store:
         self.checkpoints = 0  # background checkpoints run
         self.checkpoint_seconds = 0.0
         self.last_checkpoint_error: str | None = None
-        self._writer: WriterClient | None = None
+        self.writer_mode = "process"  # or "thread": LABBRIDGE_STORE_WRITER, read by open()
+        self._writer: Writer | None = None
         self._restart_lock = asyncio.Lock()
-        self.writer_starts = 0  # writer processes started (more than one: a writer died and was replaced)
+        self.writer_starts = 0  # writers started (more than one: a writer died and was replaced)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labbridge-store-read")
         self._read_conn: sqlite3.Connection | None = None
         self.commits = 0
@@ -207,18 +248,20 @@ class Store:
 
     @property
     def writer_restarts(self) -> int:
-        """Writer processes that died and were replaced (their in-flight requests failed: nothing ACKed)."""
+        """Writers that died and were replaced (their in-flight requests failed: nothing ACKed)."""
         return max(0, self.writer_starts - 1)
 
     async def open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
+        self.writer_mode = writer_mode()
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise store_error(exc, f"store {self.path} cannot be opened") from exc
         try:
             migrate(conn, self.path)
-        except (StoreError, sqlite3.Error):
+        finally:
             conn.close()
-            raise
-        conn.close()
         await self._start_writer()
         self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect)
         self._checkpoint_stop.clear()
@@ -276,11 +319,15 @@ class Store:
         self.checkpoint_seconds += time.perf_counter() - started
         self.last_checkpoint_error = None
 
-    # ---- the writer process ---------------------------------------------------------------------
+    # ---- the writer ----------------------------------------------------------------------------
 
     async def _start_writer(self) -> None:
-        writer = WriterClient(self.path, WAL_BACKSTOP_PAGES, self._count)
-        await writer.start()
+        kind = WriterThread if self.writer_mode == "thread" else WriterClient
+        writer: Writer = kind(self.path, WAL_BACKSTOP_PAGES, self._count)
+        try:
+            await writer.start()
+        except OSError as exc:  # no process or socket to be had (EAGAIN, EMFILE...)
+            raise StoreError(f"the store writer cannot be started: {exc}", kind="unavailable") from exc
         self._writer = writer
         self.writer_starts += 1
         if self.writer_starts > 1:
@@ -300,26 +347,28 @@ class Store:
     async def _submit(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         writer = self._writer
         if writer is None:
-            raise StoreError("store is not open")
+            raise StoreError("store is not open", kind="unavailable")
         if not writer.alive:  # it died (its requests in flight failed): a new one for this request
             async with self._restart_lock:
                 if self._writer is writer:
                     log.error("store_writer_lost", reason=writer.lost_reason)
                     self.commit_failures += 1
-                    self.last_commit_error = f"the store writer process stopped ({writer.lost_reason})"
+                    self.last_commit_error = f"the store writer {self.writer_mode} stopped ({writer.lost_reason})"
                     await writer.close()
                     await self._start_writer()
             writer = self._writer
             if writer is None:
-                raise StoreError("store is not open")
+                raise StoreError("store is not open", kind="unavailable")
         result: T = await writer.submit(kind, fn, args, kwargs, self.fail_commits)
         return result
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in the writer process, in a transaction; returns once it is on disk.
+        """Run ``fn(conn, *args, **kwargs)`` in the writer, in a transaction; returns once it is on disk.
 
-        Also for store extensions (the order source). ``fn`` must be a module-level function (it is pickled
-        by reference), its arguments and result picklable, and it must not commit or roll back itself.
+        Also for store extensions (the order source). ``fn`` must be a module-level function (the writer
+        process gets it pickled by reference), its arguments and result picklable, and it must not commit
+        or roll back itself. A SQLite failure is a :class:`StoreError` of its kind; an exception ``fn``
+        raises itself reaches the caller as it is (its write rolled back).
         """
         return await self._submit(WRITE, fn, *args, **kwargs)
 
@@ -327,8 +376,11 @@ class Store:
         """Run ``fn`` on the read connection (it sees every committed write)."""
         conn = self._read_conn
         if conn is None:
-            raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+            raise StoreError("store is not open", kind="unavailable")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "read failed") from exc
 
     # ---- writes --------------------------------------------------------------------------------
 

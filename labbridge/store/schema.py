@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
+from labbridge.store.failure import kind_of
 
 log = get_logger("labbridge.store")
 
@@ -203,6 +204,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
-            raise StoreError(f"store {path}: migration to schema {step} failed: {exc}") from exc
+            raise StoreError(f"store {path}: migration to schema {step} failed: {exc}", kind=kind_of(exc)) from exc
         log.info("store_migrated", from_version=version, to_version=step)
         version = step

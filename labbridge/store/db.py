@@ -256,12 +256,12 @@ class Store:
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
+            try:
+                migrate(conn, self.path)
+            finally:
+                conn.close()
         except (OSError, sqlite3.Error) as exc:
             raise store_error(exc, f"store {self.path} cannot be opened") from exc
-        try:
-            migrate(conn, self.path)
-        finally:
-            conn.close()
         await self._start_writer()
         self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect)
         self._checkpoint_stop.clear()

@@ -154,3 +154,15 @@ def test_the_writer_is_chosen_by_the_environment_when_the_store_opens(tmp_path: 
             await Store(tmp_path / "f.db").open()
 
     run(body())
+
+
+def test_a_file_that_is_no_database_refuses_to_open_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not a database, not at all" * 200)
+
+    async def body() -> None:
+        with pytest.raises(StoreError) as caught:
+            await Store(path).open()
+        assert caught.value.kind == "corrupt" and "backup" in caught.value.hint
+
+    run(body())

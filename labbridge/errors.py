@@ -6,6 +6,8 @@ exception escaping a core is a bug.
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class LabbridgeError(Exception):
     """Root of every error labbridge raises on purpose."""
@@ -77,8 +79,36 @@ class PermanentLinkError(LinkError):
     """A failure that needs a person (no such device, address not available, bad settings)."""
 
 
+StoreErrorKind = Literal["full", "io", "corrupt", "busy", "unavailable", "other"]
+
+# What a technician does about each kind of store failure (StoreError.hint).
+_STORE_HINTS: dict[StoreErrorKind, str] = {
+    "full": "free space on the store's disk or raise store.max_size_mb",
+    "io": "check the disk and the store file's permissions",
+    "corrupt": "the store file is damaged: stop labbridge, keep a copy of the file and restore it from a backup",
+    "busy": "another program holds the store file locked: stop it",
+    "unavailable": "the store's writer stopped: labbridge starts another; if this repeats, see the log",
+    "other": "see the log",
+}
+
+
 class StoreError(LabbridgeError):
-    """The store could not commit; nothing was acknowledged."""
+    """The store could not do what was asked; a commit that fails this way acknowledged nothing.
+
+    ``kind`` is why, decided where the store raises it from SQLite's error code or the system's errno
+    (never from message text): ``full`` (SQLITE_FULL: the disk, or the ``store.max_size_mb`` cap; ENOSPC),
+    ``io`` (disk I/O, cannot open, read-only), ``corrupt`` (damaged file, not a database), ``busy``
+    (locked by another program), ``unavailable`` (the writer stopped, or the store is closed), ``other``.
+    :attr:`hint` is what a technician should do about it.
+    """
+
+    def __init__(self, message: str, *, kind: StoreErrorKind = "other") -> None:
+        self.kind: StoreErrorKind = kind
+        super().__init__(message)
+
+    @property
+    def hint(self) -> str:
+        return _STORE_HINTS[self.kind]
 
     def __init__(self, message: str, kind: str = "other") -> None:
         self.kind = kind

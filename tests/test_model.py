@@ -26,7 +26,7 @@ def test_results_and_outbox_items_pickle_field_for_field() -> None:
     them default, comes back, so a field added to the dataclass can never be dropped on the way."""
     import pickle
 
-    from labbridge.store.sql import OutboxItem, StoredMessage
+    from labbridge.outbox import OutboxItem, StoredMessage
 
     result = Result(instrument="an1", sample_id="S1", test_code="GLU", instrument_test_code="1", value="5.2",
                     units="mmol/L", reference_range="3.9-5.8", flags=("H", "A"), status="correction",

@@ -16,8 +16,8 @@ from labbridge.errors import DecodeError
 from labbridge.links.dialect import records_from_raw
 from labbridge.mapping import ResultMapper
 from labbridge.model import Decoded, HostQuery, Result
+from labbridge.outbox import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
 from labbridge.protocols.hl7_parse import Hl7Message, parse_message
-from labbridge.store.sql import DEAD_UNKNOWN_SENDER, DEAD_UNMAPPED, Held
 
 
 @dataclass(slots=True)

@@ -22,9 +22,9 @@ from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.instrument import AnySession, InstrumentRunner, listen_with_retry
 from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
+from labbridge.outbox import DEAD_UNKNOWN_SENDER, Held
 from labbridge.protocols.hl7_parse import Hl7Message
 from labbridge.sharing import SenderRouter, astm_sender_names, hl7_sender_names
-from labbridge.store.sql import DEAD_UNKNOWN_SENDER, Held
 
 log = get_logger("labbridge.shared")
 

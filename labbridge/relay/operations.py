@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from labbridge.links.intake import InstrumentDecoder
+from labbridge.outbox import DEAD_UNDECODABLE, Held
 from labbridge.store.db import Store, wall_clock
-from labbridge.store.sql import DEAD_UNDECODABLE, Held
 
 
 class Operations:

@@ -37,12 +37,12 @@ from labbridge.backoff import backoff_delay
 from labbridge.config import Destination, FileDestination, HttpDestination, MllpDestination
 from labbridge.errors import TransientLinkError
 from labbridge.logs import get_logger
+from labbridge.outbox import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
 from labbridge.protocols.hl7 import Party
 from labbridge.relay.lis.file import FileDropSender
 from labbridge.relay.lis.mllp import MllpSender
 from labbridge.relay.lis.render import render_astm, render_hl7, render_json
 from labbridge.store.db import Store
-from labbridge.store.sql import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
 
 if TYPE_CHECKING:
     from labbridge.relay.lis.http import (

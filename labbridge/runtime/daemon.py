@@ -27,11 +27,11 @@ from labbridge.links.lis_orders import LisOrderListener
 from labbridge.links.shared import SharedListener
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order
+from labbridge.outbox import Retention
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.store.db import Store, wall_clock
 from labbridge.store.orders import SqliteOrderSource
-from labbridge.store.sql import Retention
 
 log = get_logger("labbridge.daemon")
 

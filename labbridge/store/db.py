@@ -5,7 +5,13 @@ groups: every write request waiting while the previous commit was on disk goes i
 transaction, each inside its own SAVEPOINT, so a failing request never takes the others down and
 durability costs one fsync per group, not per message. A request's future completes only after the
 COMMIT returned: that is when an analyzer may be ACKed. :class:`WriterClient` is the daemon's end of it,
-on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`.
+on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`. ``LABBRIDGE_STORE_WRITER=thread``
+runs the same group commit on a thread of the daemon instead (:mod:`labbridge.store.writer_thread`), so
+that the simpler design can be measured against the process; both stand behind the same :class:`Store`.
+
+Every failure a caller sees from a write is a :class:`~labbridge.errors.StoreError` whose ``kind`` comes
+from SQLite's error code or the errno (:mod:`labbridge.store.failure`); a writer that stopped fails what
+it had in flight with kind ``unavailable``.
 
 Other reads use a connection of their own on a thread (WAL readers never block the writer); the relay's
 reads of due items go through the writer (after its group's commit).
@@ -17,16 +23,7 @@ whose analyzer waits for its ACK: measured, that was the whole p99 of the commit
 against 6.5 ms without). The writer still checkpoints by itself past ``WAL_BACKSTOP_PAGES`` (64 MiB), in
 case the background checkpoints cannot keep up.
 
-Tables: ``messages`` (raw bytes as received, per instrument), ``results`` (canonical JSON, unique per
-instrument, sample and content key), ``outbox`` (one row per LIS destination and group of results, with its
-stable control ID and delivery state; dead letters are outbox rows in state ``dead`` with a ``dead_kind``
-and a reason), ``incomplete`` (transmissions that never became a message), ``received_ids`` (HL7 MSH-10
-per analyzer), ``orders`` (the embedded order source, :mod:`labbridge.store.orders`), ``audit``
-(every operator action: who, when, what, why).
-
-Schema versions live in ``PRAGMA user_version``. Schema 1 is ``SCHEMA``; an older store is brought up to
-date by numbered migration steps (``MIGRATIONS``), each idempotent and applied in its own transaction,
-so a store written by an earlier labbridge keeps working.
+The tables and their migrations are in :mod:`labbridge.store.schema`.
 """
 
 from __future__ import annotations
@@ -43,17 +40,15 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from labbridge.errors import StoreError
+from labbridge.errors import ConfigError, StoreError
 from labbridge.logs import get_logger
 from labbridge.model import Result
-from labbridge.store import sql
-from labbridge.store.sql import (
+from labbridge.outbox import (
     DEAD_LIS_REJECTED,
     DEAD_UNDECODABLE,
     GROUP_SIZE_BUCKETS,
-    OUTBOX_COLUMNS,
     Held,
     OutboxItem,
     RawMessage,
@@ -61,195 +56,45 @@ from labbridge.store.sql import (
     StoredMessage,
     StoreSize,
 )
+from labbridge.store import sql
+from labbridge.store.failure import store_error
+from labbridge.store.schema import migrate
+from labbridge.store.sql import OUTBOX_COLUMNS
 from labbridge.store.writer import READ, RELAXED, WRITE, BatchStats, FrameBuffer, connect, dumps, frame, loads
+from labbridge.store.writer_thread import WriterThread
 
 log = get_logger("labbridge.store")
 T = TypeVar("T")
 
-# Schema 1, as the first labbridge wrote it; later versions are MIGRATIONS applied on top.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    instrument TEXT NOT NULL,
-    protocol TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    raw BLOB NOT NULL,
-    status TEXT NOT NULL,            -- decoded | undecodable
-    error TEXT,
-    result_count INTEGER NOT NULL DEFAULT 0,
-    duplicate_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS messages_instrument ON messages(instrument, received_at);
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY,
-    message_id INTEGER NOT NULL REFERENCES messages(id),
-    instrument TEXT NOT NULL,
-    key TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    data TEXT NOT NULL,               -- canonical JSON (labbridge.model.Result)
-    UNIQUE (instrument, key)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    destination TEXT NOT NULL,
-    key TEXT NOT NULL,
-    control_id TEXT NOT NULL,
-    message_id INTEGER NOT NULL REFERENCES messages(id),
-    instrument TEXT NOT NULL,
-    result_ids TEXT NOT NULL,         -- JSON list of results.id
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending | delivered | dead
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    delivered_at REAL,
-    UNIQUE (destination, key)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(destination, state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS incomplete (
-    id INTEGER PRIMARY KEY,
-    instrument TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    raw BLOB NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS received_ids (   -- HL7 MSH-10 per analyzer, to recognise a resent message
-    instrument TEXT NOT NULL,
-    control_id TEXT NOT NULL,
-    digest TEXT NOT NULL,             -- content without MSH-7: a reused MSH-10 with new content is new
-    message_id INTEGER NOT NULL REFERENCES messages(id),
-    PRIMARY KEY (instrument, control_id, digest)
-);
-"""
+WRITER_ENV = "LABBRIDGE_STORE_WRITER"
+WRITER_MODES = ("process", "thread")
 
 
-_ORDERS_SQL = """
-CREATE TABLE IF NOT EXISTS orders (
-    id INTEGER PRIMARY KEY,
-    sample_id TEXT NOT NULL,
-    tests TEXT NOT NULL,              -- JSON list of LIS test codes
-    instrument TEXT NOT NULL DEFAULT '',  -- '' = any instrument of the site
-    site TEXT NOT NULL DEFAULT '',
-    priority TEXT NOT NULL DEFAULT 'routine',
-    patient_id TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | accepted | cancelled
-    source TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    sent_at REAL,
-    sent_to TEXT,
-    accepted_at REAL,
-    cancelled_at REAL
-);
-CREATE INDEX IF NOT EXISTS orders_sample ON orders(sample_id, state);
-CREATE INDEX IF NOT EXISTS orders_instrument ON orders(instrument, state, id);
-CREATE INDEX IF NOT EXISTS orders_site ON orders(site, state, id);
-"""
+def writer_mode() -> str:
+    """Which writer the store runs: ``LABBRIDGE_STORE_WRITER`` (``process``, the default, or ``thread``)."""
+    mode = os.environ.get(WRITER_ENV) or "process"
+    if mode not in WRITER_MODES:
+        raise ConfigError(WRITER_ENV, [("", f"expected one of {', '.join(WRITER_MODES)}, not {mode!r}")])
+    return mode
 
 
-def _migrate_orders(conn: sqlite3.Connection) -> None:
-    """The embedded order source (labbridge.store.orders)."""
-    for statement in _ORDERS_SQL.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+class Writer(Protocol):
+    """What the store needs of its writer: :class:`WriterClient` (a process) or :class:`WriterThread`."""
 
-def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) -> None:
-    """ALTER TABLE ADD COLUMN unless it is there (steps stay idempotent whatever order branches merge in)."""
-    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-    if column not in have:
-        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    lost_reason: str
 
+    @property
+    def alive(self) -> bool: ...
 
-def _migrate_outbox_operations(conn: sqlite3.Connection) -> None:
-    """Dead-letter kinds, backlog flag, the audit trail."""
-    # dead_kind: lis-rejected | undelivered | undecodable | unmapped | unknown-sender | held (NULL while alive)
-    _add_column(conn, "outbox", "dead_kind", "TEXT")
-    _add_column(conn, "outbox", "backlog", "INTEGER NOT NULL DEFAULT 0")
-    _add_column(conn, "results", "backlog", "INTEGER NOT NULL DEFAULT 0")
-    conn.execute("CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, delivered_at)")
-    conn.execute("CREATE INDEX IF NOT EXISTS outbox_message ON outbox(message_id)")
-    conn.execute("CREATE INDEX IF NOT EXISTS results_message ON results(message_id)")
-    conn.execute("""CREATE TABLE IF NOT EXISTS audit (
-        id INTEGER PRIMARY KEY,
-        at REAL NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,            -- retry | purge
-        target TEXT NOT NULL,            -- e.g. "outbox:12" or "outbox:state=dead"
-        reason TEXT NOT NULL,
-        detail TEXT                      -- JSON: what the action did
-    )""")
+    @property
+    def pid(self) -> int | None: ...
 
+    async def start(self) -> None: ...
 
-def _migrate_order_notes(conn: sqlite3.Connection) -> None:
-    """Why an analyzer refused an order (HL7 ORL^O34 "unable to accept"), shown with the order."""
-    _add_column(conn, "orders", "note", "TEXT NOT NULL DEFAULT ''")
+    def submit(self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               fail_commit: bool) -> asyncio.Future[Any]: ...
 
-
-def _migrate_results_by_sample(conn: sqlite3.Connection) -> None:
-    """``results`` unique per (instrument, sample, content key) instead of (instrument, content key).
-
-    The same rows are unique either way (a content key hashes the sample ID in), but the old index ordered
-    the entries by a hash: the ~20 results of one message landed on ~20 random pages of it, which every
-    commit rewrote to the WAL (27 of a message's 35 pages). Ordered by sample first, a message's results
-    share one or two pages. SQLite cannot change a table's UNIQUE constraint in place: the table is
-    rebuilt (ids, contents and order kept); a store with the ``sample`` column already is left alone.
-    Once, on the first start after the upgrade, before any link opens: ~20 s per million results stored
-    (measured: 500,000 results, 255 MB, in 9.6 s).
-    """
-    if "sample" in {row[1] for row in conn.execute("PRAGMA table_info(results)")}:
-        return
-    conn.execute("""CREATE TABLE results_by_sample (
-        id INTEGER PRIMARY KEY,
-        message_id INTEGER NOT NULL REFERENCES messages(id),
-        instrument TEXT NOT NULL,
-        sample TEXT NOT NULL,             -- the result's sample_id
-        key TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        data TEXT NOT NULL,               -- canonical JSON (labbridge.model.Result)
-        backlog INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (instrument, sample, key)
-    )""")
-    conn.execute("INSERT INTO results_by_sample (id, message_id, instrument, sample, key, received_at, data, backlog)"
-                 " SELECT id, message_id, instrument, COALESCE(json_extract(data, '$.sample_id'), ''), key,"
-                 " received_at, data, backlog FROM results ORDER BY id")
-    conn.execute("DROP TABLE results")
-    conn.execute("ALTER TABLE results_by_sample RENAME TO results")
-    conn.execute("CREATE INDEX results_message ON results(message_id)")
-
-
-# Step n brings a store from user_version n-1 to n. Version 1 is SCHEMA itself.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _migrate_orders,
-    3: _migrate_outbox_operations,
-    4: _migrate_order_notes,
-    5: _migrate_results_by_sample,
-}
-SCHEMA_VERSION = max(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Bring a store to SCHEMA_VERSION: create schema 1 if empty, then apply each step in its own transaction."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"store {path} has schema version {version}, newer than this labbridge "
-                         f"({SCHEMA_VERSION}): upgrade labbridge")
-    if version == 0:
-        conn.executescript(SCHEMA)
-        conn.execute("PRAGMA user_version=1")
-        version = 1
-    while version < SCHEMA_VERSION:
-        step = version + 1
-        doc = (MIGRATIONS[step].__doc__ or "").strip()
-        log.info("store_migrating", from_version=version, to_version=step, what=doc.splitlines()[0] if doc else "")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[step](conn)
-            conn.execute(f"PRAGMA user_version={step}")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(f"store {path}: migration to schema {step} failed: {exc}") from exc
-        log.info("store_migrated", from_version=version, to_version=step)
-        version = step
+    async def close(self) -> None: ...
 
 
 class WriterClient(asyncio.Protocol):
@@ -302,7 +147,8 @@ class WriterClient(asyncio.Protocol):
                fail_commit: bool) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._transport is None:
-            future.set_exception(StoreError(f"the store writer process is not running ({self.lost_reason})"))
+            future.set_exception(StoreError(f"the store writer process is not running ({self.lost_reason})",
+                                            kind="unavailable"))
             return future
         try:
             body = dumps((kind, fn, args, kwargs, fail_commit))
@@ -349,7 +195,7 @@ class WriterClient(asyncio.Protocol):
         for future in pending.values():
             if not future.done():
                 future.set_exception(StoreError(
-                    f"commit failed: the store writer process stopped ({self.lost_reason})"))
+                    f"commit failed: the store writer process stopped ({self.lost_reason})", kind="unavailable"))
 
     async def close(self) -> None:
         """Close our end: the child finishes the group in hand and exits."""
@@ -380,9 +226,10 @@ class Store:
         self.checkpoints = 0  # background checkpoints run
         self.checkpoint_seconds = 0.0
         self.last_checkpoint_error: str | None = None
-        self._writer: WriterClient | None = None
+        self.writer_mode = "process"  # or "thread": LABBRIDGE_STORE_WRITER, read by open()
+        self._writer: Writer | None = None
         self._restart_lock = asyncio.Lock()
-        self.writer_starts = 0  # writer processes started (more than one: a writer died and was replaced)
+        self.writer_starts = 0  # writers started (more than one: a writer died and was replaced)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labbridge-store-read")
         self._read_conn: sqlite3.Connection | None = None
         self.commits = 0
@@ -401,18 +248,20 @@ class Store:
 
     @property
     def writer_restarts(self) -> int:
-        """Writer processes that died and were replaced (their in-flight requests failed: nothing ACKed)."""
+        """Writers that died and were replaced (their in-flight requests failed: nothing ACKed)."""
         return max(0, self.writer_starts - 1)
 
     async def open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
+        self.writer_mode = writer_mode()
         try:
-            migrate(conn, self.path)
-        except (StoreError, sqlite3.Error):
-            conn.close()
-            raise
-        conn.close()
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            try:
+                migrate(conn, self.path)
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise store_error(exc, f"store {self.path} cannot be opened") from exc
         await self._start_writer()
         self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect)
         self._checkpoint_stop.clear()
@@ -470,11 +319,15 @@ class Store:
         self.checkpoint_seconds += time.perf_counter() - started
         self.last_checkpoint_error = None
 
-    # ---- the writer process ---------------------------------------------------------------------
+    # ---- the writer ----------------------------------------------------------------------------
 
     async def _start_writer(self) -> None:
-        writer = WriterClient(self.path, WAL_BACKSTOP_PAGES, self._count)
-        await writer.start()
+        kind = WriterThread if self.writer_mode == "thread" else WriterClient
+        writer: Writer = kind(self.path, WAL_BACKSTOP_PAGES, self._count)
+        try:
+            await writer.start()
+        except OSError as exc:  # no process or socket to be had (EAGAIN, EMFILE...)
+            raise StoreError(f"the store writer cannot be started: {exc}", kind="unavailable") from exc
         self._writer = writer
         self.writer_starts += 1
         if self.writer_starts > 1:
@@ -494,26 +347,28 @@ class Store:
     async def _submit(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         writer = self._writer
         if writer is None:
-            raise StoreError("store is not open")
+            raise StoreError("store is not open", kind="unavailable")
         if not writer.alive:  # it died (its requests in flight failed): a new one for this request
             async with self._restart_lock:
                 if self._writer is writer:
                     log.error("store_writer_lost", reason=writer.lost_reason)
                     self.commit_failures += 1
-                    self.last_commit_error = f"the store writer process stopped ({writer.lost_reason})"
+                    self.last_commit_error = f"the store writer {self.writer_mode} stopped ({writer.lost_reason})"
                     await writer.close()
                     await self._start_writer()
             writer = self._writer
             if writer is None:
-                raise StoreError("store is not open")
+                raise StoreError("store is not open", kind="unavailable")
         result: T = await writer.submit(kind, fn, args, kwargs, self.fail_commits)
         return result
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in the writer process, in a transaction; returns once it is on disk.
+        """Run ``fn(conn, *args, **kwargs)`` in the writer, in a transaction; returns once it is on disk.
 
-        Also for store extensions (the order source). ``fn`` must be a module-level function (it is pickled
-        by reference), its arguments and result picklable, and it must not commit or roll back itself.
+        Also for store extensions (the order source). ``fn`` must be a module-level function (the writer
+        process gets it pickled by reference), its arguments and result picklable, and it must not commit
+        or roll back itself. A SQLite failure is a :class:`StoreError` of its kind; an exception ``fn``
+        raises itself reaches the caller as it is (its write rolled back).
         """
         return await self._submit(WRITE, fn, *args, **kwargs)
 
@@ -521,8 +376,11 @@ class Store:
         """Run ``fn`` on the read connection (it sees every committed write)."""
         conn = self._read_conn
         if conn is None:
-            raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+            raise StoreError("store is not open", kind="unavailable")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        except sqlite3.Error as exc:
+            raise store_error(exc, "read failed") from exc
 
     # ---- writes --------------------------------------------------------------------------------
 

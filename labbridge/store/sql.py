@@ -1,9 +1,10 @@
-"""The store's SQL: the functions the writer process runs (``fn(conn, ...)``) and the values they exchange.
+"""The store's read/write SQL: the functions the writer runs (``fn(conn, ...)``).
 
 Kept apart from :mod:`labbridge.store.db` (the daemon's async facade) so that the writer process
 imports only this, the model and SQLite: no asyncio, no logging set-up, no configuration models. Every
 function here runs on one connection inside the caller's transaction (the writer's group commit) and
-must not commit or roll back itself. See :mod:`labbridge.store.db` for the tables.
+must not commit or roll back itself. The tables are in :mod:`labbridge.store.schema`; the values
+exchanged are the outbox's vocabulary (:mod:`labbridge.outbox`).
 """
 
 from __future__ import annotations
@@ -13,85 +14,11 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from labbridge.model import Result, positional_pickle
-
-GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-# Why an item is in the dead letters (outbox.dead_kind).
-DEAD_LIS_REJECTED = "lis-rejected"
-DEAD_UNDELIVERED = "undelivered"
-DEAD_UNDECODABLE = "undecodable"
-DEAD_UNMAPPED = "unmapped"
-DEAD_UNKNOWN_SENDER = "unknown-sender"
-# Results the instrument's mapping holds back (hold_tests): stored, not sent until an operator
-# releases them with a retry (which puts them in line as they are, no re-decoding).
-DEAD_HELD = "held"
-# Kinds fixed by re-decoding the stored raw message with the current driver and config.
-REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
-
-
-@positional_pickle
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    message_id: int
-    new_results: int
-    duplicate_results: int
-    outbox_ids: tuple[int, ...]
-    duplicate: bool = False  # the same message (sender's ID and content) was already stored: nothing new
-
-
-@positional_pickle
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    destination: str
-    control_id: str
-    instrument: str
-    message_id: int
-    attempts: int
-    created_at: float
-    results: tuple[Result, ...]
-    backlog: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """Part of a message kept out of the LIS for a person to fix: one dead letter per destination."""
-
-    kind: str  # one of the DEAD_* kinds
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    id: int
-    instrument: str
-    protocol: str
-    raw: bytes
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoreSize:
-    file_bytes: int
-    wal_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.file_bytes + self.wal_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How long the store keeps what no longer waits for anyone (seconds)."""
-
-    raw_messages_s: float
-    delivered_s: float
-    incomplete_s: float
+from labbridge.model import Result
+from labbridge.outbox import DEAD_HELD, DEAD_UNDECODABLE, REDECODE_KINDS, Held, OutboxItem, Retention, StoredMessage
 
 
 def control_id_for(key: str) -> str:

@@ -19,6 +19,9 @@ Durability is unchanged: the child answers a write only after its group's COMMIT
 the child dies, every request in flight fails (no analyzer is ACKed for it) and the store starts a new
 child for the next one.
 
+The group commit itself (:func:`run_group`, :func:`run_writes`) is also what the writer thread runs
+(:mod:`labbridge.store.writer_thread`), the in-process alternative kept for measurement.
+
 Wire: frames of a 4-byte length, an 8-byte request id and a pickle, over a Unix socket pair. The child
 ignores SIGINT and SIGTERM (a Ctrl-C or a service stop reaches the whole process group): it exits when
 the daemon closes its end, after the group in hand, or with the daemon (its end closes then too).
@@ -36,9 +39,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from labbridge.errors import StoreError
+from labbridge.store.failure import store_error
 
 MAX_MESSAGE = 1 << 30  # one request's or answer's pickle: far above any real one, a guard against corruption
 GROUP_COMMIT_MAX = 512  # requests folded into one group at most
@@ -66,6 +70,7 @@ READ = "read"  # after the COMMIT, outside the transaction: sees every write of 
 
 Request = tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]  # kind, function, args, kwargs
 Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
+K = TypeVar("K")  # how the caller of run_group tells its requests apart
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -76,8 +81,22 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def connect_writer(path: str, wal_backstop_pages: int) -> sqlite3.Connection:
+    """The write connection: checkpoints by itself only past ``wal_backstop_pages`` (see labbridge.store.db)."""
+    conn = connect(path)
+    conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_backstop_pages)}")
+    return conn
+
+
 def _sqlite_failure(exc: BaseException) -> BaseException:
-    return StoreError(f"commit failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
+    """A SQLite error as a StoreError of its kind; any other exception is the request's own, passed on."""
+    return store_error(exc, "commit failed") if isinstance(exc, sqlite3.Error) else exc
+
+
+def _simulated_full() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database or disk is full (simulated)")
+    exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # as SQLite's own error carries it
+    return exc
 
 
 def run_writes(conn: sqlite3.Connection, requests: Sequence[Request],
@@ -113,13 +132,13 @@ def run_writes(conn: sqlite3.Connection, requests: Sequence[Request],
                 conn.execute("RELEASE job")
                 outcomes.append((True, value))
         if fail_commit:
-            raise sqlite3.OperationalError("database or disk is full (simulated)")
+            raise _simulated_full()
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-        failure = StoreError(f"commit failed: {exc}")
+        failure = store_error(exc, "commit failed")
         return [(False, failure)] * len(requests), BatchStats(False, time.perf_counter() - started, str(exc),
                                                               len(requests))
     finally:
@@ -136,6 +155,19 @@ def run_read(conn: sqlite3.Connection, request: Request) -> Outcome:
         return True, fn(conn, *args, **kwargs)
     except Exception as exc:
         return False, _sqlite_failure(exc)
+
+
+def run_group(conn: sqlite3.Connection, requests: Sequence[tuple[K, Request]], fail_commit: bool,
+              answer: Callable[[list[tuple[K, bool, Any]], BatchStats | None], None]) -> None:
+    """One group, each request tagged with the caller's key: the writes first, in one transaction, answered
+    as soon as the COMMIT returned (with the group's stats), then the reads (which see those writes)."""
+    writes = [(key, request) for key, request in requests if request[0] != READ]
+    if writes:
+        outcomes, stats = run_writes(conn, [request for _, request in writes], fail_commit)
+        answer([(key, ok, value) for (key, _), (ok, value) in zip(writes, outcomes, strict=True)], stats)
+    reads = [(key, *run_read(conn, request)) for key, request in requests if request[0] == READ]
+    if reads:
+        answer(reads, None)
 
 
 # ---- wire: frames of a 4-byte length, an 8-byte request id and a pickle -----------------------------
@@ -193,7 +225,7 @@ def _answer(outcomes: list[tuple[int, bool, Any]], stats: BatchStats | None) -> 
                 dumps(value)
             except Exception:
                 safe.append((request_id, False, StoreError(
-                    f"the store's answer cannot be sent back to the daemon: {type(value).__name__}")))
+                    f"the store's answer cannot be sent back to the daemon: {type(value).__name__}", kind="other")))
             else:
                 safe.append((request_id, ok, value))
         body = dumps((safe, stats))
@@ -218,9 +250,12 @@ def _take_group(sock: socket.socket, frames: FrameBuffer) -> tuple[list[tuple[in
 
 
 def serve(sock: socket.socket, path: str, wal_backstop_pages: int) -> None:
-    conn = connect(path)
-    conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_backstop_pages)}")
+    conn = connect_writer(path, wal_backstop_pages)
     frames = FrameBuffer()
+
+    def answer(outcomes: list[tuple[int, bool, Any]], stats: BatchStats | None) -> None:
+        sock.sendall(_answer(outcomes, stats))
+
     try:
         open_ = True
         while open_:
@@ -238,17 +273,9 @@ def serve(sock: socket.socket, path: str, wal_backstop_pages: int) -> None:
                     continue
                 fail_commit = fail_commit or bool(fail)
                 requests.append((request_id, (kind, fn, args, kwargs)))
-            writes = [(i, r) for i, r in requests if r[0] != READ]
-            stats = None
-            done = refused
-            if writes:
-                outcomes, stats = run_writes(conn, [r for _, r in writes], fail_commit)
-                done = done + [(i, ok, value) for (i, _), (ok, value) in zip(writes, outcomes, strict=True)]
-            if done:
-                sock.sendall(_answer(done, stats))
-            reads = [(i, *run_read(conn, r)) for i, r in requests if r[0] == READ]
-            if reads:
-                sock.sendall(_answer(reads, None))
+            if refused:
+                answer(refused, None)
+            run_group(conn, requests, fail_commit, answer)
     finally:
         conn.close()
 

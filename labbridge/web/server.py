@@ -27,7 +27,7 @@ from labbridge.errors import StoreError
 from labbridge.health.instrument import STATES
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
-from labbridge.store.sql import GROUP_SIZE_BUCKETS
+from labbridge.outbox import GROUP_SIZE_BUCKETS
 
 if TYPE_CHECKING:
     from labbridge.runtime.daemon import Daemon

@@ -10,8 +10,9 @@ import pytest
 from labbridge.errors import StoreError
 from labbridge.model import HostQuery
 from labbridge.orders import NewOrder, OrderSource, answer_query, push_lines
-from labbridge.store.db import SCHEMA, SCHEMA_VERSION, Store
+from labbridge.store.db import Store
 from labbridge.store.orders import SqliteOrderSource
+from labbridge.store.schema import SCHEMA, SCHEMA_VERSION
 from tests.conftest import run
 
 

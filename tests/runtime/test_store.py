@@ -106,7 +106,7 @@ def old(sample: str, test: str, hours_ago: float, received_at: float) -> Result:
 
 
 def test_a_version_1_store_is_migrated_in_place_and_keeps_its_data(tmp_path: Path) -> None:
-    from labbridge.store.db import SCHEMA, SCHEMA_VERSION
+    from labbridge.store.schema import SCHEMA, SCHEMA_VERSION
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
@@ -140,7 +140,7 @@ def test_a_version_4_store_gets_results_unique_by_sample_and_keeps_its_rows(tmp_
     recognition of resent results survive it."""
     import json
 
-    from labbridge.store.db import MIGRATIONS, SCHEMA
+    from labbridge.store.schema import MIGRATIONS, SCHEMA
 
     path = tmp_path / "v4.db"
     conn = sqlite3.connect(path)
@@ -206,7 +206,7 @@ def test_retry_and_purge_are_audited_and_purge_never_touches_pending(tmp_path: P
 
 
 def test_prune_keeps_pending_and_dead_items_and_what_they_refer_to(tmp_path: Path) -> None:
-    from labbridge.store.sql import Held, Retention
+    from labbridge.outbox import Held, Retention
 
     async def body() -> None:
         async with Store(tmp_path / "s.db") as store:
@@ -306,6 +306,7 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
     own row id: a repeat inside one message and a result stored before are duplicates, over 100 rows span
     several statements, and every outbox item lists exactly its sample's results. (The SQL functions run
     here, in this process, on a migrated store: the writer process would not see the monkeypatch.)"""
+    from labbridge.outbox import StoredMessage
     from labbridge.store import sql as store_sql
     from labbridge.store.writer import connect
 
@@ -321,7 +322,7 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
     run(migrate())
     conn = connect(str(path))
     try:
-        def commit(raw: bytes, received_at: float, results: list[Result]) -> store_sql.StoredMessage:
+        def commit(raw: bytes, received_at: float, results: list[Result]) -> StoredMessage:
             return store_sql.commit_message(
                 conn, instrument="chem-1", protocol="astm", raw=raw, received_at=received_at, results=results,
                 destinations=["lis"], error=None, sender_id=None, dead=[], backlog_after_s=None, held_results=(),

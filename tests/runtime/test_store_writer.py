@@ -1,4 +1,5 @@
-"""The store's writer process: its failures, its request kinds, and that it never outlives the daemon."""
+"""The store's writer: its failures and its request kinds under either writer, and the writer process's own
+(killed, corrupt answers, signals, unpicklable requests, never outliving the daemon)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pytest
 
 from labbridge.errors import StoreError
 from labbridge.model import Result
-from labbridge.store.db import Store
+from labbridge.store.db import Store, writer_mode
 from labbridge.store.writer import FrameBuffer, frame
 from tests.conftest import run
+
+process_only = pytest.mark.skipif(writer_mode() != "process", reason="the writer process's own behaviour")
 
 
 def result(sample: str, test: str = "GLU") -> Result:
@@ -53,6 +56,7 @@ async def _first_failure(store: Store) -> StoreError:
     raise AssertionError("the killed writer was never noticed")
 
 
+@process_only
 def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -> None:
     """Killed mid-stream: what was in flight fails (no analyzer would be ACKed for it), nothing committed is
     lost, the next request gets a new writer process, and the store counts the failure."""
@@ -65,7 +69,7 @@ def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -
             first_pid = writer.pid
             os.kill(first_pid, signal.SIGKILL)
             error = await _first_failure(store)
-            assert "writer process stopped" in str(error)
+            assert "writer process stopped" in str(error) and error.kind == "unavailable"
             assert await _commit(store, "S2") > 1
             assert store.writer_starts == 2 and store._writer is not None and store._writer.pid != first_pid
             assert store.writer_restarts == 1
@@ -76,6 +80,7 @@ def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -
     run(body())
 
 
+@process_only
 def test_an_unreadable_answer_drops_the_writer_instead_of_hanging(tmp_path: Path) -> None:
     """A corrupt frame from the writer fails what waits on it (no caller waits forever) and the next
     request gets a new writer."""
@@ -95,6 +100,7 @@ def test_an_unreadable_answer_drops_the_writer_instead_of_hanging(tmp_path: Path
     run(body())
 
 
+@process_only
 def test_the_writer_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
     """Ctrl-C or a service stop reach the whole process group: the writer lets the daemon decide."""
 
@@ -112,12 +118,21 @@ def test_the_writer_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
     run(body())
 
 
-def test_a_request_that_cannot_be_sent_fails_alone_and_a_failing_one_rolls_back_alone(tmp_path: Path) -> None:
+@process_only
+def test_a_request_that_cannot_be_sent_fails_alone(tmp_path: Path) -> None:
     async def body() -> None:
         async with Store(tmp_path / "s.db") as store:
             local = 3
             with pytest.raises(StoreError, match="module-level function"):
                 await store.write(lambda conn: local)
+            assert await _commit(store, "S1") == 1
+
+    run(body())
+
+
+def test_a_failing_request_rolls_back_alone(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Store(tmp_path / "s.db") as store:
             with pytest.raises(ValueError, match="fails after writing"):
                 await store.write(_fails)
             assert await store.write(_incomplete_rows) == 0  # its insert was rolled back with it
@@ -144,6 +159,7 @@ def test_delivered_marks_commit_relaxed_and_the_writer_goes_back_to_full_sync(tm
     run(body())
 
 
+@process_only
 def test_the_writer_process_does_not_outlive_a_killed_daemon(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"

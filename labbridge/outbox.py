@@ -1,0 +1,87 @@
+"""The outbox's vocabulary: what the store hands out and takes in, shared by every layer above it.
+
+Pure values (dataclasses and constants; no SQLite, no I/O): the links, the relay, the operator actions
+and the web layer speak these, and :mod:`labbridge.store` stores them. The store's tables are described
+in :mod:`labbridge.store.schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labbridge.model import Result, positional_pickle
+
+# Upper bounds of the store's commit-group size histogram (requests per COMMIT, ``<=`` each bucket).
+GROUP_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# Why an item is in the dead letters (outbox.dead_kind).
+DEAD_LIS_REJECTED = "lis-rejected"
+DEAD_UNDELIVERED = "undelivered"
+DEAD_UNDECODABLE = "undecodable"
+DEAD_UNMAPPED = "unmapped"
+DEAD_UNKNOWN_SENDER = "unknown-sender"
+# Results the instrument's mapping holds back (hold_tests): stored, not sent until an operator
+# releases them with a retry (which puts them in line as they are, no re-decoding).
+DEAD_HELD = "held"
+# Kinds fixed by re-decoding the stored raw message with the current driver and config.
+REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
+
+
+@positional_pickle
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    message_id: int
+    new_results: int
+    duplicate_results: int
+    outbox_ids: tuple[int, ...]
+    duplicate: bool = False  # the same message (sender's ID and content) was already stored: nothing new
+
+
+@positional_pickle
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    destination: str
+    control_id: str
+    instrument: str
+    message_id: int
+    attempts: int
+    created_at: float
+    results: tuple[Result, ...]
+    backlog: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Part of a message kept out of the LIS for a person to fix: one dead letter per destination."""
+
+    kind: str  # one of the DEAD_* kinds
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    id: int
+    instrument: str
+    protocol: str
+    raw: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    file_bytes: int
+    wal_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.file_bytes + self.wal_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the store keeps what no longer waits for anyone (seconds)."""
+
+    raw_messages_s: float
+    delivered_s: float
+    incomplete_s: float

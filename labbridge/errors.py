@@ -110,16 +110,6 @@ class StoreError(LabbridgeError):
     def hint(self) -> str:
         return _STORE_HINTS[self.kind]
 
-    def __init__(self, message: str, kind: str = "other") -> None:
-        self.kind = kind
-        super().__init__(message)
-
-    @property
-    def hint(self) -> str:
-        if self.kind == "full":
-            return "the store is full (disk or configured store.max_size_mb): free space or raise the cap"
-        return "check the disk"
-
 
 class RelayError(LabbridgeError):
     """Delivery to a LIS destination failed."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from labbridge.errors import StoreError
+from labbridge.errors import StoreError, StoreErrorKind
 from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
@@ -33,6 +33,10 @@ from labbridge.store.db import Store
 log = get_logger("labbridge.sink")
 
 NOT_STORED_TEXT = "labbridge could not store the message; send it again later"
+_KIND_WORDS: dict[StoreErrorKind, str] = {
+    "full": "the store is full", "io": "the store's disk cannot be written", "corrupt": "the store file is damaged",
+    "busy": "the store file is locked by another program", "unavailable": "the store's writer stopped",
+    "other": "the store failed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +155,11 @@ class MessageSink:
         except Exception as exc:
             counters.store_failures += 1
             self._trouble = True
-            kind = exc.kind if isinstance(exc, StoreError) else "other"
-            hint = exc.hint if isinstance(exc, StoreError) else "check the disk and the log"
+            failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
             told = "is not acknowledged and will retransmit" if protocol == "astm" else "gets AR and should resend"
-            health.set_state("degraded", f"results cannot be stored ({exc}); the analyzer {told}: {hint}")
-            log.error("store_failed", instrument=health.id, kind=kind, error=type(exc).__name__)
+            health.set_state("degraded", f"results cannot be stored: {_KIND_WORDS[failure.kind]} ({exc}); the "
+                                         f"analyzer {told}: {failure.hint}")
+            log.error("store_failed", instrument=health.id, kind=failure.kind, error=type(exc).__name__)
             return Decision(False, Answer(Outcome.REJECTED, datetime.now(UTC), NOT_STORED_TEXT, ERR_INTERNAL))
         if self._trouble:
             self._trouble = False

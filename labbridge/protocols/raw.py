@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from labbridge.protocols.link import Answer
 from labbridge.protocols.e1381 import Event, FrameRejected, IncompleteMessage, JunkDiscarded, MessageReceived
+from labbridge.protocols.link import Answer
 
 T_RAW_IDLE = 30.0  # like LIS1-A's receiver timer: 30 s without a byte ends an unfinished message
 

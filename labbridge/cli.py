@@ -512,7 +512,7 @@ def _cmd_orders(args: argparse.Namespace) -> int:
                 problems = order.problems()
                 config = target.config if isinstance(target, _Offline) else None
                 if config is not None:  # -c with the daemon stopped: the names are checked against it
-                    from labbridge.runtime.daemon import complete_order, order_problems
+                    from labbridge.orders import complete_order, order_problems
 
                     problems = order_problems(config, order)
                     order = complete_order(config, order)

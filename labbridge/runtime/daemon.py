@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from labbridge.links.intake import InstrumentDecoder
 from labbridge.links.lis_orders import LisOrderListener
 from labbridge.links.shared import SharedListener
 from labbridge.logs import get_logger
-from labbridge.orders import NewOrder, Order
+from labbridge.orders import NewOrder, Order, complete_order, order_problems
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.store.db import Store, wall_clock
@@ -36,27 +35,6 @@ from labbridge.store.sql import Retention
 log = get_logger("labbridge.daemon")
 
 READY_TIMEOUT_S = 15.0
-
-
-def order_problems(config: Config, order: NewOrder) -> list[str]:
-    """What makes an order unusable in this configuration (bad fields, unknown instrument or site)."""
-    problems = order.problems()
-    inst = next((i for i in config.instruments if i.id == order.instrument), None)
-    if order.instrument and inst is None:
-        problems.append(f"instrument: no instrument {order.instrument!r} in this configuration")
-    if inst is not None and order.site and order.site != inst.site:
-        problems.append(f"site: instrument {inst.id!r} is at site {inst.site!r}, not {order.site!r}")
-    if order.site and order.site not in {s.id for s in config.sites}:
-        problems.append(f"site: no site {order.site!r} in this configuration")
-    return problems
-
-
-def complete_order(config: Config, order: NewOrder) -> NewOrder:
-    """Fill in the site of an order addressed to an instrument."""
-    inst = next((i for i in config.instruments if i.id == order.instrument), None)
-    if inst is not None and not order.site:
-        return dataclasses.replace(order, site=inst.site)
-    return order
 
 
 class Daemon:

@@ -91,7 +91,7 @@ async def run_demo(*, config_path: Path, duration: float | None, http_port: int 
             await lis.stop()
             raise
         try:
-            return await _drive(daemon=daemon, daemon_task=daemon_task, lis=lis, config=demo_config,
+            return await _drive(daemon=daemon, daemon_task=daemon_task, lis=lis, config=daemon.config,
                                 duration=duration, started=started, quiet=quiet)
         finally:
             stop_daemon.set()

@@ -17,8 +17,8 @@ from typing import Any
 
 from labbridge import aio
 from labbridge.backoff import backoff_delay
-from labbridge.config import Config, TcpServerTransport
-from labbridge.driver import AstmDriver, Hl7Driver, load_driver
+from labbridge.config import Config, TcpServerTransport, with_link_defaults
+from labbridge.driver import AstmDriver, Hl7Driver, driver_link_defaults, load_driver
 from labbridge.errors import DriverError
 from labbridge.links.instrument import InstrumentRunner
 from labbridge.links.intake import InstrumentDecoder
@@ -39,6 +39,7 @@ READY_TIMEOUT_S = 15.0
 
 class Daemon:
     def __init__(self, config: Config, *, ready_file: str | Path | None = None) -> None:
+        config = with_link_defaults(config, driver_link_defaults)  # the drivers are loaded here
         self.config = config
         self.ready_file = Path(ready_file) if ready_file else None
         self.store = Store(config.store.path)

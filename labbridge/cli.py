@@ -56,6 +56,7 @@ def _install_signals(stop: asyncio.Event) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from labbridge.config import load_config
     from labbridge.runtime.daemon import Daemon
+    from labbridge.web.server import surfaces_for
 
     try:
         config = load_config(args.config)
@@ -67,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _install_signals(stop)
-        await Daemon(config, ready_file=args.ready_file).run(stop)
+        await Daemon(config, ready_file=args.ready_file).run(stop, surfaces=surfaces_for(config))
 
     try:
         aio.run(main(), loop=config.event_loop)

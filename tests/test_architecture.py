@@ -140,7 +140,7 @@ def layer_violations(graph: Graph, outside: dict[str, set[str]], package: str = 
             out += [f"{module}: {t} (protocols/ may import only protocols/, errors, model)"
                     for t in sorted(targets) if not _in(t, *allowed)]
         if _in(module, p + "runtime"):
-            out += [f"{module}: {t} (the daemon is composed with its surfaces, it does not import them)"
+            out += [f"{module}: {t} (runtime sits below the surfaces and the CLI that compose it)"
                     for t in sorted(targets) if _in(t, p + "web", p + "cli")]
         if _in(module, p + "store"):
             above = tuple(package + name.removeprefix("labbridge") for name in ABOVE_THE_STORE)
@@ -207,8 +207,7 @@ def test_each_rule_catches_a_planted_break(tmp_path: Path) -> None:
     assert layer_violations(graph, outside, package="fakepkg") == [
         "fakepkg.protocols.core: I/O or clock module time",
         "fakepkg.protocols.core: fakepkg.store.db (protocols/ may import only protocols/, errors, model)",
-        "fakepkg.runtime.daemon: fakepkg.web.server (the daemon is composed with its surfaces, it does not import "
-        "them)",
+        "fakepkg.runtime.daemon: fakepkg.web.server (runtime sits below the surfaces and the CLI that compose it)",
         "fakepkg.store.db: fakepkg.relay.relay (the store sits below it)",
         "fakepkg.web.server: fakepkg.runtime.daemon (read the daemon through fakepkg.runtime.api)",
         "fakepkg.config: fakepkg.driver (parsing a config loads no driver plugin)",

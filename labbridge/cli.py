@@ -23,11 +23,11 @@ EXIT_CONFIG = 2
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from labbridge.config import load_config
-    from labbridge.driver import available_drivers
+    from labbridge.config import load_config, with_link_defaults
+    from labbridge.driver import available_drivers, driver_link_defaults
 
     try:
-        config = load_config(args.config)
+        config = with_link_defaults(load_config(args.config), driver_link_defaults, args.config)
     except ConfigError as exc:
         print(f"{args.config}: invalid configuration ({len(exc.problems)} problem(s))", file=sys.stderr)
         for key, what in exc.problems:
@@ -56,6 +56,7 @@ def _install_signals(stop: asyncio.Event) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from labbridge.config import load_config
     from labbridge.runtime.daemon import Daemon
+    from labbridge.web.server import surfaces_for
 
     try:
         config = load_config(args.config)
@@ -67,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _install_signals(stop)
-        await Daemon(config, ready_file=args.ready_file).run(stop)
+        await Daemon(config, ready_file=args.ready_file).run(stop, surfaces=surfaces_for(config))
 
     try:
         aio.run(main(), loop=config.event_loop)
@@ -218,14 +219,15 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 
 
 def _run_offline(offline: _Offline, action: Any) -> Any:
-    from labbridge.driver import AstmDriver, load_driver
+    from labbridge.config import with_link_defaults
+    from labbridge.driver import AstmDriver, driver_link_defaults, load_driver
     from labbridge.links.intake import InstrumentDecoder
     from labbridge.relay.operations import Operations
     from labbridge.store.db import Store
 
     if not Path(offline.store_path).is_file():
         raise LabbridgeError(f"no store at {offline.store_path}")
-    config = offline.config
+    config = with_link_defaults(offline.config, driver_link_defaults) if offline.config is not None else None
 
     def decoder_for(instrument: str) -> InstrumentDecoder | None:
         if config is None:
@@ -512,7 +514,7 @@ def _cmd_orders(args: argparse.Namespace) -> int:
                 problems = order.problems()
                 config = target.config if isinstance(target, _Offline) else None
                 if config is not None:  # -c with the daemon stopped: the names are checked against it
-                    from labbridge.runtime.daemon import complete_order, order_problems
+                    from labbridge.orders import complete_order, order_problems
 
                     problems = order_problems(config, order)
                     order = complete_order(config, order)

@@ -11,6 +11,7 @@ import codecs
 import ipaddress
 import tomllib
 import zoneinfo
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -488,34 +489,42 @@ def shared_listener_problems(instruments: list[InstrumentConfig], members: list[
     return problems
 
 
-def with_driver_link_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """Each instrument's ``link`` table on top of its driver's link defaults (``Driver.link_defaults``).
+# A driver's ``[instruments.link]`` defaults by driver name (``labbridge.driver.driver_link_defaults``).
+LinkDefaults = Callable[[str], Mapping[str, str | int | float | bool]]
+
+
+def with_link_defaults(config: Config, defaults_for: LinkDefaults, source: str = "<config>") -> Config:
+    """``config`` with each instrument's ``link`` on top of its driver's link defaults.
 
     A key the instrument sets explicitly wins; a key it leaves out takes the driver's value (e.g. a
     MAGLUMI instrument gets ``frame_numbers = false`` and ``checksums = false``, an HL7 driver
-    ``framing = "mllp"``). An unknown driver or one that fails to load adds nothing here: that is
-    reported where the driver is used. Applied by :func:`parse_config`, so ``check-config`` and the
-    daemon see the same settings.
+    ``framing = "mllp"``). ``defaults_for`` gives a driver's defaults, empty for an unknown driver or one
+    that fails to load (that is reported where the driver is used). Parsing a config loads no driver:
+    whoever loads the drivers applies this (the daemon, ``check-config``, the CLI's offline actions), so
+    they all see the same settings. Instruments sharing a listener are checked again on the merged links.
     """
-    instruments = data.get("instruments")
-    if not isinstance(instruments, list):
-        return data
-    from labbridge.driver import driver_link_defaults  # the driver registry is only needed here
-
-    merged: list[Any] = []
-    for inst in instruments:
-        driver = inst.get("driver") if isinstance(inst, dict) else None
-        defaults = driver_link_defaults(driver) if isinstance(driver, str) else {}
-        link = inst.get("link", {}) if isinstance(inst, dict) else None
-        if defaults and isinstance(inst, dict) and isinstance(link, dict):
-            merged.append({**inst, "link": {**defaults, **link}})
-        else:
-            merged.append(inst)
-    return {**data, "instruments": merged}
+    instruments: list[InstrumentConfig] = []
+    problems: list[tuple[str, str]] = []
+    for i, inst in enumerate(config.instruments):
+        defaults = defaults_for(inst.driver)
+        if not defaults:
+            instruments.append(inst)
+            continue
+        try:
+            link = LinkConfig.model_validate({**defaults, **inst.link.model_dump(exclude_unset=True)})
+        except ValidationError as exc:
+            problems += [(_key_path(("instruments", i, "link", *e["loc"])), _expected(e)) for e in exc.errors()]
+            continue
+        instruments.append(inst.model_copy(update={"link": link}))
+    merged = config.model_copy(update={"instruments": instruments})
+    problems = problems or _cross_check(merged)
+    if problems:
+        raise ConfigError(source, problems)
+    return merged
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
-    data = with_driver_link_defaults(data)
+    """Validate and cross-check a config; drivers' link defaults are not applied (see :func:`with_link_defaults`)."""
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -31,6 +31,7 @@ from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport
 from labbridge.links.dialect import link_profile
 from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
+from labbridge.web.server import surfaces_for
 
 DRAIN_TIMEOUT_S = 30.0
 SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples
@@ -86,12 +87,12 @@ async def run_demo(*, config_path: Path, duration: float | None, http_port: int 
         try:
             daemon = Daemon(demo_config)
             stop_daemon = asyncio.Event()
-            daemon_task = asyncio.create_task(daemon.run(stop_daemon))
+            daemon_task = asyncio.create_task(daemon.run(stop_daemon, surfaces=surfaces_for(demo_config)))
         except Exception:
             await lis.stop()
             raise
         try:
-            return await _drive(daemon=daemon, daemon_task=daemon_task, lis=lis, config=demo_config,
+            return await _drive(daemon=daemon, daemon_task=daemon_task, lis=lis, config=daemon.config,
                                 duration=duration, started=started, quiet=quiet)
         finally:
             stop_daemon.set()

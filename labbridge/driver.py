@@ -135,7 +135,7 @@ class Driver(ABC):
     version: ClassVar[str] = "1.0"
     #: The family's default ``[instruments.link]`` settings (LinkConfig keys: framing, encoding, dialect
     #: flags such as ``frame_numbers = False``). An instrument using the driver starts from these; what its
-    #: own ``[instruments.link]`` sets wins (applied by ``labbridge.config.parse_config``).
+    #: own ``[instruments.link]`` sets wins (applied by ``labbridge.config.with_link_defaults``).
     link_defaults: ClassVar[Mapping[str, str | int | float | bool]] = {}
 
 

@@ -29,10 +29,10 @@ The ``[link]`` table holds the family's default link settings: ``framing``, ``en
 ``dialect`` table whose keys are ``[instruments.link]`` dialect flags (``frame_numbers``, ``checksums``,
 ``strict_frame_numbers``, ``record_terminator``, ``lenient_whitespace``, ``enq_eot_keepalive``,
 ``raw_idle_timeout_s``; see :class:`labbridge.config.LinkConfig`). They become the defaults of every
-instrument using the driver (:attr:`labbridge.driver.Driver.link_defaults`, applied when the config is
-parsed); what an instrument's own ``[instruments.link]`` sets wins. ``single_frame_message`` only
-documents the family (the E1381 receiver accepts a whole message in one frame either way). Any other
-key is a profile error.
+instrument using the driver (:attr:`labbridge.driver.Driver.link_defaults`, applied where the drivers are
+loaded: :func:`labbridge.config.with_link_defaults`); what an instrument's own ``[instruments.link]`` sets
+wins. ``single_frame_message`` only documents the family (the E1381 receiver accepts a whole message in
+one frame either way). Any other key is a profile error.
 """
 
 from __future__ import annotations

@@ -26,9 +26,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from labbridge.model import PRIORITIES, HostQuery, OrderLine, OrderPriority
+
+if TYPE_CHECKING:
+    from labbridge.config import Config
 
 OrderState = Literal["pending", "sent", "accepted", "cancelled"]
 ORDER_STATES: tuple[OrderState, ...] = ("pending", "sent", "accepted", "cancelled")
@@ -74,6 +77,27 @@ class NewOrder:
             if any(ord(ch) < 32 for ch in value):
                 out.append(f"{name}: control characters are not allowed")
         return out
+
+
+def order_problems(config: Config, order: NewOrder) -> list[str]:
+    """What makes an order unusable in this configuration (bad fields, unknown instrument or site)."""
+    problems = order.problems()
+    inst = next((i for i in config.instruments if i.id == order.instrument), None)
+    if order.instrument and inst is None:
+        problems.append(f"instrument: no instrument {order.instrument!r} in this configuration")
+    if inst is not None and order.site and order.site != inst.site:
+        problems.append(f"site: instrument {inst.id!r} is at site {inst.site!r}, not {order.site!r}")
+    if order.site and order.site not in {s.id for s in config.sites}:
+        problems.append(f"site: no site {order.site!r} in this configuration")
+    return problems
+
+
+def complete_order(config: Config, order: NewOrder) -> NewOrder:
+    """Fill in the site of an order addressed to an instrument."""
+    inst = next((i for i in config.instruments if i.id == order.instrument), None)
+    if inst is not None and not order.site:
+        return dataclasses.replace(order, site=inst.site)
+    return order
 
 
 @dataclass(frozen=True, slots=True)

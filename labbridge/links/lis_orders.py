@@ -2,7 +2,7 @@
 
 Per message, in order on each connection: read it (:func:`labbridge.protocols.hl7_orders.read_lis_orders`),
 route each sample's order to an instrument or a site (MSH-5 when it names one, else the listener's
-default), check it (:func:`labbridge.runtime.daemon.order_problems`, and each test code against the
+default), check it (:func:`labbridge.orders.order_problems`, and each test code against the
 instrument's ``test_map`` when it has one), then store the message and its orders in one transaction
 (:meth:`SqliteOrderSource.add_orders_from_message`), and only then answer:
 
@@ -30,7 +30,7 @@ from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.session import LinkSession
 from labbridge.links.sink import Decision
 from labbridge.logs import get_logger
-from labbridge.orders import NewOrder, Order
+from labbridge.orders import NewOrder, Order, order_problems
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Event, Hl7Received, Hl7Receiver, IncompleteBlock
 from labbridge.protocols.hl7_orders import Hl7OrderError, LisOrder, read_lis_orders
@@ -69,8 +69,6 @@ def order_for(config: Config, listener: LisOrdersConfig, message: Hl7Message, or
         site = instruments[instrument].site
     new = NewOrder(sample_id=order.sample_id, test_codes=order.test_codes, instrument=instrument, site=site,
                    priority=order.priority, patient_id=order.patient_id, source=f"lis:{listener.id}")
-    from labbridge.runtime.daemon import order_problems  # the daemon imports this module
-
     problems = order_problems(config, new)
     if instrument in instruments:
         unknown = _unknown_tests(instruments[instrument], order.test_codes)

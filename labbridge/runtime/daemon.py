@@ -1,35 +1,38 @@
-"""The daemon: one store, one runner per instrument, one relay per LIS destination, the HTTP surface.
+"""The daemon: one store, one runner per instrument, one relay per LIS destination.
 
-Every long-running part is a tracked task under a supervisor that logs, shows and restarts it if it
-fails, so one broken part never stops the daemon. SIGTERM/SIGINT stop it cleanly; SIGKILL loses nothing
-that an analyzer was told was received (the store commits before the ACK).
+It runs with the surfaces its caller gives it (the HTTP server: :mod:`labbridge.web.server`), which see
+it through :class:`labbridge.runtime.api.DaemonApi`; the daemon never imports them. Every long-running
+part is a tracked task under a supervisor that logs, shows and restarts it if it fails, so one broken
+part never stops the daemon. SIGTERM/SIGINT stop it cleanly; SIGKILL loses nothing that an analyzer was
+told was received (the store commits before the ACK).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from labbridge import aio
 from labbridge.backoff import backoff_delay
-from labbridge.config import Config, TcpServerTransport
-from labbridge.driver import AstmDriver, Hl7Driver, load_driver
+from labbridge.config import Config, TcpServerTransport, with_link_defaults
+from labbridge.driver import AstmDriver, Hl7Driver, driver_link_defaults, load_driver
 from labbridge.errors import DriverError
+from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.instrument import InstrumentRunner
 from labbridge.links.intake import InstrumentDecoder
 from labbridge.links.lis_orders import LisOrderListener
 from labbridge.links.shared import SharedListener
 from labbridge.logs import get_logger
-from labbridge.orders import NewOrder, Order
+from labbridge.orders import NewOrder, Order, complete_order, order_problems
 from labbridge.outbox import Retention
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
+from labbridge.runtime.api import Surface
 from labbridge.store.db import Store, wall_clock
 from labbridge.store.orders import SqliteOrderSource
 
@@ -38,29 +41,9 @@ log = get_logger("labbridge.daemon")
 READY_TIMEOUT_S = 15.0
 
 
-def order_problems(config: Config, order: NewOrder) -> list[str]:
-    """What makes an order unusable in this configuration (bad fields, unknown instrument or site)."""
-    problems = order.problems()
-    inst = next((i for i in config.instruments if i.id == order.instrument), None)
-    if order.instrument and inst is None:
-        problems.append(f"instrument: no instrument {order.instrument!r} in this configuration")
-    if inst is not None and order.site and order.site != inst.site:
-        problems.append(f"site: instrument {inst.id!r} is at site {inst.site!r}, not {order.site!r}")
-    if order.site and order.site not in {s.id for s in config.sites}:
-        problems.append(f"site: no site {order.site!r} in this configuration")
-    return problems
-
-
-def complete_order(config: Config, order: NewOrder) -> NewOrder:
-    """Fill in the site of an order addressed to an instrument."""
-    inst = next((i for i in config.instruments if i.id == order.instrument), None)
-    if inst is not None and not order.site:
-        return dataclasses.replace(order, site=inst.site)
-    return order
-
-
 class Daemon:
     def __init__(self, config: Config, *, ready_file: str | Path | None = None) -> None:
+        config = with_link_defaults(config, driver_link_defaults)  # the drivers are loaded here
         self.config = config
         self.ready_file = Path(ready_file) if ready_file else None
         self.store = Store(config.store.path)
@@ -103,9 +86,17 @@ class Daemon:
                            for listener in config.lis_orders]
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
-        self.web: Any = None
-        self.http_address: tuple[str, int] | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}  # surface name -> where it listens
         self.started = asyncio.Event()
+
+    @property
+    def node(self) -> str:
+        return self.config.node
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """Where the HTTP surface listens, when the daemon runs with one."""
+        return self.addresses.get("http")
 
     def _wake_relays(self) -> None:
         """New outbox items were committed: every relay looks at its queue now."""
@@ -160,11 +151,13 @@ class Daemon:
                 log.info("store_pruned", **pruned)
             await asyncio.sleep(r.prune_interval_s)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, surfaces: Sequence[Surface] = ()) -> None:
+        """Run until ``stop`` is set, with ``surfaces`` started once every part exists (see runtime.api)."""
         await self.store.open()
         if self.config.store.max_size_mb is not None:
             await self.store.set_size_limit(int(self.config.store.max_size_mb * 1024 * 1024))
         tasks: list[asyncio.Task[None]] = []
+        shown: list[Surface] = []
         try:
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
@@ -173,11 +166,9 @@ class Daemon:
             tasks.extend(asyncio.create_task(self._supervise(f"relay:{r.dest.id}", r.run)) for r in self.relays)
             tasks.extend(asyncio.create_task(self._supervise(f"lis_orders:{lo.cfg.id}", lo.run))
                          for lo in self.lis_orders)
-            if self.config.http.enabled:
-                from labbridge.web.server import WebServer
-
-                self.web = WebServer(self)
-                self.http_address = await self.web.start(self.config.http.host, self.config.http.port)
+            for surface in surfaces:
+                shown.append(surface)
+                self.addresses[surface.name] = await surface.start(self)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(READY_TIMEOUT_S):
                     await asyncio.gather(*(r.ready.wait() for r in self.runners.values()),
@@ -193,8 +184,8 @@ class Daemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self.web is not None:
-                await self.web.stop()
+            for surface in reversed(shown):
+                await surface.stop()
             await self.store.close()
             if self.ready_file is not None:
                 with contextlib.suppress(OSError):
@@ -204,7 +195,8 @@ class Daemon:
     def endpoints(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
-            "http": {"host": self.http_address[0], "port": self.http_address[1]} if self.http_address else None,
+            "http": None,  # always listed (null without an HTTP surface), as the ready file always had it
+            **{name: {"host": host, "port": port} for name, (host, port) in self.addresses.items()},
             "instruments": {
                 rid: {"host": r.bound[0], "port": r.bound[1]} if r.bound else None
                 for rid, r in self.runners.items()
@@ -220,7 +212,7 @@ class Daemon:
         tmp.write_text(json.dumps(self.endpoints()), encoding="utf-8")
         os.replace(tmp, self.ready_file)
 
-    # ---- views used by the HTTP API and the CLI ------------------------------------------------
+    # ---- views for the surfaces (labbridge.runtime.api.DaemonApi) -----------------------------
 
     def instruments_json(self) -> list[dict[str, Any]]:
         out = []
@@ -240,3 +232,9 @@ class Daemon:
                 states[inst["state"]] = states.get(inst["state"], 0) + 1
             sites.append({"id": site.id, "name": site.name, "instruments": len(mine), "states": states})
         return sites
+
+    def link_health(self) -> list[InstrumentHealth]:
+        return [runner.health for runner in self.runners.values()]
+
+    def destinations_json(self) -> list[dict[str, Any]]:
+        return [{**relay.health.to_json(), "kind": relay.dest.kind} for relay in self.relays]

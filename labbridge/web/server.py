@@ -1,4 +1,7 @@
-"""HTTP server embedded in the daemon (aiohttp), bound to 127.0.0.1 by default.
+"""HTTP server (aiohttp) run with the daemon as one of its surfaces, bound to 127.0.0.1 by default.
+
+It sees the daemon only through :class:`labbridge.runtime.api.DaemonApi`; :func:`surfaces_for` gives
+the surfaces a configuration asks for, for whoever starts the daemon (``Daemon.run(stop, surfaces=...)``).
 
 Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
@@ -16,28 +19,27 @@ import json
 import time
 from collections.abc import Iterator
 from importlib import resources
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labbridge.config import Config
 from labbridge.errors import StoreError
 from labbridge.health.instrument import STATES
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
-
-if TYPE_CHECKING:
-    from labbridge.runtime.daemon import Daemon
+from labbridge.runtime.api import DaemonApi
 
 
 class _Snapshot(Collector):
     """Metrics read from the daemon's state at scrape time (no second set of books to keep)."""
 
-    def __init__(self, daemon: Daemon, counts: dict[str, Any]) -> None:
-        self.daemon = daemon
+    def __init__(self, api: DaemonApi, counts: dict[str, Any]) -> None:
+        self.api = api
         self.counts = counts
 
     def collect(self) -> Iterator[Metric]:
@@ -49,8 +51,7 @@ class _Snapshot(Collector):
                                       labels=["instrument"])
         naks = CounterMetricFamily("labbridge_frames_rejected", "Frames NAKed by labbridge",
                                    labels=["instrument"])
-        for runner in self.daemon.runners.values():
-            h = runner.health
+        for h in self.api.link_health():
             current, _ = h.effective_state()
             for s in STATES:
                 state.add_metric([h.id, h.site, s], 1.0 if s == current else 0.0)
@@ -78,7 +79,7 @@ class _Snapshot(Collector):
             for kind, n in states.get("dead_kinds", {}).items():
                 dead.add_metric([dest, kind], n)
         yield dead
-        store = self.daemon.store
+        store = self.api.store
         size = store.size()
         bytes_ = GaugeMetricFamily("labbridge_store_bytes", "Size of the store on disk", labels=["file"])
         bytes_.add_metric(["db"], size.file_bytes)
@@ -108,8 +109,8 @@ class _Snapshot(Collector):
 
 
 class WebServer:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, api: DaemonApi) -> None:
+        self.api = api
         self.app = web.Application()
         self.app.add_routes([
             web.get("/", self.index),
@@ -149,23 +150,23 @@ class WebServer:
         return web.Response(text=page, content_type="text/html")
 
     async def health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "node": self.daemon.config.node})
+        return web.json_response({"status": "ok", "node": self.api.node})
 
     async def instruments(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.daemon.instruments_json())
+        return web.json_response(self.api.instruments_json())
 
     async def instrument(self, request: web.Request) -> web.Response:
         wanted = request.match_info["id"]
-        for item in self.daemon.instruments_json():
+        for item in self.api.instruments_json():
             if item["id"] == wanted:
                 return web.json_response(item)
         return web.json_response({"error": f"no instrument {wanted!r}"}, status=404)
 
     async def sites(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.daemon.sites_json())
+        return web.json_response(self.api.sites_json())
 
     async def outbox(self, _request: web.Request) -> web.Response:
-        store = self.daemon.store
+        store = self.api.store
         counts = await store.counts()
         size = store.size()
         empty = {"pending": 0, "delivered": 0, "dead": 0, "backlog_pending": 0, "backlog_delivered": 0}
@@ -175,11 +176,8 @@ class WebServer:
                       "size_bytes": size.total_bytes, "commits": store.commits,
                       "commit_failures": store.commit_failures, "last_commit_error": store.last_commit_error,
                       "writer_restarts": store.writer_restarts},
-            "destinations": [
-                {**relay.health.to_json(), "kind": relay.dest.kind, "dead_kinds": {},
-                 **counts["outbox"].get(relay.dest.id, empty)}
-                for relay in self.daemon.relays
-            ],
+            "destinations": [{**dest, "dead_kinds": {}, **counts["outbox"].get(dest["id"], empty)}
+                             for dest in self.api.destinations_json()],
         })
 
     # ---- orders --------------------------------------------------------------------------------
@@ -196,7 +194,7 @@ class WebServer:
             limit = max(1, min(int(q.get("limit", "200")), 5000))
         except ValueError:
             return _bad_request(["limit: an integer"])
-        orders = await self.daemon.orders.list_orders(
+        orders = await self.api.orders.list_orders(
             instrument=q.get("instrument"), site=q.get("site"), sample_id=q.get("sample_id"),
             state=state, limit=limit)
         return web.json_response([o.to_json() for o in orders])
@@ -210,15 +208,15 @@ class WebServer:
             return _bad_request(["body: a JSON object"])
         order, problems = _order_from_json(body)
         if order is not None:
-            problems = self.daemon.order_problems(order)
+            problems = self.api.order_problems(order)
         if problems or order is None:
             return _bad_request(problems)
-        stored = await self.daemon.add_order(order, now=time.time())
+        stored = await self.api.add_order(order, now=time.time())
         return web.json_response(stored.to_json(), status=201)
 
     async def get_order(self, request: web.Request) -> web.Response:
         order_id = _int_id(request)
-        order = await self.daemon.orders.get(order_id) if order_id is not None else None
+        order = await self.api.orders.get(order_id) if order_id is not None else None
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
@@ -227,7 +225,7 @@ class WebServer:
         if request.content_type != "application/json":  # no cross-site form may cancel an order
             return web.json_response({"error": "send JSON (Content-Type: application/json)"}, status=415)
         order_id = _int_id(request)
-        order = await self.daemon.orders.cancel(order_id, now=time.time()) if order_id is not None else None
+        order = await self.api.orders.cancel(order_id, now=time.time()) if order_id is not None else None
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
@@ -239,7 +237,7 @@ class WebServer:
             limit = min(int(request.query.get("limit", "200")), 10000)
         except ValueError:
             return web.json_response({"error": "limit must be a number"}, status=400)
-        rows = await self.daemon.store.outbox_rows(state=state, limit=limit,
+        rows = await self.api.store.outbox_rows(state=state, limit=limit,
                                                    destination=request.query.get("destination") or None)
         return web.json_response(rows)
 
@@ -275,7 +273,7 @@ class WebServer:
         if not actor:
             return web.json_response({"error": "by (who asks) is required"}, status=400)
         try:
-            outcomes = await self.daemon.operations.retry(ids, actor=actor, reason=str(body.get("reason") or ""))
+            outcomes = await self.api.operations.retry(ids, actor=actor, reason=str(body.get("reason") or ""))
         except (ValueError, StoreError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"items": outcomes})
@@ -292,7 +290,7 @@ class WebServer:
             return web.json_response({"error": "older_than_s must be a number of seconds"}, status=400)
         state = body.get("state")
         try:
-            done = await self.daemon.operations.purge(item_ids=self._ids(body), state=state,
+            done = await self.api.operations.purge(item_ids=self._ids(body), state=state,
                                                       older_than_s=float(older) if older is not None else None,
                                                       actor=actor, reason=str(body.get("reason") or ""))
         except (ValueError, StoreError) as exc:
@@ -304,13 +302,37 @@ class WebServer:
             limit = min(int(request.query.get("limit", "200")), 10000)
         except ValueError:
             return web.json_response({"error": "limit must be a number"}, status=400)
-        return web.json_response(await self.daemon.store.audit_rows(limit))
+        return web.json_response(await self.api.store.audit_rows(limit))
 
     async def metrics(self, _request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Snapshot(self.daemon, await self.daemon.store.counts()))
+        registry.register(_Snapshot(self.api, await self.api.store.counts()))
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+class HttpSurface:
+    """The HTTP server as a surface of the daemon: serves the daemon's API from when the daemon starts it."""
+
+    name = "http"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.server: WebServer | None = None
+
+    async def start(self, api: DaemonApi) -> tuple[str, int]:
+        self.server = WebServer(api)
+        return await self.server.start(self.host, self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+
+
+def surfaces_for(config: Config) -> list[HttpSurface]:
+    """The surfaces a daemon with this configuration runs with: the HTTP server when ``[http]`` is enabled."""
+    return [HttpSurface(config.http.host, config.http.port)] if config.http.enabled else []
 
 
 def _bad_request(problems: list[str]) -> web.Response:

@@ -16,6 +16,7 @@ from labbridge_simulators.lis import SimulatedLis
 
 from labbridge.config import Config, parse_config
 from labbridge.runtime.daemon import Daemon
+from labbridge.web.server import surfaces_for
 
 
 def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,
@@ -70,7 +71,7 @@ async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = Fals
                                         overrides=overrides), **(extra or {})})
     daemon = Daemon(config)
     stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop))
+    task = asyncio.create_task(daemon.run(stop, surfaces=surfaces_for(config)))
     try:
         started = asyncio.create_task(daemon.started.wait())
         await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)

@@ -19,7 +19,7 @@ import aiohttp
 from labbridge.config import Config, load_config
 from labbridge.errors import LabbridgeError
 from labbridge.links.intake import InstrumentDecoder, instrument_decoder, load_instrument_driver
-from labbridge.orders import NewOrder, Order, OrderState
+from labbridge.orders import NewOrder, OrderState
 from labbridge.relay.operations import Operations
 from labbridge.runtime.daemon import complete_order, order_problems
 from labbridge.store.db import Store
@@ -212,14 +212,12 @@ class LocalOperatorClient:
         return [o.to_json() for o in orders]
 
     async def get_order(self, order_id: int) -> Json | None:
-        return _json(await (await self._orders()).get(order_id))
+        order = await (await self._orders()).get(order_id)
+        return order.to_json() if order is not None else None
 
     async def cancel_order(self, order_id: int) -> Json | None:
-        return _json(await (await self._orders()).cancel(order_id, now=time.time()))
-
-
-def _json(order: Order | None) -> Json | None:
-    return order.to_json() if order is not None else None
+        order = await (await self._orders()).cancel(order_id, now=time.time())
+        return order.to_json() if order is not None else None
 
 
 @contextlib.asynccontextmanager

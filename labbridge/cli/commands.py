@@ -30,13 +30,6 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-def _problems(config: str, path: str, problems: list[tuple[str, str]]) -> int:
-    print(f"{config}: invalid configuration ({len(problems)} problem(s))", file=sys.stderr)
-    for key, what in problems:
-        print(f"  {path}: {key or '(file)'}: {what}", file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def check_config(args: argparse.Namespace) -> int:
     from labbridge.config import load_config
     from labbridge.driver import available_drivers
@@ -44,12 +37,17 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _problems(args.config, exc.path, exc.problems)
-    known = available_drivers()
-    problems = [(f"instruments[{i}].driver", f"a known driver ({', '.join(sorted(known))}); got {inst.driver!r}")
-                for i, inst in enumerate(config.instruments) if inst.driver not in known]
+        path, problems = exc.path, exc.problems
+    else:
+        known = available_drivers()
+        path, problems = args.config, [
+            (f"instruments[{i}].driver", f"a known driver ({', '.join(sorted(known))}); got {inst.driver!r}")
+            for i, inst in enumerate(config.instruments) if inst.driver not in known]
     if problems:
-        return _problems(args.config, args.config, problems)
+        print(f"{args.config}: invalid configuration ({len(problems)} problem(s))", file=sys.stderr)
+        for key, what in problems:
+            print(f"  {path}: {key or '(file)'}: {what}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{args.config}: OK ({len(config.sites)} sites, {len(config.instruments)} instruments, "
           f"{len(config.lis)} LIS destinations)")
     return EXIT_OK

@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import ssl
-import zoneinfo
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from labbridge.backoff import backoff_delay
 from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
-from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
+from labbridge.driver import AstmDriver, Hl7Driver
 from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.astm import AstmRole
 from labbridge.links.dialect import host_link
 from labbridge.links.hl7 import Hl7Role
-from labbridge.links.intake import InstrumentDecoder
+from labbridge.links.intake import InstrumentDecoder, decode_context, instrument_decoder
 from labbridge.links.session import LinkSession, Wakeup
 from labbridge.links.sink import MessageSink
 from labbridge.logs import get_logger
@@ -86,15 +86,14 @@ class InstrumentRunner:
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self.sessions: set[AnySession] = set()  # open connections (closed when the runner stops)
         self._active: AnySession | None = None  # the connection a tcp-server instrument shows
-        self.context = DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone),
-                                     test_map=cfg.lis_test_map(), encoding=cfg.link.encoding,
-                                     host_name=host_name)
+        self.host_name = host_name
+        self.context = replace(decode_context(cfg), host_name=host_name)
 
     def decoder(self) -> InstrumentDecoder | None:
         """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
         if self.driver is None:
             return None
-        return InstrumentDecoder.from_config(self.cfg, self.driver, self.context)
+        return instrument_decoder(self.cfg, self.driver, host_name=self.host_name)
 
     def session(self, *, on_made: Callable[[AnySession], bool] | None = None,
                 on_closed: Callable[[AnySession], None] | None = None, decoder: InstrumentDecoder | None = None,

@@ -8,11 +8,11 @@ an operator's retry, which re-decodes the stored raw bytes with the current driv
 from __future__ import annotations
 
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from labbridge.config import InstrumentConfig, LinkConfig
-from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver
-from labbridge.errors import DecodeError
+from labbridge.driver import AstmDriver, DecodeContext, Hl7Driver, load_driver
+from labbridge.errors import DecodeError, DriverError
 from labbridge.links.dialect import records_from_raw
 from labbridge.mapping import ResultMapper
 from labbridge.model import Decoded, HostQuery, Result
@@ -120,3 +120,29 @@ class InstrumentDecoder:
                           log_reason="raw bytes incomplete")
         return self.decode_records(records)
 
+
+def load_instrument_driver(cfg: InstrumentConfig) -> tuple[AstmDriver | Hl7Driver | None, str | None]:
+    """The instrument's driver, or why it cannot be used: it does not load, or it speaks another protocol
+    than the link's framing carries. The daemon and the offline operator client load drivers this way."""
+    try:
+        driver = load_driver(cfg.driver)
+    except DriverError as exc:
+        return None, str(exc)
+    framing = cfg.link.framing
+    if isinstance(driver, AstmDriver):
+        if framing in ("e1381", "raw"):
+            return driver, None
+        return None, (f"driver {cfg.driver!r} speaks ASTM but the link's framing is {framing!r}: "
+                      'set [instruments.link] framing = "e1381"')
+    if isinstance(driver, Hl7Driver):
+        if framing == "mllp":
+            return driver, None
+        return None, (f"driver {cfg.driver!r} speaks HL7 but the link's framing is {framing!r}: "
+                      'set [instruments.link] framing = "mllp"')
+    return None, f"driver {cfg.driver!r} is neither an ASTM nor an HL7 driver"
+
+
+def instrument_decoder(cfg: InstrumentConfig, driver: AstmDriver | Hl7Driver, *,
+                       host_name: str = "labbridge") -> InstrumentDecoder:
+    """The decoder a message from this instrument goes through, live or re-decoded from the store."""
+    return InstrumentDecoder.from_config(cfg, driver, replace(decode_context(cfg), host_name=host_name))

@@ -20,11 +20,10 @@ from typing import Any
 from labbridge import aio
 from labbridge.backoff import backoff_delay
 from labbridge.config import Config, TcpServerTransport, with_link_defaults
-from labbridge.driver import AstmDriver, Hl7Driver, driver_link_defaults, load_driver
-from labbridge.errors import DriverError
+from labbridge.driver import driver_link_defaults
 from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.instrument import InstrumentRunner
-from labbridge.links.intake import InstrumentDecoder
+from labbridge.links.intake import InstrumentDecoder, load_instrument_driver
 from labbridge.links.lis_orders import LisOrderListener
 from labbridge.links.shared import SharedListener
 from labbridge.logs import get_logger
@@ -51,24 +50,7 @@ class Daemon:
         destinations = [d.id for d in config.lis]
         self.runners: dict[str, InstrumentRunner] = {}
         for inst in config.instruments:
-            driver: AstmDriver | Hl7Driver | None = None
-            driver_error: str | None = None
-            try:
-                loaded = load_driver(inst.driver)
-                framing = inst.link.framing
-                if ((isinstance(loaded, AstmDriver) and framing in ("e1381", "raw"))
-                        or (isinstance(loaded, Hl7Driver) and framing == "mllp")):
-                    driver = loaded
-                elif isinstance(loaded, Hl7Driver):
-                    driver_error = (f"driver {inst.driver!r} speaks HL7 but the link's framing is {framing!r}: "
-                                    'set [instruments.link] framing = "mllp"')
-                elif isinstance(loaded, AstmDriver):
-                    driver_error = (f"driver {inst.driver!r} speaks ASTM but the link's framing is {framing!r}: "
-                                    'set [instruments.link] framing = "e1381"')
-                else:
-                    driver_error = f"driver {inst.driver!r} is neither an ASTM nor an HL7 driver"
-            except DriverError as exc:
-                driver_error = str(exc)
+            driver, driver_error = load_instrument_driver(inst)
             self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,
                                                      store=self.store, destinations=destinations,
                                                      on_stored=self._wake_relays, orders=self.orders,

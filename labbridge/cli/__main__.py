@@ -1,0 +1,5 @@
+import sys
+
+from labbridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""What the commands print: tables for people, JSON for scripts, times in local time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+
+def show(as_json: bool, data: Any, table: Callable[[Any], None]) -> None:
+    """``data`` as indented JSON for scripts, or through ``table`` for people."""
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        table(data)
+
+
+def line(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """One line of a stream: a JSON object for scripts, or the text for people."""
+    print(json.dumps(data, ensure_ascii=False) if as_json else text)
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def mb(n: int) -> str:
+    return f"{n / 1048576:.1f} MB"
+
+
+def status_table(instruments: list[dict[str, Any]], outbox: dict[str, Any]) -> None:
+    print(f"{'INSTRUMENT':<22} {'SITE':<11} {'STATE':<10} {'MSGS':>6}  REASON")
+    for i in instruments:
+        print(f"{i['id']:<22} {i['site']:<11} {i['state']:<10} {i['messages_received']:>6}  {i['reason']}")
+    store = outbox["store"]
+    print(f"\nstore {store['path']}: {mb(store['size_bytes'])} (database {mb(store['file_bytes'])}, "
+          f"WAL {mb(store['wal_bytes'])}); {store['results']} results, {store['messages']} messages")
+    for d in outbox["destinations"]:
+        print(f"LIS {d['id']:<18} {d['state']:<8} {d['pending']} pending ({d['backlog_pending']} backlog), "
+              f"{d['delivered']} delivered, {d['dead']} dead  {d['reason']}")
+
+
+def outbox_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'ID':>7} {'DESTINATION':<14} {'STATE':<9} {'INSTRUMENT':<16} {'CONTROL ID':<20} {'TRIES':>5} "
+          f"{'CREATED':<19}  REASON")
+    for r in rows:
+        state = r["state"] + ("*" if r["backlog"] else "")
+        reason = r["last_error"] or ""
+        if r["dead_kind"]:
+            reason = f"[{r['dead_kind']}] {reason}"
+        print(f"{r['id']:>7} {r['destination']:<14} {state:<9} {r['instrument']:<16} {r['control_id']:<20} "
+              f"{r['attempts']:>5} {when(r['created_at']):<19}  {reason}")
+    if any(r["backlog"] for r in rows):
+        print("* backlog: results measured long before they reached labbridge (sent paced)")
+
+
+def retry_lines(items: list[dict[str, Any]]) -> None:
+    for item in items:
+        extra = item.get("reason_now") or item.get("detail") or ""
+        print(f"{item['id']:>7} {item['outcome']}" + (f": {extra}" if extra else ""))
+
+
+def orders_table(orders: list[dict[str, Any]]) -> None:
+    print(f"{'ID':>6} {'STATE':<10} {'PRIORITY':<8} {'INSTRUMENT':<22} {'SITE':<11} {'SAMPLE':<16} TESTS")
+    for o in orders:
+        where = o["instrument"] or "(any)"
+        print(f"{o['id']:>6} {o['state']:<10} {o['priority']:<8} {where:<22} {o['site']:<11} "
+              f"{o['sample_id']:<16} {','.join(o['test_codes'])}")
+        if o.get("note"):
+            print(f"{'':>6} refused by {o.get('sent_to') or 'the analyzer'}: {o['note']}")
+
+
+def drivers_table(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        state = f"ERROR: {row['error']}" if "error" in row else f"{row['protocol']} v{row['version']}"
+        print(f"{row['name']:<20} {row['source']:<12} {state}")
+
+
+def purged(done: dict[str, Any]) -> None:
+    skipped = ", ".join(map(str, done["skipped"]))
+    print(f"purged {done['purged']} item(s)" + (f"; not purged (pending or unknown): {skipped}" if skipped else ""))

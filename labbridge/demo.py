@@ -31,7 +31,7 @@ from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport
 from labbridge.links.dialect import link_profile
 from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
-from labbridge.web.server import surfaces_for
+from labbridge.web import surfaces_for
 
 DRAIN_TIMEOUT_S = 30.0
 SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples

@@ -21,6 +21,8 @@ The rules:
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +215,20 @@ def test_each_rule_catches_a_planted_break(tmp_path: Path) -> None:
         "fakepkg.config: fakepkg.driver (parsing a config loads no driver plugin)",
     ]
     assert cycles(graph) == [["fakepkg.runtime.daemon", "fakepkg.web.server"]]
+
+
+def test_a_daemon_without_http_imports_no_web_stack() -> None:
+    """Import only what the configured features need: the daemon and the `run` command, with [http] off, load
+    neither aiohttp nor the Prometheus client (~12 MiB of a small site PC)."""
+    code = """
+import sys
+import labbridge.cli.commands, labbridge.runtime.daemon
+from labbridge.config import parse_config
+from labbridge.web import surfaces_for
+config = parse_config({"node": "n", "store": {"path": "x.db"}, "http": {"enabled": False},
+                       "sites": [{"id": "s", "name": "S"}]})
+assert surfaces_for(config) == []
+print(sorted(m for m in ("aiohttp", "prometheus_client") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -63,7 +63,7 @@ def _on_signals(act: Callable[[], Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from labbridge.config import load_config
     from labbridge.runtime.daemon import Daemon
-    from labbridge.web.server import surfaces_for
+    from labbridge.web import surfaces_for
 
     config = load_config(args.config)
     logs.configure(config.log.level)

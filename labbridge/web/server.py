@@ -1,6 +1,6 @@
 """HTTP server (aiohttp) run with the daemon as one of its surfaces, bound to 127.0.0.1 by default.
 
-It sees the daemon only through :class:`labbridge.runtime.api.DaemonApi`; :func:`surfaces_for` gives
+It sees the daemon only through :class:`labbridge.runtime.api.DaemonApi`; :func:`labbridge.web.surfaces_for` gives
 the surfaces a configuration asks for, for whoever starts the daemon (``Daemon.run(stop, surfaces=...)``).
 
 Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
@@ -26,7 +26,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from labbridge.config import Config
 from labbridge.errors import StoreError
 from labbridge.health.instrument import STATES
 from labbridge.model import PRIORITIES, OrderPriority
@@ -328,11 +327,6 @@ class HttpSurface:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
-
-
-def surfaces_for(config: Config) -> list[HttpSurface]:
-    """The surfaces a daemon with this configuration runs with: the HTTP server when ``[http]`` is enabled."""
-    return [HttpSurface(config.http.host, config.http.port)] if config.http.enabled else []
 
 
 def _bad_request(problems: list[str]) -> web.Response:

@@ -16,7 +16,7 @@ from labbridge_simulators.lis import SimulatedLis
 
 from labbridge.config import Config, parse_config
 from labbridge.runtime.daemon import Daemon
-from labbridge.web.server import surfaces_for
+from labbridge.web import surfaces_for
 
 
 def lab_config(tmp_path: Path, *, instruments: int, lis_port: int, http: bool = False,

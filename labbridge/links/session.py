@@ -90,15 +90,14 @@ class LinkSession(asyncio.Protocol, Generic[E]):
     """Drives one :class:`Link` over one transport (see the module's docstring)."""
 
     def __init__(self, link: Link[E], make_role: Callable[[LinkSession[E]], Role[E]], health: InstrumentHealth,
-                 *, label: str = "", on_made: Callable[[LinkSession[E]], bool] | None = None,
+                 *, on_made: Callable[[LinkSession[E]], bool] | None = None,
                  on_closed: Callable[[LinkSession[E]], None] | None = None, wakeup: Wakeup | None = None) -> None:
         """``on_made`` may refuse the connection (False: it is closed at once, nothing else runs);
         ``on_closed`` runs once the connection's last events are handled."""
         self.link = link
         # Where bytes and messages are counted; a role may move it to the instrument a message is from.
         self.health = health
-        self.label = label  # the peer, for reasons and logs ("10.1.2.3:5000", "/dev/ttyS0")
-        self.peer = label
+        self.peer = ""  # for reasons and logs: "10.1.2.3:5000" (from the transport), "/dev/ttyS0" (the runner)
         self._on_made = on_made
         self._on_closed = on_closed
         self._wakeup = wakeup
@@ -110,6 +109,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._task: asyncio.Task[None] | None = None
         self._pending: E | None = None  # the event that started the task
         self._woken = False
+        self._eof = False  # the peer sends nothing more (what it sent is still answered)
         self._lost = False  # the transport is gone
         self._told = False  # ... and the link was told
         self._timer: asyncio.TimerHandle | None = None
@@ -149,7 +149,12 @@ class LinkSession(asyncio.Protocol, Generic[E]):
             self._crashed(exc)
 
     def eof_received(self) -> bool | None:
-        return None  # close the transport: connection_lost follows
+        """The peer has sent all it will (a half-close): what it sent is still handled and answered (a final
+        ACK owed after its commit), then the session closes the connection."""
+        self._eof = True
+        self._start()
+        # Kept open for writing, except over TLS, which cannot stay half open.
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.refused:
@@ -229,6 +234,9 @@ class LinkSession(asyncio.Protocol, Generic[E]):
                         self.link.connection_lost()
                         continue
                     await self.role.finish()
+                    break
+                if self._eof:  # all it sent is answered: nothing more to do on this connection
+                    self.close()
                     break
                 now = self._loop.time()
                 deadline = self.role.deadline()

@@ -5,9 +5,10 @@ groups: every write request waiting while the previous commit was on disk goes i
 transaction, each inside its own SAVEPOINT, so a failing request never takes the others down and
 durability costs one fsync per group, not per message. A request's future completes only after the
 COMMIT returned: that is when an analyzer may be ACKed. :class:`WriterClient` is the daemon's end of it,
-on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`. ``LABBRIDGE_STORE_WRITER=thread``
-runs the same group commit on a thread of the daemon instead (:mod:`labbridge.store.writer_thread`), so
-that the simpler design can be measured against the process; both stand behind the same :class:`Store`.
+on the event loop; the SQL it runs is in :mod:`labbridge.store.sql`. A process rather than a thread of
+the daemon: measured against the same group commit on a thread (docs/performance.md, issue 14), the
+thread stored 35-40 % fewer messages at 100 links and doubled the commit's p99 at 10 links, the SQLite
+work and the event loop sharing one GIL on a 2-core machine; the thread saved ~10 MiB.
 
 Every failure a caller sees from a write is a :class:`~labbridge.errors.StoreError` whose ``kind`` comes
 from SQLite's error code or the errno (:mod:`labbridge.store.failure`); a writer that stopped fails what
@@ -40,9 +41,9 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from labbridge.errors import ConfigError, StoreError
+from labbridge.errors import StoreError
 from labbridge.logs import get_logger
 from labbridge.model import Result
 from labbridge.outbox import (
@@ -61,41 +62,9 @@ from labbridge.store.failure import store_error
 from labbridge.store.schema import migrate
 from labbridge.store.sql import OUTBOX_COLUMNS
 from labbridge.store.writer import READ, RELAXED, WRITE, BatchStats, FrameBuffer, connect, dumps, frame, loads
-from labbridge.store.writer_thread import WriterThread
 
 log = get_logger("labbridge.store")
 T = TypeVar("T")
-
-WRITER_ENV = "LABBRIDGE_STORE_WRITER"
-WRITER_MODES = ("process", "thread")
-
-
-def writer_mode() -> str:
-    """Which writer the store runs: ``LABBRIDGE_STORE_WRITER`` (``process``, the default, or ``thread``)."""
-    mode = os.environ.get(WRITER_ENV) or "process"
-    if mode not in WRITER_MODES:
-        raise ConfigError(WRITER_ENV, [("", f"expected one of {', '.join(WRITER_MODES)}, not {mode!r}")])
-    return mode
-
-
-class Writer(Protocol):
-    """What the store needs of its writer: :class:`WriterClient` (a process) or :class:`WriterThread`."""
-
-    lost_reason: str
-
-    @property
-    def alive(self) -> bool: ...
-
-    @property
-    def pid(self) -> int | None: ...
-
-    async def start(self) -> None: ...
-
-    def submit(self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-               fail_commit: bool) -> asyncio.Future[Any]: ...
-
-    async def close(self) -> None: ...
-
 
 class WriterClient(asyncio.Protocol):
     """The daemon's end of one writer child, on the event loop: requests out, outcomes back, no thread.
@@ -226,8 +195,7 @@ class Store:
         self.checkpoints = 0  # background checkpoints run
         self.checkpoint_seconds = 0.0
         self.last_checkpoint_error: str | None = None
-        self.writer_mode = "process"  # or "thread": LABBRIDGE_STORE_WRITER, read by open()
-        self._writer: Writer | None = None
+        self._writer: WriterClient | None = None
         self._restart_lock = asyncio.Lock()
         self.writer_starts = 0  # writers started (more than one: a writer died and was replaced)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labbridge-store-read")
@@ -252,7 +220,6 @@ class Store:
         return max(0, self.writer_starts - 1)
 
     async def open(self) -> None:
-        self.writer_mode = writer_mode()
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
@@ -322,8 +289,7 @@ class Store:
     # ---- the writer ----------------------------------------------------------------------------
 
     async def _start_writer(self) -> None:
-        kind = WriterThread if self.writer_mode == "thread" else WriterClient
-        writer: Writer = kind(self.path, WAL_BACKSTOP_PAGES, self._count)
+        writer = WriterClient(self.path, WAL_BACKSTOP_PAGES, self._count)
         try:
             await writer.start()
         except OSError as exc:  # no process or socket to be had (EAGAIN, EMFILE...)
@@ -353,7 +319,7 @@ class Store:
                 if self._writer is writer:
                     log.error("store_writer_lost", reason=writer.lost_reason)
                     self.commit_failures += 1
-                    self.last_commit_error = f"the store writer {self.writer_mode} stopped ({writer.lost_reason})"
+                    self.last_commit_error = f"the store writer process stopped ({writer.lost_reason})"
                     await writer.close()
                     await self._start_writer()
             writer = self._writer

@@ -19,9 +19,6 @@ Durability is unchanged: the child answers a write only after its group's COMMIT
 the child dies, every request in flight fails (no analyzer is ACKed for it) and the store starts a new
 child for the next one.
 
-The group commit itself (:func:`run_group`, :func:`run_writes`) is also what the writer thread runs
-(:mod:`labbridge.store.writer_thread`), the in-process alternative kept for measurement.
-
 Wire: frames of a 4-byte length, an 8-byte request id and a pickle, over a Unix socket pair. The child
 ignores SIGINT and SIGTERM (a Ctrl-C or a service stop reaches the whole process group): it exits when
 the daemon closes its end, after the group in hand, or with the daemon (its end closes then too).

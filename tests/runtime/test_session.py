@@ -139,6 +139,19 @@ def test_a_message_being_committed_when_the_peer_hangs_up_is_answered_before_the
     run(body(), loop=event_loop_name)
 
 
+def test_a_peer_that_half_closes_after_its_last_frame_still_gets_the_final_ack(event_loop_name: str) -> None:
+    async def body() -> None:
+        async with _session(e1381.E1381Link(e1381.Role.HOST)) as (sessions, reader, writer):
+            writer.write(ENQ + b"".join(e1381.build_frames(RECORDS)))
+            writer.write_eof()
+            await asyncio.sleep(0.1)
+            _role(sessions[0]).release.set()  # committed only now, after the peer's EOF
+            assert await asyncio.wait_for(reader.read(), 5) == ACK * (1 + len(RECORDS))  # then we close
+            await asyncio.wait_for(sessions[0].closed, 5)
+
+    run(body(), loop=event_loop_name)
+
+
 def test_the_links_deadline_fires_without_traffic(event_loop_name: str) -> None:
     """A raw-framing link's idle timer ends an unfinished message with no byte arriving (loop.call_at)."""
 

@@ -11,11 +11,10 @@ from typing import get_args
 
 import pytest
 
-from labbridge.errors import ConfigError, StoreError, StoreErrorKind
+from labbridge.errors import StoreError, StoreErrorKind
 from labbridge.model import Result
 from labbridge.store.db import Store
 from labbridge.store.failure import kind_of, store_error
-from labbridge.store.writer_thread import WriterThread
 from tests.conftest import run
 
 
@@ -32,7 +31,7 @@ async def _commit(store: Store, sample: str, raw: bytes = b"x") -> int:
 
 def _stop_the_writer(conn: sqlite3.Connection) -> None:  # module level: the writer process imports it
     conn.execute("INSERT INTO incomplete (instrument, received_at, raw, reason) VALUES ('x', 1, x'00', 'half')")
-    raise SystemExit(3)  # nothing in the group commit catches it: the writer (thread or process) stops
+    raise SystemExit(3)  # nothing in the group commit catches it: the writer process stops
 
 
 def _raised(action: object) -> sqlite3.Error:
@@ -106,8 +105,8 @@ def test_a_full_store_and_the_fault_drill_fail_with_kind_full(tmp_path: Path) ->
 
 
 def test_a_writer_that_stops_fails_what_it_had_as_unavailable_and_is_replaced(tmp_path: Path) -> None:
-    """Under either writer (LABBRIDGE_STORE_WRITER): the request in hand fails with kind "unavailable", its
-    write is not kept, and the next request gets a new writer."""
+    """The request in hand fails with kind "unavailable", its write is not kept, and the next request gets a
+    new writer."""
 
     async def body() -> None:
         async with Store(tmp_path / "s.db") as store:
@@ -134,24 +133,6 @@ def test_a_closed_store_refuses_as_unavailable(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as caught:
             await store.counts()
         assert caught.value.kind == "unavailable"
-
-    run(body())
-
-
-def test_the_writer_is_chosen_by_the_environment_when_the_store_opens(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    async def body() -> None:
-        monkeypatch.setenv("LABBRIDGE_STORE_WRITER", "thread")
-        async with Store(tmp_path / "t.db") as store:
-            assert store.writer_mode == "thread" and isinstance(store._writer, WriterThread)
-            assert await _commit(store, "S1") == 1
-        monkeypatch.setenv("LABBRIDGE_STORE_WRITER", "process")
-        async with Store(tmp_path / "p.db") as store:
-            assert store.writer_mode == "process" and store._writer is not None and store._writer.pid is not None
-            assert await _commit(store, "S1") == 1
-        monkeypatch.setenv("LABBRIDGE_STORE_WRITER", "fibre")
-        with pytest.raises(ConfigError, match="LABBRIDGE_STORE_WRITER"):
-            await Store(tmp_path / "f.db").open()
 
     run(body())
 

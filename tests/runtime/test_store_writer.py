@@ -16,11 +16,9 @@ import pytest
 
 from labbridge.errors import StoreError
 from labbridge.model import Result
-from labbridge.store.db import Store, writer_mode
+from labbridge.store.db import Store
 from labbridge.store.writer import FrameBuffer, frame
 from tests.conftest import run
-
-process_only = pytest.mark.skipif(writer_mode() != "process", reason="the writer process's own behaviour")
 
 
 def result(sample: str, test: str = "GLU") -> Result:
@@ -56,7 +54,6 @@ async def _first_failure(store: Store) -> StoreError:
     raise AssertionError("the killed writer was never noticed")
 
 
-@process_only
 def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -> None:
     """Killed mid-stream: what was in flight fails (no analyzer would be ACKed for it), nothing committed is
     lost, the next request gets a new writer process, and the store counts the failure."""
@@ -80,7 +77,6 @@ def test_a_writer_that_dies_fails_its_requests_and_is_replaced(tmp_path: Path) -
     run(body())
 
 
-@process_only
 def test_an_unreadable_answer_drops_the_writer_instead_of_hanging(tmp_path: Path) -> None:
     """A corrupt frame from the writer fails what waits on it (no caller waits forever) and the next
     request gets a new writer."""
@@ -100,7 +96,6 @@ def test_an_unreadable_answer_drops_the_writer_instead_of_hanging(tmp_path: Path
     run(body())
 
 
-@process_only
 def test_the_writer_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
     """Ctrl-C or a service stop reach the whole process group: the writer lets the daemon decide."""
 
@@ -118,7 +113,6 @@ def test_the_writer_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
     run(body())
 
 
-@process_only
 def test_a_request_that_cannot_be_sent_fails_alone(tmp_path: Path) -> None:
     async def body() -> None:
         async with Store(tmp_path / "s.db") as store:
@@ -159,7 +153,6 @@ def test_delivered_marks_commit_relaxed_and_the_writer_goes_back_to_full_sync(tm
     run(body())
 
 
-@process_only
 def test_the_writer_process_does_not_outlive_a_killed_daemon(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"

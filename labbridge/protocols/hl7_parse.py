@@ -84,9 +84,15 @@ class Separators:
 DEFAULT_SEPARATORS = Separators()
 
 
+# Control characters (C0 but TAB, and DEL) never go out raw: VT and FS are MLLP's block delimiters and NUL
+# ends strings in many LIS parsers, so one in an analyzer's value would cut the LIS's message (R-C9 \Xhh\).
+_CONTROLS = "\x00-\x08\x0a-\x1f\x7f"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+
+
 @functools.lru_cache(maxsize=64)
 def _specials(seps: Separators) -> re.Pattern[str]:
-    return re.compile("[" + re.escape(seps.field + seps.encoding_characters) + "\r\n]")
+    return re.compile("[" + re.escape(seps.field + seps.encoding_characters) + _CONTROLS + "]")
 
 
 def _plain(value: str, seps: Separators) -> bool:
@@ -95,15 +101,16 @@ def _plain(value: str, seps: Separators) -> bool:
 
 
 def escape(value: str, seps: Separators = DEFAULT_SEPARATORS) -> str:
-    """Escape a value for output (R-C9): the escape character first, then the delimiters; CR and LF
-    as hex (``\\X0D\\``, ``\\X0A\\``), since a raw CR would end the segment."""
+    """Escape a value for output (R-C9): the escape character first, then the delimiters; control characters
+    as hex (``\\X0D\\`` for CR, which would end the segment; ``\\X1C\\`` for FS, which would end the MLLP
+    block; every C0 character but TAB, and DEL)."""
     if not value or _plain(value, seps):
         return value
     e = seps.escape
     out = value.replace(e, f"{e}E{e}")
     out = out.replace(seps.field, f"{e}F{e}").replace(seps.component, f"{e}S{e}")
     out = out.replace(seps.subcomponent, f"{e}T{e}").replace(seps.repetition, f"{e}R{e}")
-    return out.replace("\r", f"{e}X0D{e}").replace("\n", f"{e}X0A{e}")
+    return _CONTROL.sub(lambda m: f"{e}X{ord(m.group()):02X}{e}", out)
 
 
 def unescape(value: str, seps: Separators = DEFAULT_SEPARATORS, charset: str = "utf-8") -> str:

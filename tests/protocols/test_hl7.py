@@ -7,9 +7,14 @@ from datetime import UTC, datetime
 import hl7
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labbridge.model import Result
+from labbridge.protocols import mllp
 from labbridge.protocols.hl7 import Party, build_oru_r01, build_oul_r22, escape, parse_ack
+from labbridge.protocols.hl7_parse import parse_message as parse_message_ours
+from labbridge.protocols.hl7_parse import unescape
 
 RESULTS = [
     Result(instrument="arlon-chem-1", sample_id="S0001", test_code="GLUC", instrument_test_code="GLU",
@@ -77,3 +82,29 @@ def test_oul_r22_passes_hl7apy_strict_validation_and_reads_back() -> None:
         assert str(msg.segment("SPM")[2][0][0]).split("&")[0] == "S0001"
         assert str(msg.segment("SPM")[11][0][0]) == ("Q" if kind == "qc" else "P")
         assert msg.unescape(str(msg.segments("OBX")[1][5])) == "Non-reactive^x|y"
+
+
+CONTROL_VALUES = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=30)
+
+
+@given(CONTROL_VALUES)
+def test_escaped_values_carry_no_control_character_and_read_back(value: str) -> None:
+    out = escape(value)
+    assert not any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in out)
+    assert unescape(out) == value
+
+
+def test_an_analyzers_fs_vt_and_nul_never_reach_the_lis_raw() -> None:
+    """FS and VT are MLLP's block delimiters: one raw in a value would cut the LIS's message short."""
+    hostile = [Result(instrument="arlon-chem-1", sample_id="S\x0b1", test_code="GLUC", instrument_test_code="GLU",
+                      value="5.4\x1c\r\x0b\x00", units="mmol/L\x1c", measured_at="2026-11-23T10:15:00+01:00",
+                      patient_id="P\x001")]
+    payload = build_oru_r01(hostile, control_id="LB0123456789ABCDEF0", created_at=datetime(2026, 11, 23, tzinfo=UTC),
+                            sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB"))
+    assert not any(b < 0x20 and b != 0x0D for b in payload)  # only the segment separators
+    [block] = [e for e in mllp.MllpDecoder().receive_data(mllp.frame(payload)) if isinstance(e, mllp.MllpMessage)]
+    msg = hl7.parse(block.payload.decode("utf-8"))
+    assert len(msg.segments("OBX")) == 1
+    ours = parse_message_ours(block.payload)
+    obx = next(s for s in ours.segments if s.name == "OBX")
+    assert ours.value(obx, 5) == "5.4\x1c\r\x0b\x00"

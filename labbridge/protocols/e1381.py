@@ -337,6 +337,7 @@ class E1381Link:
         self._partial = b""  # text of a record continued in ETB frames
         self._raw = bytearray()
         self._hold_snapshot: _Snapshot | None = None
+        self._refusing: str | None = None  # the transfer's message went over the limit: its frames are NAKed
         self._frames_in_transfer = 0
         self._last_frame = b""  # without frame numbers: the last accepted frame, to spot a retransmission
         self._prev_last_frame = b""
@@ -445,6 +446,7 @@ class E1381Link:
 
     def _reset_neutral(self) -> None:
         self.state = State.NEUTRAL
+        self._refusing = None
         self._deadline = None
         self._hold_snapshot = None
         self._records.clear()
@@ -625,7 +627,7 @@ class E1381Link:
         sum_at = end - 4
         fn = self._expected_fn
         profile = self.profile
-        if (end > profile.max_frame_bytes or buf[1] - 0x30 != fn
+        if (end > profile.max_frame_bytes or buf[1] - 0x30 != fn or self._refusing is not None
                 or (sum(buf[1:sum_at]) & 0xFF) != _HEX_VALUE[m.group(1)]):
             return False
         frame = bytes(buf[:end])
@@ -659,19 +661,26 @@ class E1381Link:
         self._expected_fn = (self._expected_fn + 1) % 8
 
     def _accept_frame(self, frame: bytes, text: bytes, *, final: bool, now: float) -> None:
+        if self._refusing is None and len(self._raw) + len(frame) > self.profile.max_message_bytes:
+            # Over the limit: what came so far is reported (kept for inspection, never a result), and this
+            # frame and every one after it in this transfer is NAKed, so the sender gives up (R-A19) knowing
+            # the message was not received, instead of having it ACKed and dropped.
+            limit = self.profile.max_message_bytes
+            self._abandon_message(f"message longer than {limit} bytes")
+            self._refusing = f"message longer than {limit} bytes: refused until the sender ends its transfer"
+        if self._refusing is not None:
+            self._reject(now, self._refusing)
+            return
         self._frames_in_transfer += 1
-        oversize = len(self._raw) + len(frame) > self.profile.max_message_bytes  # abandons what came before
         records: list[bytes] = []
         snapshot = None
         if final:
-            records = split_records(text if oversize else self._partial + text, self.profile.record_terminator)
+            records = split_records(self._partial + text, self.profile.record_terminator)
             # The state before this frame, restored if the message it completes cannot be stored. Taken only
             # for a frame that completes one (an L record): copying the message so far at every frame made
             # receiving a message quadratic in its frames.
             if any(record[:1] in _TERMINATOR_RECORD for record in records):
                 snapshot = _Snapshot(tuple(self._records), self._partial, bytes(self._raw))
-        if oversize:
-            self._abandon_message(f"message longer than {self.profile.max_message_bytes} bytes")
         self._raw += frame
         if not final:
             self._partial += text

@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from labbridge.protocols import e1381
-from labbridge.protocols.e1381 import ENQ, EOT, E1381Link, LinkProfile, Role, build_frames
+from labbridge.protocols.e1381 import ACK, ENQ, EOT, E1381Link, LinkProfile, Role, build_frames
 
 MESSAGE = (b"H|\\^&|||Sim^1", b"P|1||PAT1", b"O|1|S0001||^^^GLU", b"R|1|^^^GLU|5.4|mmol/L||N||F",
            b"R|2|^^^NA|" + b"1" * 300, b"L|1|N")
@@ -66,10 +66,11 @@ def test_any_bytes_with_every_message_refused_by_the_store_never_raise(data: byt
     _feed_anything(data, chunk, profile, Role.HOST, prefix, accept=False)
 
 
-def test_a_frame_completing_a_message_after_an_oversize_abandon_can_be_refused() -> None:
-    """An intermediate (ETB) frame pushes the message over its size limit, so what came before is
-    abandoned; the next, final frame alone holds an L record and completes a (new) message. Refusing it
-    (the store failed) NAKs the frame and the retransmission is taken."""
+def test_a_message_over_the_limit_is_refused_frame_by_frame_until_the_sender_gives_up() -> None:
+    """An intermediate (ETB) frame pushes the message over its size limit: what came before is reported (kept
+    for inspection, never a result), that frame and every later one of the transfer are NAKed, so the sender
+    gives up (R-A19) knowing it was not received; nothing of it is ever a message. The next transfer is
+    taken as usual."""
     profile = LinkProfile(max_message_bytes=60)
     link = E1381Link(Role.HOST, profile)
     link.receive_data(bytes([ENQ]), 0.0)
@@ -79,17 +80,21 @@ def test_a_frame_completing_a_message_after_an_oversize_abandon_can_be_refused()
         return b"\x02" + body + e1381.checksum(body) + b"\r\n"
 
     link.receive_data(frame(1, b"H|\\^&\r", 0x03), 0.1)
-    link.receive_data(frame(2, b"R|1|^^^GLU|" + b"9" * 60, 0x17), 0.2)  # ETB: the record goes on; too long
-    final = frame(3, b"L|1|N\r", 0x03)
-    link.receive_data(final, 0.3)
+    assert link.data_to_send() == bytes([ACK, ACK])  # the ENQ's and the frame's
+    too_long = frame(2, b"R|1|^^^GLU|" + b"9" * 60, 0x17)  # ETB: the record goes on; too long
+    for attempt in range(6):  # the sender's six tries of that frame (R-A19), each refused
+        link.receive_data(too_long, 0.2 + attempt / 10)
+        assert link.data_to_send() == bytes([0x15])
+    link.receive_data(frame(3, b"L|1|N\r", 0x03), 0.9)  # a sender that goes on regardless: refused too
+    assert link.data_to_send() == bytes([0x15])
+    link.receive_data(bytes([EOT]), 1.0)
     events = link.events()
-    assert any(isinstance(e, e1381.IncompleteMessage) for e in events)
-    assert [e.records for e in events if isinstance(e, e1381.MessageReceived)] == [(b"L|1|N",)]
-    link.data_to_send()
-    link.reject_message(0.4)
-    assert link.data_to_send() == bytes([0x15])  # NAK
-    link.receive_data(final, 0.5)
-    assert [e.records for e in link.events() if isinstance(e, e1381.MessageReceived)] == [(b"L|1|N",)]
+    [kept] = [e for e in events if isinstance(e, e1381.IncompleteMessage)]
+    assert kept.records == (b"H|\\^&",) and "longer than 60 bytes" in kept.reason
+    assert not any(isinstance(e, e1381.MessageReceived) for e in events)
+    assert sum(isinstance(e, e1381.FrameRejected) for e in events) == 7
+    link.receive_data(bytes([ENQ]) + frame(1, b"H|\\^&\r", 0x03) + frame(2, b"L|1|N\r", 0x03), 2.0)
+    assert [e.records for e in link.events() if isinstance(e, e1381.MessageReceived)] == [(b"H|\\^&", b"L|1|N")]
 
 
 def _feed_anything(data: bytes, chunk: int, profile: LinkProfile, role: Role, prefix: bool, *, accept: bool) -> None:

@@ -36,6 +36,7 @@ from labbridge.errors import LocalProtocolError
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7_parse import (
     DEFAULT_SEPARATORS,
+    ERR_INTERNAL,
     ERROR_TEXT,
     Hl7Message,
     Hl7ParseError,
@@ -180,8 +181,25 @@ class Hl7Receiver:
                     self._events.append(Hl7Received(event.payload, None, exc))
                 else:
                     self._events.append(Hl7Received(event.payload, message, None))
+            elif isinstance(event, mllp.MllpOversize):
+                self._events.append(self._oversize(event))
             else:
                 self._events.append(event)
+
+    def _oversize(self, event: mllp.MllpOversize) -> Hl7Received:
+        """A block over the bound is answered AR with the reason (from its MSH, when its start holds one) and
+        its start kept for inspection, never dropped unanswered."""
+        reason = (f"message of {event.size} bytes is larger than the limit of {event.limit} bytes; "
+                  "it was not taken (only its start is kept)")
+        try:
+            head = parse_message(event.head.split(b"\r", 1)[0], default_charset=self.default_charset)
+        except Hl7ParseError as exc:
+            error = Hl7ParseError(reason, ack_code="AR", error_code=ERR_INTERNAL, header=exc.header,
+                                  separators=exc.separators, charset=exc.charset)
+        else:
+            error = Hl7ParseError(reason, ack_code="AR", error_code=ERR_INTERNAL, header=head.header,
+                                  separators=head.separators, charset=head.charset)
+        return Hl7Received(event.head, None, error)
 
     def next_event(self) -> Hl7Event | None:
         if self._held is not None or not self._events:

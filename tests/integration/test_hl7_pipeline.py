@@ -164,6 +164,25 @@ async def test_malformed_messages_get_ae_or_ar_with_a_reason_are_kept_and_the_co
 
 
 @sync
+async def test_a_message_over_the_size_limit_gets_ar_with_the_reason_and_its_start_is_kept(tmp_path: Path) -> None:
+    """Over MLLP's bound a message cannot be taken, but its sender is told so (AR naming its MSH-10 and the
+    reason) and its start is kept for inspection, instead of no answer and nothing kept."""
+    async with lis_and_daemon(tmp_path, [hl7_instrument("mindray-1")]) as (daemon, _lis):
+        reader, writer = await asyncio.open_connection(*address(daemon, "mindray-1"))
+        decoder = mllp.MllpDecoder()
+        huge = ORU_231.format(id="BIG1", sample="S1").encode() + b"NTE|1||" + b"x" * (4 * 1024 * 1024) + b"\r"
+        [ack] = await exchange(reader, writer, huge, decoder)
+        code, control_id, text = msa(ack)
+        assert (code, control_id) == ("AR", "BIG1") and "larger than the limit" in text
+        [ack] = await exchange(reader, writer, ORU_231.format(id="OK1", sample="S2").encode(), decoder)
+        assert msa(ack)[:2] == ("AA", "OK1")  # the connection goes on
+        writer.close()
+        counts = await daemon.store.counts()
+        assert counts["undecodable"] == 1 and counts["messages"] == 2
+        assert daemon.runners["mindray-1"].health.counters.decode_errors == 1
+
+
+@sync
 async def test_store_failure_answers_ar_and_never_aa(tmp_path: Path) -> None:
     async with lis_and_daemon(tmp_path, [hl7_instrument("mindray-1")]) as (daemon, _lis):
         reader, writer = await asyncio.open_connection(*address(daemon, "mindray-1"))

@@ -30,8 +30,21 @@ def test_oversize_block_is_dropped_and_reported_and_the_next_one_gets_through() 
     decoder = mllp.MllpDecoder(max_message=100)
     events = decoder.receive_data(b"\x0b" + b"a" * 150)
     events += decoder.receive_data(b"a" * 100 + b"\x1c\r" + mllp.frame(b"MSH|ok"))
-    assert any(isinstance(e, mllp.MllpOversize) for e in events)
+    assert [e for e in events if isinstance(e, mllp.MllpOversize)] == [mllp.MllpOversize(100, b"a" * 150, 250)]
     assert [e.payload for e in events if isinstance(e, mllp.MllpMessage)] == [b"MSH|ok"]
+
+
+def test_an_oversize_block_keeps_only_its_start_whatever_its_length_and_is_reported_once_it_ends() -> None:
+    decoder = mllp.MllpDecoder(max_message=10_000)
+    events = decoder.receive_data(b"\x0bMSH|head\r" + b"z" * 20_000)
+    assert events == []  # reported when the block ends, with its size
+    for _ in range(50):
+        assert decoder.receive_data(b"z" * 10_000) == []
+    [event] = decoder.receive_data(b"z\x1c\r")
+    assert isinstance(event, mllp.MllpOversize)
+    assert event.head == (b"MSH|head\r" + b"z" * 20_000)[:mllp.HEAD_KEPT] and event.size == 520_010
+    assert decoder.receive_data(b"\x0bMSH|cut") == []
+    assert decoder.pending() == b"MSH|cut"
 
 
 def test_several_messages_in_one_read_and_one_message_over_many_reads() -> None:

@@ -191,11 +191,19 @@ class LinkHistory:
             log.info("history_write_recovered", failed_writes=self.write_failures)
             self.failing = None
 
-    async def flush(self) -> None:
-        """Sample every instrument now and write what accumulated (a refused write is kept and logged)."""
+    async def flush(self) -> float:
+        """Sample every instrument now and write what accumulated (a refused write is kept and logged).
+
+        Returns the time of the sample: the figures in the store cover up to it (unless the write was refused).
+        """
         async with self._lock:
-            self._sample_all(self.clock())
-            await self._write()
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> float:
+        now = self.clock()
+        self._sample_all(now)
+        await self._write()
+        return now
 
     async def run(self) -> None:
         """Sample and write now, then every ``interval_s`` and soon after a state change, until :meth:`close`."""
@@ -231,25 +239,25 @@ class LinkHistory:
     async def read(self, instrument: str, days: int) -> dict[str, Any]:
         """The instrument's state changes over the last ``days`` x 24 h and its rows of the last ``days`` dates.
 
-        The history is written first, so the figures include the seconds up to now.
+        The history is written first and read under the same lock, so the daily seconds cover exactly up to
+        ``now`` (the sample just written): from the changes, each state's time can be summed to the same total.
         """
         days = max(1, min(days, MAX_HISTORY_DAYS))
-        await self.flush()
-        now = self.clock()
-        since = now - days * 86400.0
-        first_day = datetime.fromtimestamp(now, self.recorder.tz).date() - timedelta(days=days - 1)
-        found = await self.store.read(functools.partial(stored.read, instrument=instrument, since=since,
-                                                        first_day=first_day.isoformat()))
+        async with self._lock:
+            now = await self._flush_locked()
+            since = now - days * 86400.0
+            first_day = datetime.fromtimestamp(now, self.recorder.tz).date() - timedelta(days=days - 1)
+            found = await self.store.read(functools.partial(stored.read, instrument=instrument, since=since,
+                                                            first_day=first_day.isoformat()))
 
-        def change(row: Any) -> dict[str, Any] | None:
+        def change(row: dict[str, Any] | None) -> dict[str, Any] | None:
             return None if row is None else {**row, "at": _iso(row["at"])}
 
         return {"id": instrument, "days": days, "since": _iso(since), "now": _iso(now),
-                "before": change(found["before"]),
-                "changes": [change(row) for row in found["changes"]],
+                "before": change(found["before"]), "changes": [change(row) for row in found["changes"]],
                 "daily": found["daily"]}
 
 
 def _iso(at: float) -> str:
-    """ISO 8601 UTC, as the rest of the API gives times."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """ISO 8601 UTC as the rest of the API gives times, to the millisecond (changes may be close together)."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -194,3 +194,35 @@ def test_a_version_5_store_gets_the_history_tables(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
     assert conn.execute("SELECT state FROM link_states").fetchall() == [("up",)]
+
+
+def test_link_history_sees_set_state_at_once_and_marks_removed_and_stopped_instruments(tmp_path: Path) -> None:
+    from labbridge.health.history import LinkHistory
+
+    clock = [T0]
+    a, b = health("a"), health("b")
+    sources = [a, b]
+
+    async def body() -> None:
+        async with Store(tmp_path / "h.db") as store:
+            hist = LinkHistory(store, lambda: list(sources), interval_s=10.0, clock=lambda: clock[0],
+                               recorder=HistoryRecorder(tz=UTC))
+            await hist.flush()  # first sight of both: observed from now on
+            clock[0] = T0 + 5
+            a.set_state("up", "connected")  # dated now, not at the next sample
+            clock[0] = T0 + 20
+            sources.remove(b)  # removed from the configuration while running
+            await hist.flush()
+            clock[0] = T0 + 30
+            await hist.close()
+            assert not a.observers and not b.observers
+
+    run(body())
+    conn = sqlite3.connect(tmp_path / "h.db")
+    changes = conn.execute("SELECT instrument, at - ?, state, reason FROM link_states ORDER BY instrument, at",
+                           (T0,)).fetchall()
+    assert changes == [("a", 0.0, "connecting", "starting"), ("a", 5.0, "up", "connected"),
+                       ("a", 30.0, STOPPED, "labbridge stopped"),
+                       ("b", 0.0, "connecting", "starting"), ("b", 20.0, STOPPED, "removed from the configuration")]
+    seconds = conn.execute("SELECT instrument, connecting_s, up_s FROM link_days ORDER BY instrument").fetchall()
+    assert seconds == [("a", 5.0, 25.0), ("b", 20.0, 0.0)]

@@ -119,12 +119,19 @@ class HistoryRecorder:
     def _day(self, at: float) -> str:
         return datetime.fromtimestamp(at, self.tz).date().isoformat()
 
-    def stopped(self, now: float) -> None:
-        """labbridge stops: close every instrument's time at ``now`` and mark the start of the gap."""
-        for instrument, track in self._tracks.items():
-            self._add_seconds(instrument, track, now)
-            self._change(StateChange(instrument, now, STOPPED, "labbridge stopped"))
-        self._tracks.clear()
+    def stopped(self, now: float, instruments: Iterable[str] | None = None,
+                reason: str = "labbridge stopped") -> None:
+        """These instruments (default: all) are no longer watched from ``now``: close their time, mark the gap."""
+        for instrument in list(self._tracks) if instruments is None else list(instruments):
+            track = self._tracks.pop(instrument, None)
+            if track is not None:
+                self._add_seconds(instrument, track, now)
+                self._change(StateChange(instrument, now, STOPPED, reason))
+
+    @property
+    def watched(self) -> set[str]:
+        """The instruments sampled since the start or their last ``stopped``."""
+        return set(self._tracks)
 
     def take(self) -> HistoryBatch:
         """What accumulated since the last take (to write); the recorder starts a new batch."""
@@ -157,17 +164,31 @@ class LinkHistory:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._observed: dict[str, InstrumentHealth] = {}  # what _observe is registered on, by instrument
 
     def _observe(self, health: InstrumentHealth) -> None:
         """InstrumentHealth.set_state changed a state: sample it now (in memory); the task writes it soon."""
-        self.recorder.sample(health, self.clock())
-        self._wake.set()
+        if self._observed.get(health.id) is health:
+            self.recorder.sample(health, self.clock())
+            self._wake.set()
 
     def _sample_all(self, now: float) -> None:
-        for health in self.sources():
-            if self._observe not in health.observers:  # instruments added while running are observed too
+        current = {health.id: health for health in self.sources()}
+        for ident, old in list(self._observed.items()):  # removed, or replaced by a new runner: not watched
+            if current.get(ident) is not old:
+                self._detach(old)
+        for health in current.values():
+            if health.id not in self._observed:  # instruments added while running are observed too
                 health.observers.append(self._observe)
+                self._observed[health.id] = health
             self.recorder.sample(health, now)
+        self.recorder.stopped(now, self.recorder.watched - current.keys(), "removed from the configuration")
+
+    def _detach(self, health: InstrumentHealth) -> None:
+        with contextlib.suppress(ValueError):
+            health.observers.remove(self._observe)
+        if self._observed.get(health.id) is health:
+            del self._observed[health.id]
 
     async def _write(self) -> None:
         batch = self.recorder.take()
@@ -229,12 +250,14 @@ class LinkHistory:
                 await asyncio.gather(task, return_exceptions=True)
         async with self._lock:
             now = self.clock()
-            self._sample_all(now)
-            self.recorder.stopped(now)
-            await self._write()
-        for health in self.sources():
-            with contextlib.suppress(ValueError):
-                health.observers.remove(self._observe)
+            try:
+                self._sample_all(now)
+                self.recorder.stopped(now)
+                await self._write()
+            except Exception:  # a bug here must not keep the daemon from closing its store
+                log.exception("history_close_failed")
+        for health in list(self._observed.values()):
+            self._detach(health)
 
     async def read(self, instrument: str, days: int) -> dict[str, Any]:
         """The instrument's state changes over the last ``days`` x 24 h and its rows of the last ``days`` dates.

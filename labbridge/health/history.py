@@ -4,7 +4,7 @@
 :class:`~labbridge.health.instrument.InstrumentHealth` adds the time since its previous sample to the state
 that sample showed, split at the node's local midnight, and the counters' increase since then to the
 current day; a shown state different from the previous sample's is a state change. Counters are kept as
-deltas because the daemon's restart at 0: a restart adds to the day's row, it never overwrites it. A
+deltas because the daemon's counters restart at 0: a restart adds to the day's row, it never overwrites it. A
 health object seen for the first time (the daemon starting, a runner replaced) starts from zero counters
 and from the moment it is first sampled (nothing is attributed to time labbridge did not watch).
 

@@ -315,7 +315,14 @@ class RetentionConfig(_Model):
     raw_messages_days: Annotated[float, Field(gt=0)] = 90.0
     delivered_days: Annotated[float, Field(gt=0)] = 90.0  # delivered outbox items and their results
     incomplete_days: Annotated[float, Field(gt=0)] = 30.0  # transmissions that never became a message
+    history_days: Annotated[float, Field(gt=0)] = 90.0  # link state changes and daily figures per instrument
     prune_interval_s: Seconds = 3600.0
+
+
+class HistoryConfig(_Model):
+    # How often every instrument's shown state and counters are sampled into the store's link history
+    # (labbridge.health.history); explicit state changes are caught at once, idle/degraded when sampled.
+    sample_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
 
 class BacklogConfig(_Model):
@@ -342,6 +349,7 @@ class Config(_Model):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     retention: RetentionConfig = RetentionConfig()
+    history: HistoryConfig = HistoryConfig()
     backlog: BacklogConfig = BacklogConfig()
     sites: list[SiteConfig] = Field(default_factory=list)
     instruments: list[InstrumentConfig] = Field(default_factory=list)

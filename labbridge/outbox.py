@@ -85,3 +85,4 @@ class Retention:
     raw_messages_s: float
     delivered_s: float
     incomplete_s: float
+    history_s: float = 90 * 86400.0  # link state changes and daily figures (labbridge.store.history)

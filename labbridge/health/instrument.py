@@ -7,6 +7,7 @@ a technician can act on. A change of state is logged once; retries are not logge
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -74,6 +75,8 @@ class InstrumentHealth:
     idle_after_s: float = 1800.0
     counters: Counters = field(default_factory=Counters)
     _recent: list[bool] = field(default_factory=list, repr=False)
+    # Called after each change of ``state`` by set_state (the link history records it at once); must not block.
+    observers: list[Callable[[InstrumentHealth], None]] = field(default_factory=list, repr=False)
 
     def set_state(self, state: LinkState, reason: str) -> None:
         if state == self.state and reason == self.reason:
@@ -84,6 +87,8 @@ class InstrumentHealth:
         if changed:
             self.state_since = time.time()
             log.info("link_state", instrument=self.id, state=state, reason=reason)
+            for observer in self.observers:
+                observer(self)
 
     def frame_outcome(self, accepted: bool) -> None:
         self._recent.append(accepted)

@@ -109,6 +109,13 @@ class DaemonApi(Protocol):
         """Each LIS destination's relay health and kind (``id`` names it)."""
         ...
 
+    async def instrument_history(self, instrument: str, days: int) -> dict[str, Any] | None:
+        """The instrument's state changes over the last ``days`` and its daily figures; None if unknown.
+
+        Raises StoreError when the store cannot be read. (labbridge.health.history)
+        """
+        ...
+
     def order_problems(self, order: NewOrder) -> list[str]:
         """What makes an order unusable in this configuration (empty: it may be added)."""
         ...

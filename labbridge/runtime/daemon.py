@@ -21,6 +21,7 @@ from labbridge import aio
 from labbridge.backoff import backoff_delay
 from labbridge.config import Config, TcpServerTransport, with_link_defaults
 from labbridge.driver import driver_link_defaults
+from labbridge.health.history import LinkHistory
 from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.instrument import InstrumentRunner
 from labbridge.links.intake import InstrumentDecoder, load_instrument_driver
@@ -68,6 +69,7 @@ class Daemon:
                            for listener in config.lis_orders]
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
+        self.history = LinkHistory(self.store, self.link_health, interval_s=config.history.sample_interval_s)
         self.addresses: dict[str, tuple[str, int]] = {}  # surface name -> where it listens
         self.started = asyncio.Event()
 
@@ -126,7 +128,7 @@ class Daemon:
         """Retention: drop raw messages, delivered items and incomplete transmissions past their time."""
         r = self.config.retention
         retention = Retention(raw_messages_s=r.raw_messages_days * 86400, delivered_s=r.delivered_days * 86400,
-                              incomplete_s=r.incomplete_days * 86400)
+                              incomplete_s=r.incomplete_days * 86400, history_s=r.history_days * 86400)
         while True:
             pruned = await self.store.prune(retention, wall_clock())
             if any(pruned.values()):
@@ -140,6 +142,7 @@ class Daemon:
             await self.store.set_size_limit(int(self.config.store.max_size_mb * 1024 * 1024))
         tasks: list[asyncio.Task[None]] = []
         shown: list[Surface] = []
+        history = asyncio.create_task(self._supervise("history", self.history.run))  # closed after the links
         try:
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
@@ -166,6 +169,7 @@ class Daemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.history.close(history)  # the last sample, and "stopped" for every instrument
             for surface in reversed(shown):
                 await surface.stop()
             await self.store.close()
@@ -220,3 +224,8 @@ class Daemon:
 
     def destinations_json(self) -> list[dict[str, Any]]:
         return [{**relay.health.to_json(), "kind": relay.dest.kind} for relay in self.relays]
+
+    async def instrument_history(self, instrument: str, days: int) -> dict[str, Any] | None:
+        if instrument not in self.runners:
+            return None
+        return await self.history.read(instrument, days)

@@ -338,6 +338,10 @@ class Store:
         """
         return await self._submit(WRITE, fn, *args, **kwargs)
 
+    async def write_relaxed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """As :meth:`write`, for what a power cut may lose (the link history): a group of only these skips the fsync."""
+        return await self._submit(RELAXED, fn, *args, **kwargs)
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the read connection (it sees every committed write)."""
         conn = self._read_conn

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
 from labbridge.store.failure import kind_of
+from labbridge.store.history import migrate_link_history
 
 log = get_logger("labbridge.store")
 
@@ -179,6 +180,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     3: _migrate_outbox_operations,
     4: _migrate_order_notes,
     5: _migrate_results_by_sample,
+    6: migrate_link_history,  # labbridge.store.history
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from labbridge.model import Result
 from labbridge.outbox import DEAD_HELD, DEAD_UNDECODABLE, REDECODE_KINDS, Held, OutboxItem, Retention, StoredMessage
+from labbridge.store import history
 
 
 def control_id_for(key: str) -> str:
@@ -360,6 +361,7 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: float) -> dict[st
         " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (raw_cutoff,)).rowcount
     out["incomplete"] = conn.execute(
         "DELETE FROM incomplete WHERE received_at < ?", (now - retention.incomplete_s,)).rowcount
+    out.update(history.prune(conn, now - retention.history_s))
     return out
 
 

@@ -3,7 +3,8 @@
 It sees the daemon only through :class:`labbridge.runtime.api.DaemonApi`; :func:`labbridge.web.surfaces_for` gives
 the surfaces a configuration asks for, for whoever starts the daemon (``Daemon.run(stop, surfaces=...)``).
 
-Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
+Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/instruments/{id}/history``,
+``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
 ``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
 ``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
@@ -27,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from labbridge.errors import StoreError
+from labbridge.health.history import MAX_HISTORY_DAYS
 from labbridge.health.instrument import STATES
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
@@ -116,6 +118,7 @@ class WebServer:
             web.get("/api/health", self.health),
             web.get("/api/instruments", self.instruments),
             web.get("/api/instruments/{id}", self.instrument),
+            web.get("/api/instruments/{id}/history", self.instrument_history),
             web.get("/api/sites", self.sites),
             web.get("/api/outbox", self.outbox),
             web.get("/api/orders", self.list_orders),
@@ -160,6 +163,22 @@ class WebServer:
             if item["id"] == wanted:
                 return web.json_response(item)
         return web.json_response({"error": f"no instrument {wanted!r}"}, status=404)
+
+    async def instrument_history(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["id"]
+        try:
+            days = int(request.query.get("days", "7"))
+        except ValueError:
+            days = 0
+        if not 1 <= days <= MAX_HISTORY_DAYS:
+            return web.json_response({"error": f"days must be an integer from 1 to {MAX_HISTORY_DAYS}"}, status=400)
+        try:
+            history = await self.api.instrument_history(wanted, days)
+        except StoreError as exc:
+            return web.json_response({"error": f"the store cannot be read: {exc}"}, status=503)
+        if history is None:
+            return web.json_response({"error": f"no instrument {wanted!r}"}, status=404)
+        return web.json_response(history)
 
     async def sites(self, _request: web.Request) -> web.Response:
         return web.json_response(self.api.sites_json())

@@ -221,6 +221,17 @@ class LocalOperatorClient:
         return order.to_json() if order is not None else None
 
 
+def _url_of(config: Config) -> str:
+    """Where the daemon of ``config`` serves its API, as seen from this host."""
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "", "::") else config.http.host  # noqa: S104
+    return f"http://{host}:{config.http.port}"
+
+
+def daemon_url(config_path: str) -> str:
+    """The API address of the daemon that runs with the config at ``config_path``."""
+    return _url_of(load_config(config_path))
+
+
 @contextlib.asynccontextmanager
 async def open_client(*, url: str, store: str | None = None,
                       config_path: str | None = None) -> AsyncIterator[OperatorClient]:
@@ -231,9 +242,8 @@ async def open_client(*, url: str, store: str | None = None,
             yield await stack.enter_async_context(aclosing(LocalOperatorClient(store)))
             return
         config = load_config(config_path) if config_path else None
-        if config is not None:  # where its daemon serves the API, as seen from this host
-            host = "127.0.0.1" if config.http.host in ("0.0.0.0", "", "::") else config.http.host  # noqa: S104
-            url = f"http://{host}:{config.http.port}"
+        if config is not None:
+            url = _url_of(config)
         if config is None or config.http.enabled:
             http = await stack.enter_async_context(aclosing(HttpOperatorClient(url)))
             if config is None or await http.answers():

@@ -104,16 +104,43 @@ def demo(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.lost == 0 and summary.duplicates == 0 else EXIT_FAILURE
 
 
+EXIT_UNREACHABLE = 2  # `status`: the daemon did not answer
+
+
 def status(args: argparse.Namespace) -> int:
-    from labbridge.cli.client import HttpOperatorClient
+    """Link health by site. Exit 0 when every enabled link is up or idle and nothing is dead-lettered, 1 when
+    something needs attention (each reason printed), 2 when the daemon cannot be reached."""
+    from labbridge.cli.client import DaemonUnreachable, HttpOperatorClient, daemon_url
 
-    async def fetch() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        async with contextlib.aclosing(HttpOperatorClient(args.url)) as daemon:
-            return await daemon.read("/api/instruments"), await daemon.read("/api/outbox")
+    url = daemon_url(args.config) if args.config else args.url
 
-    instruments, outbox = asyncio.run(fetch())
-    output.show(args.json, instruments, lambda _: output.status_table(instruments, outbox))
-    return EXIT_OK
+    async def fetch() -> dict[str, Any]:
+        async with contextlib.aclosing(HttpOperatorClient(url)) as daemon:
+            return {"sites": await daemon.read("/api/sites"), "instruments": await daemon.read("/api/instruments"),
+                    "outbox": await daemon.read("/api/outbox")}
+
+    async def main() -> int:
+        while True:
+            try:
+                seen = await fetch()
+            except DaemonUnreachable as exc:
+                print(f"{exc} (is the daemon running? `labbridge run -c CONFIG`)", file=sys.stderr)
+                code = EXIT_UNREACHABLE
+            else:
+                seen["attention"] = output.needs_attention(seen["instruments"], seen["outbox"])
+                if args.watch:
+                    print("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", end="")
+                output.show(args.json, seen, output.status_by_site)
+                code = EXIT_FAILURE if seen["attention"] else EXIT_OK
+            if not args.watch:
+                return code
+            sys.stdout.flush()
+            await asyncio.sleep(args.watch)
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def explain(args: argparse.Namespace, exc: Exception) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -29,16 +32,52 @@ def mb(n: int) -> str:
     return f"{n / 1048576:.1f} MB"
 
 
-def status_table(instruments: list[dict[str, Any]], outbox: dict[str, Any]) -> None:
-    print(f"{'INSTRUMENT':<22} {'SITE':<11} {'STATE':<10} {'MSGS':>6}  REASON")
-    for i in instruments:
-        print(f"{i['id']:<22} {i['site']:<11} {i['state']:<10} {i['messages_received']:>6}  {i['reason']}")
+# States that need nobody: a link up, idle (waiting for traffic) or planned (not enabled yet).
+_FINE = frozenset({"up", "idle", "planned"})
+_COLORS = {"up": "32", "idle": "36", "connecting": "33", "degraded": "33", "down": "31", "failed": "1;31",
+           "planned": "2"}
+
+
+def _paint(state: str, width: int) -> str:
+    """The state word, colored on a terminal (never the only signal: the word is always there)."""
+    text = f"{state:<{width}}"
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR") or state not in _COLORS:
+        return text
+    return f"\x1b[{_COLORS[state]}m{text}\x1b[0m"
+
+
+def needs_attention(instruments: list[dict[str, Any]], outbox: dict[str, Any]) -> list[str]:
+    """Why a person should look, one line each: links neither up nor idle, LIS destinations not up, dead
+    letters. Empty when all is well."""
+    why = [f"{i['id']} is {i['state']}: {i['reason']}" for i in instruments if i["state"] not in _FINE]
+    for d in outbox["destinations"]:
+        if d["state"] == "down":
+            why.append(f"LIS {d['id']} is {d['state']}: {d['reason']}")
+        if d["dead"]:
+            why.append(f"LIS {d['id']}: {d['dead']} dead letter(s): see `labbridge outbox list --state dead`")
+    return why
+
+
+def status_by_site(seen: dict[str, Any]) -> None:
+    instruments: list[dict[str, Any]] = seen["instruments"]
+    named = {s["id"]: s["name"] for s in seen["sites"]}
+    for site in [*named, *sorted({i["site"] for i in instruments} - set(named))]:
+        mine = [i for i in instruments if i["site"] == site]
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(i["state"] for i in mine).items()))
+        print(f"{named.get(site, site)} ({site}): {counts or 'no instrument'}")
+        for i in mine:
+            print(f"  {i['id']:<22} {_paint(i['state'], 10)} {i['messages_received']:>6}  {i['reason']}")
+    outbox = seen["outbox"]
     store = outbox["store"]
     print(f"\nstore {store['path']}: {mb(store['size_bytes'])} (database {mb(store['file_bytes'])}, "
           f"WAL {mb(store['wal_bytes'])}); {store['results']} results, {store['messages']} messages")
     for d in outbox["destinations"]:
-        print(f"LIS {d['id']:<18} {d['state']:<8} {d['pending']} pending ({d['backlog_pending']} backlog), "
+        print(f"LIS {d['id']:<18} {_paint(d['state'], 8)} {d['pending']} pending ({d['backlog_pending']} backlog), "
               f"{d['delivered']} delivered, {d['dead']} dead  {d['reason']}")
+    attention = seen["attention"]
+    print(f"\n{len(attention)} thing(s) need attention:" if attention else "\nall links up or idle, no dead letter")
+    for line_ in attention:
+        print(f"  - {line_}")
 
 
 def outbox_table(rows: list[dict[str, Any]]) -> None:

@@ -62,10 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="dashboard port (default: from the config)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
-    p = _command(sub, "status", "show link health from a running daemon", commands.status,
-                 "status", "status --url http://10.0.0.5:8470 --json")
-    p.add_argument("--url", default=DEFAULT_URL)
+    p = _command(sub, "status", "show link health by site from a running daemon (exit 0: all up or idle and no "
+                                "dead letter; 1: something needs attention; 2: the daemon cannot be reached)",
+                 commands.status, "status", "status -c /etc/labbridge/labbridge.toml --watch 5",
+                 "status --url http://127.0.0.1:8470 --json")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--url", default=DEFAULT_URL, help="the daemon's HTTP API (default)")
+    where.add_argument("-c", "--config", help="the daemon's config: its HTTP API's address")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 2) until Ctrl-C")
 
     p = _command(sub, "outbox", "list, retry or purge outbox items and dead letters", None,
                  "outbox list --state dead", "outbox retry --all-dead -c labbridge.toml --reason 'UREA mapped'")

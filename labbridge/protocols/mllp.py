@@ -61,6 +61,11 @@ class MllpDecoder:
         self._skipping = False  # inside an oversize block: drop until its end
         self._swallow_cr = False  # lenient mode: a block ended at EB; its CR may follow
 
+    @property
+    def in_block(self) -> bool:
+        """A start block byte was read and the block has not ended yet."""
+        return self._in_block
+
     def pending(self) -> bytes:
         """The bytes of an unfinished block (e.g. when the connection ends), and forget them."""
         out = bytes(self._buf) if self._in_block and not self._skipping else b""

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
 from labbridge_simulators.lis import SimulatedLis
+from labbridge_simulators.pty_pair import PtyPair
 
 from labbridge.cli import main
 from labbridge.config import load_config
@@ -285,3 +286,47 @@ def test_a_shared_listener_restarts_as_one_on_its_port_and_is_left_alone_otherwi
             assert lis_codes(daemon.config.store.path, "an-1") == {("GLUC", "GLU")}
 
     run(body(), timeout=60)
+
+
+def test_a_changed_serial_link_closes_its_port_after_the_transfer_and_reopens_it(tmp_path: Path) -> None:
+    pty = PtyPair()
+
+    async def body() -> None:
+        lis = SimulatedLis()
+        await lis.start()
+        path = tmp_path / "labbridge.toml"
+        serial = {"kind": "serial", "port": pty.device, "baudrate": 19200, "reopen_initial_s": 0.05,
+                  "reopen_max_s": 0.2}
+        data = lab_config(tmp_path, instruments=1, lis_port=lis.port, overrides={"an-0": {"transport": serial}})
+        try:
+            async with daemon_from_file(path, data) as daemon:
+                old = daemon.runners["an-0"]
+                await eventually(lambda: old.health.state == "up", what="serial port open")
+                # The cable stays plugged in: the analyzer goes on sending while labbridge reopens its port (an
+                # ENQ sent in between is unanswered: it times out and sends it again, as LIS1-A says).
+                sim = AstmAnalyzerSim("an-0", ("127.0.0.1", 0), MessageFactory("an-0", sample_prefix="SER-",
+                                                                              panel_size=2, seed=2),
+                                      interval=(0.0, 0.01), opener=pty.open_master,
+                                      profile=e1381.LinkProfile(reply_timeout=0.5, busy_wait=0.2))  # ENQ again soon
+                stop = asyncio.Event()
+                sim_task = asyncio.create_task(sim.run(stop))
+                await eventually(lambda: len(sim.acked) >= 4, what="the analyzer under way")
+                data["instruments"][0] = {**data["instruments"][0], "test_map": {"GLU": "GLUC"}}
+                write_toml(path, data)
+                report = await daemon.reload(by="test")
+                assert [(c.action, c.id, c.aborted) for c in report.changes] == [(Action.RESTARTED, "an-0", 0)]
+                new = daemon.runners["an-0"]
+                await eventually(lambda: ("GLUC", "GLU") in lis_codes(daemon.config.store.path, "an-0"),
+                                 what="results through the reopened port, mapped anew")
+                assert new.health.state == "up" and new.health.counters.connections == 2  # the port opened again
+                stop.set()
+                await asyncio.wait_for(sim_task, 30)
+                await eventually(lambda: set(sim.acked) <= lis.delivered, what="every acknowledged result")
+                assert lis.duplicates == 0
+        finally:
+            await lis.stop()
+
+    try:
+        run(body(), timeout=90)
+    finally:
+        pty.close()

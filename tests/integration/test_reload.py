@@ -18,16 +18,17 @@ from typing import Any
 
 import pytest
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
-from labbridge_simulators.lis import SimulatedLis
+from labbridge_simulators.lis import SimulatedLis, order_message
 from labbridge_simulators.pty_pair import PtyPair
 
+from labbridge import logs
 from labbridge.cli import main
 from labbridge.config import load_config
 from labbridge.protocols import e1381
 from labbridge.runtime.daemon import Daemon
 from labbridge.runtime.reload import Action, Outcome
 from tests.conftest import run
-from tests.integration.helpers import daemon_running, eventually, free_port, lab_config
+from tests.integration.helpers import daemon_running, eventually, free_port, lab_config, running_lab
 from tests.integration.test_crash import write_toml
 
 pytestmark = pytest.mark.slow
@@ -330,3 +331,51 @@ def test_a_changed_serial_link_closes_its_port_after_the_transfer_and_reopens_it
         run(body(), timeout=90)
     finally:
         pty.close()
+
+
+def test_a_destination_and_a_lis_order_listener_added_by_a_reload_work(tmp_path: Path) -> None:
+    async def body() -> None:
+        first, second = SimulatedLis(), SimulatedLis()
+        await first.start()
+        await second.start()
+        path = tmp_path / "labbridge.toml"
+        data = lab_config(tmp_path, instruments=1, lis_port=first.port)
+        try:
+            async with daemon_from_file(path, data) as daemon:
+                data["lis"].append({**data["lis"][0], "id": "lis-2", "port": second.port})
+                data["lis_orders"] = [{"id": "his", "host": "127.0.0.1", "port": 0, "instrument": "an-0"}]
+                write_toml(path, data)
+                report = await daemon.reload(by="test")
+                assert [(c.kind, c.id, c.action) for c in report.changes] == [
+                    ("lis", "lis-2", Action.STARTED), ("lis_orders", "his", Action.STARTED)]
+                sim = analyzer(daemon, "an-0", 2)
+                await asyncio.wait_for(sim.run(asyncio.Event()), 20)
+                for lis in (first, second):  # results stored after the reload go to both destinations
+                    await eventually(lambda lis=lis: set(sim.acked) <= lis.delivered, what="delivery")
+                [listener] = daemon.lis_orders
+                assert listener.bound is not None
+                ack = await first.send_orders(*listener.bound, order_message("OML^O21", sample="R1", tests=["GLU"],
+                                                                              control_id="HIS1"))
+                assert str(ack.segment("MSA")[1]) == "AA"
+                assert [o.sample_id for o in await daemon.orders.list_orders(instrument="an-0")] == ["R1"]
+        finally:
+            await first.stop()
+            await second.stop()
+
+    run(body(), timeout=60)
+
+
+@pytest.mark.usefixtures("logging_restored")
+def test_a_daemon_without_a_config_file_cannot_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1, http=True) as lab:
+            assert lab.daemon.http_address is not None
+            host, port = lab.daemon.http_address
+            logs.configure("warning")  # the daemon's log lines on stderr: stdout is the CLI's JSON alone
+            capsys.readouterr()
+            code = await asyncio.to_thread(main, ["reload", "--url", f"http://{host}:{port}", "--json"])
+            report = json.loads(capsys.readouterr().out)
+            assert code == 1 and report["outcome"] == "unavailable"
+            assert "not started from a config file" in report["refused"][0]["problem"]
+
+    run(body(), timeout=60)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import structlog
 
 from labbridge import aio
 
@@ -29,6 +30,15 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0, *, loop: str = "aut
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def logging_restored() -> Any:
+    """For tests that call the CLI's main(), which points the logs at this test's captured stderr: later tests
+    log elsewhere."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 LOOPS = ["asyncio", "uvloop"]  # tests of the loop-sensitive paths run on both

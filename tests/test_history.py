@@ -108,6 +108,19 @@ def test_a_replaced_health_object_starts_from_zero_counters() -> None:
     assert [c.state for c in batch.changes] == ["up"]  # the same state again is no change
 
 
+def test_a_runner_restarted_with_its_counters_is_not_counted_twice() -> None:
+    """A reload restarts a changed instrument's runner with the old counters (the same object)."""
+    rec = HistoryRecorder(tz=UTC)
+    old = health()
+    old.counters.messages_received = 40
+    rec.sample(old, T0)
+    new = health()
+    new.counters = old.counters
+    new.counters.messages_received = 43
+    rec.sample(new, T0 + 20)
+    assert by_day(rec.take())["chem-1", "2026-12-03"].counters == {"messages_received": 43}
+
+
 def test_set_state_tells_its_observers_of_changes_only() -> None:
     h = health()
     seen: list[str] = []

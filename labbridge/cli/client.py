@@ -80,8 +80,9 @@ class HttpOperatorClient:
         await self._session.close()
 
     async def _call(self, method: str, path: str, *, query: Json | None = None, body: Json | None = None,
-                    slow: bool = False, missing: bool = False) -> Any:
-        """The answer's JSON; ``None`` for a 404 if the thing may be ``missing``."""
+                    slow: bool = False, missing: bool = False, answers: tuple[int, ...] = ()) -> Any:
+        """The answer's JSON; ``None`` for a 404 if the thing may be ``missing``; the JSON of an error status
+        listed in ``answers`` too (a refusal whose body is the answer)."""
         params = {k: str(v) for k, v in (query or {}).items() if v not in (None, "")}
         timeout = aiohttp.ClientTimeout(total=ACTION_TIMEOUT_S if slow else READ_TIMEOUT_S)
         try:
@@ -94,7 +95,7 @@ class HttpOperatorClient:
             data = json.loads(text)
         except ValueError:
             raise ApiError(status, f"HTTP {status}: not a labbridge answer: {text[:200]!r}") from None
-        if status < 400:
+        if status < 400 or status in answers:
             return data
         if missing and status == 404:
             return None
@@ -142,6 +143,11 @@ class HttpOperatorClient:
 
     async def cancel_order(self, order_id: int) -> Json | None:
         return cast(Json | None, await self._call("POST", f"/api/orders/{order_id}/cancel", body={}, missing=True))
+
+    async def reload_config(self, *, actor: str) -> Json:
+        """Have the daemon apply its config file as it is now: its report, refused ones included (422)."""
+        return cast(Json, await self._call("POST", "/api/config/reload", body={"by": actor}, slow=True,
+                                           answers=(409, 422)))
 
 
 class LocalOperatorClient:
@@ -221,15 +227,10 @@ class LocalOperatorClient:
         return order.to_json() if order is not None else None
 
 
-def _url_of(config: Config) -> str:
-    """Where the daemon of ``config`` serves its API, as seen from this host."""
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "", "::") else config.http.host  # noqa: S104
-    return f"http://{host}:{config.http.port}"
-
-
-def daemon_url(config_path: str) -> str:
-    """The API address of the daemon that runs with the config at ``config_path``."""
-    return _url_of(load_config(config_path))
+def daemon_url(host: str, port: int) -> str:
+    """Where a daemon listening on ``host:port`` serves its API, as seen from this host."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+    return f"http://{host}:{port}"
 
 
 @contextlib.asynccontextmanager
@@ -243,7 +244,7 @@ async def open_client(*, url: str, store: str | None = None,
             return
         config = load_config(config_path) if config_path else None
         if config is not None:
-            url = _url_of(config)
+            url = daemon_url(config.http.host, config.http.port)
         if config is None or config.http.enabled:
             http = await stack.enter_async_context(aclosing(HttpOperatorClient(url)))
             if config is None or await http.answers():

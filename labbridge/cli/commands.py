@@ -31,18 +31,14 @@ EXIT_CONFIG = 2
 
 
 def check_config(args: argparse.Namespace) -> int:
-    from labbridge.config import load_config, with_link_defaults
-    from labbridge.driver import available_drivers, driver_link_defaults
+    from labbridge.runtime.reload import load_checked  # the checks a reload makes too
 
     try:
-        config = with_link_defaults(load_config(args.config), driver_link_defaults, args.config)
+        config = load_checked(args.config)
     except ConfigError as exc:
         path, problems = exc.path, exc.problems
     else:
-        known = available_drivers()
-        path, problems = args.config, [
-            (f"instruments[{i}].driver", f"a known driver ({', '.join(sorted(known))}); got {inst.driver!r}")
-            for i, inst in enumerate(config.instruments) if inst.driver not in known]
+        path, problems = args.config, []
     if problems:
         print(f"{args.config}: invalid configuration ({len(problems)} problem(s))", file=sys.stderr)
         for key, what in problems:
@@ -71,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _on_signals(stop.set)
-        await Daemon(config, ready_file=args.ready_file).run(stop, surfaces=surfaces_for(config))
+        daemon = Daemon(config, ready_file=args.ready_file, config_path=args.config)
+        if hasattr(signal, "SIGHUP"):  # SIGHUP: read the config file again (labbridge reload)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, daemon.reload_soon)
+        await daemon.run(stop, surfaces=surfaces_for(config))
 
     aio.run(main(), loop=config.event_loop)  # a ConfigError if the loop asked for is not installed
     return EXIT_OK
@@ -111,8 +110,13 @@ def status(args: argparse.Namespace) -> int:
     """Link health by site. Exit 0 when every enabled link is up or idle and nothing is dead-lettered, 1 when
     something needs attention (each reason printed), 2 when the daemon cannot be reached."""
     from labbridge.cli.client import DaemonUnreachable, HttpOperatorClient, daemon_url
+    from labbridge.config import load_config
 
-    url = daemon_url(args.config) if args.config else args.url
+    if args.config:
+        config = load_config(args.config)
+        url = daemon_url(config.http.host, config.http.port)
+    else:
+        url = args.url
 
     async def fetch() -> dict[str, Any]:
         async with contextlib.aclosing(HttpOperatorClient(url)) as daemon:

@@ -8,6 +8,7 @@ from typing import Any
 
 from labbridge import __version__
 from labbridge.cli import commands
+from labbridge.cli import reload as reload_command
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 
@@ -61,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the summary as JSON to this file")
     p.add_argument("--port", type=int, help="dashboard port (default: from the config)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+    p = _command(sub, "reload", "apply the config file to the running daemon without a restart", reload_command.reload,
+                 "reload                  # the daemon at " + DEFAULT_URL, "reload -c /etc/labbridge/labbridge.toml",
+                 "reload --ready-file /run/labbridge/ready.json   # its API, or SIGHUP without one")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--url", default=DEFAULT_URL, help="the running daemon's HTTP API (default)")
+    where.add_argument("-c", "--config", help="the daemon's config: its HTTP API")
+    where.add_argument("--ready-file", help="the daemon's ready file: its HTTP API, else SIGHUP to its pid")
+    p.add_argument("--by", help="who asks (for the log; default: your OS user name)")
+    p.add_argument("--json", action="store_true")
 
     p = _command(sub, "status", "show link health by site from a running daemon (exit 0: all up or idle and no "
                                 "dead letter; 1: something needs attention; 2: the daemon cannot be reached)",

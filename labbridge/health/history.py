@@ -5,8 +5,9 @@
 that sample showed, split at the node's local midnight, and the counters' increase since then to the
 current day; a shown state different from the previous sample's is a state change. Counters are kept as
 deltas because the daemon's counters restart at 0: a restart adds to the day's row, it never overwrites it. A
-health object seen for the first time (the daemon starting, a runner replaced) starts from zero counters
-and from the moment it is first sampled (nothing is attributed to time labbridge did not watch).
+health object seen for the first time (the daemon starting, a runner replaced) starts from zero counters,
+unless it carries its predecessor's (a reload keeps them), and from the moment it is first sampled
+(nothing is attributed to time labbridge did not watch).
 
 :class:`LinkHistory` is its asyncio shell, one task of the daemon: it samples every instrument every
 ``[history] sample_interval_s`` (the derived states, ``idle`` and ``degraded``, exist only when sampled),
@@ -97,7 +98,11 @@ class HistoryRecorder:
                 self._change(StateChange(health.id, now, state, reason))
             if track is not None:
                 self._add_seconds(health.id, track, now)
-            self._tracks[health.id] = _Track(health, now, state, dict.fromkeys(DAY_COUNTERS, 0))
+            # A runner restarted by a reload keeps its counters (the same object): they go on from where they
+            # were sampled; new counters start from zero.
+            carried = track is not None and health.counters is track.health.counters
+            base = track.counters if track is not None and carried else dict.fromkeys(DAY_COUNTERS, 0)
+            self._tracks[health.id] = _Track(health, now, state, base)
             track = self._tracks[health.id]
         else:
             self._add_seconds(health.id, track, now)

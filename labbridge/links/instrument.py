@@ -86,6 +86,7 @@ class InstrumentRunner:
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self.sessions: set[AnySession] = set()  # open connections (closed when the runner stops)
         self._active: AnySession | None = None  # the connection a tcp-server instrument shows
+        self.retiring = False  # a reload removes or changes this link: new connections are refused
         self.host_name = host_name
         self.context = replace(decode_context(cfg), host_name=host_name)
 
@@ -115,7 +116,7 @@ class InstrumentRunner:
                                backlog_after_s=self.backlog_after_s, attribute=attribute)
 
         def opened(session: AnySession) -> bool:
-            if on_made is not None and not on_made(session):
+            if self.retiring or (on_made is not None and not on_made(session)):
                 return False
             self.sessions.add(session)
             return True

@@ -97,6 +97,7 @@ class LisOrderListener:
         self.health = InstrumentHealth(id=f"lis-orders:{cfg.id}", site="", driver="hl7",
                                        transport=f"tcp-server {cfg.host}:{cfg.port}")
         self.sessions: set[LinkSession[Hl7Event]] = set()
+        self.retiring = False  # a reload removes or changes this listener: new connections are refused
 
     async def run(self) -> None:
         from labbridge.transports.tls import server_context
@@ -126,6 +127,8 @@ class LisOrderListener:
         receiver = Hl7Receiver(default_charset=self.cfg.encoding, ack_id_prefix="LBL")
 
         def opened(session: LinkSession[Hl7Event]) -> bool:
+            if self.retiring:
+                return False
             self.sessions.add(session)
             return True
 

@@ -23,6 +23,9 @@ Theory of operation:
   and :attr:`LinkSession.closed` completes.
 * Isolation: an exception in a callback or in the task is logged, ends this connection only, and is seen
   by the runner as a closed connection.
+* Retiring (a reload removes or changes the link): :meth:`LinkSession.close_when_idle` closes the
+  connection as soon as no transfer is under way (:attr:`Link.in_transfer`, no event in hand): the message
+  being received is committed and answered first, and the role starts no work of its own meanwhile.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._told = False  # ... and the link was told
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._retiring = False  # close once no transfer is under way (close_when_idle)
         self.role = make_role(self)
 
     # ---- asyncio.Protocol -------------------------------------------------------------------------
@@ -145,6 +149,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
                     self._pending = event
                     self._start()
             self._arm()
+            self._close_if_idle()
         except Exception as exc:  # isolation: this connection ends, nothing else
             self._crashed(exc)
 
@@ -190,9 +195,19 @@ class LinkSession(asyncio.Protocol, Generic[E]):
             self.transport.close()
 
     def abort(self) -> None:
-        """Drop the connection now (a replaced or removed link)."""
+        """Drop the connection now (a replaced link, or a retiring one past its time)."""
         if self.transport is not None:
             self.transport.abort()
+
+    def close_when_idle(self) -> None:
+        """Close the connection once no transfer is under way (now, if none is): the link is being retired."""
+        self._retiring = True
+        self._close_if_idle()
+
+    @property
+    def in_transfer(self) -> bool:
+        """A message is being received, committed, answered or sent on this connection."""
+        return self._task is not None or self._pending is not None or self.link.in_transfer
 
     # ---- internals --------------------------------------------------------------------------------
 
@@ -218,6 +233,10 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         if self._task is None and not self.closed.done():
             self._task = self._loop.create_task(self._run())
 
+    def _close_if_idle(self) -> None:
+        if self._retiring and not self._lost and not self.in_transfer:
+            self.close()
+
     async def _run(self) -> None:
         try:
             worked = False
@@ -240,7 +259,9 @@ class LinkSession(asyncio.Protocol, Generic[E]):
                     break
                 now = self._loop.time()
                 deadline = self.role.deadline()
-                if self._woken or (not worked and deadline is not None and now >= deadline):
+                if self._retiring:  # no new work of its own on a connection about to close
+                    self._woken = False
+                elif self._woken or (not worked and deadline is not None and now >= deadline):
                     woken, self._woken = self._woken, False
                     worked = True
                     await self.role.work(now, woken=woken)
@@ -260,6 +281,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
             self._start()  # woken or lost while the last step ran: go round again
         else:
             self._arm()
+            self._close_if_idle()
 
     def _finish_closed(self) -> None:
         self._cancel_timer()
@@ -316,5 +338,6 @@ class LinkSession(asyncio.Protocol, Generic[E]):
                 self._start()
             else:
                 self._arm()
+                self._close_if_idle()
         except Exception as exc:
             self._crashed(exc)

@@ -399,6 +399,11 @@ class E1381Link:
     def holding(self) -> bool:
         return self.state is State.RECEIVER_HOLD
 
+    @property
+    def in_transfer(self) -> bool:
+        """Between ENQ and EOT, either way (LIS1-A 8.2: the link is back to neutral only after EOT)."""
+        return self.state is not State.NEUTRAL
+
     def accept_message(self, now: float, answer: Answer | None = None) -> None:
         """The held message is committed: acknowledge its final frame (E1381 says no more than ACK)."""
         if self.state is not State.RECEIVER_HOLD:

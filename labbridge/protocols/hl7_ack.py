@@ -219,6 +219,11 @@ class Hl7Receiver:
     def holding(self) -> bool:
         return self._held is not None
 
+    @property
+    def in_transfer(self) -> bool:
+        """A message is held or waiting, or an MLLP block has begun and not ended."""
+        return self._held is not None or bool(self._waiting or self._events) or self._decoder.in_block
+
     def accept_message(self, now: float, answer: Answer | None = None) -> None:
         """The held message is committed: queue the acknowledgement(s) its answer gives."""
         self._settle(answer, stored=True)

@@ -68,3 +68,9 @@ class Link(Protocol[E_co]):
 
     @property
     def holding(self) -> bool: ...
+
+    @property
+    def in_transfer(self) -> bool:
+        """A transfer is under way: part of a message received or sent, or a message held (closing the
+        connection now would cut it off; a shell that retires a link waits until this is False)."""
+        ...

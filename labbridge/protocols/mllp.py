@@ -70,6 +70,11 @@ class MllpDecoder:
         self._skipped = 0  # its bytes so far
         self._swallow_cr = False  # lenient mode: a block ended at EB; its CR may follow
 
+    @property
+    def in_block(self) -> bool:
+        """A start block byte was read and the block has not ended yet."""
+        return self._in_block
+
     def pending(self) -> bytes:
         """The bytes of an unfinished block (e.g. when the connection ends; of one over the bound, its start),
         and forget them."""

@@ -97,6 +97,11 @@ class RawLink:
     def holding(self) -> bool:
         return False
 
+    @property
+    def in_transfer(self) -> bool:
+        """Records of an unfinished message (or part of a record) are buffered."""
+        return bool(self._records or self._inbuf or self._events)
+
     # ---- internals -------------------------------------------------------------------------------
 
     def _process(self) -> None:

@@ -124,6 +124,11 @@ class DaemonApi(Protocol):
         """Add an order without problems and wake the runner that may push it."""
         ...
 
+    async def reload_config(self, *, by: str) -> dict[str, Any]:
+        """Read the config file again and apply what changed (labbridge.runtime.reload); the report as JSON,
+        whose ``outcome`` is applied, unchanged, refused (with every problem) or unavailable."""
+        ...
+
 
 class Surface(Protocol):
     """Something that shows or steers a running daemon from outside, e.g. the HTTP server."""

@@ -4,7 +4,8 @@ It runs with the surfaces its caller gives it (the HTTP server: :mod:`labbridge.
 it through :class:`labbridge.runtime.api.DaemonApi`; the daemon never imports them. Every long-running
 part is a tracked task under a supervisor that logs, shows and restarts it if it fails, so one broken
 part never stops the daemon. SIGTERM/SIGINT stop it cleanly; SIGKILL loses nothing that an analyzer was
-told was received (the store commits before the ACK).
+told was received (the store commits before the ACK). :meth:`Daemon.reload` applies a changed config file
+part by part (see :mod:`labbridge.runtime.reload`).
 """
 
 from __future__ import annotations
@@ -19,20 +20,33 @@ from typing import Any
 
 from labbridge import aio
 from labbridge.backoff import backoff_delay
-from labbridge.config import Config, TcpServerTransport, with_link_defaults
+from labbridge.config import Config, InstrumentConfig, with_link_defaults
 from labbridge.driver import driver_link_defaults
+from labbridge.errors import ConfigError, LabbridgeError
 from labbridge.health.history import LinkHistory
 from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.instrument import InstrumentRunner
 from labbridge.links.intake import InstrumentDecoder, load_instrument_driver
 from labbridge.links.lis_orders import LisOrderListener
+from labbridge.links.retire import finish_and_close
+from labbridge.links.session import LinkSession
 from labbridge.links.shared import SharedListener
+from labbridge.logs import configure as configure_logs
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order, complete_order, order_problems
 from labbridge.outbox import Retention
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.runtime.api import Surface
+from labbridge.runtime.reload import (
+    DRAIN_TIMEOUT_S,
+    Outcome,
+    ReloadReport,
+    effective_config,
+    instrument_parts,
+    load_checked,
+    plan_reload,
+)
 from labbridge.store.db import Store, wall_clock
 from labbridge.store.orders import SqliteOrderSource
 
@@ -42,31 +56,27 @@ READY_TIMEOUT_S = 15.0
 
 
 class Daemon:
-    def __init__(self, config: Config, *, ready_file: str | Path | None = None) -> None:
+    def __init__(self, config: Config, *, ready_file: str | Path | None = None,
+                 config_path: str | Path | None = None) -> None:
+        """``config_path``: the file ``config`` was read from, which a reload reads again (None: no reload)."""
         config = with_link_defaults(config, driver_link_defaults)  # the drivers are loaded here
         self.config = config
+        self.config_path = Path(config_path) if config_path else None
         self.ready_file = Path(ready_file) if ready_file else None
         self.store = Store(config.store.path)
         self.orders = SqliteOrderSource(self.store)
-        destinations = [d.id for d in config.lis]
-        self.runners: dict[str, InstrumentRunner] = {}
-        for inst in config.instruments:
-            driver, driver_error = load_instrument_driver(inst)
-            self.runners[inst.id] = InstrumentRunner(inst, driver=driver, driver_error=driver_error,
-                                                     store=self.store, destinations=destinations,
-                                                     on_stored=self._wake_relays, orders=self.orders,
-                                                     backlog_after_s=config.backlog.older_than_s)
+        # One list shared by every runner's sinks: a reload changes it in place (new results' outbox rows).
+        self.destinations = [d.id for d in config.lis]
+        self.runners = {inst.id: self._runner(inst) for inst in config.instruments}
         # Instruments that share one tcp-server host:port (told apart per connection or per message).
-        listeners: dict[tuple[str, int], list[InstrumentRunner]] = {}
-        for runner in self.runners.values():
-            t = runner.cfg.transport
-            if isinstance(t, TcpServerTransport) and t.port != 0 and runner.cfg.enabled:
-                listeners.setdefault((t.host, t.port), []).append(runner)
-        self.shared = [SharedListener(group) for group in listeners.values() if len(group) > 1]
-        self._shared_ids = {ident for listener in self.shared for ident in listener.runners}
+        self.shared = [SharedListener([self.runners[cfg.id] for cfg in members])
+                       for key, members in instrument_parts(config.instruments).items() if key.startswith("listener:")]
         self.relays = [Relay(dest, self.store, asyncio.Event()) for dest in config.lis]
         self.lis_orders = [LisOrderListener(listener, config=config, orders=self.orders, on_added=self._order_added)
                            for listener in config.lis_orders]
+        self._parts: dict[str, asyncio.Task[None]] = {}  # supervised tasks a reload may stop and start, by name
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[Any]] = set()  # reloads under way (a stop cancels them first)
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
         self.history = LinkHistory(self.store, self.link_health, interval_s=config.history.sample_interval_s)
@@ -81,6 +91,12 @@ class Daemon:
     def http_address(self) -> tuple[str, int] | None:
         """Where the HTTP surface listens, when the daemon runs with one."""
         return self.addresses.get("http")
+
+    def _runner(self, inst: InstrumentConfig) -> InstrumentRunner:
+        driver, driver_error = load_instrument_driver(inst)
+        return InstrumentRunner(inst, driver=driver, driver_error=driver_error, store=self.store,
+                                destinations=self.destinations, on_stored=self._wake_relays, orders=self.orders,
+                                backlog_after_s=self.config.backlog.older_than_s)
 
     def _wake_relays(self) -> None:
         """New outbox items were committed: every relay looks at its queue now."""
@@ -145,12 +161,8 @@ class Daemon:
         history = asyncio.create_task(self._supervise("history", self.history.run))  # closed after the links
         try:
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
-            tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
-                         for r in self.runners.values() if r.cfg.id not in self._shared_ids)
-            tasks.extend(asyncio.create_task(self._supervise(f"listener:{s.address}", s.run)) for s in self.shared)
-            tasks.extend(asyncio.create_task(self._supervise(f"relay:{r.dest.id}", r.run)) for r in self.relays)
-            tasks.extend(asyncio.create_task(self._supervise(f"lis_orders:{lo.cfg.id}", lo.run))
-                         for lo in self.lis_orders)
+            for name, run in self._part_runs().items():
+                self._start_part(name, run)
             for surface in surfaces:
                 shown.append(surface)
                 self.addresses[surface.name] = await surface.start(self)
@@ -166,6 +178,10 @@ class Daemon:
             await stop.wait()
         finally:
             log.info("daemon_stopping")
+            for reload in tuple(self._reloads):  # a reload under way stops first: then the parts are as it left them
+                reload.cancel()
+            await asyncio.gather(*self._reloads, return_exceptions=True)
+            tasks += self._parts.values()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -198,6 +214,154 @@ class Daemon:
         tmp.write_text(json.dumps(self.endpoints()), encoding="utf-8")
         os.replace(tmp, self.ready_file)
 
+    # ---- parts, and changes without restart (labbridge.runtime.reload) --------------------------
+
+    def _part_runs(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """What each supervised part runs, by task name (instrument:, listener:, relay:, lis_orders:)."""
+        shared = {f"listener:{s.address}": s for s in self.shared}
+        runs: dict[str, Callable[[], Awaitable[None]]] = {
+            key: shared[key].run if key in shared else self.runners[key.removeprefix("instrument:")].run
+            for key in instrument_parts(self.config.instruments)}
+        runs.update((f"relay:{r.dest.id}", r.run) for r in self.relays)
+        runs.update((f"lis_orders:{lo.cfg.id}", lo.run) for lo in self.lis_orders)
+        return runs
+
+    def _start_part(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        self._parts[name] = asyncio.create_task(self._supervise(name, run), name=name)
+
+    async def _stop_part(self, name: str) -> int:
+        """Retire one part: it takes no new connection, each open one finishes its transfer (bounded by
+        DRAIN_TIMEOUT_S), then its task ends. Returns the connections aborted at the timeout."""
+        kind, _, ident = name.partition(":")
+        runners: list[InstrumentRunner] = []
+        sessions: list[LinkSession[Any]] = []
+        if kind == "instrument":
+            runners = [self.runners[ident]]
+        elif kind == "listener":
+            runners = [r for s in self.shared if s.address == ident for r in s.runners.values()]
+        elif kind == "lis_orders":
+            for lo in self.lis_orders:
+                if lo.cfg.id == ident:
+                    lo.retiring = True
+                    sessions += lo.sessions
+        for runner in runners:
+            runner.retiring = True
+            sessions += runner.sessions
+        # A relay has no connection to finish: cancelled, an item handed over but not yet marked delivered
+        # goes again under the same control ID, which the LIS takes as the same message (exactly once).
+        aborted = await finish_and_close(sessions, DRAIN_TIMEOUT_S)
+        task = self._parts.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return aborted
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        """A reload's task: the daemon's stop cancels it before the parts (it would start parts after them)."""
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def reload_soon(self, by: str = "SIGHUP") -> None:
+        """Reload in the background (for a signal handler); the outcome is logged as ``config_reloaded``."""
+        async def reload() -> None:
+            await self.started.wait()
+            try:
+                await self.reload(by=by)
+            except Exception:
+                log.exception("config_reload_failed", by=by)
+
+        self._track(asyncio.create_task(reload()))
+
+    async def reload(self, *, by: str = "api") -> ReloadReport:
+        """Read the config file again and apply it part by part (one reload at a time); see runtime.reload."""
+        async with self._reload_lock:
+            report = await self._reload(by)
+        if report.outcome in (Outcome.REFUSED, Outcome.UNAVAILABLE):
+            log.warning("config_reloaded", **report.log_fields())
+        else:
+            log.info("config_reloaded", **report.log_fields())
+        return report
+
+    async def _reload(self, by: str) -> ReloadReport:
+        if self.config_path is None:
+            return ReloadReport(Outcome.UNAVAILABLE, "", by, refused=[
+                ("", "this daemon was not started from a config file (labbridge run -c FILE)")])
+        path = str(self.config_path)
+        try:
+            new = load_checked(self.config_path)
+        except ConfigError as exc:
+            return ReloadReport(Outcome.REFUSED, path, by, refused=list(exc.problems))
+        old = self.config
+        plan = plan_reload(old, new)
+        config = effective_config(old, new, plan)
+        report = ReloadReport(Outcome.APPLIED if plan.changes else Outcome.UNCHANGED, path, by,
+                              changes=plan.changes, needs_restart=plan.needs_restart, unchanged=plan.unchanged)
+        # What starts is built before anything stops: a part that cannot be set up refuses the whole reload.
+        parts = instrument_parts(config.instruments)
+        built: dict[str, Callable[[], Awaitable[None]]] = {}
+        runners: dict[str, InstrumentRunner] = {}
+        shared: list[SharedListener] = []
+        relays: dict[str, Relay] = {}
+        listeners: dict[str, LisOrderListener] = {}
+        for key in plan.start:
+            kind, _, ident = key.partition(":")
+            try:
+                if key in parts:
+                    group = [self._runner(cfg) for cfg in parts[key]]
+                    runners.update((r.cfg.id, r) for r in group)
+                    if kind == "listener":
+                        shared.append(SharedListener(group))
+                        built[key] = shared[-1].run
+                    else:
+                        built[key] = group[0].run
+                elif kind == "relay":
+                    dest = next(d for d in config.lis if d.id == ident)
+                    relays[ident] = Relay(dest, self.store, asyncio.Event())
+                    built[key] = relays[ident].run
+                else:
+                    cfg = next(c for c in config.lis_orders if c.id == ident)
+                    listeners[ident] = LisOrderListener(cfg, config=config, orders=self.orders,
+                                                        on_added=self._order_added)
+                    built[key] = listeners[ident].run
+            except (LabbridgeError, OSError, ValueError) as exc:
+                report.refused.append((key, f"cannot be set up: {exc}"))
+        if report.refused:
+            report.outcome, report.changes = Outcome.REFUSED, []
+            return report
+        old_part = {cfg.id: key for key, members in instrument_parts(old.instruments).items() for cfg in members}
+        aborted = dict(zip(plan.stop, await asyncio.gather(*(self._stop_part(k) for k in plan.stop)), strict=True))
+        for change in plan.changes:
+            part = {"instrument": old_part.get(change.id), "lis": f"relay:{change.id}",
+                    "lis_orders": f"lis_orders:{change.id}"}.get(change.kind)
+            change.aborted = aborted.get(part or "", 0)
+        # The new registries, in config order: unchanged parts keep their objects (and connections).
+        self.config = config
+        self.destinations[:] = [d.id for d in config.lis]
+        for ident, runner in runners.items():
+            if ident in self.runners:  # restarted: its counts go on
+                runner.health.counters = self.runners[ident].health.counters
+        self.runners = {cfg.id: runners.get(cfg.id) or self.runners[cfg.id] for cfg in config.instruments}
+        kept = [s for s in self.shared if f"listener:{s.address}" not in plan.stop]
+        self.shared = [*kept, *shared]
+        by_dest = {r.dest.id: r for r in self.relays}
+        self.relays = [relays.get(d.id) or by_dest[d.id] for d in config.lis]
+        by_listener = {lo.cfg.id: lo for lo in self.lis_orders}
+        self.lis_orders = [listeners.get(c.id) or by_listener[c.id] for c in config.lis_orders]
+        for lo in self.lis_orders:
+            lo.config = config  # orders are routed against the instruments as configured now
+        if old.log != config.log:
+            configure_logs(config.log.level)
+        for key, run in built.items():
+            self._start_part(key, run)
+        self._wake_relays()  # a new relay looks at its queue at once
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.gather(*(r.ready.wait() for r in runners.values()),
+                                     *(lo.ready.wait() for lo in listeners.values()))
+        if report.outcome is Outcome.APPLIED:
+            self._write_ready_file()
+        return report
+
     # ---- views for the surfaces (labbridge.runtime.api.DaemonApi) -----------------------------
 
     def instruments_json(self) -> list[dict[str, Any]]:
@@ -221,6 +385,11 @@ class Daemon:
 
     def link_health(self) -> list[InstrumentHealth]:
         return [runner.health for runner in self.runners.values()]
+
+    async def reload_config(self, *, by: str) -> dict[str, Any]:
+        task = asyncio.create_task(self.reload(by=by))
+        self._track(task)
+        return (await asyncio.shield(task)).to_json()  # a client gone away does not stop a reload half done
 
     def destinations_json(self) -> list[dict[str, Any]]:
         return [{**relay.health.to_json(), "kind": relay.dest.kind} for relay in self.relays]

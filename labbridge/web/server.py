@@ -7,7 +7,7 @@ Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api
 ``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
 ``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
-``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
+``POST /api/config/reload``, ``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
 
 The POST routes change the store: they take JSON only (a browser cannot send that cross-site without
 a CORS preflight, which this server never grants); operator actions on the outbox are recorded in the
@@ -129,6 +129,7 @@ class WebServer:
             web.post("/api/outbox/retry", self.outbox_retry),
             web.post("/api/outbox/purge", self.outbox_purge),
             web.get("/api/audit", self.audit),
+            web.post("/api/config/reload", self.reload_config),
             web.get("/metrics", self.metrics),
         ])
         self.runner: web.AppRunner | None = None
@@ -321,6 +322,17 @@ class WebServer:
         except ValueError:
             return web.json_response({"error": "limit must be a number"}, status=400)
         return web.json_response(await self.api.store.audit_rows(limit))
+
+    async def reload_config(self, request: web.Request) -> web.Response:
+        """Apply the config file as it is now: 200 applied or unchanged, 422 refused (with every problem), 409
+        when the daemon has no config file; the body is the reload's report either way."""
+        body = await self._body(request)
+        report = await self.api.reload_config(by=str(body.get("by") or "").strip() or "api")
+        status = {"refused": 422, "unavailable": 409}.get(report["outcome"], 200)
+        if status != 200:
+            report = {"error": f"reload {report['outcome']}: " + "; ".join(
+                f"{p['key'] or '(file)'}: {p['problem']}" for p in report["refused"]), **report}
+        return web.json_response(report, status=status)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)

@@ -69,7 +69,17 @@ async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = Fals
     config = parse_config({**lab_config(tmp_path, instruments=instruments, lis_port=lis.port, http=http,
                                         extra_lis=extra_lis, drivers=drivers, extra_instrument=extra_instrument,
                                         overrides=overrides), **(extra or {})})
-    daemon = Daemon(config)
+    try:
+        async with daemon_running(Daemon(config), config) as daemon:
+            yield Lab(daemon, lis, config)
+    finally:
+        if own_lis:
+            await lis.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon_running(daemon: Daemon, config: Config) -> AsyncIterator[Daemon]:
+    """``daemon`` running with the surfaces ``config`` asks for, from once it started to the end of the block."""
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop, surfaces=surfaces_for(config)))
     try:
@@ -77,12 +87,10 @@ async def running_lab(tmp_path: Path, *, instruments: int = 2, http: bool = Fals
         await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()
-        yield Lab(daemon, lis, config)
+        yield daemon
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
-        if own_lis:
-            await lis.stop()
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

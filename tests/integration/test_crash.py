@@ -24,7 +24,7 @@ KILLS = 8  # SIGKILLs per run, each at a random moment under load
 
 
 def write_toml(path: Path, data: dict[str, object]) -> None:
-    """A tiny TOML writer for the test's config (tables and arrays of tables of scalars/inline tables)."""
+    """A tiny TOML writer for the test's config (tables and arrays of tables of scalars/inline tables/arrays)."""
 
     def value(v: object) -> str:
         if isinstance(v, bool):
@@ -35,6 +35,8 @@ def write_toml(path: Path, data: dict[str, object]) -> None:
             return json.dumps(v)
         if isinstance(v, dict):
             return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):  # inside a table: an inline array
+            return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(v)
 
     lines: list[str] = []

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
 
 from labbridge.cli import main
@@ -52,14 +51,6 @@ def fixed_config(tmp_path: Path, *, http: bool) -> dict[str, Any]:
     if not http:
         config["http"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}  # nothing answers there
     return config
-
-
-@pytest.fixture
-def logging_restored() -> Any:
-    """main() points the logs at this test's captured stderr; later tests log elsewhere."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.mark.usefixtures("logging_restored")

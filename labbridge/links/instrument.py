@@ -88,6 +88,7 @@ class InstrumentRunner:
         self._active: AnySession | None = None  # the connection a tcp-server instrument shows
         self.host_name = host_name
         self.context = replace(decode_context(cfg), host_name=host_name)
+        self.on_connected: Callable[[], None] | None = None  # an analyzer connected (the campaign's link-up)
 
     def decoder(self) -> InstrumentDecoder | None:
         """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
@@ -143,6 +144,8 @@ class InstrumentRunner:
         health.counters.connections += 1
         health.peer = session.peer
         health.set_state("up", f"analyzer connected from {session.peer}")
+        if self.on_connected is not None:
+            self.on_connected()
 
     async def run(self) -> None:
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from labbridge import aio
 from labbridge.backoff import backoff_delay
+from labbridge.campaign.service import Campaign, watch_links
 from labbridge.config import Config, TcpServerTransport, with_link_defaults
 from labbridge.driver import driver_link_defaults
 from labbridge.health.instrument import InstrumentHealth
@@ -68,6 +69,11 @@ class Daemon:
                            for listener in config.lis_orders]
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
+        # The reconnection campaign: stages kept in the store, the validation gate (labbridge.campaign).
+        self.campaign = Campaign(self.store, config, link_state=self._link_state, on_release=self._wake_relays)
+        self.campaign_wakeup = asyncio.Event()  # an analyzer connected: its stage may become link-up
+        for runner in self.runners.values():
+            runner.on_connected = self.campaign_wakeup.set
         self.addresses: dict[str, tuple[str, int]] = {}  # surface name -> where it listens
         self.started = asyncio.Event()
 
@@ -141,6 +147,9 @@ class Daemon:
         tasks: list[asyncio.Task[None]] = []
         shown: list[Surface] = []
         try:
+            await self.campaign.start()  # before any link opens: the gate must know every instrument's stage
+            tasks.append(asyncio.create_task(self._supervise("campaign", lambda: watch_links(
+                self.campaign, self.link_health, self.campaign_wakeup))))
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
                          for r in self.runners.values() if r.cfg.id not in self._shared_ids)
@@ -214,6 +223,10 @@ class Daemon:
                 states[inst["state"]] = states.get(inst["state"], 0) + 1
             sites.append({"id": site.id, "name": site.name, "instruments": len(mine), "states": states})
         return sites
+
+    def _link_state(self, instrument: str) -> tuple[str, str] | None:
+        runner = self.runners.get(instrument)
+        return runner.health.effective_state() if runner is not None else None
 
     def link_health(self) -> list[InstrumentHealth]:
         return [runner.health for runner in self.runners.values()]

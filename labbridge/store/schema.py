@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
+from labbridge.store.campaign import migrate_campaign
 from labbridge.store.failure import kind_of
 
 log = get_logger("labbridge.store")
@@ -179,6 +180,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     3: _migrate_outbox_operations,
     4: _migrate_order_notes,
     5: _migrate_results_by_sample,
+    6: migrate_campaign,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from labbridge.campaign.report import build_report
-from labbridge.campaign.stages import AUTOMATIC, DAEMON_ACTOR, STAGES, CampaignRefused, GateMode
+from labbridge.campaign.stages import AUTOMATIC, DAEMON_ACTOR, STAGES, CampaignNotFound, CampaignRefused, GateMode
 from labbridge.campaign.validation import Reference
 from labbridge.config import Config
 from labbridge.health.instrument import InstrumentHealth
@@ -52,7 +52,7 @@ class Campaign:
 
     def _instrument(self, instrument: str) -> None:
         if not any(i.id == instrument for i in self.config.instruments):
-            raise CampaignRefused(f"no instrument {instrument!r} in the configuration")
+            raise CampaignNotFound(f"no instrument {instrument!r} in the configuration")
 
     @staticmethod
     def _said(actor: str, reason: str, *, reason_needed: bool = True) -> tuple[str, str]:
@@ -118,7 +118,7 @@ class Campaign:
     async def status(self, site: str | None = None) -> Json:
         """``{"sites": [{"id", "name", "progress", "instruments": [...]}]}`` (docs/api.md, GET /api/campaign)."""
         if site is not None and not any(s.id == site for s in self.config.sites):
-            raise CampaignRefused(f"no site {site!r} in the configuration")
+            raise CampaignNotFound(f"no site {site!r} in the configuration")
         books = await self.store.read(sql.campaign_rows)
         validating = [i.id for i in self.config.instruments
                       if books.get(i.id, {}).get("stage", i.stage) == "validating"]
@@ -160,14 +160,16 @@ def blocked_because(row: Json) -> str | None:
     stage, state = row["stage"], row.get("state")
     if stage == "rolled-back":
         return f"rolled back: {row.get('stage_reason') or 'no reason recorded'}"
-    if state in ("failed", "down"):
-        return f"link {state}: {row.get('state_reason') or ''}".rstrip(": ")
+    if state == "failed":
+        return f"link failed: {row.get('state_reason') or ''}".rstrip(": ")
     validation = row.get("validation")
     if stage == "validating" and validation is not None and not validation["ok"]:
         if not validation["references"]:
             return "validating: no reference values imported (labbridge validate import)"
         return (f"validating: {validation['outside']} result(s) outside tolerance, {validation['missing']} "
                 "missing (labbridge validate compare)")
+    if state == "down":
+        return f"link down: {row.get('state_reason') or ''}".rstrip(": ")
     if row.get("dead"):
         return f"{row['dead']} result(s) in the dead letters (labbridge outbox list --state dead)"
     return None

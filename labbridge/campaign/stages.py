@@ -84,3 +84,7 @@ def rollback_problem(current: str) -> str | None:
 
 class CampaignRefused(LabbridgeError, ValueError):
     """A campaign action that cannot be done now (wrong stage, unknown instrument, outside tolerance), and why."""
+
+
+class CampaignNotFound(CampaignRefused, LookupError):
+    """The instrument or site named is not in the configuration (or not in the campaign's store)."""

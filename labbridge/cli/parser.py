@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import commands
+from labbridge.cli import campaign, commands
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "orders cancel 42", "orders cancel 42 -c /etc/labbridge/labbridge.toml")
     q.add_argument("id", type=int)
     _target(q)
+
+    campaign.add_commands(sub, _command, _target)
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

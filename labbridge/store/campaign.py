@@ -28,6 +28,7 @@ from labbridge.campaign.stages import (
     DAEMON_ACTOR,
     LIVE,
     ROLLED_BACK,
+    CampaignNotFound,
     CampaignRefused,
     Stage,
     holds,
@@ -161,7 +162,7 @@ def advance(conn: sqlite3.Connection, instrument: str, stage: Stage, reason: str
 def _known(conn: sqlite3.Connection, instrument: str) -> str:
     current = _stage(conn, instrument)
     if current is None:
-        raise CampaignRefused(f"no instrument {instrument!r} in the campaign (is it in the config?)")
+        raise CampaignNotFound(f"no instrument {instrument!r} in the campaign (is it in the config?)")
     return current
 
 

@@ -6,7 +6,8 @@ the surfaces a configuration asks for, for whoever starts the daemon (``Daemon.r
 Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
 ``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
-``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
+``/api/health``, ``/metrics``, and the campaign's (:mod:`labbridge.web.campaign`). Field names are
+documented in docs/api.md.
 
 The POST routes change the store: they take JSON only (a browser cannot send that cross-site without
 a CORS preflight, which this server never grants); operator actions on the outbox are recorded in the
@@ -32,6 +33,7 @@ from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
+from labbridge.web.campaign import campaign_routes
 
 
 class _Snapshot(Collector):
@@ -127,6 +129,7 @@ class WebServer:
             web.post("/api/outbox/purge", self.outbox_purge),
             web.get("/api/audit", self.audit),
             web.get("/metrics", self.metrics),
+            *campaign_routes(api),
         ])
         self.runner: web.AppRunner | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 Json = dict[str, Any]
@@ -119,16 +119,34 @@ def render_markdown(report: Json) -> str:
 _CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1em}"
         "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}"
         ".live{color:#176c2c;font-weight:600}.validating{color:#8a5a00;font-weight:600}"
-        ".rolled-back{color:#a11;font-weight:600}.blocked{color:#a11}")
+        ".rolled-back{color:#a11;font-weight:600}.blocked{color:#a11}.within{color:#176c2c}.outside{color:#a11;"
+        "font-weight:600}.missing{color:#8a5a00}")
 
 
 def _cells(values: Sequence[str], tag: str = "td") -> str:
     return "<tr>" + "".join(f"<{tag}>{v}</{tag}>" for v in values) + "</tr>"
 
 
-def render_html(report: Json) -> str:
+def _comparison_html(instrument: str, compared: Json) -> str:
     e = html.escape
-    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+    rows = [_cells(["sample", "test", "expected", "tolerance", "value", "difference", "verdict"], "th")]
+    for r in compared["rows"]:
+        diff = "" if r["difference"] is None else f"{r['difference']:+.3g}"
+        verdict = f"<span class=\"{e(r['verdict'])}\">{e(r['verdict'])}</span>"
+        rows.append(_cells([e(r["sample"]), e(r["test"]), e(r["expected"] + (" " + r["unit"] if r["unit"] else "")),
+                            e(r["tolerance"] or "exact"), e(r["value"] if r["value"] is not None else "-"), e(diff),
+                            verdict]))
+    summary = (f"{compared['within']} within, {compared['outside']} outside, {compared['missing']} missing of "
+               f"{compared['references']}: " + ("ready for sign-off" if compared["ok"] else "not ready"))
+    return f"<h3>Validation of {e(instrument)}</h3><p>{e(summary)}</p><table>{''.join(rows)}</table>"
+
+
+def render_html(report: Json, *, comparisons: Mapping[str, Json] | None = None, refresh_s: int | None = None) -> str:
+    """The report as one self-contained page; ``comparisons`` (instrument -> its validation comparison) adds
+    the side-by-side tables under each site, ``refresh_s`` a reload (the dashboard's live page)."""
+    e = html.escape
+    refresh = f"<meta http-equiv=\"refresh\" content=\"{int(refresh_s)}\">" if refresh_s else ""
+    parts = ["<!DOCTYPE html>", f"<html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}",
              f"<title>Reconnection campaign: {e(report['node'])}</title><style>{_CSS}</style></head><body>",
              f"<h1>Reconnection campaign: {e(report['node'])}</h1>", f"<p>Generated {e(report['generated_at'])}.</p>"]
     group = report.get("group")
@@ -152,5 +170,7 @@ def render_html(report: Json) -> str:
                                  e(_validation_text(r.get("validation")) if r["stage"] == "validating" else ""),
                                  f"<span class=\"blocked\">{e(r['blocked'] or '')}</span>"]))
         parts.append("</table>")
+        parts.extend(_comparison_html(_instrument(v), comparisons[v["id"]]) for v in site["validating"]
+                     if comparisons and v["id"] in comparisons)
     parts.append("</body></html>")
     return "\n".join(parts)

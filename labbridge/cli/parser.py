@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     q = _command(actions, "list", "list outbox items, newest first", commands.outbox_list,
                  "outbox list --state dead --destination lis", "outbox list --store labbridge.db --json")
-    q.add_argument("--state", choices=["pending", "delivered", "dead"])
+    q.add_argument("--state", choices=["pending", "delivered", "dead", "held", "discarded"])
     q.add_argument("--destination")
     q.add_argument("--limit", type=int, default=200)
     _target(q)

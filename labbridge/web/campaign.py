@@ -13,7 +13,9 @@ from labbridge.campaign.report import FORMATS, render_html, render_markdown
 from labbridge.campaign.stages import CampaignNotFound, CampaignRefused
 from labbridge.campaign.validation import REQUIRED_COLUMNS, Reference, tolerance_problem
 from labbridge.runtime.api import DaemonApi
+from labbridge.web.body import json_object
 
+PAGE_REFRESH_S = 15
 REFERENCE_FIELDS = frozenset({*REQUIRED_COLUMNS, "unit", "note"})
 
 
@@ -22,15 +24,7 @@ def _error(text: str, status: int = 400) -> web.Response:
 
 
 async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON (Content-Type: application/json)"}',
-                                           content_type="application/json")
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error": "the body must be a JSON object"}', content_type="application/json")
+    body = await json_object(request)
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise web.HTTPBadRequest(text=f'{{"error": "unknown field(s): {", ".join(unknown)}"}}',
@@ -136,7 +130,18 @@ def campaign_routes(api: DaemonApi) -> list[web.RouteDef]:
         except CampaignRefused as exc:
             return _refused(exc)
 
+    async def page(request: web.Request) -> web.Response:
+        """The dashboard's campaign page: the report with the validating instruments' comparisons."""
+        try:
+            built = await api.campaign.report(request.query.get("site") or None)
+        except CampaignRefused as exc:
+            return _refused(exc)
+        comparisons = {v["id"]: await api.campaign.compare(v["id"]) for s in built["sites"] for v in s["validating"]}
+        return web.Response(text=render_html(built, comparisons=comparisons, refresh_s=PAGE_REFRESH_S),
+                            content_type="text/html")
+
     return [
+        web.get("/campaign", page),
         web.get("/api/campaign", status),
         web.get("/api/campaign/report", report),
         web.get("/api/campaign/history", history),

@@ -33,6 +33,7 @@ from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
+from labbridge.web.body import json_object
 from labbridge.web.campaign import campaign_routes
 
 
@@ -233,8 +234,9 @@ class WebServer:
         return web.json_response(order.to_json())
     async def outbox_items(self, request: web.Request) -> web.Response:
         state = request.query.get("state") or None
-        if state not in (None, "pending", "delivered", "dead"):
-            return web.json_response({"error": "state must be pending, delivered or dead"}, status=400)
+        if state not in (None, "pending", "delivered", "dead", "held", "discarded"):
+            return web.json_response({"error": "state must be pending, delivered, dead, held or discarded"},
+                                     status=400)
         try:
             limit = min(int(request.query.get("limit", "200")), 10000)
         except ValueError:
@@ -244,17 +246,7 @@ class WebServer:
         return web.json_response(rows)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        if request.content_type != "application/json":
-            raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON (Content-Type: application/json)"}',
-                                               content_type="application/json")
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"error": "the body must be a JSON object"}',
-                                     content_type="application/json")
-        return body
+        return await json_object(request)
 
     @staticmethod
     def _ids(body: dict[str, Any]) -> list[int] | None:

@@ -143,5 +143,11 @@ def test_the_api_refuses_what_it_cannot_do_and_says_why(tmp_path: Path) -> None:
                     assert "validating: 0 result(s) outside tolerance, 1 missing" in await resp.text()
                 async with http.get(base + "/api/campaign", params={"site": "nowhere"}) as resp:
                     assert resp.status == 404
+                # The dashboard's page: the report with the comparison side by side, self-contained.
+                async with http.get(base + "/campaign") as resp:
+                    page = await resp.text()
+                assert resp.status == 200 and "<h3>Validation of an-0 (an-0)</h3>" in page
+                assert "<td>S1</td><td>GLU</td><td>5</td><td>1</td><td>-</td><td></td>" in page
+                assert not any(tag in page for tag in ("<script", "<link", "src=", "url("))
 
     run(body())

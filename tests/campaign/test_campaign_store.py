@@ -14,6 +14,7 @@ from labbridge.campaign.stages import CampaignRefused
 from labbridge.campaign.validation import Reference
 from labbridge.config import Config, parse_config
 from labbridge.model import Result
+from labbridge.outbox import Retention
 from labbridge.store.db import Store
 from tests.conftest import run
 
@@ -184,5 +185,22 @@ def test_send_test_destinations_get_the_results_at_once_flagged_as_test(tmp_path
             assert await store_message(store, "chem-1", result("chem-1", "S1", "GLU", "5.1"))
             items, _ = await store.due_items("lis", now=2000.0)
             assert [i.test for i in items] == [True]
+
+    run(body())
+
+
+def test_retention_never_prunes_held_or_discarded_results(tmp_path: Path) -> None:
+    cfg = config(tmp_path, stages={"chem-1": "validating", "chem-2": "validating"})
+
+    async def body() -> None:
+        async with Store(cfg.store.path) as store:
+            campaign = Campaign(store, cfg)
+            await campaign.start()
+            await store_message(store, "chem-1", result("chem-1", "S1", "GLU", "5.1"))
+            await store_message(store, "chem-2", result("chem-2", "S2", "GLU", "5.1"))
+            await campaign.sign_off("chem-2", release=False, override=True, actor="anna", reason="bad run")
+            pruned = await store.prune(Retention(raw_messages_s=1, delivered_s=1, incomplete_s=1), now=10**10)
+            assert (pruned["results"], pruned["messages"]) == (0, 0)
+            assert (await store.counts())["results"] == 2
 
     run(body())

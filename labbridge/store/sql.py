@@ -299,7 +299,7 @@ def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[
     queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
                            rows=not_yet_queued(results), received_at=created_at,
                            backlog_after_s=backlog_after_s)
-    queued = gate_new_items(conn, instrument, queued, now, message=False)
+    gate_new_items(conn, instrument, queued, now, message=False)  # queued, but held if not live
     if held_results:
         _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
                       rows=not_yet_queued(held_results), received_at=created_at,

@@ -14,7 +14,7 @@ from labbridge.campaign.stages import CampaignRefused
 from labbridge.campaign.validation import Reference
 from labbridge.config import Config, parse_config
 from labbridge.model import Result
-from labbridge.outbox import Retention
+from labbridge.outbox import DEAD_UNMAPPED, Held, Retention
 from labbridge.store.db import Store
 from tests.conftest import run
 
@@ -202,5 +202,24 @@ def test_retention_never_prunes_held_or_discarded_results(tmp_path: Path) -> Non
             pruned = await store.prune(Retention(raw_messages_s=1, delivered_s=1, incomplete_s=1), now=10**10)
             assert (pruned["results"], pruned["messages"]) == (0, 0)
             assert (await store.counts())["results"] == 2
+
+    run(body())
+
+
+def test_results_queued_by_a_redecode_meet_the_gate_too(tmp_path: Path) -> None:
+    cfg = config(tmp_path, stages={"chem-1": "validating"})
+
+    async def body() -> None:
+        async with Store(cfg.store.path) as store:
+            await Campaign(store, cfg).start()
+            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"raw", received_at=1000.0,
+                                       results=[], destinations=["lis"],
+                                       held=[Held(DEAD_UNMAPPED, "unmapped test code(s) GLU")])
+            dead = await store.outbox_rows(state="dead")
+            done = await store.apply_redecode(dead[0]["id"], results=[result("chem-1", "S1", "GLU", "5.1")], held=[],
+                                              actor="anna", reason="GLU mapped", now=2000.0)
+            assert done["outcome"] == "redecoded" and len(done["queued_items"]) == 1
+            assert [s for _, s in states(Path(cfg.store.path), "chem-1")] == ["held"]
+            assert (await store.due_items("lis", now=3000.0))[0] == []
 
     run(body())

@@ -50,6 +50,12 @@ class Campaign:
         await self.store.write(sql.init_stages, {i.id: i.stage for i in self.config.instruments},
                                gate_modes(self.config), time.time())
 
+    async def reconfigure(self, config: Config) -> None:
+        """A new config is in force (a reload): instruments it adds get its stage (before their links open: until
+        then they would count as live), the destinations' modes are replaced; stored stages are kept."""
+        self.config = config
+        await self.start()
+
     def _instrument(self, instrument: str) -> None:
         if not any(i.id == instrument for i in self.config.instruments):
             raise CampaignNotFound(f"no instrument {instrument!r} in the configuration")

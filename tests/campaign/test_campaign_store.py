@@ -142,6 +142,9 @@ def test_stages_move_by_hand_and_by_themselves_and_rollback_holds_again(tmp_path
             campaign = Campaign(store, cfg)
             await campaign.start()
             await campaign.start()  # a restart keeps the stored stage
+            await campaign.reconfigure(config(tmp_path, stages={"chem-1": "validating", "chem-3": "inventoried"}))
+            assert {r["id"]: r["stage"] for s in (await campaign.status())["sites"] for r in s["instruments"]} == {
+                "chem-1": "cabled", "chem-3": "inventoried"}  # kept; the new one from the new config
             assert await campaign.link_up("chem-1", "analyzer connected")
             assert not await campaign.link_up("chem-1", "again")  # forward only, once
             await store_message(store, "chem-1", result("chem-1", "S1", "GLU", "5.1"))

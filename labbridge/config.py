@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
+from labbridge.campaign.stages import GateMode, Stage
 from labbridge.errors import ConfigError
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -185,6 +186,9 @@ class InstrumentConfig(_Model):
     listener_default: bool = False
     # Connected but silent for longer than this: the link is shown as idle.
     idle_after_s: Seconds = 1800.0
+    # Its stage in the reconnection campaign when the store has none yet (then the store keeps it; see
+    # labbridge.campaign.stages). Until live, its results are stored but held from the LIS.
+    stage: Stage = "live"
 
     @field_validator("peer")
     @classmethod
@@ -229,6 +233,9 @@ class _Destination(_Model):
     sending_facility: str = ""
     receiving_application: str = "LIS"
     receiving_facility: str = ""
+    # Results of an instrument not yet live (validating): held until sign-off, or sent at once flagged
+    # as test results (HL7 MSH-11 "T", JSON "test": true) that the LIS keeps out of patient records.
+    validating: GateMode = "hold"
 
 
 class MllpDestination(_Destination):

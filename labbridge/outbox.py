@@ -49,6 +49,7 @@ class OutboxItem:
     created_at: float
     results: tuple[Result, ...]
     backlog: bool = False
+    test: bool = False  # sent flagged as a test result (an instrument being validated; see labbridge.campaign)
 
 
 @dataclass(frozen=True, slots=True)

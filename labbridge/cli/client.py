@@ -16,6 +16,7 @@ from typing import Any, Protocol, cast
 
 import aiohttp
 
+from labbridge.cli.campaign_client import CampaignOperator, HttpCampaignCalls, LocalCampaignCalls
 from labbridge.config import Config, load_config, with_link_defaults
 from labbridge.driver import driver_link_defaults
 from labbridge.errors import LabbridgeError
@@ -50,10 +51,11 @@ class OrderRefused(LabbridgeError, ValueError):
         super().__init__("; ".join(problems))
 
 
-class OperatorClient(Protocol):
+class OperatorClient(CampaignOperator, Protocol):
     """The operator's actions on one labbridge, each returning the JSON the daemon's API returns for it.
     ``retry`` and ``purge`` take ``ids=None`` for "every one"; ``add_order`` raises :class:`OrderRefused`;
-    ``get_order`` and ``cancel_order`` return ``None`` for an unknown order."""
+    ``get_order`` and ``cancel_order`` return ``None`` for an unknown order. The campaign's actions are
+    :class:`~labbridge.cli.campaign_client.CampaignOperator`'s."""
 
     async def outbox_items(self, *, state: str | None, destination: str | None, limit: int) -> list[Json]: ...
     async def retry(self, ids: Sequence[int] | None, *, actor: str, reason: str) -> list[Json]: ...
@@ -66,7 +68,7 @@ class OperatorClient(Protocol):
     async def cancel_order(self, order_id: int) -> Json | None: ...
 
 
-class HttpOperatorClient:
+class HttpOperatorClient(HttpCampaignCalls):
     """The running daemon, through its JSON API. Its refusals are :class:`ApiError` with the server's text;
     no answer at all is :class:`DaemonUnreachable`. Also reads what only a running daemon knows (status)."""
 
@@ -150,7 +152,7 @@ class HttpOperatorClient:
                                            answers=(409, 422)))
 
 
-class LocalOperatorClient:
+class LocalOperatorClient(LocalCampaignCalls):
     """The store file of a stopped daemon. With the daemon's config, names are checked against it and dead
     letters are re-decoded with its drivers and mapping; without one, re-decoding is not possible.
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import commands
+from labbridge.cli import campaign, commands
 from labbridge.cli import reload as reload_command
 
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     q = _command(actions, "list", "list outbox items, newest first", commands.outbox_list,
                  "outbox list --state dead --destination lis", "outbox list --store labbridge.db --json")
-    q.add_argument("--state", choices=["pending", "delivered", "dead"])
+    q.add_argument("--state", choices=["pending", "delivered", "dead", "held", "discarded"])
     q.add_argument("--destination")
     q.add_argument("--limit", type=int, default=200)
     _target(q)
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "orders cancel 42", "orders cancel 42 -c /etc/labbridge/labbridge.toml")
     q.add_argument("id", type=int)
     _target(q)
+
+    campaign.add_commands(sub, _command, _target)
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

@@ -89,6 +89,7 @@ class InstrumentRunner:
         self.retiring = False  # a reload removes or changes this link: new connections are refused
         self.host_name = host_name
         self.context = replace(decode_context(cfg), host_name=host_name)
+        self.on_connected: Callable[[], None] | None = None  # an analyzer connected (the campaign's link-up)
 
     def decoder(self) -> InstrumentDecoder | None:
         """The driver and policies a message from this instrument is decoded with (also for re-decoding)."""
@@ -144,6 +145,8 @@ class InstrumentRunner:
         health.counters.connections += 1
         health.peer = session.peer
         health.set_state("up", f"analyzer connected from {session.peer}")
+        if self.on_connected is not None:
+            self.on_connected()
 
     async def run(self) -> None:
         try:

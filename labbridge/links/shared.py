@@ -153,6 +153,8 @@ class SharedListener:
                 runner.health.peer = peer_label
                 runner.health.set_state("up", f"analyzer connected from {peer_label}, recognised by its "
                                               "sender name on a shared port")
+                if runner.on_connected is not None:
+                    runner.on_connected()
                 log.info("shared_connection_attributed", listener=self.address, instrument=instrument_id)
             return runner.health
 

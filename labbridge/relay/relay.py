@@ -141,17 +141,18 @@ class Relay:
         dest = self.dest
         if isinstance(dest, FileDestination) and dest.format == "json":
             return render_json(item.results, control_id=item.control_id, created_at=item.created_at,
-                               backlog=item.backlog)
+                               backlog=item.backlog, test=item.test)
         if isinstance(dest, FileDestination) and dest.format == "astm":
             return render_astm(item.results, control_id=item.control_id, created_at=item.created_at,
-                               sender=dest.sending_application)
+                               sender=dest.sending_application, test=item.test)
         if isinstance(dest, HttpDestination):
             return render_json(item.results, control_id=item.control_id, created_at=item.created_at,
-                               backlog=item.backlog)
+                               backlog=item.backlog, test=item.test)
         return render_hl7(item.results, control_id=item.control_id, created_at=item.created_at,
                           sender=Party(dest.sending_application, dest.sending_facility),
                           receiver=Party(dest.receiving_application, dest.receiving_facility),
-                          message_type=dest.message_type if isinstance(dest, MllpDestination) else "ORU^R01")
+                          message_type=dest.message_type if isinstance(dest, MllpDestination) else "ORU^R01",
+                          test=item.test)
 
     async def hand_over(self, item: OutboxItem, lane: int) -> Outcome:
         """Give one item to the destination (over connection ``lane``); raises TransientLinkError if it

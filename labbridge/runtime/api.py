@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from labbridge.campaign.service import Campaign
     from labbridge.health.instrument import InstrumentHealth
     from labbridge.orders import NewOrder, Order, OrderState
     from labbridge.outbox import StoreSize
@@ -92,6 +93,11 @@ class DaemonApi(Protocol):
 
     @property
     def operations(self) -> OperatorActions: ...
+
+    @property
+    def campaign(self) -> Campaign:
+        """The reconnection campaign: stages, validation gate, report (labbridge.campaign.service)."""
+        ...
 
     def instruments_json(self) -> list[dict[str, Any]]:
         """Each instrument's link health and counters, with its site's name."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from labbridge import aio
 from labbridge.backoff import backoff_delay
+from labbridge.campaign.service import Campaign, watch_links
 from labbridge.config import Config, InstrumentConfig, with_link_defaults
 from labbridge.driver import driver_link_defaults
 from labbridge.errors import ConfigError, LabbridgeError
@@ -67,6 +68,7 @@ class Daemon:
         self.orders = SqliteOrderSource(self.store)
         # One list shared by every runner's sinks: a reload changes it in place (new results' outbox rows).
         self.destinations = [d.id for d in config.lis]
+        self.campaign_wakeup = asyncio.Event()  # an analyzer connected: its stage may become link-up
         self.runners = {inst.id: self._runner(inst) for inst in config.instruments}
         # Instruments that share one tcp-server host:port (told apart per connection or per message).
         self.shared = [SharedListener([self.runners[cfg.id] for cfg in members])
@@ -80,6 +82,8 @@ class Daemon:
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
                                      on_change=self._wake_relays)
         self.history = LinkHistory(self.store, self.link_health, interval_s=config.history.sample_interval_s)
+        # The reconnection campaign: stages kept in the store, the validation gate (labbridge.campaign).
+        self.campaign = Campaign(self.store, config, link_state=self._link_state, on_release=self._wake_relays)
         self.addresses: dict[str, tuple[str, int]] = {}  # surface name -> where it listens
         self.started = asyncio.Event()
 
@@ -94,9 +98,11 @@ class Daemon:
 
     def _runner(self, inst: InstrumentConfig) -> InstrumentRunner:
         driver, driver_error = load_instrument_driver(inst)
-        return InstrumentRunner(inst, driver=driver, driver_error=driver_error, store=self.store,
-                                destinations=self.destinations, on_stored=self._wake_relays, orders=self.orders,
-                                backlog_after_s=self.config.backlog.older_than_s)
+        runner = InstrumentRunner(inst, driver=driver, driver_error=driver_error, store=self.store,
+                                  destinations=self.destinations, on_stored=self._wake_relays, orders=self.orders,
+                                  backlog_after_s=self.config.backlog.older_than_s)
+        runner.on_connected = self.campaign_wakeup.set
+        return runner
 
     def _wake_relays(self) -> None:
         """New outbox items were committed: every relay looks at its queue now."""
@@ -160,6 +166,9 @@ class Daemon:
         shown: list[Surface] = []
         history = asyncio.create_task(self._supervise("history", self.history.run))  # closed after the links
         try:
+            await self.campaign.start()  # before any link opens: the gate must know every instrument's stage
+            tasks.append(asyncio.create_task(self._supervise("campaign", lambda: watch_links(
+                self.campaign, self.link_health, self.campaign_wakeup))))
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             for name, run in self._part_runs().items():
                 self._start_part(name, run)
@@ -351,6 +360,8 @@ class Daemon:
             lo.config = config  # orders are routed against the instruments as configured now
         if old.log != config.log:
             configure_logs(config.log.level)
+        # Before the new links open: an added instrument's stage (until then it would count as live, ungated).
+        await self.campaign.reconfigure(config)
         for key, run in built.items():
             self._start_part(key, run)
         self._wake_relays()  # a new relay looks at its queue at once
@@ -382,6 +393,10 @@ class Daemon:
                 states[inst["state"]] = states.get(inst["state"], 0) + 1
             sites.append({"id": site.id, "name": site.name, "instruments": len(mine), "states": states})
         return sites
+
+    def _link_state(self, instrument: str) -> tuple[str, str] | None:
+        runner = self.runners.get(instrument)
+        return runner.health.effective_state() if runner is not None else None
 
     def link_health(self) -> list[InstrumentHealth]:
         return [runner.health for runner in self.runners.values()]

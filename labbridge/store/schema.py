@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
+from labbridge.store.campaign import migrate_campaign
 from labbridge.store.failure import kind_of
 from labbridge.store.history import migrate_link_history
 
@@ -181,6 +182,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _migrate_order_notes,
     5: _migrate_results_by_sample,
     6: migrate_link_history,  # labbridge.store.history
+    7: migrate_campaign,  # labbridge.store.campaign
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

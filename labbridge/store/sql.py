@@ -20,6 +20,7 @@ from typing import Any
 from labbridge.model import Result
 from labbridge.outbox import DEAD_HELD, DEAD_UNDECODABLE, REDECODE_KINDS, Held, OutboxItem, Retention, StoredMessage
 from labbridge.store import history
+from labbridge.store.campaign import gate_new_items, regate
 
 
 def control_id_for(key: str) -> str:
@@ -212,6 +213,8 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
         for entry in dead:
             _insert_dead(conn, destination, message_id=message_id, instrument=instrument, entry=entry,
                          at=received_at)
+    # The validation gate: held unless the instrument is live (labbridge.store.campaign).
+    outbox_ids = gate_new_items(conn, instrument, outbox_ids, received_at, message=True)
     return StoredMessage(message_id, len(new), duplicates, tuple(outbox_ids))
 
 
@@ -264,6 +267,7 @@ def retry_dead(conn: sqlite3.Connection, item_ids: Sequence[int] | None, *, acto
         else:
             conn.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?,"
                          " dead_kind = NULL, last_error = NULL WHERE id = ?", (now, item_id))
+            regate(conn, item_id)  # released by the mapping, still held by the validation gate
             _audit(conn, at=now, actor=actor, action="retry", target=f"outbox:{item_id}", reason=reason,
                    detail={"previous_error": last_error, "dead_kind": kind, "outcome": "queued"})
             out.append({"id": item_id, "outcome": "queued"})
@@ -296,6 +300,7 @@ def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[
     queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
                            rows=not_yet_queued(results), received_at=created_at,
                            backlog_after_s=backlog_after_s)
+    gate_new_items(conn, instrument, queued, now, message=False)  # queued, but held if not live
     if held_results:
         _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
                       rows=not_yet_queued(held_results), received_at=created_at,
@@ -350,7 +355,7 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: float) -> dict[st
         "DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (cutoff,)).rowcount
     out["results"] = conn.execute(
         "DELETE FROM results WHERE received_at < ? AND message_id NOT IN"
-        " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (cutoff,)).rowcount
+        " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead', 'held', 'discarded'))", (cutoff,)).rowcount
     raw_cutoff = now - retention.raw_messages_s
     keep = ("id NOT IN (SELECT message_id FROM outbox) AND id NOT IN (SELECT message_id FROM results)")
     out["messages"] = conn.execute(
@@ -358,7 +363,8 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: float) -> dict[st
     # Still referenced by stored (delivered) results: keep the row, drop the raw bytes.
     out["raw_cleared"] = conn.execute(
         "UPDATE messages SET raw = X'' WHERE received_at < ? AND length(raw) > 0 AND id NOT IN"
-        " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead'))", (raw_cutoff,)).rowcount
+        " (SELECT message_id FROM outbox WHERE state IN ('pending', 'dead', 'held', 'discarded'))",
+        (raw_cutoff,)).rowcount
     out["incomplete"] = conn.execute(
         "DELETE FROM incomplete WHERE received_at < ?", (now - retention.incomplete_s,)).rowcount
     out.update(history.prune(conn, now - retention.history_s))
@@ -369,7 +375,7 @@ def due_items(conn: sqlite3.Connection, destination: str, now: float, *, include
                exclude: Collection[int]) -> tuple[list[OutboxItem], float | None]:
     only_live = "" if include_backlog else " AND backlog = 0"
     rows = conn.execute(
-        "SELECT id, control_id, instrument, message_id, attempts, created_at, result_ids, backlog"
+        "SELECT id, control_id, instrument, message_id, attempts, created_at, result_ids, backlog, test"
         " FROM outbox WHERE destination = ? AND state = 'pending' AND next_attempt_at <= ?" + only_live +
         " ORDER BY backlog, next_attempt_at, id LIMIT ?", (destination, now, limit + len(exclude))).fetchall()
     rows = [row for row in rows if row[0] not in exclude][:limit]
@@ -386,7 +392,7 @@ def due_items(conn: sqlite3.Connection, destination: str, now: float, *, include
         for rid, text in conn.execute(f"SELECT id, data FROM results WHERE id IN ({marks})", chunk):
             data[rid] = Result.from_json(json.loads(text))
     items = [OutboxItem(row[0], destination, row[1], row[2], row[3], row[4], row[5],
-                        tuple(data[rid] for rid in sorted(ids) if rid in data), bool(row[7]))
+                        tuple(data[rid] for rid in sorted(ids) if rid in data), bool(row[7]), bool(row[8]))
              for row, ids in zip(rows, id_lists, strict=True)]
     return items, None
 

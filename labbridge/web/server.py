@@ -7,7 +7,8 @@ Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api
 ``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
 ``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
-``POST /api/config/reload``, ``/api/health``, ``/metrics``. Field names are documented in docs/api.md.
+``POST /api/config/reload``, ``/api/health``, ``/metrics``, and the campaign's (:mod:`labbridge.web.campaign`).
+Field names are documented in docs/api.md.
 
 The POST routes change the store: they take JSON only (a browser cannot send that cross-site without
 a CORS preflight, which this server never grants); operator actions on the outbox are recorded in the
@@ -34,6 +35,8 @@ from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
+from labbridge.web.body import json_object
+from labbridge.web.campaign import campaign_routes
 
 
 class _Snapshot(Collector):
@@ -131,6 +134,7 @@ class WebServer:
             web.get("/api/audit", self.audit),
             web.post("/api/config/reload", self.reload_config),
             web.get("/metrics", self.metrics),
+            *campaign_routes(api),
         ])
         self.runner: web.AppRunner | None = None
 
@@ -250,8 +254,9 @@ class WebServer:
         return web.json_response(order.to_json())
     async def outbox_items(self, request: web.Request) -> web.Response:
         state = request.query.get("state") or None
-        if state not in (None, "pending", "delivered", "dead"):
-            return web.json_response({"error": "state must be pending, delivered or dead"}, status=400)
+        if state not in (None, "pending", "delivered", "dead", "held", "discarded"):
+            return web.json_response({"error": "state must be pending, delivered, dead, held or discarded"},
+                                     status=400)
         try:
             limit = min(int(request.query.get("limit", "200")), 10000)
         except ValueError:
@@ -261,17 +266,7 @@ class WebServer:
         return web.json_response(rows)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        if request.content_type != "application/json":
-            raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON (Content-Type: application/json)"}',
-                                               content_type="application/json")
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"error": "the body must be a JSON object"}',
-                                     content_type="application/json")
-        return body
+        return await json_object(request)
 
     @staticmethod
     def _ids(body: dict[str, Any]) -> list[int] | None:

@@ -39,6 +39,7 @@ class Booked:
     message_type: str
     results: list[ResultIdentity] = field(default_factory=list)
     connection: int = 0  # which of the LIS's connections it came in on (1 = the first accepted)
+    processing_id: str = "P"  # MSH-11: P production; T (test results of an analyzer being validated)
 
 
 def read_results(message: hl7.Message) -> tuple[str, str, list[ResultIdentity]]:
@@ -137,6 +138,8 @@ class SimulatedLis:
         """Each result identity with the control IDs under which it was accepted."""
         seen: dict[ResultIdentity, set[str]] = defaultdict(set)
         for booked in self.booked.values():
+            if booked.processing_id != "P":  # a test message: kept out of the patient's record
+                continue
             for identity in booked.results:
                 seen[identity].add(booked.control_id)
         return seen
@@ -144,6 +147,12 @@ class SimulatedLis:
     @property
     def delivered(self) -> set[ResultIdentity]:
         return set(self.result_bookings())
+
+    @property
+    def test_results(self) -> set[ResultIdentity]:
+        """Results received in test messages (MSH-11 ``T``), which a LIS keeps out of patient records."""
+        return {identity for booked in self.booked.values() if booked.processing_id != "P"
+                for identity in booked.results}
 
     @property
     def duplicates(self) -> int:
@@ -221,7 +230,8 @@ class SimulatedLis:
             if control_id in self.booked:
                 self.redeliveries += 1
             else:
-                self.booked[control_id] = Booked(control_id, message_type, results, connection)
+                processing = str(message.segment("MSH")[11]) or "P"
+                self.booked[control_id] = Booked(control_id, message_type, results, connection, processing)
             ack = message.create_ack("AA")
         else:
             self.rejected += 1

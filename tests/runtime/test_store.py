@@ -10,6 +10,7 @@ import pytest
 from labbridge.errors import StoreError
 from labbridge.model import Result
 from labbridge.store.db import Store
+from labbridge.store.schema import SCHEMA_VERSION
 from tests.conftest import run
 
 
@@ -167,7 +168,7 @@ def test_a_version_4_store_gets_results_unique_by_sample_and_keeps_its_rows(tmp_
 
     run(body())
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == max(MIGRATIONS)  # and on to the latest
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rows = conn.execute("SELECT id, sample, key, backlog, data FROM results ORDER BY id").fetchall()
     assert [(r[0], r[1], r[3]) for r in rows] == [(7, "S1", 1), (8, "S1", 0), (9, "S2", 1), (10, "S2", 0)]

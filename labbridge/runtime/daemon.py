@@ -32,6 +32,7 @@ from labbridge.outbox import Retention
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.runtime.api import Surface
+from labbridge.runtime.health_task import HealthTask
 from labbridge.store.db import Store, wall_clock
 from labbridge.store.orders import SqliteOrderSource
 
@@ -142,6 +143,8 @@ class Daemon:
         shown: list[Surface] = []
         try:
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
+            tasks.append(asyncio.create_task(self._supervise("health", HealthTask(
+                self.store, self.link_health(), self.config.health).run)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
                          for r in self.runners.values() if r.cfg.id not in self._shared_ids)
             tasks.extend(asyncio.create_task(self._supervise(f"listener:{s.address}", s.run)) for s in self.shared)

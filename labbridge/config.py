@@ -169,6 +169,18 @@ class TrafficWindow(_Model):
         return value
 
 
+def _traffic_kind(value: Any) -> str:
+    return "every-windows" if isinstance(value, list | tuple) else "every-seconds"
+
+
+# expect_message_every: seconds, or windows of the week (one error message per form, not both).
+ExpectedTraffic = Annotated[
+    Annotated[Seconds, Tag("every-seconds")] | Annotated[list[TrafficWindow], Tag("every-windows")],
+    Discriminator(_traffic_kind),
+]
+TRAFFIC_TAGS = frozenset({"every-seconds", "every-windows"})
+
+
 class InstrumentConfig(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     site: str
@@ -210,7 +222,7 @@ class InstrumentConfig(_Model):
     # Its expected traffic: a message at least every N seconds, or windows of the week (local time), e.g.
     # [{days = "mon-fri", hours = "07:00-19:00", every_s = 300}]; outside every window nothing is expected.
     # Absent: learned per hour of the week from the store's history ([health] learn_days).
-    expect_message_every: Seconds | list[TrafficWindow] | None = None
+    expect_message_every: ExpectedTraffic | None = None
     # Bytes keep arriving but none forms a frame or message for this long (wrong baud rate or parity,
     # missing framing): the link is shown degraded.
     undecoded_after_s: Seconds = 120.0
@@ -400,7 +412,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in TRANSPORT_KINDS or part in DESTINATION_KINDS:
+        elif part in TRANSPORT_KINDS or part in DESTINATION_KINDS or part in TRAFFIC_TAGS:
             continue  # the discriminator tag pydantic adds to the location of a tagged union
         else:
             out += f".{part}" if out else part

@@ -130,6 +130,27 @@ def test_nak_storm_degrades_naming_the_line(tmp_path: Path) -> None:
     run(body())
 
 
+def test_transfers_that_time_out_mid_message_degrade_naming_the_cable(tmp_path: Path) -> None:
+    async def body() -> None:
+        link = {"link": {"receive_timeout_s": 0.2}}
+        async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH, overrides={"an-0": link}) as lab:
+            health = lab.daemon.runners["an-0"].health
+            # Every message stops halfway for longer than labbridge's receive timer, then is sent again whole.
+            sim = _sim(lab, "an-0", max_messages=3, stall_every=1, stall_for=0.5, linger=True,
+                       profile=e1381.LinkProfile(reply_timeout=0.3, receive_timeout=1.0, busy_wait=0.1))
+            stop = asyncio.Event()
+            task = asyncio.create_task(sim.run(stop))
+            await eventually(lambda: health.counters.messages_received == 3, what="three messages, each after a stall")
+            state, reason = _shown(health)
+            assert state == "degraded" and "transfers timed out in the last 15 min" in reason
+            assert "check the cable" in reason and health.counters.timeouts >= 3
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            assert sim.stats.stalls_injected == 3
+
+    run(body())
+
+
 def test_lis_backlog_and_dead_letters_degrade_then_recover(tmp_path: Path) -> None:
     async def body() -> None:
         async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH) as lab:

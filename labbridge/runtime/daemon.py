@@ -144,7 +144,7 @@ class Daemon:
         try:
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
             tasks.append(asyncio.create_task(self._supervise("health", HealthTask(
-                self.store, self.link_health(), self.config.health).run)))
+                self.store, self.link_health, self.config.health).run)))
             tasks.extend(asyncio.create_task(self._supervise(f"instrument:{r.cfg.id}", r.run))
                          for r in self.runners.values() if r.cfg.id not in self._shared_ids)
             tasks.extend(asyncio.create_task(self._supervise(f"listener:{s.address}", s.run)) for s in self.shared)

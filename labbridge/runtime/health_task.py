@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from labbridge.config import HealthConfig
 from labbridge.health.instrument import InstrumentHealth, StoreFacts
@@ -26,14 +26,21 @@ FIRST_DELIVERY_LOOKBACK_S = 86400.0  # at start, the last delivery per instrumen
 
 
 class HealthTask:
-    def __init__(self, store: Store, healths: Iterable[InstrumentHealth], cfg: HealthConfig) -> None:
+    """``healths`` gives the instruments' health objects each round (instruments may come and go)."""
+
+    def __init__(self, store: Store, healths: Callable[[], Iterable[InstrumentHealth]], cfg: HealthConfig) -> None:
         self.store = store
-        self.healths = {h.id: h for h in healths}
+        self._healths = healths
         self.cfg = cfg
         self._deliveries_since: float | None = None
         self._last_delivery: dict[str, float] = {}
-        for health in self.healths.values():
-            health.lis_backlog_after_s = cfg.lis_backlog_after_s
+
+    @property
+    def healths(self) -> dict[str, InstrumentHealth]:
+        out = {h.id: h for h in self._healths()}
+        for health in out.values():
+            health.lis_backlog_after_s = self.cfg.lis_backlog_after_s
+        return out
 
     async def run(self) -> None:
         refreshed = learned = -float("inf")
@@ -62,8 +69,9 @@ class HealthTask:
         for instrument, at in (await self.store.last_deliveries(since)).items():
             self._last_delivery[instrument] = max(at, self._last_delivery.get(instrument, at))
         self._deliveries_since = now - 60.0  # overlap: a delivery committed just before this read is seen
-        last_messages = await self.store.last_messages(list(self.healths))
-        for instrument, health in self.healths.items():
+        healths = self.healths
+        last_messages = await self.store.last_messages(list(healths))
+        for instrument, health in healths.items():
             books = outbox.get(instrument, {})
             health.store = StoreFacts(pending_items=books.get("pending_items", 0),
                                       pending_results=books.get("pending_results", 0),

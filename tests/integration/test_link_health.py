@@ -254,7 +254,7 @@ def test_expected_traffic_is_learned_from_the_stored_messages(tmp_path: Path) ->
         health.connected("10.0.0.1:5000", now=now - 3600)
         health.message_counted(now=now - 3000)  # live, older than what the store knows
         async with Store(path) as store:
-            task = HealthTask(store, [health], HealthConfig())
+            task = HealthTask(store, lambda: [health], HealthConfig())
             await task.learn(now)
             await task.refresh(now)
         learned = health.learned

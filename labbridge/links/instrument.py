@@ -144,7 +144,7 @@ class InstrumentRunner:
         """A connection of this instrument's own: shown up, counted."""
         self.health.connected(session.peer)
 
-    def ended(self, session: AnySession, *, then: str, clean_possible: bool = True) -> None:
+    def ended(self, session: AnySession, *, then: str) -> None:
         """A connection of this instrument's own ended: ``idle`` (waiting for the next transmission) when the
         analyzer closed it between transmissions, else ``down`` saying when and how, then ``then`` (what
         labbridge does now and what to check)."""
@@ -159,7 +159,7 @@ class InstrumentRunner:
             reason = f"connection lost at {at} (reset: the analyzer or the network dropped it); {then}"
         else:
             reason = f"connection closed at {at}; {then}"
-        health.connection_ended(clean=clean_possible and session.clean_close, reason=reason)
+        health.connection_ended(clean=session.clean_close, reason=reason)
 
     async def run(self) -> None:
         try:

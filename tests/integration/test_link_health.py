@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
+from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
 from labbridge_simulators.pty_pair import PtyPair
 from structlog.testing import capture_logs
 
@@ -68,6 +69,24 @@ def test_an_analyzer_that_connects_per_transmission_is_idle_waiting_not_down(tmp
             assert "check that the analyzer is on" in reason
             stop.set()
             task.cancel()
+
+    run(body())
+
+
+def test_an_hl7_analyzer_that_hangs_up_after_its_messages_is_idle(tmp_path: Path) -> None:
+    async def body() -> None:
+        hl7 = {"driver": "hl7-generic", "link": {"framing": "mllp", "encoding": "utf-8"}}
+        async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH, overrides={"an-0": hl7}) as lab:
+            runner = lab.daemon.runners["an-0"]
+            assert runner.bound is not None
+            sim = Hl7AnalyzerSim("an-0", runner.bound, Hl7MessageFactory("an-0", dialect="law", sample_prefix="H",
+                                                                          panel_size=3, seed=1),
+                                 interval=(0.0, 0.0), max_messages=2)
+            await asyncio.wait_for(sim.run(asyncio.Event()), 20)
+            await eventually(lambda: runner.health.state != "up", what="the analyzer hung up")
+            state, reason = _shown(runner.health)
+            assert state == "idle" and reason.startswith("waiting for the next transmission"), reason
+            assert runner.health.counters.messages_received == 2
 
     run(body())
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from labbridge.campaign.stages import GateMode, Stage
 from labbridge.errors import ConfigError
+from labbridge.health import traffic
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -149,6 +150,38 @@ class TestMapping(_Model):
     action: Literal["send", "drop", "hold"] | None = None  # None: drop_tests/hold_tests decide, else send
 
 
+class TrafficWindow(_Model):
+    """A window of the week, in the instrument's local time, in which it sends at least every ``every_s``."""
+
+    days: str = "mon-sun"  # "mon-fri", "sat,sun", "mon,wed-fri"
+    hours: str = "00:00-24:00"  # "07:00-19:00"; "22:00-06:00" crosses midnight (the night of the days named)
+    every_s: Seconds
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: str) -> str:
+        traffic.parse_days(value)
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        traffic.parse_hours(value)
+        return value
+
+
+def _traffic_kind(value: Any) -> str:
+    return "every-windows" if isinstance(value, list | tuple) else "every-seconds"
+
+
+# expect_message_every: seconds, or windows of the week (one error message per form, not both).
+ExpectedTraffic = Annotated[
+    Annotated[Seconds, Tag("every-seconds")] | Annotated[list[TrafficWindow], Tag("every-windows")],
+    Discriminator(_traffic_kind),
+]
+TRAFFIC_TAGS = frozenset({"every-seconds", "every-windows"})
+
+
 class InstrumentConfig(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     site: str
@@ -184,11 +217,19 @@ class InstrumentConfig(_Model):
     peer: list[str] = Field(default_factory=list)
     sender: list[str] = Field(default_factory=list)
     listener_default: bool = False
-    # Connected but silent for longer than this: the link is shown as idle.
+    # Connected but silent for longer than this: the link is shown as idle (when its traffic is neither
+    # configured in expect_message_every nor learned from the store yet).
     idle_after_s: Seconds = 1800.0
     # Its stage in the reconnection campaign when the store has none yet (then the store keeps it; see
     # labbridge.campaign.stages). Until live, its results are stored but held from the LIS.
     stage: Stage = "live"
+    # Its expected traffic: a message at least every N seconds, or windows of the week (local time), e.g.
+    # [{days = "mon-fri", hours = "07:00-19:00", every_s = 300}]; outside every window nothing is expected.
+    # Absent: learned per hour of the week from the store's history ([health] learn_days).
+    expect_message_every: ExpectedTraffic | None = None
+    # Bytes keep arriving but none forms a frame or message for this long (wrong baud rate or parity,
+    # missing framing): the link is shown degraded.
+    undecoded_after_s: Seconds = 120.0
 
     @field_validator("peer")
     @classmethod
@@ -344,6 +385,16 @@ class HttpConfig(_Model):
     port: Port = 8470
 
 
+class HealthConfig(_Model):
+    """How link health is judged from the store (labbridge.health): read off the links' path, periodically."""
+
+    check_interval_s: Seconds = 5.0  # each link's shown state is judged (and a change logged) this often
+    refresh_interval_s: Seconds = 30.0  # LIS backlog, dead letters, last message and delivery per instrument
+    learn_interval_s: Seconds = 3600.0  # expected traffic learned again from the messages
+    learn_days: Annotated[int, Field(ge=7, le=365)] = 28  # of history (at most the messages retention keeps)
+    lis_backlog_after_s: Seconds = 600.0  # an instrument's results waiting this long for the LIS: degraded
+
+
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -358,6 +409,7 @@ class Config(_Model):
     retention: RetentionConfig = RetentionConfig()
     history: HistoryConfig = HistoryConfig()
     backlog: BacklogConfig = BacklogConfig()
+    health: HealthConfig = HealthConfig()
     sites: list[SiteConfig] = Field(default_factory=list)
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     lis: list[Destination] = Field(default_factory=list)
@@ -375,7 +427,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in TRANSPORT_KINDS or part in DESTINATION_KINDS:
+        elif part in TRANSPORT_KINDS or part in DESTINATION_KINDS or part in TRAFFIC_TAGS:
             continue  # the discriminator tag pydantic adds to the location of a tagged union
         else:
             out += f".{part}" if out else part

@@ -1,26 +1,57 @@
 """Per-instrument link health: the separate facts, the counters, and a state with a reason.
 
 States (DESIGN §3): planned, connecting, up, idle, degraded, down, failed. Every state carries a reason
-a technician can act on. A change of state is logged once; retries are not logged.
+a technician can act on.
+
+Theory of operation: the runner, the session and the sink set a *base* state with :meth:`set_state` (and
+:meth:`connected` / :meth:`connection_ended`): planned, connecting, up, down, failed; ``degraded`` for a
+failure they saw themselves (a commit that failed); ``idle`` when the analyzer closed its connection cleanly
+between transmissions (analyzers that connect per transmission: waiting is their normal state, not
+``down``). :meth:`effective_state` judges the state shown from the base state and the facts, at ``now``:
+
+* planned, connecting, down and failed are shown as set;
+* ``degraded`` when something needs checking: frames rejected (NAK ratio), bytes that never form a message
+  (wrong baud rate or parity, missing framing), the analyzer rejecting our frames or stopping mid-message
+  (recent NAKs received, timeouts), results waiting for the LIS too long, dead letters;
+* else ``idle`` when no message came for longer than expected for this instrument now (configured or
+  learned: :mod:`labbridge.health.traffic`), or, when nothing is known of it, ``idle_after_s`` without a
+  byte;
+* else ``up``.
+
+The store-derived facts (backlog, dead letters, learned traffic) are set by a periodic task (the daemon's
+``health`` task): the judging reads only memory. :meth:`observe` logs a change of the shown state once
+(warning to down or degraded from a working state, and to failed; info otherwise, recoveries included);
+retries are not logged.
 """
 
 from __future__ import annotations
 
 import time
+import zoneinfo
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Literal
 
+from labbridge.health.traffic import ConfiguredTraffic, Expectation, LearnedTraffic, clock, duration
 from labbridge.logs import get_logger
 
 log = get_logger("labbridge.health")
 
 LinkState = Literal["planned", "connecting", "up", "idle", "degraded", "down", "failed"]
 STATES: tuple[LinkState, ...] = ("planned", "connecting", "up", "idle", "degraded", "down", "failed")
+_ALARMS: frozenset[str] = frozenset({"down", "failed", "degraded"})  # a change to these logs a warning
 
 # A link with more than this share of rejected frames over its recent frames is degraded.
 DEGRADED_REJECT_RATIO = 0.2
 RECENT_FRAMES = 50
+# Bytes with no decoded frame or message: at least this many, for at least undecoded_after_s.
+UNFRAMED_MIN_BYTES = 8
+# Timeouts mid-message, or NAKs from the analyzer to our frames: this many within the window degrade.
+RECENT_WINDOW_S = 900.0
+RECENT_TROUBLE = 3
+WAITING = "waiting for the next transmission"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -57,6 +88,38 @@ class Counters:
     contentions: int = 0  # our ENQ crossed the analyzer's: we yielded the line (R-A7)
 
 
+@dataclass(frozen=True, slots=True)
+class StoreFacts:
+    """What the store knows of one instrument, read periodically (never on a link's path)."""
+
+    pending_items: int = 0  # outbox items not yet delivered (all destinations)
+    pending_results: int = 0
+    oldest_pending_at: float | None = None  # when the oldest of them was stored
+    dead: tuple[tuple[str, int], ...] = ()  # dead letters by kind (operator holds excluded)
+    last_stored_message_at: float | None = None  # survives a restart, unlike last_message_at
+    last_delivery_at: float | None = None  # the LIS accepted one of its results
+    read_at: float = 0.0
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(n for _, n in self.dead)
+
+
+class _Recent:
+    """Timestamps of one kind of trouble within a sliding window (bounded)."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self) -> None:
+        self._at: deque[float] = deque(maxlen=64)
+
+    def add(self, at: float) -> None:
+        self._at.append(at)
+
+    def count(self, now: float) -> int:
+        return sum(1 for at in self._at if now - at <= RECENT_WINDOW_S)
+
+
 @dataclass
 class InstrumentHealth:
     id: str
@@ -74,21 +137,68 @@ class InstrumentHealth:
     last_message_at: float | None = None
     idle_after_s: float = 1800.0
     counters: Counters = field(default_factory=Counters)
+    # Judging inputs: the instrument's zone, its framing (for reasons), expected traffic, thresholds.
+    timezone: str = "UTC"
+    framing: str = ""
+    expected: ConfiguredTraffic | None = None
+    undecoded_after_s: float = 120.0
+    lis_backlog_after_s: float = 600.0
+    learned: LearnedTraffic | None = None  # set by the daemon's health task
+    store: StoreFacts | None = None  # set by the daemon's health task
+    started_at: float = field(default_factory=time.time)
+    connected_since: float | None = None
+    last_disconnect_at: float | None = None
+    last_disconnect_clean: bool | None = None  # closed by the analyzer between transmissions
     _recent: list[bool] = field(default_factory=list, repr=False)
     # Called after each change of ``state`` by set_state (the link history records it at once); must not block.
     observers: list[Callable[[InstrumentHealth], None]] = field(default_factory=list, repr=False)
+    _decoded_bytes: int = field(default=0, repr=False)  # bytes_received when something last decoded
+    _decoded_at: float | None = field(default=None, repr=False)
+    _timeouts: _Recent = field(default_factory=_Recent, repr=False)
+    _naks_in: _Recent = field(default_factory=_Recent, repr=False)
+    _shown: LinkState | None = field(default=None, repr=False)
+    _shown_since: float = field(default=0.0, repr=False)
+    _tz: tzinfo | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._shown, self._shown_since = self.state, self.state_since  # the state it started in
+
+    # ---- what the runner, the session, the roles and the sink tell ------------------------------
 
     def set_state(self, state: LinkState, reason: str) -> None:
         if state == self.state and reason == self.reason:
             return
         changed = state != self.state
-        self.state = state
-        self.reason = reason
         if changed:
             self.state_since = time.time()
-            log.info("link_state", instrument=self.id, state=state, reason=reason)
+        self.state = state
+        self.reason = reason
+        self.observe()
+        if changed:
             for observer in self.observers:
                 observer(self)
+
+    def connected(self, peer: str, now: float | None = None) -> None:
+        """A connection of this instrument is open (``peer``: its address or the serial device)."""
+        now = time.time() if now is None else now
+        self.counters.connections += 1
+        self.peer = peer
+        self.connected_since = now
+        self._decoded_bytes, self._decoded_at = self.counters.bytes_received, None
+        self.set_state("up", f"analyzer connected from {peer}")
+
+    def connection_ended(self, *, clean: bool, reason: str, now: float | None = None) -> None:
+        """The connection closed: ``clean`` (by the analyzer, between transmissions) shows ``idle``, waiting
+        for the next one; else ``down`` with ``reason`` (say when, and what to check)."""
+        now = time.time() if now is None else now
+        self.peer = None
+        self.connected_since = None
+        self.last_disconnect_at = now
+        self.last_disconnect_clean = clean
+        if clean:
+            self.set_state("idle", WAITING)
+        else:
+            self.set_state("down", reason)
 
     def frame_outcome(self, accepted: bool) -> None:
         self._recent.append(accepted)
@@ -96,31 +206,166 @@ class InstrumentHealth:
             del self._recent[0]
         if accepted:
             self.counters.frames_accepted += 1
+            self.decoded()
         self.last_frame_at = time.time()
+
+    def decoded(self, now: float | None = None) -> None:
+        """The bytes so far made sense (a frame, a message, a keep-alive)."""
+        self._decoded_bytes = self.counters.bytes_received
+        self._decoded_at = time.time() if now is None else now
+
+    def message_counted(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.counters.messages_received += 1
+        self.last_message_at = now
+        self.decoded(now)
+
+    def count_timeout(self, now: float | None = None) -> None:
+        """A transfer timed out (E1381: the analyzer silent mid-message, or not answering ours)."""
+        self.counters.timeouts += 1
+        self._timeouts.add(time.time() if now is None else now)
+
+    def count_nak_received(self, now: float | None = None) -> None:
+        """The analyzer NAKed a frame of ours."""
+        self.counters.naks_received += 1
+        self._naks_in.add(time.time() if now is None else now)
 
     def reject_ratio(self) -> float:
         if not self._recent:
             return 0.0
         return self._recent.count(False) / len(self._recent)
 
+    # ---- judging ----------------------------------------------------------------------------------
+
+    @property
+    def tz(self) -> tzinfo:
+        if self._tz is None:
+            try:
+                self._tz = zoneinfo.ZoneInfo(self.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                self._tz = zoneinfo.ZoneInfo("UTC")
+        return self._tz
+
+    def clock(self, ts: float, now: float | None = None) -> str:
+        """``ts`` in the instrument's local time, for reasons ('10:42', or with the date if not today)."""
+        return clock(ts, time.time() if now is None else now, self.tz)
+
+    def expectation(self, now: float) -> Expectation | None:
+        """What traffic is expected now: configured, else learned, else None."""
+        if self.expected is not None:
+            return self.expected.at(now, self.tz)
+        if self.learned is not None:
+            return self.learned.at(now, self.tz)
+        return None
+
     def effective_state(self, now: float | None = None) -> tuple[LinkState, str]:
-        """The state as shown: a connected link may be idle or degraded by what it has (not) done."""
+        """The state as shown (see the module's docstring)."""
         now = time.time() if now is None else now
-        if self.state != "up":
+        if self.state not in ("up", "idle", "degraded"):
             return self.state, self.reason
-        ratio = self.reject_ratio()
-        if ratio > DEGRADED_REJECT_RATIO:
-            return "degraded", (f"{ratio:.0%} of recent frames rejected (checksum or framing errors): "
-                                "check the cable, baud rate or the analyzer's line settings")
-        last = self.last_byte_at or self.state_since
-        if now - last > self.idle_after_s:
-            minutes = int((now - last) // 60)
-            return "idle", (f"connected, but nothing received for {minutes} min: check that the analyzer "
-                            "is running and its host transmission is switched on")
+        problems = self.problems(now)
+        if self.state == "degraded":
+            problems.insert(0, self.reason)
+        if problems:
+            return "degraded", "; also ".join(problems)
+        silence = self._silence(now)
+        if self.state == "idle":
+            return "idle", silence or self._waiting(now)
+        if silence is not None:
+            return "idle", silence
         return "up", self.reason
 
-    def to_json(self, now: float | None = None) -> dict[str, Any]:
+    def problems(self, now: float) -> list[str]:
+        """What degrades the link now, each with what to check (empty: nothing)."""
+        out: list[str] = []
+        ratio = self.reject_ratio()
+        if ratio > DEGRADED_REJECT_RATIO:
+            out.append(f"{ratio:.0%} of recent frames rejected (checksum or framing errors): check the cable, "
+                       "baud rate or the analyzer's line settings")
+        since = self._decoded_at or self.connected_since
+        unframed = self.counters.bytes_received - self._decoded_bytes
+        if (self.connected_since is not None and since is not None and unframed >= UNFRAMED_MIN_BYTES
+                and now - since >= self.undecoded_after_s):
+            if self.transport.startswith("serial"):
+                check = (f"check that the baud rate, parity, data bits and stop bits ({self.transport}) match "
+                         "the analyzer's, and its protocol setting")
+            else:
+                check = (f"check that the analyzer's protocol setting matches this link's framing "
+                         f"({self.framing or 'see [instruments.link]'}) and that the right analyzer uses this port")
+            out.append(f"{unframed} bytes received in {duration(now - since)} but none formed a "
+                       f"{'frame or message' if self.framing == 'e1381' else 'message'}: {check}")
+        naks = self._naks_in.count(now)
+        if naks >= RECENT_TROUBLE:
+            out.append(f"the analyzer rejected {naks} of labbridge's frames in the last "
+                       f"{duration(RECENT_WINDOW_S)}: check the cable and the analyzer's line settings")
+        timeouts = self._timeouts.count(now)
+        if timeouts >= RECENT_TROUBLE:
+            out.append(f"{timeouts} transfers timed out in the last {duration(RECENT_WINDOW_S)} (the analyzer "
+                       "went silent mid-message or stopped answering): check the cable and the analyzer's "
+                       "communication settings")
+        facts = self.store
+        if facts is not None:
+            oldest = facts.oldest_pending_at
+            if facts.pending_items and oldest is not None and now - oldest >= self.lis_backlog_after_s:
+                out.append(f"{facts.pending_results} results of this analyzer waiting for the LIS for "
+                           f"{duration(now - oldest)} (oldest stored at {self.clock(oldest, now)}): check the LIS "
+                           "destination's state on the dashboard and the network to the LIS")
+            if facts.dead_letters:
+                kinds = ", ".join(f"{kind} {n}" for kind, n in facts.dead)
+                out.append(f"{facts.dead_letters} dead letters ({kinds}) will not reach the LIS without a "
+                           f"person: see `labbridge outbox list --state dead`, fix the cause, then retry")
+        return out
+
+    def _silence(self, now: float) -> str | None:
+        """The reason when no message came for longer than expected now, else None."""
+        last = max((t for t in (self.last_message_at, self.store.last_stored_message_at if self.store else None)
+                    if t is not None), default=None)
+        connected = self.connected_since is not None
+        expect = self.expectation(now)
+        if expect is not None:
+            start = max(last if last is not None else self.started_at, expect.since)
+            if now - start <= expect.allowed_s:
+                return None
+            quiet = (f"no message for {duration(now - last)}" if last is not None
+                     else f"no message since labbridge started at {self.clock(self.started_at, now)}")
+            return (f"{'connected, ' if connected else WAITING + ', but '}{quiet} while this analyzer usually "
+                    f"sends {'at least ' if expect.learned else ''}every {duration(expect.every_s)}"
+                    f"{' ' + expect.where if expect.where else ''}: check that it is running, has samples, and "
+                    "its host transmission is switched on")
+        if self.expected is None and connected:  # nothing known of its traffic: the plain idle rule
+            quiet_since = self.last_byte_at or self.connected_since or self.state_since
+            if now - quiet_since > self.idle_after_s:
+                return (f"connected, but nothing received for {int((now - quiet_since) // 60)} min: check that "
+                        "the analyzer is running and its host transmission is switched on")
+        return None
+
+    def _waiting(self, now: float) -> str:
+        closed = self.last_disconnect_at
+        if self.last_message_at is not None:
+            return (f"{WAITING} (the analyzer closes its connection after each; the last message came at "
+                    f"{self.clock(self.last_message_at, now)})")
+        if closed is not None:
+            return f"{WAITING} (the analyzer closed its connection at {self.clock(closed, now)})"
+        return WAITING
+
+    def observe(self, now: float | None = None) -> tuple[LinkState, str]:
+        """The shown state, logged once when it changes (warning to down, failed, degraded; else info)."""
+        now = time.time() if now is None else now
         state, reason = self.effective_state(now)
+        if state != self._shown:
+            before = self._shown
+            self._shown, self._shown_since = state, now
+            # A warning when the link loses something (or needs a person); starting up is not a loss.
+            alarm = state == "failed" or (state in _ALARMS and before not in ("connecting", "planned"))
+            (log.warning if alarm else log.info)("link_state", instrument=self.id, state=state, previous=before,
+                                                 reason=reason)
+        return state, reason
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        state, reason = self.observe(now)
+        expect = self.expectation(now)
+        facts = self.store
         return {
             "id": self.id,
             "name": self.name,
@@ -129,12 +374,20 @@ class InstrumentHealth:
             "transport": self.transport,
             "state": state,
             "reason": reason,
-            "state_since": _iso(self.state_since),
+            "state_since": _iso(self._shown_since or self.state_since),
             "listening": self.listening,
             "peer": self.peer,
+            "connected_since": _iso(self.connected_since),
+            "last_disconnect_at": _iso(self.last_disconnect_at),
+            "last_disconnect_clean": self.last_disconnect_clean,
             "last_byte_at": _iso(self.last_byte_at),
             "last_frame_at": _iso(self.last_frame_at),
-            "last_message_at": _iso(self.last_message_at),
+            "last_message_at": _iso(self.last_message_at or (facts.last_stored_message_at if facts else None)),
+            "last_delivery_at": _iso(facts.last_delivery_at if facts else None),
+            "expected_every_s": expect.every_s if expect else None,
+            "expected_source": None if expect is None else "learned" if expect.learned else "configured",
+            "lis_pending_results": facts.pending_results if facts else None,
+            "dead_letters": facts.dead_letters if facts else None,
             "messages_received": self.counters.messages_received,
             "results_received": self.counters.results_received,
             "counters": dict(vars(self.counters)),

@@ -82,7 +82,7 @@ class AstmRole:
             health.frame_outcome(True)
         elif isinstance(event, e1381.FrameRejected):
             if event.by_peer:
-                counters.naks_received += 1
+                health.count_nak_received()
             else:
                 counters.frames_rejected += 1
                 if event.reason.startswith("checksum"):
@@ -96,9 +96,10 @@ class AstmRole:
             counters.contentions += 1
         elif isinstance(event, e1381.KeepAlive):
             counters.keepalives += 1
+            health.decoded()
         elif isinstance(event, e1381.TransferEnded):
             if event.reason == "timeout":
-                counters.timeouts += 1
+                health.count_timeout()
         elif isinstance(event, e1381.SendAborted):
             self._send_aborted(event)
         elif not isinstance(event, (e1381.TransferStarted, e1381.PeerBusy)):

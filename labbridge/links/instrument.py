@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,7 @@ from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.astm import AstmRole
 from labbridge.links.dialect import host_link
+from labbridge.links.health_settings import health_settings
 from labbridge.links.hl7 import Hl7Role
 from labbridge.links.intake import InstrumentDecoder, decode_context, instrument_decoder
 from labbridge.links.session import LinkSession, Wakeup
@@ -81,7 +83,8 @@ class InstrumentRunner:
         self.orders_wakeup = Wakeup()
         self.backlog_after_s = backlog_after_s
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
-                                       transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s)
+                                       transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s,
+                                       **health_settings(cfg))
         self.bound: tuple[str, int] | None = None
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self.sessions: set[AnySession] = set()  # open connections (closed when the runner stops)
@@ -140,13 +143,27 @@ class InstrumentRunner:
                            health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup)
 
     def connected(self, session: AnySession) -> None:
-        """A connection of this instrument's own: shown up, counted."""
-        health = self.health
-        health.counters.connections += 1
-        health.peer = session.peer
-        health.set_state("up", f"analyzer connected from {session.peer}")
+        """A connection of this instrument's own: shown up, counted; the campaign may see its link-up."""
+        self.health.connected(session.peer)
         if self.on_connected is not None:
             self.on_connected()
+
+    def ended(self, session: AnySession, *, then: str) -> None:
+        """A connection of this instrument's own ended: ``idle`` (waiting for the next transmission) when the
+        analyzer closed it between transmissions, else ``down`` saying when and how, then ``then`` (what
+        labbridge does now and what to check)."""
+        health = self.health
+        at = health.clock(time.time())
+        if session.failure:
+            reason = session.failure
+        elif session.cut:
+            reason = (f"connection lost at {at} in the middle of a transfer (kept as an incomplete "
+                      f"transmission); {then}")
+        elif session.reset:
+            reason = f"connection lost at {at} (reset: the analyzer or the network dropped it); {then}"
+        else:
+            reason = f"connection closed at {at}; {then}"
+        health.connection_ended(clean=session.clean_close, reason=reason)
 
     async def run(self) -> None:
         try:
@@ -187,7 +204,8 @@ class InstrumentRunner:
         sockname = server.sockets[0].getsockname()
         self.bound = (str(sockname[0]), int(sockname[1]))
         self.health.listening = f"{self.bound[0]}:{self.bound[1]}"
-        self.health.set_state("down", f"listening on port {self.bound[1]}; no analyzer connected yet: set "
+        self.health.set_state("down", f"listening on port {self.bound[1]}; the analyzer has not connected since "
+                                      f"labbridge started at {self.health.clock(self.health.started_at)}: set "
                                       f"the analyzer's host address to this machine, port {self.bound[1]}")
         self.ready.set()
         async with server:
@@ -212,11 +230,10 @@ class InstrumentRunner:
         if self._active is not session:
             return
         self._active = None
-        self.health.peer = None
         t = self.cfg.transport
         port = self.bound[1] if self.bound else t.port if isinstance(t, TcpServerTransport) else 0
-        self.health.set_state("down", session.failure or f"analyzer disconnected; listening on port {port} "
-                                                         "for it to reconnect")
+        self.ended(session, then=f"listening on port {port} for it to reconnect: check that the analyzer is on "
+                                 "and its network cable")
 
     # ---- TCP client: labbridge dials the analyzer ----------------------------------------------
 
@@ -245,8 +262,8 @@ class InstrumentRunner:
                 continue
             attempt = 0
             await session.closed
-            self.health.peer = None
-            self.health.set_state("down", session.failure or "the analyzer closed the connection; redialing")
+            self.ended(session, then=f"redialing {t.host}:{t.port}: check that the analyzer is on and its "
+                                     "network cable")
             await asyncio.sleep(backoff_delay(0, t.reconnect_initial_s, t.reconnect_max_s))
 
     def _made(self, session: AnySession) -> bool:
@@ -277,10 +294,10 @@ class InstrumentRunner:
             attempt = 0
             assert isinstance(protocol, LinkSession)
             await protocol.closed
-            self.health.peer = None
-            self.health.set_state("down", protocol.failure or f"the serial device {t.port} went away (unplugged "
-                                                               "or closed); reopening: check the cable and the "
-                                                               "USB-serial adapter")
+            # A serial port is ours to keep open: its end is never a clean close between transmissions.
+            self.health.connection_ended(clean=False, reason=protocol.failure or (
+                f"the serial device {t.port} went away at {self.health.clock(time.time())} (cable pulled, "
+                "adapter unplugged or closed); reopening: check the cable and the USB-serial adapter"))
             await asyncio.sleep(backoff_delay(0, t.reopen_initial_s, t.reopen_max_s))
 
     def _opened_port(self, session: AnySession, port: str) -> bool:

@@ -109,6 +109,8 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self.refused = False
         self.failure: str | None = None  # why the session ended the connection itself (a bug), for the health
+        self.reset = False  # the connection ended with an error (reset by the peer, I/O error), not a close
+        self.cut = False  # it ended in the middle of a transfer (the link's last event was an unfinished message)
         self._task: asyncio.Task[None] | None = None
         self._pending: E | None = None  # the event that started the task
         self._woken = False
@@ -167,6 +169,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
                 self.closed.set_result(None)
             return
         if exc is not None:
+            self.reset = True
             log.info("connection_error", instrument=self.health.id, error=type(exc).__name__)
         self._lost = True
         if self._wakeup is not None:
@@ -174,6 +177,12 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._start()
 
     # ---- what roles and runners call ----------------------------------------------------------------
+
+    @property
+    def clean_close(self) -> bool:
+        """The connection ended between transmissions, closed without an error and not by a failure of ours
+        (an analyzer that connects per transmission hangs up this way after its EOT)."""
+        return self._lost and not (self.reset or self.cut or self.refused or self.failure)
 
     def send(self, data: bytes) -> None:
         """Write bytes of our own (the link's are written by the session)."""
@@ -243,6 +252,8 @@ class LinkSession(asyncio.Protocol, Generic[E]):
             while True:
                 event = self._take_event()
                 if event is not None:
+                    if self._told:
+                        self.cut = True  # what the link gives after the end is an unfinished message
                     await self.role.handle(event)
                     self.flush()
                     continue

@@ -149,8 +149,7 @@ class SharedListener:
             if instrument_id not in shown:
                 shown.add(instrument_id)
                 self._attributed[instrument_id] = self._attributed.get(instrument_id, 0) + 1
-                runner.health.counters.connections += 1
-                runner.health.peer = peer_label
+                runner.health.connected(peer_label)
                 runner.health.set_state("up", f"analyzer connected from {peer_label}, recognised by its "
                                               "sender name on a shared port")
                 if runner.on_connected is not None:
@@ -158,14 +157,13 @@ class SharedListener:
                 log.info("shared_connection_attributed", listener=self.address, instrument=instrument_id)
             return runner.health
 
-        def closed(_: AnySession) -> None:
+        def closed(session: AnySession) -> None:
             for instrument_id in shown:
                 self._attributed[instrument_id] -= 1
                 runner = self.runners[instrument_id]
                 if self._attributed[instrument_id] == 0 and runner._active is None:
-                    runner.health.peer = None
-                    runner.health.set_state("down", f"analyzer disconnected; listening on shared port "
-                                                    f"{self.transport.port} for it to reconnect")
+                    runner.ended(session, then=f"listening on shared port {self.transport.port} for it to "
+                                               "reconnect")
 
         return owner.session(on_closed=closed, decoder=routing, health=connection, attribute=attribute)
 

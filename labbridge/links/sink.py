@@ -166,8 +166,7 @@ class MessageSink:
             if health.state == "degraded":
                 health.set_state("up", "store writable again")
         if count:
-            counters.messages_received += 1
-            health.last_message_at = time.time()
+            health.message_counted()
         if stored.duplicate:
             counters.duplicate_messages += 1
             log.info("duplicate_message", instrument=health.id, message_id=stored.message_id)

@@ -39,6 +39,7 @@ from labbridge.outbox import Retention
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.runtime.api import Surface
+from labbridge.runtime.health_task import HealthTask
 from labbridge.runtime.reload import (
     DRAIN_TIMEOUT_S,
     Outcome,
@@ -170,6 +171,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self._supervise("campaign", lambda: watch_links(
                 self.campaign, self.link_health, self.campaign_wakeup))))
             tasks.append(asyncio.create_task(self._supervise("retention", self._prune_periodically)))
+            tasks.append(asyncio.create_task(self._supervise("health", HealthTask(
+                self.store, self.link_health, self.config.health).run)))
             for name, run in self._part_runs().items():
                 self._start_part(name, run)
             for surface in surfaces:

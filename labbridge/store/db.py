@@ -543,6 +543,25 @@ class Store:
 
         return await self.read(work)
 
+    # ---- link health (the daemon's health task; never on a link's path) ------------------------
+
+    async def instrument_outbox_facts(self) -> dict[str, dict[str, Any]]:
+        """Per instrument: pending items/results, the oldest pending one's time, dead letters by kind."""
+        return await self.read(sql.instrument_outbox_facts)
+
+    async def last_deliveries(self, since: float) -> dict[str, float]:
+        """Per instrument, the time of its latest item the LIS accepted at or after ``since``."""
+        return await self.read(lambda conn: sql.last_deliveries(conn, since))
+
+    async def last_messages(self, instruments: Sequence[str]) -> dict[str, float]:
+        """Per instrument, the time of its latest stored message (survives a restart)."""
+        return await self.read(lambda conn: sql.last_messages(conn, instruments))
+
+    async def message_hour_gaps(self, instrument: str, since: float) -> tuple[float | None, list[tuple[int, float]]]:
+        """For learning an instrument's traffic: its first message since ``since`` and the longest gap
+        between consecutive messages per UTC hour (see :func:`labbridge.health.traffic.learn`)."""
+        return await self.read(lambda conn: sql.message_hour_gaps(conn, instrument, since))
+
 
 def wall_clock() -> float:
     """Seconds since the epoch, for timestamps that survive a restart."""

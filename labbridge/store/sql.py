@@ -399,3 +399,52 @@ def due_items(conn: sqlite3.Connection, destination: str, now: float, *, include
 
 OUTBOX_COLUMNS = ("id", "destination", "control_id", "instrument", "message_id", "state", "attempts",
                   "created_at", "next_attempt_at", "last_error", "delivered_at", "dead_kind", "backlog")
+
+
+# ---- link health (read periodically by the daemon's health task, on the read connection) -------------
+
+def instrument_outbox_facts(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Per instrument: pending items and results and the oldest pending one's time; dead letters by kind
+    (operator holds, kind ``held``, excluded: they wait by design)."""
+    out: dict[str, dict[str, Any]] = {}
+    for instrument, items, results, oldest in conn.execute(
+            "SELECT instrument, COUNT(*), SUM(json_array_length(result_ids)), MIN(created_at) FROM outbox"
+            " WHERE state = 'pending' GROUP BY instrument"):
+        out.setdefault(instrument, {}).update(pending_items=items, pending_results=results or 0,
+                                              oldest_pending_at=oldest)
+    for instrument, kind, n in conn.execute(
+            "SELECT instrument, COALESCE(dead_kind, 'lis-rejected'), COUNT(*) FROM outbox WHERE state = 'dead'"
+            " AND COALESCE(dead_kind, '') != 'held' GROUP BY instrument, dead_kind ORDER BY instrument, dead_kind"):
+        out.setdefault(instrument, {}).setdefault("dead", []).append((kind, n))
+    return out
+
+
+def last_deliveries(conn: sqlite3.Connection, since: float) -> dict[str, float]:
+    """Per instrument, its latest item delivered at or after ``since`` (the outbox_state index's range)."""
+    return dict(conn.execute(
+        "SELECT instrument, MAX(delivered_at) FROM outbox WHERE state = 'delivered' AND delivered_at >= ?"
+        " GROUP BY instrument", (since,)))
+
+
+def last_messages(conn: sqlite3.Connection, instruments: Sequence[str]) -> dict[str, float]:
+    """Per instrument, its latest stored message's time (one index lookup each)."""
+    out: dict[str, float] = {}
+    for instrument in instruments:
+        row = conn.execute("SELECT MAX(received_at) FROM messages WHERE instrument = ?", (instrument,)).fetchone()
+        if row is not None and row[0] is not None:
+            out[instrument] = float(row[0])
+    return out
+
+
+def message_hour_gaps(conn: sqlite3.Connection, instrument: str,
+                      since: float) -> tuple[float | None, list[tuple[int, float]]]:
+    """The first message of ``instrument`` since ``since``, and per UTC hour (epoch seconds // 3600) the
+    longest gap between two consecutive messages that ended in it (one covering-index scan)."""
+    first = conn.execute("SELECT MIN(received_at) FROM messages WHERE instrument = ? AND received_at >= ?",
+                         (instrument, since)).fetchone()[0]
+    rows = conn.execute(
+        "SELECT CAST(received_at / 3600 AS INTEGER) AS hour, MAX(gap) FROM ("
+        " SELECT received_at, received_at - LAG(received_at) OVER (ORDER BY received_at) AS gap"
+        " FROM messages WHERE instrument = ? AND received_at >= ?)"
+        " WHERE gap IS NOT NULL GROUP BY hour ORDER BY hour", (instrument, since)).fetchall()
+    return (None if first is None else float(first)), [(int(h), float(g)) for h, g in rows]

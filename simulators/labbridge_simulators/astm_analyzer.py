@@ -7,6 +7,11 @@ again after a reconnect if it was not, as analyzers do; ``acked`` holds the resu
 Fault injection: ``corrupt_every=N`` corrupts the checksum of every Nth frame (the host must NAK it and
 accept the retransmission); ``disconnect_every=N`` drops the connection in the middle of every Nth
 message; ``write_chunk``/``write_delay`` split every write into small pieces sent slowly.
+``per_transmission=True`` connects only when it has a message, and hangs up after its EOT (many analyzers
+do); ``garble=True`` sends what a receiver at the wrong baud rate or parity reads (every byte turned into
+one with the high bit set: never a control character, so nothing ever frames); ``unframed=True`` sends its
+records bare (no ENQ, STX, checksum or EOT: the analyzer's ASTM low-level protocol switched off) without
+waiting for anything, every ``interval``.
 
 Dialects: ``profile`` is the E1381 ``LinkProfile`` the analyzer speaks (no frame numbers, no checksums,
 LF/CRLF terminators, whole message in one frame). Scripted input: :class:`ScriptedMessages` replays the
@@ -120,6 +125,8 @@ class AnalyzerStats:
     contentions: int = 0
     contentions_forced: int = 0  # ENQs of the host answered with ENQ (contend)
     stalls_injected: int = 0
+    hang_ups: int = 0  # per_transmission: connections closed after a transmission
+    unframed_messages: int = 0  # unframed: messages written bare
 
 
 def _astm_time(dt: datetime) -> str:
@@ -293,6 +300,9 @@ class AstmAnalyzerSim:
     contend: int = 0  # answer the host's next N ENQs with our own ENQ (and a result message)
     stall_every: int = 0  # go silent in the middle of every Nth message...
     stall_for: float = 0.0  # ...for this long
+    per_transmission: bool = False  # connect for each message, hang up after its EOT
+    garble: bool = False  # every byte sent arrives as noise (wrong baud rate or parity)
+    unframed: bool = False  # records sent bare, no E1381 framing
 
     def _resolve(self) -> tuple[str, int]:
         return self.address() if callable(self.address) else self.address
@@ -327,6 +337,9 @@ class AstmAnalyzerSim:
             self.stats.connects += 1
             self.connected.set()
             try:
+                if self.unframed:
+                    await self._send_unframed(writer, stop, rng)
+                    continue
                 next_at = await self._session(reader, writer, stop, rng, next_at)
             except (ConnectionError, OSError):
                 pass  # the host went away: what was not ACKed stays pending and is sent again
@@ -336,7 +349,20 @@ class AstmAnalyzerSim:
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
             if not self._finished(stop):
-                await asyncio.sleep(self.reconnect_delay)
+                wait = self.reconnect_delay
+                if self.per_transmission and not self._pending:  # the next connection is for the next message
+                    wait = max(0.0, next_at - asyncio.get_running_loop().time())
+                await asyncio.sleep(wait)
+
+    async def _send_unframed(self, writer: asyncio.StreamWriter, stop: asyncio.Event, rng: random.Random) -> None:
+        while not stop.is_set() and (self.max_messages is None or self._generated < self.max_messages):
+            msg = self.factory.next()
+            self._generated += 1
+            self.stats.unframed_messages += 1
+            writer.write(b"".join(record + b"\r" for record in msg.records))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), rng.uniform(*self.interval))
 
     def _in_flight(self) -> bool:
         return bool(self._pending)
@@ -351,6 +377,7 @@ class AstmAnalyzerSim:
             handles[link.send_message(msg.records, loop.time())] = msg
         drop_after_frames: int | None = None
         stall_after_frames: int | None = None
+        transmitted = False  # a message of ours went through on this connection (per_transmission)
         while True:
             now = loop.time()
             if self._awaiting is not None and (self._answered or stop.is_set() or (
@@ -366,7 +393,8 @@ class AstmAnalyzerSim:
                     self._pending.append(msg)
                     handles[link.send_message(msg.records, now)] = msg
             may_generate = (not stop.is_set() and not self._pending and now >= next_at and self._awaiting is None
-                            and (self.max_messages is None or self._generated < self.max_messages))
+                            and (self.max_messages is None or self._generated < self.max_messages)
+                            and not (self.per_transmission and transmitted))
             if may_generate:
                 factory = self.factory
                 if not isinstance(factory, QueryingSource) or not self.query_share:  # results only
@@ -389,10 +417,16 @@ class AstmAnalyzerSim:
                     stall_after_frames = max(1, len(msg.records) // 2)
                 next_at = now + rng.uniform(*self.interval)
             if self._finished(stop) and not self._pending and self._awaiting is None:
+                if self.per_transmission and transmitted:  # its EOT, then hang up
+                    writer.write(link.data_to_send())
+                    await writer.drain()
+                    self.stats.hang_ups += 1
                 return next_at
             out = self.faults.outgoing(link.data_to_send())
             if out:
                 out = self._maybe_corrupt(out)
+                if self.garble:
+                    out = bytes(0x80 | (b * 7 + 13) & 0x7F for b in out)
                 step = self.write_chunk or len(out)
                 for i in range(0, len(out), step):
                     if writer.is_closing():  # the peer went away between two pieces (uvloop raises on a write)
@@ -406,6 +440,10 @@ class AstmAnalyzerSim:
                     if drop_after_frames <= 0:
                         self.stats.disconnects_injected += 1
                         return next_at  # hang up in the middle of a message
+                if (self.per_transmission and transmitted and not self._pending and self._awaiting is None
+                        and link.state is e1381.State.NEUTRAL):
+                    self.stats.hang_ups += 1
+                    return next_at  # our EOT is written: hang up until the next message
                 if stall_after_frames is not None and out[:1] == b"\x02":
                     stall_after_frames -= 1
                     if stall_after_frames <= 0:
@@ -449,6 +487,7 @@ class AstmAnalyzerSim:
                 elif isinstance(event, e1381.MessageSent):
                     done = handles.pop(event.handle)
                     self._pending.remove(done)
+                    transmitted = True
                     self.acked.extend(done.results)
                     self.stats.messages_acked += 1
                     if done.query_for is not None and done.query_for == self._awaiting:

@@ -53,8 +53,11 @@ def test_two_astm_analyzers_on_one_port_are_told_apart_by_sender_name(tmp_path: 
             assert [(d["instrument"], d["dead_kind"]) for d in dead] == [(f"unknown@127.0.0.1:{port}",
                                                                           "unknown-sender")]
             assert "'ChemX'" in dead[0]["last_error"] and "sender list" in dead[0]["last_error"]
-            await eventually(lambda: all(runners[i].health.state == "down" for i in ("an-0", "an-1")),
-                             what="both links shown down once their analyzers hang up")
+            # They hang up after their EOT: waiting for the next transmission, not down.
+            await eventually(lambda: all(runners[i].health.state == "idle" for i in ("an-0", "an-1")),
+                             what="both links shown idle once their analyzers hang up")
+            assert all("waiting for the next transmission" in runners[i].health.effective_state()[1]
+                       for i in ("an-0", "an-1"))
 
     run(body())
 

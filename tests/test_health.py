@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from structlog.testing import capture_logs
 
 from labbridge.config import ConfigError, parse_config
 from labbridge.health.instrument import InstrumentHealth, StoreFacts
-from labbridge.health.traffic import ConfiguredTraffic, Window, learn, parse_days, parse_hours
+from labbridge.health.traffic import LEARNED_FLOOR_S, ConfiguredTraffic, Window, learn, parse_days, parse_hours
 from labbridge.links.health_settings import configured_traffic
 
 BRUSSELS = zoneinfo.ZoneInfo("Europe/Brussels")
@@ -175,3 +175,16 @@ def test_windows_parse_and_validate() -> None:
         parse_config({**base, "instruments": [{**inst, "expect_message_every": [
             {"days": "weekdays", "hours": "7-19", "every_s": 300}]}]})
     assert "instruments[0].expect_message_every" in str(err.value) and "mon-fri" in str(err.value)
+
+
+def test_a_learned_burst_is_no_promise_of_messages_seconds_apart() -> None:
+    """Learned from busy hours (messages 2 s apart on the last two Mondays), silence is judged only after
+    LEARNED_FLOOR_S, not after 3 s."""
+    now = datetime(2026, 12, 7, 10, 30, tzinfo=UTC).timestamp()  # a Monday
+    hour = int(now // 3600)
+    week = 24 * 7
+    learned = learn([(hour - week, 2.0), (hour - 2 * week, 2.0)], first_at=(hour - 2 * week) * 3600, until=now,
+                    tz=UTC, weeks=4)
+    expected = learned.at(now, UTC)
+    assert expected is not None and expected.every_s == 2.0
+    assert expected.allowed_s == LEARNED_FLOOR_S

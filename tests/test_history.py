@@ -63,7 +63,7 @@ def test_seconds_go_to_the_state_each_sample_showed_and_counters_to_deltas() -> 
 def test_derived_states_are_changes_when_sampled() -> None:
     rec = HistoryRecorder(tz=UTC)
     h = health(idle_after_s=600.0)
-    h.set_state("up", "analyzer connected")
+    h.connected("10.1.2.3:5000", now=T0)  # connected, nothing known of its traffic: the plain idle rule
     h.state_since = T0
     h.last_byte_at = T0
     rec.sample(h, T0)

@@ -27,6 +27,9 @@ HOURS_PER_WEEK = 7 * 24
 WEEK_S = 7 * 86400.0
 # A learned gap is the longest usual one in that hour: silence is judged only past this multiple of it.
 LEARNED_MARGIN = 1.5
+# ... and never before this much silence: a burst of messages (a rack run through, a first afternoon of
+# traffic) is not a promise that the next will follow within seconds.
+LEARNED_FLOOR_S = 300.0
 
 
 def parse_days(text: str) -> frozenset[int]:
@@ -141,7 +144,7 @@ class LearnedTraffic:
             return None
         where = (f"on {_DAY_PLURALS[local.weekday()]} {local.hour:02d}:00-{(local.hour + 1) % 24:02d}:00 "
                  f"(learned from the last {self.weeks} week{'s' if self.weeks != 1 else ''})")
-        return Expectation(gap, gap * LEARNED_MARGIN, where, learned=True)
+        return Expectation(gap, max(gap * LEARNED_MARGIN, LEARNED_FLOOR_S), where, learned=True)
 
 
 def hour_of_week(local: datetime) -> int:

@@ -10,6 +10,13 @@ Orders: every third analyzer asks the host about half of its samples first (ASTM
 seeds site-wide orders for every other one of those samples, so the analyzers get some orders (O-26
 ``Q``) and some "no record of this sample" answers (``Z``). Another third get orders pushed to them
 (addressed to the instrument). The summary counts queries, answers and order lines received.
+
+The reconnection campaign (config/demo.toml says which instrument is where): instruments that are not live
+have their results stored and held from the LIS, which the summary counts apart from what was lost; the
+validating ones get reference values imported once they have sent a few results (taken from those results,
+within tolerance, and for one instrument one value off: its comparison shows it outside); the simulators of
+``UNFRAMED`` and ``PER_TRANSMISSION`` behave as a technician would meet them (framing switched off on the
+analyzer; a connection per transmission).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +34,7 @@ from labbridge_simulators.hl7_analyzer import Hl7AnalyzerSim, Hl7MessageFactory
 from labbridge_simulators.lis import SimulatedLis
 from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 
+from labbridge.campaign.validation import Reference
 from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
 from labbridge.links.dialect import link_profile
 from labbridge.orders import NewOrder
@@ -34,6 +42,11 @@ from labbridge.runtime.daemon import Daemon
 from labbridge.web import surfaces_for
 
 DRAIN_TIMEOUT_S = 30.0
+# What the simulators of these demo instruments do wrong, or differently (config/demo.toml says why).
+UNFRAMED = frozenset({"bastogne-hema-1"})  # its E1381 framing switched off: records arrive bare, never a message
+PER_TRANSMISSION = frozenset({"marche-hema-1"})  # connects for each transmission, hangs up after its EOT
+REFERENCES_AFTER = 3  # results of a validating instrument before the demo imports its reference values
+OFF_REFERENCE = frozenset({"virton-immuno-1"})  # its first reference is off: outside tolerance
 SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its first samples
 PUSHED_ORDERS = 3  # per analyzer that gets orders pushed
 
@@ -54,6 +67,9 @@ class Summary:
     host_queries: int = 0
     query_answers: int = 0
     order_lines_received: int = 0
+    held: int = 0  # results of instruments not live: stored, held from the LIS until a sign-off
+    stages: dict[str, str] = field(default_factory=dict)  # instrument -> campaign stage, when not live
+    states: dict[str, str] = field(default_factory=dict)  # instrument -> link state at the end
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -62,7 +78,8 @@ class Summary:
         ok = "OK" if self.lost == 0 and self.duplicates == 0 else "PROBLEM"
         return (f"demo summary ({self.instruments} analyzers, {self.elapsed_s:.0f} s): "
                 f"sent {self.sent} results, stored {self.stored}, delivered to the LIS {self.delivered}, "
-                f"lost {self.lost}, delivered twice {self.duplicates} -> {ok}; "
+                f"held by the validation gate {self.held}, lost {self.lost}, delivered twice {self.duplicates}"
+                f" -> {ok}; "
                 f"host queries {self.host_queries}, answered {self.query_answers}, "
                 f"order lines received by analyzers {self.order_lines_received}")
 
@@ -145,7 +162,8 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
         # The analyzer speaks the instrument's link dialect (its driver's link defaults, e.g. MAGLUMI's).
         sims.append(AstmAnalyzerSim(inst.id, runner.bound, factory, interval=(1.0, 4.0), seed=n,
                                     corrupt_every=37 if n % 4 == 1 else 0, query_share=0.5 if queries else 0.0,
-                                    profile=link_profile(inst.link)))
+                                    profile=link_profile(inst.link), unframed=inst.id in UNFRAMED,
+                                    per_transmission=inst.id in PER_TRANSMISSION))
         if not isinstance(factory, MessageFactory):
             continue
         codes = tuple(inst.test_map.get(a.code, a.code) for a in factory.panel[:3])  # LIS codes
@@ -159,13 +177,19 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
                                                              source="demo"), now=time.time())
                                    for k in range(1, PUSHED_ORDERS + 1)))
     sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]
+    validating = [i.id for i in config.instruments if i.stage == "validating"]
+    references = asyncio.create_task(_import_references(daemon, {sim.name: sim for sim in sims}, validating))
     try:
         if duration is None:
             await asyncio.Event().wait()
         else:
             await asyncio.sleep(duration)
     finally:
+        references.cancel()
         stop_sims.set()
+        for sim, task in zip(sims, sim_tasks, strict=True):
+            if sim.name in UNFRAMED:  # its messages are never taken (nothing frames): no use waiting for them
+                task.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await asyncio.gather(*sim_tasks, return_exceptions=True)
@@ -173,17 +197,49 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
             task.cancel()
         await asyncio.gather(*sim_tasks, return_exceptions=True)
     acked = {identity for sim in sims for identity in sim.acked}
+    campaign = await daemon.campaign.status()
+    stages = {row["id"]: row["stage"] for site in campaign["sites"] for row in site["instruments"]
+              if row["stage"] != "live"}
+    held = {identity for identity in acked if identity[0] in stages}  # the gate holds them: not sent, by design
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline and not acked <= lis.delivered:  # noqa: ASYNC110 (polls a peer's books)
+    while time.monotonic() < deadline and not acked - held <= lis.delivered:  # noqa: ASYNC110 (a peer's books)
         await asyncio.sleep(0.2)
     counts = await daemon.store.counts()
     astm_sims = [sim for sim in sims if isinstance(sim, AstmAnalyzerSim)]
     summary = Summary(sent=len(acked), stored=counts["results"], delivered=len(lis.delivered & acked),
-                      lost=len(acked - lis.delivered), duplicates=lis.duplicates, instruments=len(sims),
+                      lost=len(acked - held - lis.delivered), duplicates=lis.duplicates, instruments=len(sims),
                       elapsed_s=time.monotonic() - started,
                       host_queries=sum(sim.stats.queries_sent for sim in astm_sims),
                       query_answers=sum(sim.stats.query_answers for sim in astm_sims),
-                      order_lines_received=sum(len(sim.orders_received) for sim in astm_sims))
+                      order_lines_received=sum(len(sim.orders_received) for sim in astm_sims),
+                      held=len(held - lis.delivered), stages=stages,
+                      states={i["id"]: i["state"] for i in daemon.instruments_json()})
     if not quiet:
         print(summary.render(), flush=True)
     return summary
+
+
+async def _import_references(daemon: Daemon, sims: dict[str, AstmAnalyzerSim | Hl7AnalyzerSim],
+                             validating: list[str]) -> None:
+    """Once a validating instrument has sent a few numeric results, import reference values for them (as the
+    lab would from the analyzer it replaces): within 5 %, except one value off for ``OFF_REFERENCE``."""
+    pending = [ident for ident in validating if ident in sims]
+    while pending:
+        for ident in tuple(pending):
+            numeric = [a for a in sims[ident].acked if _number(a[3]) is not None][:REFERENCES_AFTER]
+            if len(numeric) < REFERENCES_AFTER:
+                continue
+            refs = [Reference(sample, test, f"{float(value) * 1.5 + 1:g}" if ident in OFF_REFERENCE and n == 0
+                              else value, "5%", note="the analyzer it replaces")
+                    for n, (_, sample, test, value) in enumerate(numeric)]
+            await daemon.campaign.import_references(ident, refs, actor="demo",
+                                                    reason="reference values from the analyzer it replaces")
+            pending.remove(ident)
+        await asyncio.sleep(0.5)
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None

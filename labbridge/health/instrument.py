@@ -30,7 +30,7 @@ import time
 import zoneinfo
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import tzinfo
 from typing import Any, Literal
 
@@ -118,6 +118,9 @@ class _Recent:
 
     def count(self, now: float) -> int:
         return sum(1 for at in self._at if now - at <= RECENT_WINDOW_S)
+
+
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))  # every per-instrument counter
 
 
 @dataclass

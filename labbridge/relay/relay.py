@@ -27,10 +27,11 @@ their current item, and the destination backs off once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labbridge.backoff import backoff_delay
@@ -56,6 +57,10 @@ BATCH_ITEMS = 64  # due items fetched in one read
 MAX_UNCOMMITTED = 256  # items the LIS accepted whose "delivered" mark is not committed yet
 
 
+# Stored -> accepted by the LIS, seconds: the buckets of the delivery latency histogram (/metrics).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
 @dataclass
 class DestinationHealth:
     id: str
@@ -68,6 +73,14 @@ class DestinationHealth:
     backlog_delivered: int = 0
     last_delivery_at: float | None = None
     last_error: str | None = None
+    # Delivery latency (stored -> the LIS's acceptance): per LATENCY_BUCKETS bound (not cumulative), +Inf last.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def delivered_after(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def set_state(self, state: str, reason: str) -> None:
         if state != self.state:
@@ -79,7 +92,9 @@ class DestinationHealth:
         return {"id": self.id, "address": self.address, "state": self.state, "reason": self.reason,
                 "delivered": self.delivered, "retried": self.retried, "dead_lettered": self.dead_lettered,
                 "backlog_delivered": self.backlog_delivered,
-                "last_delivery_at": self.last_delivery_at, "last_error": self.last_error}
+                "last_delivery_at": self.last_delivery_at, "last_error": self.last_error,
+                "delivery_latency": {"buckets": list(LATENCY_BUCKETS), "counts": list(self.latency_counts),
+                                     "sum_s": round(self.latency_sum, 3)}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +283,7 @@ class Relay:
             self.wakeup.set()
         else:  # counted once the store says so, so the health and the store's counts agree
             self.health.delivered += 1
+            self.health.delivered_after(at - item.created_at)
             if item.backlog:
                 self.health.backlog_delivered += 1
         finally:

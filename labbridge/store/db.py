@@ -517,6 +517,9 @@ class Store:
                                               " WHERE state = 'dead' GROUP BY destination, dead_kind"):
                 books = out["outbox"][dest]
                 books.setdefault("dead_kinds", {})[kind or DEAD_LIS_REJECTED] = n
+            for dest, oldest in conn.execute("SELECT destination, MIN(created_at) FROM outbox WHERE state = 'pending'"
+                                             " GROUP BY destination"):
+                out["outbox"][dest]["oldest_pending_at"] = oldest
             return out
 
         return await self.read(work)

@@ -18,6 +18,8 @@ audit table.
 from __future__ import annotations
 
 import json
+import math
+import platform
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -28,9 +30,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labbridge import __version__
 from labbridge.errors import StoreError
 from labbridge.health.history import MAX_HISTORY_DAYS
-from labbridge.health.instrument import STATES
+from labbridge.health.instrument import COUNTER_NAMES, STATES
 from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
@@ -47,27 +50,14 @@ class _Snapshot(Collector):
         self.counts = counts
 
     def collect(self) -> Iterator[Metric]:
-        state = GaugeMetricFamily("labbridge_link_state", "1 for the link's current state",
-                                  labels=["instrument", "site", "state"])
-        messages = CounterMetricFamily("labbridge_messages_received", "Messages stored per instrument",
-                                       labels=["instrument"])
-        results = CounterMetricFamily("labbridge_results_received", "New results stored per instrument",
-                                      labels=["instrument"])
-        naks = CounterMetricFamily("labbridge_frames_rejected", "Frames NAKed by labbridge",
-                                   labels=["instrument"])
-        for h in self.api.link_health():
-            current, _ = h.effective_state()
-            for s in STATES:
-                state.add_metric([h.id, h.site, s], 1.0 if s == current else 0.0)
-            messages.add_metric([h.id], h.counters.messages_received)
-            results.add_metric([h.id], h.counters.results_received)
-            naks.add_metric([h.id], h.counters.frames_rejected)
-        yield from (state, messages, results, naks)
+        yield from self._instruments()
+        yield from self._destinations()
         outbox = GaugeMetricFamily("labbridge_outbox_items", "Outbox items per destination and state",
                                    labels=["destination", "state"])
         for dest, states in self.counts.get("outbox", {}).items():
             for s, n in states.items():
-                outbox.add_metric([dest, s], n)
+                if isinstance(n, int) and not s.startswith("backlog_"):  # item counts (not kinds, times, backlog)
+                    outbox.add_metric([dest, s], n)
         yield outbox
         yield GaugeMetricFamily("labbridge_store_results", "Results in the store",
                                 value=self.counts.get("results", 0))
@@ -110,6 +100,59 @@ class _Snapshot(Collector):
         buckets.append(("+Inf", cumulative))
         yield HistogramMetricFamily("labbridge_store_commit_group_size", "Write requests per group commit",
                                     buckets=buckets, sum_value=store.committed_jobs)
+
+
+    def _instruments(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily("labbridge_instrument_state", "1 for the link's current state (as shown)",
+                                  labels=["instrument", "site", "state"])
+        last = GaugeMetricFamily("labbridge_last_message_timestamp_seconds",
+                                 "When the instrument's last message was stored (for silent-analyzer alerts)",
+                                 labels=["instrument"])
+        counters = {name: CounterMetricFamily(f"labbridge_{name}", f"Per instrument: {name.replace('_', ' ')}",
+                                              labels=["instrument"]) for name in COUNTER_NAMES}
+        now = time.time()
+        for h in self.api.link_health():
+            current, _ = h.effective_state(now)
+            for s in STATES:
+                state.add_metric([h.id, h.site, s], 1.0 if s == current else 0.0)
+            if h.last_message_at is not None:
+                last.add_metric([h.id], h.last_message_at)
+            for name, family in counters.items():
+                family.add_metric([h.id], getattr(h.counters, name))
+        yield state
+        yield last
+        yield from counters.values()
+        yield _build_info()
+
+    def _destinations(self) -> Iterator[Metric]:
+        oldest = GaugeMetricFamily("labbridge_outbox_oldest_pending_age_seconds",
+                                   "Age of the oldest result waiting for each destination (0: none waiting)",
+                                   labels=["destination"])
+        depth = GaugeMetricFamily("labbridge_outbox_depth", "Outbox items waiting per destination",
+                                  labels=["destination"])
+        latency = HistogramMetricFamily("labbridge_delivery_latency_seconds",
+                                        "Stored -> accepted by the LIS, per destination", labels=["destination"])
+        now = time.time()
+        books = self.counts.get("outbox", {})
+        for dest in self.api.destinations_json():
+            mine = books.get(dest["id"], {})
+            at = mine.get("oldest_pending_at")
+            oldest.add_metric([dest["id"]], max(now - at, 0.0) if at is not None else 0.0)
+            depth.add_metric([dest["id"]], mine.get("pending", 0))
+            spread = dest["delivery_latency"]
+            cumulative, buckets = 0, []
+            for bound, n in zip([*spread["buckets"], math.inf], spread["counts"], strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if math.isinf(bound) else str(float(bound)), cumulative))
+            latency.add_metric([dest["id"]], buckets, sum_value=spread["sum_s"])
+        yield from (oldest, depth, latency)
+
+
+def _build_info() -> Metric:
+    info = GaugeMetricFamily("labbridge_build_info", "labbridge's version (the value is 1)",
+                             labels=["version", "python"])
+    info.add_metric([__version__, platform.python_version()], 1.0)
+    return info
 
 
 class WebServer:

@@ -8,6 +8,8 @@ Relative paths in the file (the store) are taken relative to the file's folder.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import functools
 import ipaddress
 import tomllib
 import zoneinfo
@@ -15,7 +17,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from labbridge.campaign.stages import GateMode, Stage
 from labbridge.errors import ConfigError
@@ -190,7 +201,9 @@ class InstrumentConfig(_Model):
     enabled: bool = True
     transport: Transport
     link: LinkConfig = LinkConfig()
-    timezone: str = "Europe/Brussels"
+    # Its clock's time zone (IANA name). Absent: the node's `timezone` (check-config lists who relies on it).
+    timezone: str = ""
+    timezone_from_node: bool = Field(default=False, exclude=True)  # set by Config, not by hand
     # Instrument test code -> LIS test code. Codes not listed pass through unchanged, unless
     # unmapped_tests = "dead-letter": then such results are held in the dead letters (naming the code)
     # until the mapping is added and the dead letter retried.
@@ -247,14 +260,18 @@ class InstrumentConfig(_Model):
         out.update({code: t.code for code, t in self.tests.items() if t.code})
         return out
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_or_machine_zone(cls, data: Any) -> Any:
+        """An instrument validated on its own (outside a Config, which gives it the node's) takes this machine's."""
+        if isinstance(data, dict) and not data.get("timezone"):
+            return {**data, "timezone": machine_timezone(), "timezone_from_node": True}
+        return data
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (e.g. 'Europe/Brussels', 'UTC')") from None
-        return value
+        return _known_zone(value)
 
 
 class _Destination(_Model):
@@ -401,6 +418,10 @@ class LogConfig(_Model):
 
 class Config(_Model):
     node: Annotated[str, Field(pattern=ID_PATTERN)] = "labbridge"
+    # The site's time zone (IANA name, e.g. "Europe/Brussels"), for instruments without their own. Absent:
+    # this machine's zone; nothing falls back to one city's zone unsaid (check-config reports where it came from).
+    timezone: str = ""
+    timezone_from_machine: bool = Field(default=False, exclude=True)  # set by the validator, not by hand
     # auto: uvloop where installed (several times less CPU per frame), else asyncio's loop (labbridge.aio)
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     store: StoreConfig = StoreConfig()
@@ -415,11 +436,55 @@ class Config(_Model):
     lis: list[Destination] = Field(default_factory=list)
     lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _time_zones(cls, data: Any) -> Any:
+        """The node's zone (the config's, else this machine's) given to every instrument without its own."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if not data.get("timezone"):
+            data["timezone"], data["timezone_from_machine"] = machine_timezone(), True
+        instruments = data.get("instruments")
+        if isinstance(instruments, list):
+            data["instruments"] = [{**i, "timezone": data["timezone"], "timezone_from_node": True}
+                                   if isinstance(i, dict) and not i.get("timezone") else i for i in instruments]
+        return data
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_node_zone(cls, value: str) -> str:
+        return _known_zone(value)
+
     def site_name(self, site_id: str) -> str:
         for site in self.sites:
             if site.id == site_id:
                 return site.name
         return site_id
+
+
+def _known_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (e.g. 'Europe/Brussels', 'UTC')") from None
+    return value
+
+
+@functools.lru_cache(maxsize=1)
+def machine_timezone() -> str:
+    """This machine's zone as an IANA name (/etc/timezone, or where /etc/localtime points), else "UTC"."""
+    names: list[str] = []
+    with contextlib.suppress(OSError):
+        names.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    with contextlib.suppress(OSError, ValueError):
+        parts = Path("/etc/localtime").resolve().parts
+        names.append("/".join(parts[parts.index("zoneinfo") + 1:]))
+    for name in names:
+        with contextlib.suppress(ValueError):
+            if name:
+                return _known_zone(name)
+    return "UTC"
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

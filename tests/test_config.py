@@ -156,3 +156,30 @@ def test_serial_transport_is_validated_and_a_port_used_twice_is_refused(tmp_path
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, twice))
     assert info.value.problems[0][0] == "instruments[1].transport.port"
+
+
+def test_instruments_without_a_zone_take_the_nodes_and_check_config_says_who(tmp_path: Path) -> None:
+    own = GOOD.replace('id = "chem-2"\n', 'id = "chem-2"\ntimezone = "Asia/Tokyo"\n')
+    text = 'timezone = "Europe/Brussels"\n' + own
+    config = load_config(write(tmp_path, text))
+    zones = {i.id: (i.timezone, i.timezone_from_node) for i in config.instruments}
+    assert zones == {"chem-1": ("Europe/Brussels", True), "chem-2": ("Asia/Tokyo", False)}
+    assert not config.timezone_from_machine
+    out = check(write(tmp_path, text)).stdout
+    assert "time zone Europe/Brussels (from the config); instruments without their own: chem-1" in out
+    assert "chem-2" not in out.split("time zone", 1)[1]
+
+
+def test_without_a_node_zone_the_machines_is_used_and_said_never_a_citys(tmp_path: Path) -> None:
+    from labbridge.config import machine_timezone
+
+    config = load_config(write(tmp_path, GOOD))
+    assert config.timezone == machine_timezone() and config.timezone_from_machine
+    assert all(i.timezone == config.timezone and i.timezone_from_node for i in config.instruments)
+    assert "from this machine's zone: set `timezone` in the config" in check(write(tmp_path, GOOD)).stdout
+
+
+def test_an_unknown_node_zone_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, 'timezone = "Europe/Atlantis"\n' + GOOD))
+    assert caught.value.problems[0][0] == "timezone" and "Europe/Atlantis" in caught.value.problems[0][1]

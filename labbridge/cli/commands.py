@@ -46,6 +46,10 @@ def check_config(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{args.config}: OK ({len(config.sites)} sites, {len(config.instruments)} instruments, "
           f"{len(config.lis)} LIS destinations)")
+    relying = [i.id for i in config.instruments if i.timezone_from_node]
+    origin = "this machine's zone: set `timezone` in the config" if config.timezone_from_machine else "the config"
+    print(f"time zone {config.timezone} (from {origin})"
+          + (f"; instruments without their own: {', '.join(relying)}" if relying else ""))
     return EXIT_OK
 
 

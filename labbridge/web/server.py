@@ -50,6 +50,7 @@ class _Snapshot(Collector):
         self.counts = counts
 
     def collect(self) -> Iterator[Metric]:
+        yield _build_info()
         yield from self._instruments()
         yield from self._destinations()
         outbox = GaugeMetricFamily("labbridge_outbox_items", "Outbox items per destination and state",
@@ -122,7 +123,6 @@ class _Snapshot(Collector):
         yield state
         yield last
         yield from counters.values()
-        yield _build_info()
 
     def _destinations(self) -> Iterator[Metric]:
         oldest = GaugeMetricFamily("labbridge_outbox_oldest_pending_age_seconds",

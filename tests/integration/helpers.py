@@ -14,8 +14,10 @@ from typing import Any
 from labbridge_simulators.astm_analyzer import AstmAnalyzerSim, MessageFactory
 from labbridge_simulators.lis import SimulatedLis
 
-from labbridge.config import Config, parse_config
+from labbridge.config import Config, MllpDestination, parse_config
+from labbridge.relay.relay import Relay
 from labbridge.runtime.daemon import Daemon
+from labbridge.store.db import Store
 from labbridge.web import surfaces_for
 
 
@@ -110,3 +112,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def relaying(store: Store, port: int, *, connections: int = 1, timeout_s: float = 5.0) -> AsyncIterator[Relay]:
+    """A relay to the MLLP LIS on ``port`` of this host, running until the block ends (quick backoff)."""
+    dest = MllpDestination(id="lis", host="127.0.0.1", port=port, connections=connections, ack_timeout_s=timeout_s,
+                           connect_timeout_s=timeout_s, backoff_initial_s=0.05, backoff_max_s=0.2)
+    relay = Relay(dest, store, asyncio.Event())
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

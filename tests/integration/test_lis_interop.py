@@ -19,12 +19,11 @@ import hl7.mllp
 from hl7apy.mllp import AbstractHandler, MLLPServer
 from structlog.testing import capture_logs
 
-from labbridge.config import MllpDestination
 from labbridge.model import Result
 from labbridge.relay.relay import Relay
 from labbridge.store.db import Store
 from tests.conftest import run
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, relaying
 
 MESSAGES = 200
 
@@ -47,17 +46,12 @@ async def _store_with(tmp_path: Path, count: int) -> Store:
     return store
 
 
-@contextlib.asynccontextmanager
-async def _relaying(store: Store, port: int) -> AsyncIterator[Relay]:
-    dest = MllpDestination(id="lis", host="127.0.0.1", port=port, ack_timeout_s=5.0, connect_timeout_s=5.0,
-                           backoff_initial_s=0.05, backoff_max_s=0.2)
-    relay = Relay(dest, store, asyncio.Event())
-    task = asyncio.create_task(relay.run())
-    try:
-        yield relay
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+async def _messages(reader: asyncio.StreamReader) -> AsyncIterator[tuple[str, str]]:
+    """The HL7 messages a hand-made LIS reads, with their MSH-10, until the connection ends."""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            message = (await reader.readuntil(b"\x1c\r")).strip(b"\x0b\x1c\r").decode()
+            yield message, message.split("\r", 1)[0].split("|")[9]
 
 
 async def _deliver_all(tmp_path: Path, port: int, booked: Callable[[], int]) -> tuple[Relay, list[dict[str, Any]],
@@ -66,7 +60,7 @@ async def _deliver_all(tmp_path: Path, port: int, booked: Callable[[], int]) -> 
     store = await _store_with(tmp_path, MESSAGES)
     try:
         with capture_logs() as logs:
-            async with _relaying(store, port) as relay:
+            async with relaying(store, port) as relay:
                 await eventually(lambda: relay.health.delivered == MESSAGES, timeout=60, what="every item delivered")
         rows = await store.outbox_rows(state="delivered", limit=MESSAGES + 1)
     finally:
@@ -144,18 +138,14 @@ def test_a_lis_that_drops_some_connections_without_answering_costs_only_those_me
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal received
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    block = await reader.readuntil(b"\x1c\r")
-                    message = block.strip(b"\x0b\x1c\r").decode()
-                    control_id = message.split("\r", 1)[0].split("|")[9]
-                    seen[control_id] = seen.get(control_id, 0) + 1
-                    received += 1
-                    if received % 5 == 0:
-                        writer.transport.abort()  # dropped without an answer
-                        return
-                    writer.write(b"\x0b" + _ack(message).encode() + b"\x1c\r")
-                    await writer.drain()
+            async for message, control_id in _messages(reader):
+                seen[control_id] = seen.get(control_id, 0) + 1
+                received += 1
+                if received % 5 == 0:
+                    writer.transport.abort()  # dropped without an answer
+                    return
+                writer.write(b"\x0b" + _ack(message).encode() + b"\x1c\r")
+                await writer.drain()
 
         server = await asyncio.start_server(on_client, "127.0.0.1", 0)
         try:
@@ -174,17 +164,15 @@ def test_an_ack_naming_another_control_id_is_refused_loudly_and_nothing_is_taken
         tmp_path: Path) -> None:
     async def body() -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    message = (await reader.readuntil(b"\x1c\r")).strip(b"\x0b\x1c\r").decode()
-                    writer.write(b"\x0b" + _ack(message, control_id="SOMETHING-ELSE").encode() + b"\x1c\r")
-                    await writer.drain()
+            async for message, _ in _messages(reader):
+                writer.write(b"\x0b" + _ack(message, control_id="SOMETHING-ELSE").encode() + b"\x1c\r")
+                await writer.drain()
 
         server = await asyncio.start_server(on_client, "127.0.0.1", 0)
         store = await _store_with(tmp_path, 3)
         try:
             with capture_logs() as logs:
-                async with _relaying(store, server.sockets[0].getsockname()[1]) as relay:
+                async with relaying(store, server.sockets[0].getsockname()[1]) as relay:
                     await eventually(lambda: any(e.get("event") == "lis_ack_mismatch" for e in logs),
                                      what="the mismatch logged")
                     await eventually(lambda: relay.health.state == "down", what="the LIS shown down")

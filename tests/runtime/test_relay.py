@@ -18,7 +18,7 @@ from labbridge.model import Result
 from labbridge.relay.relay import Relay
 from labbridge.store.db import Store
 from tests.conftest import run
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, relaying
 
 SAMPLES = 25  # not a multiple of the connections: a sample's items fall on different lanes unless kept together
 RERUNS = 3  # messages per sample, each with a new value of the same test: three outbox items of one sample
@@ -49,19 +49,6 @@ async def _filled_store(tmp_path: Path, lis: SimulatedLis) -> AsyncIterator[Stor
         await lis.stop()
 
 
-@contextlib.asynccontextmanager
-async def _relaying(store: Store, lis: SimulatedLis, connections: int) -> AsyncIterator[Relay]:
-    dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port, connections=connections,
-                           ack_timeout_s=2.0, connect_timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
-    relay = Relay(dest, store, asyncio.Event())
-    task = asyncio.create_task(relay.run())
-    try:
-        yield relay
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 def _assert_each_sample_in_stored_order(lis: SimulatedLis) -> dict[str, list[tuple[str, int]]]:
     """Every sample booked, each value once, in the order stored; returns the bookings per sample."""
     per_sample = _per_sample(lis)
@@ -84,7 +71,7 @@ def test_several_connections_carry_messages_at_once_and_keep_each_sample_in_orde
     async def body() -> None:
         lis = SimulatedLis(delay=0.01)  # each ACK takes a while: one connection would have one message in flight
         async with _filled_store(tmp_path, lis) as store:
-            async with _relaying(store, lis, connections=4) as relay:
+            async with relaying(store, lis.port, connections=4, timeout_s=2.0) as relay:
                 await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
             counts = await store.counts()
         assert counts["outbox"]["lis"]["delivered"] == SAMPLES * RERUNS
@@ -105,7 +92,7 @@ def test_one_connection_is_the_default_one_message_at_a_time(tmp_path: Path) -> 
         async with _filled_store(tmp_path, lis) as store:
             dest = MllpDestination(id="lis", host="127.0.0.1", port=lis.port)
             assert dest.connections == 1
-            async with _relaying(store, lis, connections=dest.connections) as relay:
+            async with relaying(store, lis.port, connections=dest.connections, timeout_s=2.0) as relay:
                 await eventually(lambda: relay.health.delivered == SAMPLES * RERUNS, what="all delivered")
         assert lis.connections_accepted == 1 and lis.most_in_flight == 1
         _assert_each_sample_in_stored_order(lis)
@@ -119,7 +106,7 @@ def test_a_lis_outage_loses_doubles_and_reorders_nothing(tmp_path: Path, connect
     async def body() -> None:
         lis = SimulatedLis(delay=0.01)
         async with _filled_store(tmp_path, lis) as store:
-            async with _relaying(store, lis, connections=connections) as relay:
+            async with relaying(store, lis.port, connections=connections, timeout_s=2.0) as relay:
                 await eventually(lambda: len(lis.booked) >= 10, what="some delivered")
                 await lis.go_down()  # every connection dropped, some mid-message
                 await eventually(lambda: relay.health.state == "down", what="the relay sees the outage")

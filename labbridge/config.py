@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import copy
+import difflib
 import functools
 import ipaddress
+import re
 import tomllib
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -38,7 +41,7 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SiteConfig(_Model):
@@ -499,12 +502,55 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean `x`?)`` for the nearest of ``choices`` to a mistyped ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation can hold (through Annotated, unions, lists and dict values)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        args = args[:1]
+    return [m for arg in args for m in _models_in(arg)]
+
+
+def keys_at(loc: tuple[int | str, ...]) -> set[str]:
+    """The keys the config allows in the table at ``loc`` (a pydantic error location), for suggestions."""
+    models: list[type[BaseModel]] = [Config]
+    key_of_dict = False
+    for part in loc:
+        if isinstance(part, int) or key_of_dict:
+            key_of_dict = False
+            continue
+        if part in TRANSPORT_KINDS or part in DESTINATION_KINDS:  # the tag of a tagged union: that member
+            tagged = [m for m in models if part in get_args(m.model_fields["kind"].annotation)]
+            models = tagged or models
+            continue
+        if part in TRAFFIC_TAGS:
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not fields:
+            return set()
+        key_of_dict = any(get_origin(f.annotation) is dict for f in fields)
+        models = [m for f in fields for m in _models_in(f.annotation)]
+    return {name for m in models for name, f in m.model_fields.items() if not f.exclude}
+
+
 def _expected(error: Any) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return "unknown key (not allowed here)"
+        loc = tuple(error["loc"])
+        return "unknown key (not allowed here)" + did_you_mean(str(loc[-1]), keys_at(loc[:-1]))
     if error["type"] == "missing":
         return "required key is missing"
+    if error["type"] in ("int_type", "float_type") and isinstance(error.get("input"), str):
+        return f"a number, not text: write it without quotes (got {error['input']!r})"
+    if error["type"] == "bool_type" and isinstance(error.get("input"), str | int):
+        return f"true or false, without quotes (got {error['input']!r})"
     if "input" in error and not isinstance(error["input"], dict | list):
         return f"{msg} (got {error['input']!r})"
     return msg
@@ -539,7 +585,8 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
     for i, inst in enumerate(config.instruments):
         if inst.site not in site_ids:
             known = ", ".join(sorted(site_ids)) or "none defined"
-            problems.append((f"instruments[{i}].site", f"a site id from [[sites]] (known: {known}); got {inst.site!r}"))
+            problems.append((f"instruments[{i}].site", f"a site id from [[sites]] (known: {known}); got {inst.site!r}"
+                             + did_you_mean(inst.site, site_ids)))
         t = inst.transport
         if isinstance(t, TcpServerTransport) and t.tls is not None and not (t.tls.cert and t.tls.key):
             problems.append((f"instruments[{i}].transport.tls", "a listening TLS link needs both cert and key"))
@@ -660,11 +707,112 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [(_key_path(e["loc"]), _expected(e)) for e in exc.errors()]) from None
+        errors = exc.errors()
+        problems = [(_key_path(e["loc"]), _expected(e)) for e in errors]
+        raise ConfigError(source, problems + _salvaged_cross_check(data, errors)) from None
     problems = _cross_check(config)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+LIST_SECTIONS = ("sites", "instruments", "lis", "lis_orders")
+_ITEM_REF = re.compile(r"\b(sites|instruments|lis_orders|lis)\[(\d+)\]")
+
+
+def _without(data: Any, loc: tuple[int | str, ...]) -> bool:
+    """Remove the value at an error's ``loc`` from nested ``data`` in place (so its default applies)."""
+    path = [p for p in loc if p not in TRANSPORT_KINDS and p not in DESTINATION_KINDS and p not in TRAFFIC_TAGS]
+    for part in path[:-1]:
+        at_key = isinstance(data, dict) and part in data
+        at_index = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (at_key or at_index):
+            return False
+        data = data[part]
+    if isinstance(data, dict) and path and path[-1] in data:
+        del data[path[-1]]
+        return True
+    return False
+
+
+def _salvaged_cross_check(data: dict[str, Any], errors: Iterable[Any]) -> list[tuple[str, str]]:
+    """The cross-checks (duplicate ids, shared listeners, references) on what is valid of an invalid config,
+    so that one ``check-config`` run reports every problem. Each wrong value is set aside (its default
+    applies), an item missing a required key is set aside whole, and the problems found on the rest are
+    named by the items' places in the file."""
+    kept: dict[str, Any] = copy.deepcopy(data)
+    bad: dict[str, set[int]] = {section: set() for section in LIST_SECTIONS}
+    for _ in range(4):  # a value set aside can only reveal errors further down: a few rounds are enough
+        still: list[Any] = []
+        for error in errors:
+            loc = tuple(error["loc"])
+            item = len(loc) > 1 and loc[0] in bad and isinstance(loc[1], int)
+            if error["type"] == "missing" or not _without(kept, loc):
+                if item:
+                    bad[str(loc[0])].add(int(loc[1]))
+                elif loc:
+                    kept.pop(str(loc[0]), None)
+        places: dict[str, list[int]] = {}
+        trial = dict(kept)
+        for section in LIST_SECTIONS:
+            items = trial.get(section)
+            if isinstance(items, list):
+                places[section] = [i for i in range(len(items)) if i not in bad[section]]
+                trial[section] = [items[i] for i in places[section]]
+        try:
+            config = Config.model_validate(trial)
+            break
+        except ValidationError as exc:
+            for error in exc.errors():  # name the places in ``kept`` (before items were set aside)
+                where = list(error["loc"])
+                if len(where) > 1 and where[0] in places and isinstance(where[1], int):
+                    where[1] = places[str(where[0])][where[1]]
+                still.append({**error, "loc": tuple(where)})
+            errors = still
+    else:
+        return []
+
+    def place(match: re.Match[str]) -> str:
+        section, index = match.group(1), int(match.group(2))
+        return f"{section}[{places[section][index]}]" if section in places else match.group(0)
+
+    problems = _raw_duplicates(data) if any(bad.values()) else []
+    for key, what in _cross_check(config):
+        if any(bad.values()) and what.startswith("duplicate id"):
+            continue  # found on the file as written, items set aside included
+        if bad["sites"] and key.endswith(".site"):
+            continue  # it may name a site whose own entry has an error
+        if bad["instruments"] and key.endswith(".instrument"):
+            continue
+        problems.append((_ITEM_REF.sub(place, key), _ITEM_REF.sub(place, what)))
+    return problems
+
+
+def _raw_duplicates(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Duplicate ids in the list sections as written, whether or not their items are otherwise valid."""
+    problems: list[tuple[str, str]] = []
+    for section in LIST_SECTIONS:
+        items = data.get(section)
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            ident = item.get("id") if isinstance(item, dict) else None
+            if isinstance(ident, str) and ident in seen:
+                problems.append((f"{section}[{i}].id",
+                                 f"duplicate id {ident!r} (already used by {section}[{seen[ident]}])"))
+            elif isinstance(ident, str):
+                seen[ident] = i
+    return problems
+
+
+def in_file_order(problems: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Problems sorted as their keys come in a config file: top-level keys, then each list's items in order."""
+    def order(problem: tuple[str, str]) -> tuple[int, int, str]:
+        match = _ITEM_REF.match(problem[0])
+        if match is None:
+            return (0, 0, problem[0])
+        return (1 + LIST_SECTIONS.index(match.group(1)), int(match.group(2)), problem[0])
+
+    return sorted(problems, key=order)
 
 
 def load_config(path: str | Path) -> Config:

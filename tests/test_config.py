@@ -183,3 +183,80 @@ def test_an_unknown_node_zone_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, 'timezone = "Europe/Atlantis"\n' + GOOD))
     assert caught.value.problems[0][0] == "timezone" and "Europe/Atlantis" in caught.value.problems[0][1]
+
+
+FIVE_MISTAKES = """
+[[sites]]
+id = "arlon"
+name = "Arlon"
+
+[[instruments]]
+id = "chem-1"
+site = "arlon"
+driver = "sysmex-xm"
+transport = { kind = "tcp-server", prot = 4001 }
+
+[[instruments]]
+id = "chem-1"
+site = "arlonn"
+driver = "astm-generic"
+idle_after_s = "600"
+transport = { kind = "tcp-server", port = 4002 }
+
+[[instruments]]
+id = "chem-3"
+site = "arlon"
+driver = "astm-generic"
+enabeld = true
+transport = { kind = "tcp-client", host = "127.0.0.1", port = "5001" }
+
+[[lis]]
+id = "lis"
+host = "127.0.0.1"
+port = 2575
+"""
+
+
+def test_check_config_reports_every_problem_in_one_pass_with_suggestions(tmp_path: Path) -> None:
+    """Validation errors, cross-checks (duplicate ids, unknown site) and driver names, all in one run, in the
+    order of the file; a mistyped key, driver or site gets the nearest right one; text is not a number."""
+    proc = check(write(tmp_path, FIVE_MISTAKES))
+    assert proc.returncode == 2
+    lines = [tuple(line.split(": ", 2)[1:]) for line in proc.stderr.splitlines()[1:]]
+    assert [key for key, _ in lines] == [
+        "instruments[0].driver", "instruments[0].transport.port", "instruments[0].transport.prot",
+        "instruments[1].id", "instruments[1].idle_after_s", "instruments[1].site",
+        "instruments[2].enabeld", "instruments[2].transport.port"]
+    said = dict(lines)
+    assert said["instruments[0].driver"].endswith("got 'sysmex-xm' (did you mean `sysmex-xn`?)")
+    assert said["instruments[0].transport.prot"].endswith("(did you mean `port`?)")
+    assert said["instruments[1].id"] == "duplicate id 'chem-1' (already used by instruments[0])"
+    assert "a number, not text" in said["instruments[1].idle_after_s"]
+    assert said["instruments[1].site"].endswith("(did you mean `arlon`?)")
+    assert said["instruments[2].enabeld"].endswith("(did you mean `enabled`?)")
+    assert "a number, not text" in said["instruments[2].transport.port"]
+    assert "(8 problem(s))" in proc.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ('idle_after_s = "600"', "instruments[0].idle_after_s"),
+    ('enabled = "yes"', "instruments[0].enabled"),
+    ('link = { reply_timeout_s = "15" }', "instruments[0].link.reply_timeout_s"),
+])
+def test_text_where_a_number_or_boolean_is_needed_is_refused(tmp_path: Path, line: str, key: str) -> None:
+    text = GOOD.replace('driver = "astm-generic"\ntransport = { kind = "tcp-server"',
+                        f'driver = "astm-generic"\n{line}\ntransport = {{ kind = "tcp-server"', 1)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert [k for k, _ in err.value.problems] == [key]
+
+
+def test_suggested_keys_follow_the_table_they_are_in() -> None:
+    from labbridge.config import keys_at
+
+    assert "port" in keys_at(("instruments", 0, "transport", "tcp-server"))
+    assert "baudrate" in keys_at(("instruments", 0, "transport", "serial"))
+    assert "baudrate" not in keys_at(("instruments", 0, "transport", "tcp-server"))
+    assert "units" in keys_at(("instruments", 0, "tests", "GLU"))
+    assert "message_type" in keys_at(("lis", 0, "mllp"))
+    assert keys_at(("nowhere",)) == set()

@@ -31,6 +31,7 @@ EXIT_CONFIG = 2
 
 
 def check_config(args: argparse.Namespace) -> int:
+    from labbridge.config import in_file_order
     from labbridge.runtime.reload import load_checked  # the checks a reload makes too
 
     try:
@@ -41,7 +42,7 @@ def check_config(args: argparse.Namespace) -> int:
         path, problems = args.config, []
     if problems:
         print(f"{args.config}: invalid configuration ({len(problems)} problem(s))", file=sys.stderr)
-        for key, what in problems:
+        for key, what in in_file_order(problems):
             print(f"  {path}: {key or '(file)'}: {what}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{args.config}: OK ({len(config.sites)} sites, {len(config.instruments)} instruments, "

@@ -84,7 +84,8 @@ class DestinationHealth:
 
     def set_state(self, state: str, reason: str) -> None:
         if state != self.state:
-            log.info("lis_state", destination=self.id, state=state, reason=reason)
+            (log.warning if state == "down" else log.info)("lis_state", destination=self.id, state=state,
+                                                             reason=reason)
         self.state = state
         self.reason = reason
 

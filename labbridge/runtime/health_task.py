@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from labbridge.config import HealthConfig
 from labbridge.health.instrument import InstrumentHealth, StoreFacts
 from labbridge.health.traffic import learn
-from labbridge.logs import get_logger
+from labbridge.logs import flush_repeats, get_logger
 from labbridge.store.db import Store
 
 log = get_logger("labbridge.health")
@@ -54,6 +54,7 @@ class HealthTask:
                 await self._guarded("refresh", self.refresh(now))
             for health in self.healths.values():
                 health.observe()
+            flush_repeats()  # the counts of rate-limited warnings whose window ended
             await asyncio.sleep(self.cfg.check_interval_s)
 
     async def _guarded(self, what: str, work: Awaitable[None]) -> None:

@@ -22,14 +22,22 @@ old values (so a later reload reports them again until the restart).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from labbridge.config import Config, InstrumentConfig, TcpServerTransport, load_config, with_link_defaults
+from labbridge.config import (
+    Config,
+    InstrumentConfig,
+    TcpServerTransport,
+    did_you_mean,
+    load_config,
+    with_link_defaults,
+)
 from labbridge.errors import ConfigError
 
 # Top-level config sections a reload applies to the running daemon; any other change waits for a restart.
@@ -42,16 +50,38 @@ DRAIN_TIMEOUT_S = 30.0
 
 def load_checked(path: str | Path) -> Config:
     """The config at ``path`` with the drivers' link defaults, checked as ``check-config`` does; raises
-    :class:`ConfigError` with every problem found (a driver name no installed driver has is one)."""
+    :class:`ConfigError` with every problem found in one pass (a driver name no installed driver has is one,
+    with the nearest known name when there is one)."""
     from labbridge.driver import available_drivers, driver_link_defaults
 
-    config = with_link_defaults(load_config(path), driver_link_defaults, str(path))
     known = available_drivers()
-    problems = [(f"instruments[{i}].driver", f"a known driver ({', '.join(sorted(known))}); got {inst.driver!r}")
-                for i, inst in enumerate(config.instruments) if inst.driver not in known]
+    try:
+        config = with_link_defaults(load_config(path), driver_link_defaults, str(path))
+    except ConfigError as exc:
+        drivers = _unknown_drivers(_raw_drivers(path), known)
+        reported = {key for key, _ in exc.problems}
+        raise ConfigError(exc.path, exc.problems + [p for p in drivers if p[0] not in reported]) from None
+    problems = _unknown_drivers([inst.driver for inst in config.instruments], known)
     if problems:
         raise ConfigError(str(path), problems)
     return config
+
+
+def _raw_drivers(path: str | Path) -> list[object]:
+    """The ``driver`` of each ``[[instruments]]`` entry as written (for a file that fails validation)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    items = data.get("instruments")
+    return [i.get("driver") if isinstance(i, dict) else None for i in items] if isinstance(items, list) else []
+
+
+def _unknown_drivers(drivers: Sequence[object], known: Iterable[str]) -> list[tuple[str, str]]:
+    names = sorted(known)
+    return [(f"instruments[{i}].driver", f"a known driver ({', '.join(names)}); got {driver!r}"
+             + did_you_mean(driver, names))
+            for i, driver in enumerate(drivers) if isinstance(driver, str) and driver not in names]
 
 
 def shared_address(cfg: InstrumentConfig) -> tuple[str, int] | None:

@@ -52,7 +52,9 @@ PUSHED_ORDERS = 3  # per analyzer that gets orders pushed
 
 
 def default_demo_config() -> Path:
-    return Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+    """The demo lab's config, shipped inside the package (``pip install labbridge`` then ``labbridge demo``);
+    the repository's ``config/demo.toml`` is a link to it."""
+    return Path(__file__).resolve().parent / "demo.toml"
 
 
 @dataclass

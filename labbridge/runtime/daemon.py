@@ -38,6 +38,7 @@ from labbridge.orders import NewOrder, Order, complete_order, order_problems
 from labbridge.outbox import Retention
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
+from labbridge.runtime import systemd
 from labbridge.runtime.api import Surface
 from labbridge.runtime.health_task import HealthTask
 from labbridge.runtime.reload import (
@@ -183,6 +184,8 @@ class Daemon:
                     await asyncio.gather(*(r.ready.wait() for r in self.runners.values()),
                                          *(lo.ready.wait() for lo in self.lis_orders))
             self._write_ready_file()
+            systemd.notify("READY=1")
+            tasks.append(asyncio.create_task(systemd.keep_watchdog(self.store.writer_alive)))
             self.started.set()
             log.info("daemon_started", node=self.config.node, instruments=len(self.runners),
                      destinations=len(self.relays), event_loop=aio.loop_name(asyncio.get_running_loop()),
@@ -190,6 +193,7 @@ class Daemon:
             await stop.wait()
         finally:
             log.info("daemon_stopping")
+            systemd.stopping()
             for reload in tuple(self._reloads):  # a reload under way stops first: then the parts are as it left them
                 reload.cancel()
             await asyncio.gather(*self._reloads, return_exceptions=True)

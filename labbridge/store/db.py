@@ -214,6 +214,10 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)
 
+    def writer_alive(self) -> bool:
+        """The writer process is running (commits can be made)."""
+        return self._writer is not None and self._writer.alive
+
     @property
     def writer_restarts(self) -> int:
         """Writers that died and were replaced (their in-flight requests failed: nothing ACKed)."""

@@ -41,3 +41,65 @@ def test_run_logs_json_lines_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     assert "daemon_started" in names and names[-1] == "daemon_stopped"
     assert all({"timestamp", "level"} <= set(e) for e in events)
     assert not ready.exists()  # removed on a clean stop
+
+
+def test_under_systemd_it_says_ready_pings_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
+    """Type=notify and WatchdogSec= as deploy/labbridge.service sets them: the notifications reach a real
+    unix datagram socket named in NOTIFY_SOCKET, READY=1 only once the links listen."""
+    import os
+    import socket
+
+    config = tmp_path / "labbridge.toml"
+    write_toml(config, lab_config(tmp_path, instruments=1, lis_port=9))
+    ready = tmp_path / "ready.json"
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+        proc = subprocess.Popen([sys.executable, "-m", "labbridge.cli", "run", "-c", str(config), "--ready-file",
+                                 str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            said = [sock.recv(256).decode() for _ in range(3)]
+            assert said[0] == "READY=1" and ready.exists()  # after the ready file: the links listen
+            assert said[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        rest = []
+        sock.settimeout(0.5)
+        try:
+            while True:
+                rest.append(sock.recv(256).decode())
+        except TimeoutError:
+            pass
+        assert "STOPPING=1" in rest
+
+
+def test_the_demo_config_is_inside_the_package(repo: Path, tmp_path: Path) -> None:
+    """`pip install labbridge` then `labbridge demo`: the wheel carries the demo config and the simulators."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(repo)], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("labbridge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "labbridge/demo.toml" in names and "labbridge_simulators/__init__.py" in names
+    assert any(n.startswith("labbridge/web/static/") for n in names)
+
+
+def test_the_systemd_unit_passes_systemd_analyze(repo: Path, tmp_path: Path) -> None:
+    """deploy/labbridge.service as shipped, with ExecStart pointing at this checkout's labbridge."""
+    import shutil
+
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian's systemd) checks the shipped unit"
+    unit = (repo / "deploy" / "labbridge.service").read_text()
+    labbridge = Path(sys.executable).with_name("labbridge")
+    assert "ExecStart=/opt/labbridge/.venv/bin/labbridge run" in unit
+    path = tmp_path / "labbridge.service"
+    path.write_text(unit.replace("/opt/labbridge/.venv/bin/labbridge", str(labbridge)))
+    proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    assert "Type=notify" in unit and "WatchdogSec=" in unit

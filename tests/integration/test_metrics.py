@@ -5,6 +5,8 @@ dead letters in the store."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +18,18 @@ from tests.conftest import run
 from tests.integration.helpers import eventually, running_lab
 
 
+def metrics_in_shipped_docs() -> set[str]:
+    """The metric names docs/prometheus-alerts.yml and docs/grafana-dashboard.json use."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = (docs / "prometheus-alerts.yml").read_text()
+    return set(re.findall(r"labbridge_[a-z_]+", rules + "\n".join(exprs)))
+
+
 def test_metrics_name_every_counter_and_the_delivery_figures(tmp_path: Path) -> None:
+    used = metrics_in_shipped_docs()
+
     async def body() -> None:
         async with running_lab(tmp_path, instruments=3, http=True) as lab:
             assert lab.daemon.http_address is not None
@@ -50,6 +63,9 @@ def test_metrics_name_every_counter_and_the_delivery_figures(tmp_path: Path) -> 
             assert samples["labbridge_outbox_items", (("destination", "lis"), ("state", "dead"))] == 1.0
             [info] = [k for k in samples if k[0] == "labbridge_build_info"]
             assert dict(info[1])["version"] == __version__
+            # the shipped alert rules and Grafana dashboard use only metrics this scrape has
+            exposed = {name for name, _ in samples}
+            assert len(used) >= 10 and used <= exposed, used - exposed
 
     run(body(), timeout=90)
 

@@ -17,6 +17,7 @@ audit table.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import platform
@@ -31,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from labbridge import __version__
-from labbridge.errors import StoreError
+from labbridge.errors import LabbridgeError, StoreError
 from labbridge.health.history import MAX_HISTORY_DAYS
 from labbridge.health.instrument import COUNTER_NAMES, STATES
 from labbridge.model import PRIORITIES, OrderPriority
@@ -391,7 +392,14 @@ class HttpSurface:
 
     async def start(self, api: DaemonApi) -> tuple[str, int]:
         self.server = WebServer(api)
-        return await self.server.start(self.host, self.port)
+        try:
+            return await self.server.start(self.host, self.port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            await self.server.stop()
+            raise LabbridgeError(f"the dashboard and API address {self.host}:{self.port} is already in use "
+                                 "(another labbridge running? stop it, or choose another port: [http] port, or --port for the demo)") from None
 
     async def stop(self) -> None:
         if self.server is not None:

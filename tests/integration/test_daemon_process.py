@@ -103,3 +103,45 @@ def test_the_systemd_unit_passes_systemd_analyze(repo: Path, tmp_path: Path) -> 
     proc = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
     assert "Type=notify" in unit and "WatchdogSec=" in unit
+
+
+def test_a_taken_http_port_is_one_friendly_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "labbridge.toml"
+        data = lab_config(tmp_path, instruments=1, lis_port=9, http=True)
+        data["http"]["port"] = port
+        write_toml(config, data)
+        proc = subprocess.run([sys.executable, "-m", "labbridge.cli", "run", "-c", str(config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"labbridge run: the dashboard and API address 127.0.0.1:{port} is already in use (another "
+                    "labbridge running? stop it, or choose another port: [http] port, or --port for the demo)")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["outbox", "list"], ["orders", "list"]])
+def test_output_piped_to_a_closed_reader_ends_quietly(tmp_path: Path, command: list[str]) -> None:
+    """`labbridge outbox list | head -1`: the reader goes away; no traceback, no 'Exception ignored'."""
+    import asyncio
+
+    from labbridge.store.db import Store
+
+    async def make_store() -> None:
+        store = Store(str(tmp_path / "s.db"))
+        await store.open()
+        await store.close()
+
+    asyncio.run(make_store())
+    proc = subprocess.Popen([sys.executable, "-m", "labbridge.cli", *command, "--store", str(tmp_path / "s.db")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err

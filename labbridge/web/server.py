@@ -399,7 +399,8 @@ class HttpSurface:
                 raise
             await self.server.stop()
             raise LabbridgeError(f"the dashboard and API address {self.host}:{self.port} is already in use "
-                                 "(another labbridge running? stop it, or choose another port: [http] port, or --port for the demo)") from None
+                                 "(another labbridge running? stop it, or choose another port: [http] port, "
+                                 "or --port for the demo)") from None
 
     async def stop(self) -> None:
         if self.server is not None:

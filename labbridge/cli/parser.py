@@ -56,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
 
     p = _command(sub, "demo", "run the demo lab: simulated analyzers, simulated LIS, dashboard", commands.demo,
-                 "demo                    # until Ctrl-C", "demo --for 60 --summary-json summary.json")
-    p.add_argument("-c", "--config", help="demo config (default: config/demo.toml)")
+                 "demo                    # until Ctrl-C", "demo --for 60 --summary-json summary.json",
+                 "demo --for 60 --store-dir /tmp/demo-store   # keep the store to look at afterwards")
+    p.add_argument("-c", "--config", help="demo config (default: the one inside the package, labbridge/demo.toml)")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds and print a summary")
     p.add_argument("--summary-json", help="also write the summary as JSON to this file")
     p.add_argument("--port", type=int, help="dashboard port (default: from the config)")
+    p.add_argument("--store-dir", help="keep the store in this folder (default: a temporary one, removed at the end)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
     p = _command(sub, "reload", "apply the config file to the running daemon without a restart", reload_command.reload,

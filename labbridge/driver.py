@@ -41,6 +41,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "siemens-advia": "labbridge_driver_siemens_advia:SiemensAdviaDriver",
     "beckman-dxh": "labbridge_driver_beckman_dxh:BeckmanDxhDriver",
     "sysmex-un": "labbridge_driver_sysmex_un:SysmexUnDriver",
+    "sysmex-xp": "labbridge_driver_sysmex_xp:SysmexXpDriver",
 }
 
 

@@ -14,7 +14,8 @@ Host queries: a family in ``QUERY_FAMILIES`` (Ortho VITROS) can ask the host abo
 Framing: every family is sent with standard E1381 framing (one record per frame). Roche cobas analyzers
 send a whole message in one frame; the E1381 core's sender cannot do that yet (the link-dialect work adds
 it), so the cobas simulator differs from the real analyzer in framing only. Its captures carry the
-one-frame form.
+one-frame form. The families added for issue 20 part 7 whose analyzers send a whole message in one frame
+(Sysmex XP and the others in ``LINK_DIALECTS`` with ``one_frame_per_message``) are sent that way.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
-            "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un")
+            "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un",
+            # issue 20, part 7 (more families)
+            "sysmex-xp")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
 # The E1381 dialect each family's analyzer speaks, where it is not the standard (the driver's link defaults).
 LINK_DIALECTS: dict[str, e1381.LinkProfile] = {
     "snibe-maglumi": e1381.LinkProfile(frame_numbers=False, checksums=False),
+    # issue 20, part 7: families whose analyzers send a whole message (H to L) in one frame
+    "sysmex-xp": e1381.LinkProfile(one_frame_per_message=True),
 }
 
 
@@ -81,6 +86,8 @@ UN_STRIP = (("GLU", (("-", "NEG"), ("+-", "TRACE"), ("1+", "1+"), ("3+", "3+")))
             ("BLD", (("-", "NEG"), ("+-", "TRACE"), ("2+", "2+"))),
             ("UBG", (("normal", "NORMAL"), ("1+", "1+"))))
 UN_SEDIMENT = (Param("RBC", "/uL", 0.0, 25.0), Param("WBC", "/uL", 0.0, 20.0))
+XP = (Param("WBC", "10*3/uL", 4.0, 10.0, 1), Param("RBC", "10*6/uL", 4.0, 5.5, 2), Param("HGB", "g/dL", 12.0, 16.0),
+      Param("HCT", "%", 36.0, 48.0), Param("PLT", "10*3/uL", 150, 400, 0), Param("LYM%", "%", 20.0, 45.0))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -136,6 +143,7 @@ class FamilyFactory:
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
             "beckman-dxh": self._dxh, "sysmex-un": self._un,
+            "sysmex-xp": self._xp,
         }[self.family]
         self._requested = codes
         try:
@@ -320,4 +328,18 @@ class FamilyFactory:
                 recs.append(f"R|{len(recs) - 2}|^^^^{p.code}^1|{value}|{p.units}|{p.low}-{p.high}|"
                             f"{'' if qc else flag}||F||||{ts}")
                 ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    # ---- issue 20, part 7: more families ------------------------------------------------------------
+
+    def _xp(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(XP)
+        recs = [f"H|\\^&|||XP-300^00-13^^^^{self.instrument}^BS612877||||||||E1394-97", "P|1",
+                f"O|1||^^{sample:>15}^B|" + "\\".join(f"^^^^{p.code}" for p in panel)
+                + f"|||||||{'Q' if qc else 'N'}||||||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^^{p.code}^1|{value:>5}|{p.units}||{'N' if qc else flag}||||OPERATOR1      ||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids

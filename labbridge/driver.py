@@ -42,6 +42,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "beckman-dxh": "labbridge_driver_beckman_dxh:BeckmanDxhDriver",
     "sysmex-un": "labbridge_driver_sysmex_un:SysmexUnDriver",
     "sysmex-xp": "labbridge_driver_sysmex_xp:SysmexXpDriver",
+    "abbott-afinion2": "labbridge_driver_abbott_afinion:AbbottAfinion2Driver",
 }
 
 

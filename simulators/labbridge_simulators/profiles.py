@@ -31,7 +31,7 @@ from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
             "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un",
             # issue 20, part 7 (more families)
-            "sysmex-xp")
+            "sysmex-xp", "abbott-afinion2")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
@@ -40,6 +40,7 @@ LINK_DIALECTS: dict[str, e1381.LinkProfile] = {
     "snibe-maglumi": e1381.LinkProfile(frame_numbers=False, checksums=False),
     # issue 20, part 7: families whose analyzers send a whole message (H to L) in one frame
     "sysmex-xp": e1381.LinkProfile(one_frame_per_message=True),
+    "abbott-afinion2": e1381.LinkProfile(one_frame_per_message=True),
 }
 
 
@@ -88,6 +89,7 @@ UN_STRIP = (("GLU", (("-", "NEG"), ("+-", "TRACE"), ("1+", "1+"), ("3+", "3+")))
 UN_SEDIMENT = (Param("RBC", "/uL", 0.0, 25.0), Param("WBC", "/uL", 0.0, 20.0))
 XP = (Param("WBC", "10*3/uL", 4.0, 10.0, 1), Param("RBC", "10*6/uL", 4.0, 5.5, 2), Param("HGB", "g/dL", 12.0, 16.0),
       Param("HCT", "%", 36.0, 48.0), Param("PLT", "10*3/uL", 150, 400, 0), Param("LYM%", "%", 20.0, 45.0))
+AFINION = (Param("HbA1c", "%", 4.0, 6.0, 1), Param("CRP", "mg/L", 5.0, 10.0, 0), Param("ACR", "mg/g", 0.0, 30.0, 1))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -143,7 +145,7 @@ class FamilyFactory:
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
             "beckman-dxh": self._dxh, "sysmex-un": self._un,
-            "sysmex-xp": self._xp,
+            "sysmex-xp": self._xp, "abbott-afinion2": self._afinion,
         }[self.family]
         self._requested = codes
         try:
@@ -343,3 +345,14 @@ class FamilyFactory:
             recs.append(f"R|{i}|^^^^{p.code}^1|{value:>5}|{p.units}||{'N' if qc else flag}||||OPERATOR1      ||{ts}")
             ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids
+
+    def _afinion(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        # One cartridge, one assay per message; no barcode: the sample ID rides in O-4 (the record number).
+        p = next((q for q in AFINION if q.code in self._requested), AFINION[(self.counter - 1) % len(AFINION)])
+        value, flag = self._value(p)
+        recs = [f"H|\\^&|||Afinion 2 Analyzer^^{self.instrument}|||||||{'Q' if qc else 'P'}|1|{ts}",
+                f"P|1||{'' if qc else self._patient()}|||||U",
+                f"O|1||{sample}|^^^{p.code}|||||||N||||^{'O' if qc else 'C'}||||||||^10231187||F",
+                f"R|1|^^^{p.code}|{value}|{p.units}||{'' if qc or flag == 'N' else flag}||F||NURSE01||{ts}",
+                "L|1|N"]
+        return recs, [(self.instrument, sample, p.code, value)]

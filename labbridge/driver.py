@@ -43,6 +43,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "sysmex-un": "labbridge_driver_sysmex_un:SysmexUnDriver",
     "sysmex-xp": "labbridge_driver_sysmex_xp:SysmexXpDriver",
     "abbott-afinion2": "labbridge_driver_abbott_afinion:AbbottAfinion2Driver",
+    "siemens-dca-vantage": "labbridge_driver_siemens_dca:SiemensDcaVantageDriver",
 }
 
 

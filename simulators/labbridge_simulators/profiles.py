@@ -31,7 +31,7 @@ from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
             "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un",
             # issue 20, part 7 (more families)
-            "sysmex-xp", "abbott-afinion2")
+            "sysmex-xp", "abbott-afinion2", "siemens-dca-vantage")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
@@ -41,6 +41,7 @@ LINK_DIALECTS: dict[str, e1381.LinkProfile] = {
     # issue 20, part 7: families whose analyzers send a whole message (H to L) in one frame
     "sysmex-xp": e1381.LinkProfile(one_frame_per_message=True),
     "abbott-afinion2": e1381.LinkProfile(one_frame_per_message=True),
+    "siemens-dca-vantage": e1381.LinkProfile(one_frame_per_message=True),
 }
 
 
@@ -90,6 +91,9 @@ UN_SEDIMENT = (Param("RBC", "/uL", 0.0, 25.0), Param("WBC", "/uL", 0.0, 20.0))
 XP = (Param("WBC", "10*3/uL", 4.0, 10.0, 1), Param("RBC", "10*6/uL", 4.0, 5.5, 2), Param("HGB", "g/dL", 12.0, 16.0),
       Param("HCT", "%", 36.0, 48.0), Param("PLT", "10*3/uL", 150, 400, 0), Param("LYM%", "%", 20.0, 45.0))
 AFINION = (Param("HbA1c", "%", 4.0, 6.0, 1), Param("CRP", "mg/L", 5.0, 10.0, 0), Param("ACR", "mg/g", 0.0, 30.0, 1))
+DCA_ACR = (Param("Alb", "mg/L", 0.0, 30.0, 1), Param("Crt", "mg/dL", 20.0, 300.0, 1),
+           Param("Ratio", "mg/g", 0.0, 30.0, 1))
+DCA_A1C = Param("HbA1c", "%", 4.0, 6.0, 1)
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -145,7 +149,7 @@ class FamilyFactory:
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
             "beckman-dxh": self._dxh, "sysmex-un": self._un,
-            "sysmex-xp": self._xp, "abbott-afinion2": self._afinion,
+            "sysmex-xp": self._xp, "abbott-afinion2": self._afinion, "siemens-dca-vantage": self._dca,
         }[self.family]
         self._requested = codes
         try:
@@ -356,3 +360,19 @@ class FamilyFactory:
                 f"R|1|^^^{p.code}|{value}|{p.units}||{'' if qc or flag == 'N' else flag}||F||NURSE01||{ts}",
                 "L|1|N"]
         return recs, [(self.instrument, sample, p.code, value)]
+
+    def _dca(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        # Alternating cartridges: an HbA1c, then a microalbumin/creatinine run (three results); the sample ID
+        # rides in O-4 (the analyzer's sequence number), a C record follows each result.
+        wanted = [p for p in (DCA_A1C, *DCA_ACR) if p.code in self._requested]
+        panel = wanted or ([DCA_A1C] if self.counter % 2 else list(DCA_ACR))
+        recs = [f"H|\\^&|||DCA VANTAGE^04.04.00.00^{self.instrument}|||||||P||{ts}",
+                "P|1" if qc else f"P|1|{self._patient()}|||MARTIN^LUC",
+                f"O|1||{sample}^0101||||||||{'Q' if qc else ''}||||||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs += [f"R|{i}|^^^{p.code}|{value}|{p.units}||{'' if flag == 'N' else flag}||F|||{ts}",
+                     f"C|1|I|1.000^0.0 {p.units}|G"]
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids

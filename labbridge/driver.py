@@ -44,6 +44,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "sysmex-xp": "labbridge_driver_sysmex_xp:SysmexXpDriver",
     "abbott-afinion2": "labbridge_driver_abbott_afinion:AbbottAfinion2Driver",
     "siemens-dca-vantage": "labbridge_driver_siemens_dca:SiemensDcaVantageDriver",
+    "roche-cobas-c111": "labbridge_driver_roche_cobas_c111:RocheCobasC111Driver",
 }
 
 

@@ -31,7 +31,7 @@ from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
             "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un",
             # issue 20, part 7 (more families)
-            "sysmex-xp", "abbott-afinion2", "siemens-dca-vantage")
+            "sysmex-xp", "abbott-afinion2", "siemens-dca-vantage", "roche-cobas-c111")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
@@ -94,6 +94,8 @@ AFINION = (Param("HbA1c", "%", 4.0, 6.0, 1), Param("CRP", "mg/L", 5.0, 10.0, 0),
 DCA_ACR = (Param("Alb", "mg/L", 0.0, 30.0, 1), Param("Crt", "mg/dL", 20.0, 300.0, 1),
            Param("Ratio", "mg/g", 0.0, 30.0, 1))
 DCA_A1C = Param("HbA1c", "%", 4.0, 6.0, 1)
+C111 = (Param("687", "U/L", 7, 56, 1), Param("767", "mmol/L", 3.9, 6.1), Param("550", "U/L", 40, 129, 1),
+        Param("798", "mmol/L", 3.0, 5.2, 2))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -150,6 +152,7 @@ class FamilyFactory:
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
             "beckman-dxh": self._dxh, "sysmex-un": self._un,
             "sysmex-xp": self._xp, "abbott-afinion2": self._afinion, "siemens-dca-vantage": self._dca,
+            "roche-cobas-c111": self._c111,
         }[self.family]
         self._requested = codes
         try:
@@ -374,5 +377,20 @@ class FamilyFactory:
             value, flag = self._value(p)
             recs += [f"R|{i}|^^^{p.code}|{value}|{p.units}||{'' if flag == 'N' else flag}||F|||{ts}",
                      f"C|1|I|1.000^0.0 {p.units}|G"]
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _c111(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        # Sample ID in O-4 (O-3 empty), no patient; every result followed by its C and M (raw data) records.
+        # The real c 111 ends its intermediate frames with ETB; the simulator's sender frames record by record.
+        panel = self._panel(C111)
+        recs = [f"H|\\^&|||C111^Roche^c111^4.2.2.1730^1^{self.instrument}|||||host|RSUPL^REAL|P|1|{ts}", "P|1||",
+                f"O|1||{sample}^^4{'^^^1' if qc else ''}||R||||||{'Q' if qc else 'N'}|||||||||||{ts}|||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            raw = self.rng.randrange(90, 600)
+            recs += [f"R|{i}|^^^{p.code}|{value}|{p.units}||{flag}||F||$SYS$||{ts}", "C|1|I||I",
+                     f"M|1|RR^BM^c111^1|{raw}|{raw}\\{raw - 2}\\{raw * 3}|0.004217"]
             ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids

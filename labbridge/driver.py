@@ -41,6 +41,11 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "siemens-advia": "labbridge_driver_siemens_advia:SiemensAdviaDriver",
     "beckman-dxh": "labbridge_driver_beckman_dxh:BeckmanDxhDriver",
     "sysmex-un": "labbridge_driver_sysmex_un:SysmexUnDriver",
+    "sysmex-xp": "labbridge_driver_sysmex_xp:SysmexXpDriver",
+    "abbott-afinion2": "labbridge_driver_abbott_afinion:AbbottAfinion2Driver",
+    "siemens-dca-vantage": "labbridge_driver_siemens_dca:SiemensDcaVantageDriver",
+    "roche-cobas-c111": "labbridge_driver_roche_cobas_c111:RocheCobasC111Driver",
+    "cepheid-genexpert-hl7": "labbridge_driver_cepheid_genexpert_hl7:CepheidGenexpertHl7Driver",
 }
 
 

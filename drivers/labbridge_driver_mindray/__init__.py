@@ -17,6 +17,21 @@ Sources, and what each was used for:
   name, OBX-5 value, OBX-6 units, OBX-7 reference range, OBX-8 abnormal flag (``N``/``H``/``L``),
   OBX-11 status ``F``, OBX-14 time of analysis.
 
+BS-series quality control as the BS sends it (issue 20, part 7): the *BS-200/BS-220/BS-120/BS-130/BS-180
+Host Interface Manual* v1.2 (2009), pages 24-28, as its examples are reproduced verbatim by three open LIS
+projects, sends a QC result **in the OBR itself, with no OBX** (and no PID):
+``OBR|1|1|test1|Mindray^BS-200E||20070720120143|||||||QUAL1|1111|20080720000000||H|5.000000|2.000000|0.11029|g/ml``:
+OBR-2 the test number, OBR-3 the test name, OBR-6 the time of the QC test, OBR-13 the control name, OBR-14
+its lot, OBR-15 the lot's expiry, OBR-17 the level (``H``/``M``/``L``), OBR-18 the target mean, OBR-19 the
+SD, OBR-20 the measured value, OBR-21 the units. Read as a generic ORU^R01, such a message has no result and
+its QC value would be lost; this driver reports it as one QC result: sample ID ``<control name>/<lot>``
+(the control name alone without a lot), test code the test number (OBR-2, as the manual's patient example
+puts the test number in OBX-3 and the name in OBX-4: ``OBX|1|NM|2|test2|5.000000|g/ml|-||||F``), value
+OBR-20, units OBR-21, time OBR-7 else OBR-6 else MSH-7. The target mean and SD are not carried (an LIS's QC
+module keeps its own targets). The public BS-800 manual (V1.0, 2010) was found but not read beyond its
+title; it is assumed to send QC alike. No BS-series ASTM interface was found: the BS-200 and BS-800 host
+interface manuals specify HL7 v2.3.1 over MLLP only, so no ASTM variant of this family is provided.
+
 Not verified in the document text (say so to the site): the BC hematology manual's result-type code in
 MSH-16 was read in the BS manual only; the BC series is assumed to use the same codes. Calibration
 messages (MSH-16 ``1``) are reported as QC here rather than dropped, so that nothing is silently lost;
@@ -30,8 +45,8 @@ import dataclasses
 from labbridge_driver_hl7 import GenericHl7Driver
 
 from labbridge.driver import DecodeContext
-from labbridge.model import Decoded
-from labbridge.protocols.hl7_parse import Hl7Message
+from labbridge.model import Decoded, Result
+from labbridge.protocols.hl7_parse import Hl7Message, Segment
 
 # MSH-16 as Mindray uses it: the result type of the message.
 RESULT_TYPE_QC = frozenset({"1", "2"})  # 1 calibration, 2 quality control
@@ -47,4 +62,40 @@ class MindrayDriver(GenericHl7Driver):
         out = super().decode(message, context)
         if message.value(message.header, 16).strip() in RESULT_TYPE_QC:
             out.results = [dataclasses.replace(r, kind="qc") for r in out.results]
+            out.results += [self._obr_qc(message, seg, context) for seg in _obr_without_obx(message)
+                            if message.value(seg, 20, 1).strip()]
         return out
+
+    def _obr_qc(self, message: Hl7Message, obr: Segment, context: DecodeContext) -> Result:
+        """A BS-series QC result sent in the OBR (no OBX): see the module docstring for the positions."""
+        control = message.value(obr, 13, 1).strip()
+        lot = message.value(obr, 14, 1).strip()
+        code = message.value(obr, 2, 1).strip() or message.value(obr, 3, 1).strip()
+        when = message.value(obr, 7, 1) or message.value(obr, 6, 1) or message.value(message.header, 7, 1)
+        return Result(
+            instrument=context.instrument,
+            sample_id=f"{control}/{lot}" if lot else control or "QC",
+            test_code=context.map_test(code),
+            instrument_test_code=code,
+            value=message.value(obr, 20, 1).strip(),
+            units=message.value(obr, 21, 1),
+            status="final",
+            measured_at=context.hl7_timestamp(when),
+            kind="qc",
+        )
+
+
+def _obr_without_obx(message: Hl7Message) -> list[Segment]:
+    """The OBR segments that no OBX follows (before the next OBR or the end of the message)."""
+    found: list[Segment] = []
+    current: Segment | None = None
+    for seg in message.segments:
+        if seg.name == "OBR":
+            if current is not None:
+                found.append(current)
+            current = seg
+        elif seg.name == "OBX":
+            current = None
+    if current is not None:
+        found.append(current)
+    return found

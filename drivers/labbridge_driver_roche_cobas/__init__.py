@@ -21,6 +21,9 @@ Sources, and what each was used for:
 * All records of a message in one frame: PROTOCOLS.md vendor deviation 1 (cobas c 311 field capture);
   the E1381 receiver accepts it, and the ``[link.dialect]`` table records it.
 
+The cobas c 111 sends its sample ID in O-4, not O-3, and is read by its own driver, ``roche-cobas-c111``
+(this driver's c 111 manual citations above concern the R record, which the two share).
+
 Not verified in the text read: the immunoassay qualitative result code in R-4's first component for
 qualitative tests (the manual's example ``-1^1.61`` with units ``COI``) is sent to the LIS as the
 analyzer wrote it; its meaning per test must be mapped by the site. The ``LL``/``HH``/``>`` flags are from

@@ -1,4 +1,4 @@
-"""A simulated HL7 analyzer: results over MLLP, the instrument side, in two dialects.
+"""A simulated HL7 analyzer: results over MLLP, the instrument side, in three dialects.
 
 * ``law``: IHE Laboratory Analytical Workflow LAB-29, OUL^R22 v2.5.1, MSH-18 ``UNICODE UTF-8``, MSH-15
   ``ER`` / MSH-16 ``AL`` (as a BA400 sends: no commit ACK unless an error, always an application ACK),
@@ -7,6 +7,10 @@
   UTF-8), MSH-16 ``0`` (Mindray reuses it for the result type: not a valid acknowledgement condition,
   so original mode), OBR-2 the barcode, OBR-3 the analyzer's sample number, OBX-3 the test code and
   OBX-4 its name, OBX-14 the time.
+* ``genexpert``: the Cepheid GeneXpert result upload, ORU^R32 v2.5 (MSH-15 ``AL``, MSH-16 ``NE``: enhanced
+  mode, commit ACK only): PID, ORC, OBR, TQ1, then the main OBX (OBX-3 ``&<test ID>&<test name>&<version>``,
+  OBX-5 ``<qualitative>^``) followed by a complementary Ct row (not a result) and the SPM last (SPM-2 the
+  specimen, SPM-11 ``P`` or ``Q``): one assay per message, as the ``cepheid-genexpert-hl7`` driver reads it.
 
 Like a real analyzer it sends one message, waits for its acknowledgement on the same connection,
 resends the same message (same MSH-10) after a timeout or a reconnect, and keeps what was accepted in
@@ -37,7 +41,11 @@ from labbridge.protocols.hl7 import escape
 from labbridge.protocols.hl7_parse import Hl7Message, parse_message
 from labbridge_simulators.astm_analyzer import CHEMISTRY_PANEL, FIRST_NAMES, LAST_NAMES, Address, ResultIdentity
 
-Dialect = Literal["law", "mindray"]
+Dialect = Literal["law", "mindray", "genexpert"]
+# GeneXpert assays the simulator runs: test ID, assay name, the qualitative outcomes it may report.
+GENEXPERT_ASSAYS = (("MTB", "Xpert MTB-RIF Ultra", ("NOT DETECTED", "DETECTED LOW", "DETECTED MEDIUM")),
+                    ("SARS-COV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
+                    ("GBS TC", "Xpert GBS", ("NEGATIVE", "POSITIVE")))
 
 
 @dataclass
@@ -46,6 +54,8 @@ class Hl7SimMessage:
     payload: bytes
     results: tuple[ResultIdentity, ...]
     sample: str = ""
+    # Enhanced mode with MSH-16 NE (GeneXpert: MSH-15 AL, MSH-16 NE): the commit ACK (CA) settles the message.
+    commit_only: bool = False
 
 
 @dataclass
@@ -96,6 +106,8 @@ class Hl7MessageFactory:
             flag = "H" if value > analyte.high else "L" if value < analyte.low else "N"
             values.append((analyte, text, flag))
         control_id = f"{self.instrument[:8].upper()}{self.counter}"
+        if self.dialect == "genexpert":
+            return self._genexpert(sample, qc, patient, now, control_id)
         if self.dialect == "law":
             segments = [
                 f"MSH|^~\\&|SIMLAW|{escape(self.instrument)}|LABBRIDGE|LAB|{ts}{now.strftime('%z')}||OUL^R22^OUL_R22|"
@@ -123,6 +135,23 @@ class Hl7MessageFactory:
         payload = ("\r".join(segments) + "\r").encode("utf-8")
         identities = tuple((self.instrument, sample, a.code, text) for a, text, _ in values)
         return Hl7SimMessage(control_id, payload, identities, sample)
+
+    def _genexpert(self, sample: str, qc: bool, patient: str, now: datetime, control_id: str) -> Hl7SimMessage:
+        code, assay, outcomes = GENEXPERT_ASSAYS[(self.counter - 1) % len(GENEXPERT_ASSAYS)]
+        outcome = outcomes[-1] if qc else self.rng.choice(outcomes)
+        ts = now.strftime("%Y%m%d%H%M%S")
+        segments = [
+            f"MSH|^~\\&|{escape(self.instrument)}^GeneXpert^6.5||LIS||{ts}||ORU^R32^ORU_R30|{control_id}|P|2.5|||AL|NE",
+            "PID|1||||" if qc else f"PID|1||{patient}||",
+            f"ORC|RE|1|||||||{ts}",
+            f"OBR|1|||{code}|||||||||||||||||||||F",
+            f"TQ1|||||||{ts}|{ts}|R",
+            f"OBX|1|ST|&{code}&{escape(assay)}&4||{outcome}^||||||F|||||^Operator One||~~~~804412~",
+            f"OBX|2|ST||Probe A&Ct||^{self.rng.uniform(15, 38):.1f}||||||F",
+            f"SPM|1|{escape(sample)}^||ORH|||||||{'Q' if qc else 'P'}",
+        ]
+        payload = ("\r".join(segments) + "\r").encode("utf-8")
+        return Hl7SimMessage(control_id, payload, ((self.instrument, sample, code, outcome),), sample, commit_only=True)
 
     def query(self, sample: str, now: datetime | None = None) -> Hl7SimMessage:
         """A LAB-27 QBP^Q11 for one specimen."""
@@ -218,7 +247,7 @@ class Hl7AnalyzerSim:
 
     async def _send_and_wait(self, msg: Hl7SimMessage, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                              decoder: mllp.MllpDecoder, junk: bool) -> str:
-        """Send one message; return the MSA-1 that settles it (AA, AE or AR)."""
+        """Send one message; return the MSA-1 that settles it (AA, AE or AR; CA for a commit-only message)."""
         writer.write((b"noise\r\n" if junk else b"") + mllp.frame(msg.payload))
         await writer.drain()
         async with asyncio.timeout(self.ack_timeout):
@@ -240,7 +269,7 @@ class Hl7AnalyzerSim:
                     if ack.message_type == "RSP^K11":
                         self.stats.query_answers += 1
                     self.stats.ack_codes.append(code)
-                    if code in ("AA", "AE", "AR", "CE", "CR"):
+                    if code in ("AA", "AE", "AR", "CE", "CR") or (code == "CA" and msg.commit_only):
                         settled = code
                 if settled:
                     return settled
@@ -342,7 +371,7 @@ class Hl7AnalyzerSim:
             except TimeoutError:
                 self.stats.resends += 1
                 continue  # no answer: the same message again, same MSH-10
-            if code == "AA":
+            if code in ("AA", "CA"):
                 self.acked.extend(msg.results)
                 self.stats.messages_acked += 1
                 if self.resend_every and self._generated % self.resend_every == 0:
@@ -373,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="sim-hl7")
-    parser.add_argument("--dialect", choices=["law", "mindray"], default="law")
+    parser.add_argument("--dialect", choices=["law", "mindray", "genexpert"], default="law")
     parser.add_argument("--count", type=int, default=10, help="messages to send")
     parser.add_argument("--tests", type=int, default=10, help="results per message")
     parser.add_argument("--interval", type=float, default=0.5)

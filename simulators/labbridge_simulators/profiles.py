@@ -14,7 +14,8 @@ Host queries: a family in ``QUERY_FAMILIES`` (Ortho VITROS) can ask the host abo
 Framing: every family is sent with standard E1381 framing (one record per frame). Roche cobas analyzers
 send a whole message in one frame; the E1381 core's sender cannot do that yet (the link-dialect work adds
 it), so the cobas simulator differs from the real analyzer in framing only. Its captures carry the
-one-frame form.
+one-frame form. The families added for issue 20 part 7 whose analyzers send a whole message in one frame
+(Sysmex XP and the others in ``LINK_DIALECTS`` with ``one_frame_per_message``) are sent that way.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ from labbridge.protocols import e1381
 from labbridge_simulators.astm_analyzer import ResultIdentity, SimMessage
 
 FAMILIES = ("sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert", "snibe-maglumi",
-            "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un")
+            "ortho-vitros", "siemens-advia", "beckman-dxh", "sysmex-un",
+            # issue 20, part 7 (more families)
+            "sysmex-xp", "abbott-afinion2", "siemens-dca-vantage", "roche-cobas-c111")
 # Families whose analyzers ask the host for a sample's orders first (host query, ``query_share`` > 0).
 QUERY_FAMILIES = frozenset({"ortho-vitros"})
 
 # The E1381 dialect each family's analyzer speaks, where it is not the standard (the driver's link defaults).
 LINK_DIALECTS: dict[str, e1381.LinkProfile] = {
     "snibe-maglumi": e1381.LinkProfile(frame_numbers=False, checksums=False),
+    # issue 20, part 7: families whose analyzers send a whole message (H to L) in one frame
+    "sysmex-xp": e1381.LinkProfile(one_frame_per_message=True),
+    "abbott-afinion2": e1381.LinkProfile(one_frame_per_message=True),
+    "siemens-dca-vantage": e1381.LinkProfile(one_frame_per_message=True),
 }
 
 
@@ -81,6 +88,14 @@ UN_STRIP = (("GLU", (("-", "NEG"), ("+-", "TRACE"), ("1+", "1+"), ("3+", "3+")))
             ("BLD", (("-", "NEG"), ("+-", "TRACE"), ("2+", "2+"))),
             ("UBG", (("normal", "NORMAL"), ("1+", "1+"))))
 UN_SEDIMENT = (Param("RBC", "/uL", 0.0, 25.0), Param("WBC", "/uL", 0.0, 20.0))
+XP = (Param("WBC", "10*3/uL", 4.0, 10.0, 1), Param("RBC", "10*6/uL", 4.0, 5.5, 2), Param("HGB", "g/dL", 12.0, 16.0),
+      Param("HCT", "%", 36.0, 48.0), Param("PLT", "10*3/uL", 150, 400, 0), Param("LYM%", "%", 20.0, 45.0))
+AFINION = (Param("HbA1c", "%", 4.0, 6.0, 1), Param("CRP", "mg/L", 5.0, 10.0, 0), Param("ACR", "mg/g", 0.0, 30.0, 1))
+DCA_ACR = (Param("Alb", "mg/L", 0.0, 30.0, 1), Param("Crt", "mg/dL", 20.0, 300.0, 1),
+           Param("Ratio", "mg/g", 0.0, 30.0, 1))
+DCA_A1C = Param("HbA1c", "%", 4.0, 6.0, 1)
+C111 = (Param("687", "U/L", 7, 56, 1), Param("767", "mmol/L", 3.9, 6.1), Param("550", "U/L", 40, 129, 1),
+        Param("798", "mmol/L", 3.0, 5.2, 2))
 GENEXPERT = (("MTB", "Xpert MTB-RIF Ultra", ("MTB NOT DETECTED", "MTB DETECTED LOW", "MTB DETECTED MEDIUM")),
              ("SARSCOV2", "Xpert Xpress SARS-CoV-2", ("NEGATIVE", "POSITIVE")),
              ("CTNG", "Xpert CT_NG", ("CT NOT DETECTED", "CT DETECTED")))
@@ -136,6 +151,8 @@ class FamilyFactory:
             "horiba-yumizen": self._horiba, "cepheid-genexpert": self._genexpert,
             "snibe-maglumi": self._maglumi, "ortho-vitros": self._vitros, "siemens-advia": self._advia,
             "beckman-dxh": self._dxh, "sysmex-un": self._un,
+            "sysmex-xp": self._xp, "abbott-afinion2": self._afinion, "siemens-dca-vantage": self._dca,
+            "roche-cobas-c111": self._c111,
         }[self.family]
         self._requested = codes
         try:
@@ -320,4 +337,60 @@ class FamilyFactory:
                 recs.append(f"R|{len(recs) - 2}|^^^^{p.code}^1|{value}|{p.units}|{p.low}-{p.high}|"
                             f"{'' if qc else flag}||F||||{ts}")
                 ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    # ---- issue 20, part 7: more families ------------------------------------------------------------
+
+    def _xp(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        panel = self._panel(XP)
+        recs = [f"H|\\^&|||XP-300^00-13^^^^{self.instrument}^BS612877||||||||E1394-97", "P|1",
+                f"O|1||^^{sample:>15}^B|" + "\\".join(f"^^^^{p.code}" for p in panel)
+                + f"|||||||{'Q' if qc else 'N'}||||||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs.append(f"R|{i}|^^^^{p.code}^1|{value:>5}|{p.units}||{'N' if qc else flag}||||OPERATOR1      ||{ts}")
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _afinion(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        # One cartridge, one assay per message; no barcode: the sample ID rides in O-4 (the record number).
+        p = next((q for q in AFINION if q.code in self._requested), AFINION[(self.counter - 1) % len(AFINION)])
+        value, flag = self._value(p)
+        recs = [f"H|\\^&|||Afinion 2 Analyzer^^{self.instrument}|||||||{'Q' if qc else 'P'}|1|{ts}",
+                f"P|1||{'' if qc else self._patient()}|||||U",
+                f"O|1||{sample}|^^^{p.code}|||||||N||||^{'O' if qc else 'C'}||||||||^10231187||F",
+                f"R|1|^^^{p.code}|{value}|{p.units}||{'' if qc or flag == 'N' else flag}||F||NURSE01||{ts}",
+                "L|1|N"]
+        return recs, [(self.instrument, sample, p.code, value)]
+
+    def _dca(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        # Alternating cartridges: an HbA1c, then a microalbumin/creatinine run (three results); the sample ID
+        # rides in O-4 (the analyzer's sequence number), a C record follows each result.
+        wanted = [p for p in (DCA_A1C, *DCA_ACR) if p.code in self._requested]
+        panel = wanted or ([DCA_A1C] if self.counter % 2 else list(DCA_ACR))
+        recs = [f"H|\\^&|||DCA VANTAGE^04.04.00.00^{self.instrument}|||||||P||{ts}",
+                "P|1" if qc else f"P|1|{self._patient()}|||MARTIN^LUC",
+                f"O|1||{sample}^0101||||||||{'Q' if qc else ''}||||||||||||||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            recs += [f"R|{i}|^^^{p.code}|{value}|{p.units}||{'' if flag == 'N' else flag}||F|||{ts}",
+                     f"C|1|I|1.000^0.0 {p.units}|G"]
+            ids.append((self.instrument, sample, p.code, value))
+        return [*recs, "L|1|N"], ids
+
+    def _c111(self, sample: str, qc: bool, ts: str) -> tuple[list[str], list[ResultIdentity]]:
+        # Sample ID in O-4 (O-3 empty), no patient; every result followed by its C and M (raw data) records.
+        # The real c 111 ends its intermediate frames with ETB; the simulator's sender frames record by record.
+        panel = self._panel(C111)
+        recs = [f"H|\\^&|||C111^Roche^c111^4.2.2.1730^1^{self.instrument}|||||host|RSUPL^REAL|P|1|{ts}", "P|1||",
+                f"O|1||{sample}^^4{'^^^1' if qc else ''}||R||||||{'Q' if qc else 'N'}|||||||||||{ts}|||F"]
+        ids: list[ResultIdentity] = []
+        for i, p in enumerate(panel, 1):
+            value, flag = self._value(p)
+            raw = self.rng.randrange(90, 600)
+            recs += [f"R|{i}|^^^{p.code}|{value}|{p.units}||{flag}||F||$SYS$||{ts}", "C|1|I||I",
+                     f"M|1|RR^BM^c111^1|{raw}|{raw}\\{raw - 2}\\{raw * 3}|0.004217"]
+            ids.append((self.instrument, sample, p.code, value))
         return [*recs, "L|1|N"], ids

@@ -12,6 +12,7 @@ from labbridge.errors import DecodeError, DriverLoadError
 from labbridge.protocols.e1394 import parse_records
 
 FAMILIES = ["sysmex-xn", "roche-cobas", "abbott-architect", "horiba-yumizen", "cepheid-genexpert"]
+FAMILIES += ["sysmex-xp", "abbott-afinion2", "siemens-dca-vantage", "roche-cobas-c111"]  # issue 20, part 7
 CTX = DecodeContext(instrument="t")
 
 

@@ -48,7 +48,7 @@ def test_every_family_reaches_the_lis_with_its_sample_ids_test_codes_and_qc_kind
     run(body())
 
 
-HL7_FAMILIES = (("mindray-bc-bs", "mindray"), ("ihe-law", "law"))
+HL7_FAMILIES = (("mindray-bc-bs", "mindray"), ("ihe-law", "law"), ("cepheid-genexpert-hl7", "genexpert"))
 
 
 def test_hl7_families_reach_the_lis_with_qc_recognised_and_no_link_table(tmp_path: Path) -> None:

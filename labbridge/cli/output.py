@@ -111,9 +111,10 @@ def orders_table(orders: list[dict[str, Any]]) -> None:
 
 
 def drivers_table(rows: list[dict[str, Any]]) -> None:
+    width = max([len(str(row["name"])) for row in rows] + [20])  # the longest driver name sets the column
     for row in rows:
         state = f"ERROR: {row['error']}" if "error" in row else f"{row['protocol']} v{row['version']}"
-        print(f"{row['name']:<20} {row['source']:<12} {state}")
+        print(f"{row['name']:<{width}} {row['source']:<12} {state}")
 
 
 def purged(done: dict[str, Any]) -> None:

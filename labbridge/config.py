@@ -427,12 +427,12 @@ class HttpConfig(_Model):
     @model_validator(mode="after")
     def _safe(self) -> HttpConfig:
         if self.enabled and self.auth == "off" and not self.loopback:
-            raise ValueError(f'auth = "off" with the API listening on {self.host!r} (beyond loopback) would let '
+            raise ValueError(f'[http] auth = "off" with the API listening on {self.host!r} (beyond loopback) would let '
                              'anyone on the network act on it: use auth = "auto" or "required"')
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together (both, or neither)")
+            raise ValueError("[http] tls_cert and tls_key go together (both, or neither)")
         if self.client_ca is not None and self.tls_cert is None:
-            raise ValueError("client_ca needs tls_cert and tls_key (client certificates are a TLS feature)")
+            raise ValueError("[http] client_ca needs tls_cert and tls_key (client certificates are a TLS feature)")
         return self
 
 

@@ -221,7 +221,7 @@ class Guard:
         self._set_cookie(response, CSRF_COOKIE, csrf, http_only=False)
         return _page_policy(response)
 
-    async def login(self, request: web.Request) -> web.StreamResponse:
+    async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
         given_csrf, cookie_csrf = str(form.get("csrf", "")), request.cookies.get(CSRF_COOKIE, "")
         if not cookie_csrf or not secrets.compare_digest(given_csrf.encode(), cookie_csrf.encode()):
@@ -251,12 +251,12 @@ class Guard:
         key, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.sessions[key] = Session(name, csrf, now)
         log.info("login", user=name, remote=where)
-        response = web.HTTPSeeOther(target)
+        response = _redirect(target)
         self._set_cookie(response, SESSION_COOKIE, key, http_only=True)
         self._set_cookie(response, CSRF_COOKIE, csrf, http_only=False)
         return response
 
-    async def logout(self, request: web.Request) -> web.StreamResponse:
+    async def logout(self, request: web.Request) -> web.Response:
         """End the session (POST, with the CSRF token as header or form field ``csrf``)."""
         session = self._session(request)
         if session is not None:
@@ -265,7 +265,7 @@ class Guard:
                 return _error(403, "missing or wrong CSRF token")
             self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
             log.info("logout", user=session.name)
-        response = web.HTTPSeeOther("/login")
+        response = _redirect("/login")
         response.del_cookie(SESSION_COOKIE, path="/")
         response.del_cookie(CSRF_COOKIE, path="/")
         return response
@@ -276,6 +276,10 @@ class Guard:
 
 def _error(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": text}, status=status, headers=headers)
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _next_path(value: str | None) -> str:

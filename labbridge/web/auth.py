@@ -228,11 +228,9 @@ class Guard:
             return _error(403, "the login form is stale or not ours: reload the login page")
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         where = request.remote or "?"
-        seen = self.failures.get(where)
         now = time.monotonic()
-        if seen is not None and now - seen.since > LOGIN_WINDOW_S:
-            self.failures.pop(where, None)
-            seen = None
+        self._forget_old(now)
+        seen = self.failures.get(where)
         if seen is not None and seen.count >= LOGIN_FAILURES:
             return _error(429, "too many failed logins from this address: wait ten minutes")
         row = await self.store.read(lambda conn: users.user_row(conn, name))
@@ -269,6 +267,13 @@ class Guard:
         response.del_cookie(SESSION_COOKIE, path="/")
         response.del_cookie(CSRF_COOKIE, path="/")
         return response
+
+    def _forget_old(self, now: float) -> None:
+        """Drop idle sessions and failure counts past their window (what memory a login may leave behind)."""
+        for key in [k for k, s in self.sessions.items() if now - s.last_seen > self.settings.session_idle_s]:
+            del self.sessions[key]
+        for where in [w for w, f in self.failures.items() if now - f.since > LOGIN_WINDOW_S]:
+            del self.failures[where]
 
     def _set_cookie(self, response: web.StreamResponse, name: str, value: str, *, http_only: bool) -> None:
         response.set_cookie(name, value, path="/", httponly=http_only, samesite="Strict", secure=self.tls)

@@ -10,15 +10,13 @@ high-entropy secret; a password is a person's choice and gets Argon2id (argon2-c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+from typing import TYPE_CHECKING, Any, Literal
 
 from labbridge.store import audit
 
@@ -27,7 +25,17 @@ ROLES: tuple[Role, ...] = ("viewer", "technician", "admin")  # each may do what 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")  # no ':' (actors "token:x", "local:x")
 TOKEN_PREFIX = "lbt_"  # noqa: S105 - the prefix that marks a labbridge token, not a secret
 MIN_PASSWORD = 12
-_hasher = PasswordHasher()
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+
+@functools.cache
+def _hasher() -> PasswordHasher:
+    """Argon2id with argon2-cffi's defaults; imported on first use (not by the store's writer process)."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
 
 
 def migrate_users(conn: sqlite3.Connection) -> None:
@@ -65,13 +73,15 @@ def password_problem(password: str) -> str | None:
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def password_matches(stored_hash: str, password: str) -> bool:
     """Argon2 verification (tens of milliseconds by design: call it off the event loop)."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     try:
-        return _hasher.verify(stored_hash, password)
+        return _hasher().verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 

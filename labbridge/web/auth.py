@@ -24,6 +24,7 @@ actor ``unverified:<name the request gave>`` (:func:`actor_of`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import secrets
 import socket
@@ -55,8 +56,13 @@ TECHNICIAN_POSTS = frozenset({
 HTML_PAGES = frozenset({"/", "/campaign"})
 LOGIN_FAILURES = 5  # per client address within LOGIN_WINDOW_S, then 429 until the window passes
 LOGIN_WINDOW_S = 600.0
-# Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = users.hash_password(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so a wrong name costs as long as a wrong password."""
+    return users.hash_password(secrets.token_hex(16))
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -234,7 +240,7 @@ class Guard:
         if seen is not None and seen.count >= LOGIN_FAILURES:
             return _error(429, "too many failed logins from this address: wait ten minutes")
         row = await self.store.read(lambda conn: users.user_row(conn, name))
-        ok = await asyncio.to_thread(users.password_matches, row[1] if row else _DUMMY_HASH, password)
+        ok = await asyncio.to_thread(users.password_matches, row[1] if row else _dummy_hash(), password)
         target = _next_path(str(form.get("next", "/")))
         if not ok or row is None:
             failures = self.failures.setdefault(where, _Failures(now))

@@ -32,7 +32,7 @@ def acted_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     changes, the config is reloaded; then it stops. Its store file."""
 
     async def body() -> None:
-        async with running_lab(tmp_path, instruments=1, extra=secured(tmp_path),
+        async with running_lab(tmp_path, instruments=1, extra=secured(),
                                overrides={"an-0": {"stage": "cabled"}}) as lab, aiohttp.ClientSession() as http:
             url = base(lab)
             tech = await make_token(lab, "tech", "technician", capsys)
@@ -161,7 +161,7 @@ def test_a_cut_tail_is_caught_by_the_head_noted_earlier(tmp_path: Path, capsys: 
 
 def test_verify_and_export_through_a_running_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async def body() -> None:
-        async with running_lab(tmp_path, instruments=1, extra=secured(tmp_path)) as lab:
+        async with running_lab(tmp_path, instruments=1, extra=secured()) as lab:
             token = await make_token(lab, "inspector", "viewer", capsys)
             url = base(lab)
             capsys.readouterr()

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("logging_restored")
 ORDER = {"sample_id": "S-1", "test_codes": ["GLUC"], "instrument": "an-0", "patient_id": "P-0042"}
 
 
-def secured(tmp_path: Path, **http: Any) -> dict[str, Any]:
+def secured(**http: Any) -> dict[str, Any]:
     return {"http": {"enabled": True, "host": "127.0.0.1", "port": 0, "auth": "required", **http}}
 
 
@@ -77,7 +77,7 @@ def test_without_credentials_nothing_is_read_or_changed(tmp_path: Path) -> None:
     patient ids read, all without credentials. Now each is 401 and the store is untouched."""
 
     async def body() -> None:
-        async with running_lab(tmp_path, instruments=1, extra=secured(tmp_path)) as lab, \
+        async with running_lab(tmp_path, instruments=1, extra=secured()) as lab, \
                 aiohttp.ClientSession() as http:
             url = base(lab)
             order = await lab.daemon.add_order(NewOrder("S-0", ("GLUC",), instrument="an-0", patient_id="P-7"), now=1.0)
@@ -108,7 +108,7 @@ def test_without_credentials_nothing_is_read_or_changed(tmp_path: Path) -> None:
 def test_tokens_carry_roles_and_the_audit_names_the_token_not_the_body(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async def body() -> None:
-        async with running_lab(tmp_path, instruments=1, extra=secured(tmp_path)) as lab, \
+        async with running_lab(tmp_path, instruments=1, extra=secured()) as lab, \
                 aiohttp.ClientSession() as http:
             url = base(lab)
             viewer = await make_token(lab, "wallboard", "viewer", capsys)
@@ -187,7 +187,7 @@ def csrf_field(page: str) -> str:
 
 def test_dashboard_login_session_csrf_and_logout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body() -> None:
-        async with running_lab(tmp_path, instruments=1, extra=secured(tmp_path)) as lab, \
+        async with running_lab(tmp_path, instruments=1, extra=secured()) as lab, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             url = base(lab)
             store = lab.config.store.path
@@ -241,7 +241,7 @@ def test_dashboard_login_session_csrf_and_logout(tmp_path: Path, monkeypatch: py
 
 def test_logins_are_throttled_per_address(tmp_path: Path) -> None:
     async def body() -> None:
-        async with running_lab(tmp_path, instruments=1, extra=secured(tmp_path)) as lab, \
+        async with running_lab(tmp_path, instruments=1, extra=secured()) as lab, \
                 aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             url = base(lab)
             statuses = []
@@ -322,7 +322,7 @@ def _pki(folder: Path) -> dict[str, Path]:
 @contextlib.asynccontextmanager
 async def tls_lab(tmp_path: Path, *, client_ca: bool) -> AsyncIterator[tuple[Lab, dict[str, Path]]]:
     pki = _pki(tmp_path)
-    http = secured(tmp_path, tls_cert=str(pki["server.pem"]), tls_key=str(pki["server.key"]),
+    http = secured(tls_cert=str(pki["server.pem"]), tls_key=str(pki["server.key"]),
                    **({"client_ca": str(pki["ca.pem"])} if client_ca else {}))
     async with running_lab(tmp_path, instruments=1, extra=http) as lab:
         yield lab, pki

@@ -18,7 +18,8 @@
   admin (:func:`needed_role`; anything not listed that changes something: admin).
 
 With ``[http] auth`` off (loopback only, config-checked) nobody is asked; the audit trail then names the
-actor ``unverified:<name the request gave>`` (:func:`actor_of`).
+actor ``unverified:<name the request gave>`` (:func:`actor_of`), unless the request brings a Bearer token
+anyway: a valid one names the actor (roles are not enforced), an unknown one is refused (401).
 """
 
 from __future__ import annotations
@@ -141,7 +142,16 @@ class Guard:
         refused = self._place_refusal(request)
         if refused is not None:
             return refused
-        response = await self._authorized(request, handler) if self.required else await handler(request)
+        if self.required:
+            response = await self._authorized(request, handler)
+        elif "Authorization" in request.headers:  # auth off, a token given anyway: it names the actor, or is refused
+            account, problem = await self._account(request)
+            if account is None:
+                return _error(401, problem or "unknown or revoked token")
+            request[ACCOUNT_KEY] = account
+            response = await handler(request)
+        else:
+            response = await handler(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -148,7 +148,8 @@ def test_tokens_carry_roles_and_the_audit_names_the_token_not_the_body(
     run(body())
 
 
-def test_host_and_origin_are_checked_even_with_authentication_off(tmp_path: Path) -> None:
+def test_host_and_origin_are_checked_even_with_authentication_off(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1 sends Host: evil.example."""
 
     async def body() -> None:
@@ -175,6 +176,12 @@ def test_host_and_origin_are_checked_even_with_authentication_off(tmp_path: Path
                                        headers={"Origin": f"http://127.0.0.1:{port}"})
             assert status == 201
             assert await audit_of(lab) == [("unverified", "order-add", f"order:{order['id']}")]
+            # A token given anyway names the actor; a wrong one is refused rather than ignored.
+            token = await make_token(lab, "local-script", "technician", capsys)
+            status, order = await call(http, "POST", url + "/api/orders", json=ORDER, headers=bearer(token))
+            assert status == 201 and (await audit_of(lab))[-1] == ("token:local-script", "order-add",
+                                                                   f"order:{order['id']}")
+            assert (await call(http, "POST", url + "/api/orders", json=ORDER, headers=bearer("lbt_x")))[0] == 401
 
     run(body())
 

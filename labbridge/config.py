@@ -403,6 +403,51 @@ class HttpConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8470
+    # ---- security (issue 18, parts 1 and 5; docs/security.md) ------------------------------------------
+    # Who may use the API and dashboard. auto: required whenever `host` is not a loopback address, off on
+    # loopback (local tools and tests); required: always; off: nobody is asked (refused beyond loopback).
+    auth: Literal["auto", "required", "off"] = "auto"
+    # Host names (or addresses) besides the listening host, localhost, 127.0.0.1 and ::1 that a request's
+    # Host and Origin may name, e.g. the name a lab PC's browser uses (DNS-rebinding protection).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # TLS for the API (paths relative to the config file's folder): certificate chain and key, both or neither;
+    # client_ca: require a client certificate signed by this CA (in addition to a login or token).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    # A dashboard session ends after this long without a request (log in again).
+    session_idle_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 8 * 3600.0
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the API listens on a loopback address only."""
+        return is_loopback(self.host)
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required" or (self.auth == "auto" and not self.loopback)
+
+    @model_validator(mode="after")
+    def _safe(self) -> HttpConfig:
+        if self.enabled and self.auth == "off" and not self.loopback:
+            raise ValueError(f'[http] auth = "off" with the API listening on {self.host!r} (beyond loopback) would let '
+                             'anyone on the network act on it: use auth = "auto" or "required"')
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("[http] tls_cert and tls_key go together (both, or neither)")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("[http] client_ca needs tls_cert and tls_key (client certificates are a TLS feature)")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); a name or wildcard is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+# ---- end security ----------------------------------------------------------------------------------------
 
 
 class HealthConfig(_Model):
@@ -853,4 +898,7 @@ def _resolve_tls_paths(config: Config, base: Path) -> Config:
     ]
     lis = [d.model_copy(update={"tls": fix(d.tls)}) if isinstance(d, MllpDestination) else d for d in config.lis]
     lis_orders = [listener.model_copy(update={"tls": fix(listener.tls)}) for listener in config.lis_orders]
-    return config.model_copy(update={"instruments": instruments, "lis": lis, "lis_orders": lis_orders})
+    http_tls = {k: str((base / v).resolve()) for k in ("tls_cert", "tls_key", "client_ca")  # [http] (security)
+                if (v := getattr(config.http, k)) is not None and not Path(v).is_absolute()}
+    return config.model_copy(update={"instruments": instruments, "lis": lis, "lis_orders": lis_orders,
+                                     "http": config.http.model_copy(update=http_tls)})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from labbridge.campaign.report import FORMATS, render_html, render_markdown
 from labbridge.campaign.stages import STAGES
 from labbridge.cli import output
-from labbridge.cli.commands import EXIT_FAILURE, EXIT_OK, operator
+from labbridge.cli.commands import EXIT_FAILURE, EXIT_OK, _actor, operator
 from labbridge.errors import LabbridgeError
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ def add_commands(sub: Any, command: Command, target: Callable[[argparse.Argument
 
 
 def _who_why(q: argparse.ArgumentParser, *, reason_required: bool) -> None:
-    q.add_argument("--by", required=True, help="who (goes to the audit trail)")
+    q.add_argument("--by", help="who, for a daemon without authentication (audited as unverified:NAME; default: "
+                                "your OS user name); with a token, or on the store file, the trail names its owner")
     q.add_argument("--reason", required=reason_required, default="", help="why (goes to the audit trail)")
 
 
@@ -136,7 +137,7 @@ async def campaign_status(client: OperatorClient, args: argparse.Namespace) -> i
 
 @operator
 async def campaign_set(client: OperatorClient, args: argparse.Namespace) -> int:
-    done = await client.campaign_set(args.instrument, args.stage, actor=args.by, reason=args.reason)
+    done = await client.campaign_set(args.instrument, args.stage, actor=_actor(args), reason=args.reason)
     output.show(args.json, done, change_line)
     return EXIT_OK
 
@@ -146,14 +147,14 @@ async def campaign_sign_off(client: OperatorClient, args: argparse.Namespace) ->
     if args.override and not args.reason.strip():
         raise LabbridgeError("--override needs --reason (it goes to the audit trail)")
     done = await client.campaign_sign_off(args.instrument, release=args.release, override=args.override,
-                                          actor=args.by, reason=args.reason)
+                                          actor=_actor(args), reason=args.reason)
     output.show(args.json, done, change_line)
     return EXIT_OK
 
 
 @operator
 async def campaign_rollback(client: OperatorClient, args: argparse.Namespace) -> int:
-    done = await client.campaign_rollback(args.instrument, actor=args.by, reason=args.reason)
+    done = await client.campaign_rollback(args.instrument, actor=_actor(args), reason=args.reason)
     output.show(args.json, done, change_line)
     return EXIT_OK
 
@@ -191,7 +192,7 @@ async def validate_import(client: OperatorClient, args: argparse.Namespace) -> i
     refs, problems = parse_references(await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8-sig"))
     if problems:
         raise LabbridgeError(f"{args.file}: " + "; ".join(problems))
-    done = await client.validate_import(args.instrument, refs, actor=args.by, reason=args.reason)
+    done = await client.validate_import(args.instrument, refs, actor=_actor(args), reason=args.reason)
     output.show(args.json, done, lambda d: print(f"{d['instrument']}: {d['references']} reference value(s) imported"))
     return EXIT_OK
 

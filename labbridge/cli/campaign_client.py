@@ -9,6 +9,7 @@ from typing import Any, Protocol, cast
 
 from labbridge.campaign.service import Campaign
 from labbridge.campaign.validation import Reference
+from labbridge.cli.local import local_actor
 from labbridge.config import Config
 from labbridge.errors import LabbridgeError
 from labbridge.store.db import Store
@@ -68,7 +69,8 @@ class HttpCampaignCalls:
 class LocalCampaignCalls:
     """Mixed into LocalOperatorClient: the campaign on the store file, which needs the config (its sites and
     instruments); the stages the config gives are recorded first for instruments the store has none for,
-    as the daemon does at its start."""
+    as the daemon does at its start. Changes are audited as ``local:<unix user>`` (the ``actor`` given is
+    not used)."""
 
     config: Config | None
 
@@ -92,18 +94,19 @@ class LocalCampaignCalls:
         return await (await self._campaign()).history(instrument)
 
     async def campaign_set(self, instrument: str, stage: str, *, actor: str, reason: str) -> Json:
-        return await (await self._campaign()).set_stage(instrument, stage, actor=actor, reason=reason)
+        return await (await self._campaign()).set_stage(instrument, stage, actor=local_actor(), reason=reason)
 
     async def campaign_sign_off(self, instrument: str, *, release: bool, override: bool, actor: str,
                                 reason: str) -> Json:
-        return await (await self._campaign()).sign_off(instrument, release=release, override=override, actor=actor,
+        return await (await self._campaign()).sign_off(instrument, release=release, override=override,
+                                                       actor=local_actor(),
                                                        reason=reason)
 
     async def campaign_rollback(self, instrument: str, *, actor: str, reason: str) -> Json:
-        return await (await self._campaign()).rollback(instrument, actor=actor, reason=reason)
+        return await (await self._campaign()).rollback(instrument, actor=local_actor(), reason=reason)
 
     async def validate_import(self, instrument: str, refs: Sequence[Reference], *, actor: str, reason: str) -> Json:
-        return await (await self._campaign()).import_references(instrument, refs, actor=actor, reason=reason)
+        return await (await self._campaign()).import_references(instrument, refs, actor=local_actor(), reason=reason)
 
     async def validate_compare(self, instrument: str) -> Json:
         return await (await self._campaign()).compare(instrument)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -17,6 +19,7 @@ from typing import Any, Protocol, cast
 import aiohttp
 
 from labbridge.cli.campaign_client import CampaignOperator, HttpCampaignCalls, LocalCampaignCalls
+from labbridge.cli.local import local_actor
 from labbridge.config import Config, load_config, with_link_defaults
 from labbridge.driver import driver_link_defaults
 from labbridge.errors import LabbridgeError
@@ -68,15 +71,46 @@ class OperatorClient(CampaignOperator, Protocol):
     async def cancel_order(self, order_id: int) -> Json | None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class HttpCredentials:
+    """How the CLI proves itself to a daemon that requires it (docs/security.md): an API token, sent as
+    ``Authorization: Bearer``, and the CA that signed the daemon's certificate for ``https://``."""
+
+    token: str | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def of(cls, token: str | None = None, token_file: str | None = None, ca_file: str | None = None) -> HttpCredentials:
+        """From the options given, else the environment: ``LABBRIDGE_TOKEN``, ``LABBRIDGE_TOKEN_FILE``,
+        ``LABBRIDGE_CA_FILE`` (a token in a file or the environment stays out of ``ps`` and shell history)."""
+        token = token or os.environ.get("LABBRIDGE_TOKEN") or None
+        token_file = token_file or os.environ.get("LABBRIDGE_TOKEN_FILE") or None
+        if token is None and token_file is not None:
+            try:
+                token = Path(token_file).read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise LabbridgeError(f"cannot read the token file {token_file}: {exc.strerror or exc}") from None
+        return cls(token, ca_file or os.environ.get("LABBRIDGE_CA_FILE") or None)
+
+    @classmethod
+    def from_args(cls, args: Any) -> HttpCredentials:
+        return cls.of(getattr(args, "token", None), getattr(args, "token_file", None), getattr(args, "ca_file", None))
+
+
 class HttpOperatorClient(HttpCampaignCalls):
     """The running daemon, through its JSON API. Its refusals are :class:`ApiError` with the server's text;
-    no answer at all is :class:`DaemonUnreachable`. Also reads what only a running daemon knows (status)."""
+    no answer at all is :class:`DaemonUnreachable`. Also reads what only a running daemon knows (status).
+    ``credentials``: the token and CA to use (default: from the environment, :meth:`HttpCredentials.of`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, credentials: HttpCredentials | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"not an HTTP URL: {url}")
         self.url = url.rstrip("/")
-        self._session = aiohttp.ClientSession()  # in a coroutine: the session binds to the running loop
+        creds = credentials if credentials is not None else HttpCredentials.of()
+        headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
+        tls = ssl.create_default_context(cafile=creds.ca_file) if creds.ca_file else None
+        # in a coroutine: the session binds to the running loop
+        self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=tls or True))
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -154,7 +188,8 @@ class HttpOperatorClient(HttpCampaignCalls):
 
 class LocalOperatorClient(LocalCampaignCalls):
     """The store file of a stopped daemon. With the daemon's config, names are checked against it and dead
-    letters are re-decoded with its drivers and mapping; without one, re-decoding is not possible.
+    letters are re-decoded with its drivers and mapping; without one, re-decoding is not possible. Its
+    actions are audited as :func:`local_actor` (the ``actor`` given is not used: the OS knows who runs it).
 
     The outbox actions need an existing store; the order actions create one (an order source of its own).
     """
@@ -199,12 +234,12 @@ class LocalOperatorClient(LocalCampaignCalls):
         return await store.outbox_rows(state=state, limit=limit, destination=destination)
 
     async def retry(self, ids: Sequence[int] | None, *, actor: str, reason: str) -> list[Json]:
-        return await (await self._operations()).retry(ids, actor=actor, reason=reason)
+        return await (await self._operations()).retry(ids, actor=local_actor(), reason=reason)
 
     async def purge(self, ids: Sequence[int] | None, *, state: str | None, older_than_s: float | None,
                     actor: str, reason: str) -> Json:
         return await (await self._operations()).purge(item_ids=ids, state=state, older_than_s=older_than_s,
-                                                      actor=actor, reason=reason)
+                                                      actor=local_actor(), reason=reason)
 
     async def add_order(self, order: NewOrder) -> Json:
         problems = order_problems(self.config, order) if self.config is not None else order.problems()
@@ -212,7 +247,7 @@ class LocalOperatorClient(LocalCampaignCalls):
             raise OrderRefused(problems)
         if self.config is not None:
             order = complete_order(self.config, order)
-        return (await (await self._orders()).add_order(order, now=time.time())).to_json()
+        return (await (await self._orders()).add_order(order, now=time.time(), actor=local_actor())).to_json()
 
     async def list_orders(self, *, instrument: str | None, site: str | None, sample_id: str | None,
                           state: OrderState | None, limit: int) -> list[Json]:
@@ -225,19 +260,19 @@ class LocalOperatorClient(LocalCampaignCalls):
         return order.to_json() if order is not None else None
 
     async def cancel_order(self, order_id: int) -> Json | None:
-        order = await (await self._orders()).cancel(order_id, now=time.time())
+        order = await (await self._orders()).cancel(order_id, now=time.time(), actor=local_actor())
         return order.to_json() if order is not None else None
 
 
-def daemon_url(host: str, port: int) -> str:
+def daemon_url(host: str, port: int, tls: bool = False) -> str:
     """Where a daemon listening on ``host:port`` serves its API, as seen from this host."""
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
-    return f"http://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 @contextlib.asynccontextmanager
-async def open_client(*, url: str, store: str | None = None,
-                      config_path: str | None = None) -> AsyncIterator[OperatorClient]:
+async def open_client(*, url: str, store: str | None = None, config_path: str | None = None,
+                      credentials: HttpCredentials | None = None) -> AsyncIterator[OperatorClient]:
     """The client for ``--store PATH`` (that file), ``-c CONFIG`` (the config's daemon if it answers, else
     its store file, checked against the config) or ``--url URL`` (the daemon there)."""
     async with contextlib.AsyncExitStack() as stack:
@@ -246,9 +281,9 @@ async def open_client(*, url: str, store: str | None = None,
             return
         config = load_config(config_path) if config_path else None
         if config is not None:
-            url = daemon_url(config.http.host, config.http.port)
+            url = daemon_url(config.http.host, config.http.port, config.http.tls_cert is not None)
         if config is None or config.http.enabled:
-            http = await stack.enter_async_context(aclosing(HttpOperatorClient(url)))
+            http = await stack.enter_async_context(aclosing(HttpOperatorClient(url, credentials)))
             if config is None or await http.answers():
                 yield http
                 return

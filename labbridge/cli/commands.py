@@ -115,17 +115,18 @@ EXIT_UNREACHABLE = 2  # `status`: the daemon did not answer
 def status(args: argparse.Namespace) -> int:
     """Link health by site. Exit 0 when every enabled link is up or idle and nothing is dead-lettered, 1 when
     something needs attention (each reason printed), 2 when the daemon cannot be reached."""
-    from labbridge.cli.client import DaemonUnreachable, HttpOperatorClient, daemon_url
+    from labbridge.cli.client import DaemonUnreachable, HttpCredentials, HttpOperatorClient, daemon_url
     from labbridge.config import load_config
 
     if args.config:
         config = load_config(args.config)
-        url = daemon_url(config.http.host, config.http.port)
+        url = daemon_url(config.http.host, config.http.port, config.http.tls_cert is not None)
     else:
         url = args.url
+    credentials = HttpCredentials.from_args(args)
 
     async def fetch() -> dict[str, Any]:
-        async with contextlib.aclosing(HttpOperatorClient(url)) as daemon:
+        async with contextlib.aclosing(HttpOperatorClient(url, credentials)) as daemon:
             return {"sites": await daemon.read("/api/sites"), "instruments": await daemon.read("/api/instruments"),
                     "outbox": await daemon.read("/api/outbox")}
 
@@ -170,12 +171,13 @@ def operator(action: Callable[[OperatorClient, argparse.Namespace], Awaitable[in
     """A command acting through the client that ``--url``, ``--store`` or ``-c`` picks."""
 
     def command(args: argparse.Namespace) -> int:
-        from labbridge.cli.client import open_client
+        from labbridge.cli.client import HttpCredentials, open_client
 
         logs.configure("warning")  # stdout is the command's answer; only problems go to stderr
 
         async def main() -> int:
-            async with open_client(url=args.url, store=args.store, config_path=args.config) as client:
+            async with open_client(url=args.url, store=args.store, config_path=args.config,
+                                   credentials=HttpCredentials.from_args(args)) as client:
                 return await action(client, args)
 
         return asyncio.run(main())

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import campaign, commands
+from labbridge.cli import campaign, commands, security
 from labbridge.cli import reload as reload_command
+from labbridge.cli.security import http_credentials
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 
@@ -32,13 +33,15 @@ def _target(q: argparse.ArgumentParser) -> None:
     where.add_argument("-c", "--config", help="the daemon's config: its HTTP API if it runs, else its store file "
                                               "(names checked against the config)")
     q.add_argument("--json", action="store_true")
+    http_credentials(q)
 
 
 def _audited(q: argparse.ArgumentParser) -> None:
     """An action on outbox items, recorded in the audit trail."""
     q.add_argument("ids", nargs="*", type=int, metavar="ID")
     q.add_argument("--reason", required=True, help="why (goes to the audit trail)")
-    q.add_argument("--by", help="who (default: your OS user name)")
+    q.add_argument("--by", help="who, for a daemon without authentication (audited as unverified:NAME; default: "
+                                "your OS user name); with a token, or on the store file, the trail names its owner")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--ready-file", help="the daemon's ready file: its HTTP API, else SIGHUP to its pid")
     p.add_argument("--by", help="who asks (for the log; default: your OS user name)")
     p.add_argument("--json", action="store_true")
+    http_credentials(p)
 
     p = _command(sub, "status", "show link health by site from a running daemon (exit 0: all up or idle and no "
                                 "dead letter; 1: something needs attention; 2: the daemon cannot be reached)",
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                    help="refresh every SECONDS (default 2) until Ctrl-C")
+    http_credentials(p)
 
     p = _command(sub, "outbox", "list, retry or purge outbox items and dead letters", None,
                  "outbox list --state dead", "outbox retry --all-dead -c labbridge.toml --reason 'UREA mapped'")
@@ -157,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target(q)
 
     campaign.add_commands(sub, _command, _target)
+    security.add_commands(sub, _command)  # users, tokens, audit (docs/security.md)
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

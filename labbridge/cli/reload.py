@@ -22,7 +22,7 @@ from labbridge.errors import LabbridgeError
 
 
 def reload(args: argparse.Namespace) -> int:
-    from labbridge.cli.client import HttpOperatorClient, daemon_url
+    from labbridge.cli.client import HttpCredentials, HttpOperatorClient, daemon_url
 
     logs.configure("warning")
     url = args.url
@@ -33,7 +33,7 @@ def reload(args: argparse.Namespace) -> int:
         if not config.http.enabled:
             raise LabbridgeError(f"{args.config} has no HTTP API ([http] enabled = false): use --ready-file, or send "
                                  "the daemon SIGHUP")
-        url = daemon_url(config.http.host, config.http.port)
+        url = daemon_url(config.http.host, config.http.port, config.http.tls_cert is not None)
     elif args.ready_file:
         try:
             endpoints = json.loads(Path(args.ready_file).read_text(encoding="utf-8"))
@@ -50,7 +50,7 @@ def reload(args: argparse.Namespace) -> int:
         url = daemon_url(str(http["host"]), int(http["port"]))
 
     async def ask() -> dict[str, Any]:
-        async with contextlib.aclosing(HttpOperatorClient(url)) as daemon:
+        async with contextlib.aclosing(HttpOperatorClient(url, HttpCredentials.from_args(args))) as daemon:
             return await daemon.reload_config(actor=_actor(args))
 
     report = asyncio.run(ask())

@@ -8,14 +8,17 @@ started once the daemon's parts exist and stopped before the store closes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from labbridge.campaign.service import Campaign
     from labbridge.health.instrument import InstrumentHealth
     from labbridge.orders import NewOrder, Order, OrderState
     from labbridge.outbox import StoreSize
+
+T = TypeVar("T")
 
 
 class StoreView(Protocol):
@@ -51,6 +54,11 @@ class StoreView(Protocol):
 
     async def audit_rows(self, limit: int = 200) -> list[dict[str, Any]]: ...
 
+    # The HTTP surface's credentials and audit entries (labbridge.store.users, labbridge.store.audit).
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
 
 class OrderBook(Protocol):
     """Orders as a surface reads and cancels them (adding one goes through :meth:`DaemonApi.add_order`)."""
@@ -61,7 +69,7 @@ class OrderBook(Protocol):
 
     async def get(self, order_id: int) -> Order | None: ...
 
-    async def cancel(self, order_id: int, *, now: float) -> Order | None: ...
+    async def cancel(self, order_id: int, *, now: float, actor: str | None = None) -> Order | None: ...
 
 
 class OperatorActions(Protocol):
@@ -126,8 +134,8 @@ class DaemonApi(Protocol):
         """What makes an order unusable in this configuration (empty: it may be added)."""
         ...
 
-    async def add_order(self, order: NewOrder, *, now: float) -> Order:
-        """Add an order without problems and wake the runner that may push it."""
+    async def add_order(self, order: NewOrder, *, now: float, actor: str | None = None) -> Order:
+        """Add an order without problems and wake the runner that may push it; audited with ``actor``."""
         ...
 
     async def reload_config(self, *, by: str) -> dict[str, Any]:

@@ -114,9 +114,10 @@ class Daemon:
     def order_problems(self, order: NewOrder) -> list[str]:
         return order_problems(self.config, order)
 
-    async def add_order(self, order: NewOrder, *, now: float) -> Order:
-        """Add a valid order (see :func:`order_problems`) and wake the runner that may push it."""
-        stored = await self.orders.add_order(complete_order(self.config, order), now=now)
+    async def add_order(self, order: NewOrder, *, now: float, actor: str | None = None) -> Order:
+        """Add a valid order (see :func:`order_problems`) and wake the runner that may push it; a person's
+        order (``actor``) is audited."""
+        stored = await self.orders.add_order(complete_order(self.config, order), now=now, actor=actor)
         log.info("order_added", order_id=stored.id, instrument=stored.instrument or None, site=stored.site,
                  tests=len(stored.test_codes), source=stored.source)
         runner = self.runners.get(stored.instrument)

@@ -38,6 +38,7 @@ from labbridge.campaign.stages import (
 )
 from labbridge.campaign.validation import Reference, compare
 from labbridge.model import Result
+from labbridge.store import audit
 
 HELD = "held"
 DISCARDED = "discarded"
@@ -86,8 +87,8 @@ def migrate_campaign(conn: sqlite3.Connection) -> None:
 
 def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, instrument: str, reason: str,
            detail: Mapping[str, Any]) -> None:
-    conn.execute("INSERT INTO audit (at, actor, action, target, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                 (at, actor, action, f"instrument:{instrument}", reason, json.dumps(detail, separators=(",", ":"))))
+    audit.record(conn, at=at, actor=actor, action=action, target=f"instrument:{instrument}", reason=reason,
+                 detail=detail)
 
 
 def _stage(conn: sqlite3.Connection, instrument: str) -> str | None:

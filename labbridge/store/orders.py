@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from labbridge.model import OrderPriority
 from labbridge.orders import LIVE_STATES, NewOrder, Order, OrderState
+from labbridge.store import audit
 
 if TYPE_CHECKING:  # the writer process imports this module for its functions: no store facade there
     from labbridge.store.db import Store
@@ -41,14 +42,19 @@ _PUSH_ORDER = "CASE priority WHEN 'stat' THEN 0 WHEN 'asap' THEN 1 ELSE 2 END, i
 
 # Writes: run in the store's writer process (module-level functions, pickled by reference).
 
-def _add_order(conn: sqlite3.Connection, order: NewOrder, now: float) -> Order:
+def _add_order(conn: sqlite3.Connection, order: NewOrder, now: float, actor: str | None = None) -> Order:
     cur = conn.execute(
         "INSERT INTO orders (sample_id, tests, instrument, site, priority, patient_id, source, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (order.sample_id, json.dumps(list(order.test_codes)), order.instrument, order.site,
          order.priority, order.patient_id, order.source, now))
     row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (cur.lastrowid,)).fetchone()
-    return _order(row)
+    added = _order(row)
+    if actor is not None:  # a person's order (the API, the CLI): audited; no sample or patient id in the trail
+        audit.record(conn, at=now, actor=actor, action="order-add", target=f"order:{added.id}", reason="",
+                     detail={"instrument": added.instrument, "site": added.site, "priority": added.priority,
+                             "tests": len(added.test_codes), "source": added.source})
+    return added
 
 
 def _add_orders_from_message(conn: sqlite3.Connection, orders: Sequence[NewOrder], *, origin: str, raw: bytes,
@@ -98,10 +104,14 @@ def _mark_refused(conn: sqlite3.Connection, ids: list[int], instrument: str, rea
                  (reason[:500] or "refused by the analyzer", instrument, *ids))
 
 
-def _cancel(conn: sqlite3.Connection, order_id: int, now: float) -> Order | None:
+def _cancel(conn: sqlite3.Connection, order_id: int, now: float, actor: str | None = None) -> Order | None:
+    before = conn.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
     conn.execute("UPDATE orders SET state = 'cancelled', cancelled_at = ? WHERE id = ?"
                  " AND state != 'cancelled'", (now, order_id))
     row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if row is not None and actor is not None:
+        audit.record(conn, at=now, actor=actor, action="order-cancel", target=f"order:{order_id}", reason="",
+                     detail={"from": before[0], "instrument": row[3], "site": row[4]})
     return _order(row) if row else None
 
 
@@ -111,8 +121,9 @@ class SqliteOrderSource:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def add_order(self, order: NewOrder, *, now: float) -> Order:
-        return await self.store.write(_add_order, order, now)
+    async def add_order(self, order: NewOrder, *, now: float, actor: str | None = None) -> Order:
+        """Add an order; with ``actor`` (a person's order), audited in the same transaction."""
+        return await self.store.write(_add_order, order, now, actor)
 
     async def add_orders_from_message(self, orders: Sequence[NewOrder], *, origin: str, raw: bytes,
                                       sender_id: tuple[str, str] | None, now: float,
@@ -182,8 +193,9 @@ class SqliteOrderSource:
 
         await self.store.write(_mark_refused, ids, instrument, reason, now)
 
-    async def cancel(self, order_id: int, *, now: float) -> Order | None:
-        return await self.store.write(_cancel, order_id, now)
+    async def cancel(self, order_id: int, *, now: float, actor: str | None = None) -> Order | None:
+        """Cancel an order (None: no such order); with ``actor``, audited in the same transaction."""
+        return await self.store.write(_cancel, order_id, now, actor)
 
     async def get(self, order_id: int) -> Order | None:
         def work(conn: sqlite3.Connection) -> Order | None:

@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
+from labbridge.store.audit import migrate_audit_chain
 from labbridge.store.campaign import migrate_campaign
 from labbridge.store.failure import kind_of
 from labbridge.store.history import migrate_link_history
+from labbridge.store.users import migrate_users
 
 log = get_logger("labbridge.store")
 
@@ -183,6 +185,8 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _migrate_results_by_sample,
     6: migrate_link_history,  # labbridge.store.history
     7: migrate_campaign,  # labbridge.store.campaign
+    8: migrate_audit_chain,  # labbridge.store.audit
+    9: migrate_users,  # labbridge.store.users
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from labbridge.model import Result
 from labbridge.outbox import DEAD_HELD, DEAD_UNDECODABLE, REDECODE_KINDS, Held, OutboxItem, Retention, StoredMessage
-from labbridge.store import history
+from labbridge.store import audit, history
 from labbridge.store.campaign import gate_new_items, regate
 
 
@@ -170,8 +170,7 @@ def _insert_dead(conn: sqlite3.Connection, destination: str, *, message_id: int,
 
 def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, target: str, reason: str,
            detail: dict[str, Any]) -> None:
-    conn.execute("INSERT INTO audit (at, actor, action, target, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                 (at, actor, action, target, reason, json.dumps(detail, separators=(",", ":"))))
+    audit.record(conn, at=at, actor=actor, action=action, target=target, reason=reason, detail=detail)
 
 
 def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,

@@ -19,4 +19,4 @@ def surfaces_for(config: Config) -> list[Surface]:
         return []
     from labbridge.web.server import HttpSurface
 
-    return [HttpSurface(config.http.host, config.http.port)]
+    return [HttpSurface(config.http.host, config.http.port, config.http)]

@@ -1,6 +1,7 @@
 """The campaign's HTTP routes (docs/api.md): the status per site, the report, the stage changes, the sign-off
 and rollback, reference values and their comparison. Every change takes JSON only (no cross-site form can
-post it) with ``by`` (who) and, where the audit trail needs one, a ``reason``; refusals are 400 with the
+post it) with, where the audit trail needs one, a ``reason`` (who: the authenticated account,
+:func:`labbridge.web.auth.actor_of`; ``by`` counts only with authentication off); refusals are 400 with the
 reason a technician can act on, an unknown instrument 404."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from labbridge.campaign.report import FORMATS, render_html, render_markdown
 from labbridge.campaign.stages import CampaignNotFound, CampaignRefused
 from labbridge.campaign.validation import REQUIRED_COLUMNS, Reference, tolerance_problem
 from labbridge.runtime.api import DaemonApi
+from labbridge.web.auth import actor_of
 from labbridge.web.body import json_object
 
 PAGE_REFRESH_S = 15
@@ -69,7 +71,8 @@ def campaign_routes(api: DaemonApi) -> list[web.RouteDef]:
         body = await _body(request, frozenset({"stage", "by", "reason"}))
         try:
             done = await api.campaign.set_stage(request.match_info["id"], str(body.get("stage") or ""),
-                                                actor=str(body.get("by") or ""), reason=str(body.get("reason") or ""))
+                                                actor=actor_of(request, body.get("by")),
+                                                reason=str(body.get("reason") or ""))
         except CampaignRefused as exc:
             return _refused(exc)
         return web.json_response(done)
@@ -83,7 +86,7 @@ def campaign_routes(api: DaemonApi) -> list[web.RouteDef]:
             return _error("override must be true or false")
         try:
             done = await api.campaign.sign_off(request.match_info["id"], release=body["held"] == "release",
-                                               override=override, actor=str(body.get("by") or ""),
+                                               override=override, actor=actor_of(request, body.get("by")),
                                                reason=str(body.get("reason") or ""))
         except CampaignRefused as exc:
             return _refused(exc)
@@ -92,7 +95,7 @@ def campaign_routes(api: DaemonApi) -> list[web.RouteDef]:
     async def rollback(request: web.Request) -> web.Response:
         body = await _body(request, frozenset({"by", "reason"}))
         try:
-            done = await api.campaign.rollback(request.match_info["id"], actor=str(body.get("by") or ""),
+            done = await api.campaign.rollback(request.match_info["id"], actor=actor_of(request, body.get("by")),
                                                reason=str(body.get("reason") or ""))
         except CampaignRefused as exc:
             return _refused(exc)
@@ -118,7 +121,7 @@ def campaign_routes(api: DaemonApi) -> list[web.RouteDef]:
             refs.append(ref)
         try:
             done = await api.campaign.import_references(request.match_info["id"], refs,
-                                                        actor=str(body.get("by") or ""),
+                                                        actor=actor_of(request, body.get("by")),
                                                         reason=str(body.get("reason") or ""))
         except CampaignRefused as exc:
             return _refused(exc)

@@ -11,8 +11,9 @@ Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api
 Field names are documented in docs/api.md.
 
 The POST routes change the store: they take JSON only (a browser cannot send that cross-site without
-a CORS preflight, which this server never grants); operator actions on the outbox are recorded in the
-audit table.
+a CORS preflight, which this server never grants); every operator action is recorded in the audit trail
+(labbridge.store.audit) under the authenticated account. Who may do what, Host/Origin checks, CSRF, the
+login page and TLS: :mod:`labbridge.web.auth` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import errno
 import json
 import math
 import platform
+import ssl
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -32,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from labbridge import __version__
+from labbridge.config import HttpConfig
 from labbridge.errors import LabbridgeError, StoreError
 from labbridge.health.history import MAX_HISTORY_DAYS
 from labbridge.health.instrument import COUNTER_NAMES, STATES
@@ -39,6 +42,9 @@ from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
+from labbridge.store import audit
+from labbridge.web.audit import audit_routes
+from labbridge.web.auth import Guard, actor_of
 from labbridge.web.body import json_object
 from labbridge.web.campaign import campaign_routes
 
@@ -157,10 +163,12 @@ def _build_info() -> Metric:
 
 
 class WebServer:
-    def __init__(self, api: DaemonApi) -> None:
+    def __init__(self, api: DaemonApi, settings: HttpConfig | None = None) -> None:
         self.api = api
-        self.app = web.Application()
-        self.app.add_routes([
+        self.settings = settings or HttpConfig()
+        self.guard = Guard(api.store, self.settings, tls=self.settings.tls_cert is not None)
+        self.app = web.Application(middlewares=[self.guard.middleware])
+        self.app.add_routes([*self.guard.routes(),
             web.get("/", self.index),
             web.get("/api/health", self.health),
             web.get("/api/instruments", self.instruments),
@@ -179,13 +187,14 @@ class WebServer:
             web.post("/api/config/reload", self.reload_config),
             web.get("/metrics", self.metrics),
             *campaign_routes(api),
+            *audit_routes(api.store),
         ])
         self.runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
+        site = web.TCPSite(self.runner, host, port, ssl_context=self._tls())
         await site.start()
         server = site._server
         assert server is not None
@@ -195,6 +204,20 @@ class WebServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """TLS 1.2+ with ``[http] tls_cert``/``tls_key``; with ``client_ca``, a client certificate it signed
+        is required."""
+        s = self.settings
+        if s.tls_cert is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        if s.client_ca is not None:
+            ctx.load_verify_locations(s.client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     async def index(self, _request: web.Request) -> web.Response:
         page = resources.files("labbridge.web").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -278,7 +301,7 @@ class WebServer:
             problems = self.api.order_problems(order)
         if problems or order is None:
             return _bad_request(problems)
-        stored = await self.api.add_order(order, now=time.time())
+        stored = await self.api.add_order(order, now=time.time(), actor=actor_of(request))
         return web.json_response(stored.to_json(), status=201)
 
     async def get_order(self, request: web.Request) -> web.Response:
@@ -292,7 +315,8 @@ class WebServer:
         if request.content_type != "application/json":  # no cross-site form may cancel an order
             return web.json_response({"error": "send JSON (Content-Type: application/json)"}, status=415)
         order_id = _int_id(request)
-        order = await self.api.orders.cancel(order_id, now=time.time()) if order_id is not None else None
+        order = (await self.api.orders.cancel(order_id, now=time.time(), actor=actor_of(request))
+                 if order_id is not None else None)
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
@@ -327,9 +351,7 @@ class WebServer:
         ids = self._ids(body)
         if (ids is None) == (body.get("all_dead") is not True):
             return web.json_response({"error": "give either ids or all_dead: true"}, status=400)
-        actor = str(body.get("by") or "").strip()
-        if not actor:
-            return web.json_response({"error": "by (who asks) is required"}, status=400)
+        actor = actor_of(request, body.get("by"))
         try:
             outcomes = await self.api.operations.retry(ids, actor=actor, reason=str(body.get("reason") or ""))
         except (ValueError, StoreError) as exc:
@@ -340,9 +362,7 @@ class WebServer:
         body = await self._body(request)
         if body.get("confirm") is not True:
             return web.json_response({"error": "a purge deletes items for good: send confirm: true"}, status=400)
-        actor = str(body.get("by") or "").strip()
-        if not actor:
-            return web.json_response({"error": "by (who asks) is required"}, status=400)
+        actor = actor_of(request, body.get("by"))
         older = body.get("older_than_s")
         if older is not None and not isinstance(older, int | float):
             return web.json_response({"error": "older_than_s must be a number of seconds"}, status=400)
@@ -366,7 +386,10 @@ class WebServer:
         """Apply the config file as it is now: 200 applied or unchanged, 422 refused (with every problem), 409
         when the daemon has no config file; the body is the reload's report either way."""
         body = await self._body(request)
-        report = await self.api.reload_config(by=str(body.get("by") or "").strip() or "api")
+        actor = actor_of(request, body.get("by"))
+        report = await self.api.reload_config(by=actor)
+        await self.api.store.write(audit.record, at=time.time(), actor=actor, action="reload", target="config",
+                                   reason="", detail={"outcome": report["outcome"]})
         status = {"refused": 422, "unavailable": 409}.get(report["outcome"], 200)
         if status != 200:
             report = {"error": f"reload {report['outcome']}: " + "; ".join(
@@ -385,13 +408,14 @@ class HttpSurface:
 
     name = "http"
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, settings: HttpConfig | None = None) -> None:
         self.host = host
         self.port = port
+        self.settings = settings or HttpConfig(host=host, port=port)
         self.server: WebServer | None = None
 
     async def start(self, api: DaemonApi) -> tuple[str, int]:
-        self.server = WebServer(api)
+        self.server = WebServer(api, self.settings)
         try:
             return await self.server.start(self.host, self.port)
         except OSError as exc:

@@ -77,8 +77,9 @@ def test_held_until_sign_off_then_released_exactly_once_in_order(tmp_path: Path)
                 more = await send("an-0", bound["an-0"], messages=1, batch="b")  # type: ignore[arg-type]
                 await eventually(lambda: set(more) <= lab.lis.delivered, what="results after sign-off")
             audit = await lab.daemon.store.audit_rows()
+            # Authentication off (loopback): the name the request gave, marked as nobody having checked it.
             assert [(a["actor"], a["action"]) for a in audit if a["target"] == "instrument:an-0"] == [
-                ("anna", "sign-off"), ("anna", "references")]
+                ("unverified:anna", "sign-off"), ("unverified:anna", "references")]
 
     run(body())
 

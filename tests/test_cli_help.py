@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 
 import pytest
@@ -40,5 +41,6 @@ def test_every_subcommand_has_examples_the_parser_accepts(path: tuple[str, ...],
     assert examples
     for example in examples:
         assert example.startswith("labbridge "), example
-        argv = shlex.split(example.split("  #", 1)[0].split("|", 1)[0], comments=True)[1:]
+        command = re.split(r"\s[|<>]", example.split("  #", 1)[0], maxsplit=1)[0]  # without a pipe or redirection
+        argv = shlex.split(command, comments=True)[1:]
         build_parser().parse_args(argv)  # exits (SystemExit) if an example is wrong

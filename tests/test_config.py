@@ -193,7 +193,7 @@ name = "Arlon"
 [[instruments]]
 id = "chem-1"
 site = "arlon"
-driver = "sysmex-xm"
+driver = "sysmx-xn"
 transport = { kind = "tcp-server", prot = 4001 }
 
 [[instruments]]
@@ -228,7 +228,7 @@ def test_check_config_reports_every_problem_in_one_pass_with_suggestions(tmp_pat
         "instruments[1].id", "instruments[1].idle_after_s", "instruments[1].site",
         "instruments[2].enabeld", "instruments[2].transport.port"]
     said = dict(lines)
-    assert said["instruments[0].driver"].endswith("got 'sysmex-xm' (did you mean `sysmex-xn`?)")
+    assert said["instruments[0].driver"].endswith("got 'sysmx-xn' (did you mean `sysmex-xn`?)")
     assert said["instruments[0].transport.prot"].endswith("(did you mean `port`?)")
     assert said["instruments[1].id"] == "duplicate id 'chem-1' (already used by instruments[0])"
     assert "a number, not text" in said["instruments[1].idle_after_s"]

@@ -29,9 +29,9 @@ from pydantic import (
 )
 
 from labbridge.campaign.stages import GateMode, Stage
-from labbridge.outbox import Route
 from labbridge.errors import ConfigError
 from labbridge.health import traffic
+from labbridge.outbox import Route
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Port = Annotated[int, Field(ge=0, le=65535)]

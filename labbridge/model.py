@@ -124,7 +124,7 @@ class Result:
         # Built field by field: dataclasses.asdict deep-copies through generic recursion, and this runs
         # for every result stored (the store writer's hot path). Same keys, same order as asdict.
         # The issue-20 fields only when sent: a result without them is stored (and replayed) as before.
-        data = {"instrument": self.instrument, "sample_id": self.sample_id, "test_code": self.test_code,
+        data: dict[str, Any] = {"instrument": self.instrument, "sample_id": self.sample_id, "test_code": self.test_code,
                 "instrument_test_code": self.instrument_test_code, "value": self.value, "units": self.units,
                 "reference_range": self.reference_range, "flags": list(self.flags), "status": self.status,
                 "measured_at": self.measured_at, "kind": self.kind, "patient_id": self.patient_id,

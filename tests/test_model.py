@@ -35,8 +35,7 @@ def test_result_json_has_every_field_and_round_trips() -> None:
 
 
 def test_a_result_without_the_later_fields_has_the_json_it_always_had() -> None:
-    plain = dataclasses.replace(_full(), **{name: "" for name in ("test_name", "dilution", "operator",
-                                                                  "equipment_id")},
+    plain = dataclasses.replace(_full(), **dict.fromkeys(("test_name", "dilution", "operator", "equipment_id"), ""),
                                 comments=(), order_comments=(), patient=None)
     data = plain.to_json()
     assert not set(SENT_ONLY) & set(data)

@@ -165,14 +165,14 @@ def _with_notes(results: list[Result], orders: list[list[str]], patients: list[t
     """The results with their comments and patient; the same objects when there are none."""
     shared: dict[int, Patient | None] = {}
     out = []
-    for i, r in enumerate(results):
+    for i, result in enumerate(results):
         patient, notes = patients[i]
         key = id(notes)
         if key not in shared:
             shared[key] = dataclasses.replace(patient or Patient(), comments=tuple(notes)) if notes else patient
         order = tuple(message_notes + orders[i])
         mine = tuple(result_notes.get(i, ()))
-        if shared[key] is not None or order or mine:
-            r = dataclasses.replace(r, patient=shared[key], order_comments=order, comments=mine)
-        out.append(r)
+        changed = shared[key] is not None or order or mine
+        out.append(dataclasses.replace(result, patient=shared[key], order_comments=order, comments=mine)
+                   if changed else result)
     return out

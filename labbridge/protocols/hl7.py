@@ -23,8 +23,8 @@ from typing import Literal
 from labbridge.model import Result, order_comments
 from labbridge.protocols.hl7_parse import DEFAULT_SEPARATORS, escape
 
-__all__ = ["DEFAULT_OPTIONS", "ENCODING_CHARS", "AckInfo", "Hl7Options", "Party", "build_oru_r01", "build_oul_r22", "escape", "hl7_timestamp",
-           "parse_ack"]
+__all__ = ["DEFAULT_OPTIONS", "ENCODING_CHARS", "AckInfo", "Hl7Options", "Party", "build_oru_r01", "build_oul_r22",
+           "escape", "hl7_timestamp", "parse_ack"]
 
 ENCODING_CHARS = DEFAULT_SEPARATORS.encoding_characters
 _STATUS = {"final": "F", "preliminary": "P", "correction": "C", "cancelled": "X"}
@@ -120,7 +120,8 @@ def _obx(results: Sequence[Result], opts: Hl7Options) -> list[str]:
     out = []
     for i, r in enumerate(results, start=1):
         value_type = "NM" if r.numeric_value is not None else "ST"
-        code = f"{escape(r.test_code)}^{escape(r.test_name)}^{opts.coding_system}^{escape(r.instrument_test_code)}^^99INST"
+        code = (f"{escape(r.test_code)}^{escape(r.test_name)}^{opts.coding_system}"
+                f"^{escape(r.instrument_test_code)}^^99INST")
         flags = "~".join(escape(f) for f in r.flags)
         equipment = escape(r.instrument) + (f"~{escape(r.equipment_id)}" if r.equipment_id else "")
         out.append("|".join(["OBX", str(i), value_type, code, "", escape(r.value), escape(r.units),

@@ -258,3 +258,58 @@ def test_every_destination_gets_comments_corrections_names_patient_fields_and_qc
     assert by_sample["S-NOPAT"]["patient"] is None
     assert [r["kind"] for r in by_sample["QC-L1"]["results"]] == ["qc"]
     json.dumps(posted)  # plain JSON all through
+
+
+ORU_IN = ("MSH|^~\\&|BA400|LAB1|LIS|HOSP|20261203101500+0100||ORU^R01^ORU_R01|IN-1|P|2.5.1\r"
+          "PID|1||PAT42^^^HOSP^PI||Dupont^Zoé||19810214|F\r"
+          "NTE|1|L|Fasting\r"
+          "OBR|1|S-HL7||GLU^Glucose^99ROC|||20261203100000\r"
+          "NTE|1|L|Lipemic sample\r"
+          "OBX|1|NM|GLU^Glucose^99ROC||7.2|mmol/L|3.9-6.1|H|||C|||||OP^Smith||BA400-M2|20261203101200\r"
+          "NTE|1|L|Confirmed by rerun~Second line\r"
+          "OBX|2|NM|K^Potassium^99ROC||4.1|mmol/L|3.5-5.1||||P\r")
+
+
+def test_an_hl7_analyzers_nte_patient_and_status_reach_the_lis(tmp_path: Path) -> None:
+    """The HL7 side: NTE after PID, OBR and OBX, a correction and a preliminary result, the analyzer's test
+    name, operator and equipment, from an HL7 analyzer (over MLLP) to a python-hl7 LIS (ORU^R01)."""
+    from labbridge.protocols import mllp
+
+    lis = Hl7Lis()
+
+    async def body() -> None:
+        port = await lis.start()
+        instrument = {"id": "hl7-1", "site": "arlon", "driver": "hl7-generic",
+                      "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 0},
+                      "link": {"framing": "mllp", "encoding": "utf-8"}}
+        try:
+            async with running_lab(tmp_path, extra={"instruments": [instrument], "lis": [_mllp("oru", port)]}) as lab:
+                bound = lab.daemon.runners["hl7-1"].bound
+                assert bound is not None
+                reader, writer = await asyncio.open_connection(*bound)
+                writer.write(mllp.frame(ORU_IN.encode("utf-8")))
+                await writer.drain()
+                decoder = mllp.MllpDecoder()
+                acks: list[bytes] = []
+                async with asyncio.timeout(10):
+                    while not acks:
+                        acks += [e.payload for e in decoder.receive_data(await reader.read(65536))
+                                 if isinstance(e, mllp.MllpMessage)]
+                assert b"MSA|AA|IN-1" in acks[0]
+                writer.close()
+                await eventually(lambda: len(lis.messages) == 1, what="the results at the LIS")
+        finally:
+            lis.close()
+
+    run(body(), timeout=60)
+    message = lis.messages[0]
+    assert _segments(message) == ["MSH", "PID", "NTE", "OBR", "NTE", "OBX", "NTE", "NTE", "OBX"]
+    # Each repetition of NTE-3 is one comment: one NTE each (set IDs 1, 2 under their OBX).
+    assert [(str(seg[1]), str(seg[3])) for seg in message.segments("NTE")] == [
+        ("1", "Fasting"), ("1", "Lipemic sample"), ("1", "Confirmed by rerun"), ("2", "Second line")]
+    pid = message.segment("PID")
+    assert (str(pid[5][0][0]), str(pid[5][0][1]), str(pid[7]), str(pid[8])) == ("Dupont", "Zoé", "19810214", "F")
+    glu, k = message.segments("OBX")
+    assert (str(glu[3][0][1]), str(glu[11]), str(k[11])) == ("Glucose", "C", "P")
+    assert str(glu[16]) == "OP" and str(glu[18]).split("~") == ["hl7-1", "BA400-M2"]
+    _strictly_valid(lis.raw[0])

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from labbridge.model import Result, order_comments
-from labbridge.protocols.e1394 import encode_record
+from labbridge.protocols.e1394 import Field, encode_record
 from labbridge.protocols.hl7 import DEFAULT_OPTIONS, Hl7Options, Party, build_oru_r01, build_oul_r22
 
 # LIS2-A2 R-9 result status for each canonical status.
@@ -54,7 +54,7 @@ def render_astm(results: Sequence[Result], *, control_id: str, created_at: float
     stamp = datetime.fromtimestamp(created_at, UTC).strftime("%Y%m%d%H%M%S")
     # P-3 the patient ID (practice-assigned, where the drivers read it; labbridge wrote it in P-4 before
     # issue 20, LIS2-A2's laboratory-assigned ID, where the analyzer's own P-4 now goes).
-    patient = ["1", first.patient_id]
+    patient: list[Field] = ["1", first.patient_id]
     if p is not None:
         patient += [p.lab_id, p.alt_id, [list(p.name)], p.mothers_maiden_name, p.birth_date, p.sex]
     records = [

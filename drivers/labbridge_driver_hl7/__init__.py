@@ -163,14 +163,17 @@ class GenericHl7Driver(Hl7Driver):
 def _with_notes(results: list[Result], orders: list[list[str]], patients: list[tuple[Patient | None, list[str]]],
                 result_notes: dict[int, list[str]], message_notes: list[str]) -> list[Result]:
     """The results with their comments and patient; the same objects when there are none."""
-    shared: dict[int, Patient | None] = {}
+    shared: dict[int, Patient | None] = {}  # one object per patient, one tuple per order: shared, not copied
+    order_tuples: dict[int, tuple[str, ...]] = {}
     out = []
     for i, result in enumerate(results):
         patient, notes = patients[i]
         key = id(notes)
         if key not in shared:
             shared[key] = dataclasses.replace(patient or Patient(), comments=tuple(notes)) if notes else patient
-        order = tuple(message_notes + orders[i])
+        order = order_tuples.get(id(orders[i]))
+        if order is None:
+            order = order_tuples[id(orders[i])] = tuple(message_notes + orders[i])
         mine = tuple(result_notes.get(i, ()))
         changed = shared[key] is not None or order or mine
         out.append(dataclasses.replace(result, patient=shared[key], order_comments=order, comments=mine)

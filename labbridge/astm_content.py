@@ -55,7 +55,7 @@ class Comments:
         self._patients: list[tuple[Record, list[str]]] = []
         self._orders: list[list[str]] = []
         self._results: dict[int, list[str]] = {}  # index in the driver's results -> comments
-        self._owners: list[tuple[int, int]] = []  # per kept result: (patient, order) indexes
+        self._owners: dict[int, tuple[int, int]] = {}  # index in the driver's results -> (patient, order)
         self._message: list[str] = []  # comments before any P
         self._last: tuple[str, int] = ("H", -1)
 
@@ -72,7 +72,7 @@ class Comments:
         if index is None:
             self._last = ("O", len(self._orders) - 1)
             return
-        self._owners.append((len(self._patients) - 1, len(self._orders) - 1))
+        self._owners[index] = (len(self._patients) - 1, len(self._orders) - 1)
         self._last = ("R", index)
 
     def comment(self, rec: Record) -> None:
@@ -95,9 +95,10 @@ class Comments:
         orders = [tuple(self._message + notes) for notes in self._orders]
         out = list(results)
         for i, result in enumerate(results):
-            if i >= len(self._owners):
-                break  # results the driver made otherwise (none today)
-            p, o = self._owners[i]
+            owner = self._owners.get(i)
+            if owner is None:
+                continue  # a result a driver's hook made from another record: no P/O/R of its own
+            p, o = owner
             if p not in patients:
                 patients[p] = self._patient(p, result.patient_id) if p >= 0 else None
             patient = patients[p]

@@ -317,7 +317,8 @@ class ProfileAstmDriver(AstmDriver):
     # ---- hooks -----------------------------------------------------------------------------------
 
     def on_record(self, rec: Record, index: int, scope: Scope, out: Decoded) -> None:
-        """Called for every record outside H/P/O/R (C, M, S, Q, L). Default: nothing."""
+        """Called for every record outside H/P/O/R (C, M, S, Q, L). Default: nothing. (C records are also read
+        as comments by the decoder itself: labbridge.astm_content.)"""
 
     def adjust(self, result: Result, scope: Scope, context: DecodeContext) -> Result | None:
         """Last word on each result: return it (changed or not), or None to leave it out."""

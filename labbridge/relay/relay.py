@@ -300,6 +300,10 @@ class Relay:
             return
         try:
             outcome = await self.hand_over(item, lane)
+        except UnicodeEncodeError as exc:  # e.g. a Greek name for an ASTM file (latin-1): resending cannot help
+            await self._dead(item, f"not sent: a value has characters that this destination's format cannot carry "
+                                   f"(character set {exc.encoding}); change its format, then retry", DEAD_UNDELIVERED)
+            return
         except TransientLinkError as exc:
             self._down = True
             reason = str(exc)

@@ -34,6 +34,7 @@ from pydantic import (
 from labbridge.campaign.stages import GateMode, Stage
 from labbridge.errors import ConfigError
 from labbridge.health import traffic
+from labbridge.outbox import Route
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -297,6 +298,46 @@ class _Destination(_Model):
     # Results of an instrument not yet live (validating): held until sign-off, or sent at once flagged
     # as test results (HL7 MSH-11 "T", JSON "test": true) that the LIS keeps out of patient records.
     validating: GateMode = "hold"
+
+    # ---- What the LIS receives (issue 20, parts 1 and 2; docs/lis-output.md) ----------------------------
+    # QC results (a control sample, as the driver recognises it): "hold" (stored, shown as held, sent only
+    # when an operator releases them: `labbridge outbox retry`), "send-marked" (sent, marked as QC: HL7
+    # SPM-11 "Q", ASTM O-12 "Q", JSON "kind": "qc"), "drop" (stored and shown, never sent here). Default
+    # "hold": a LIS that does not read the QC mark would file a control as a patient's result.
+    qc: Literal["hold", "send-marked", "drop"] = "hold"
+    # Which results this destination takes: "all" (patient results, and QC as `qc` says) or "qc" (QC only:
+    # a QC system's feed; `qc` then defaults to "send-marked").
+    results: Literal["all", "qc"] = "all"
+    # HL7 OBX-3.3: the coding system of the LIS test codes (table 0396: "L" local, "LN" LOINC, "99xxx").
+    coding_system: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,20}$")] = "L"
+    # HL7: a required PID field (PID-3 patient ID, PID-5 name) the analyzer did not send: "null" sends
+    # "" (HL7's explicit null: strictly valid v2.5.1, what labbridge always sent), "empty" leaves it empty
+    # (not strictly valid: PID-3/PID-5 are required; for a LIS that updates patients from results and reads
+    # "" as "delete the stored name").
+    missing_patient_fields: Literal["null", "empty"] = "null"
+    # HL7: when the analyzer sent no patient at all (no ID, no name, nothing): "omit" sends no PID (the
+    # patient group is optional in ORU^R01 and OUL^R22), "send" a PID with its required fields as above.
+    pid_without_patient: Literal["omit", "send"] = "omit"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _qc_feed_sends_qc(cls, data: Any) -> Any:
+        """A QC-only destination (``results = "qc"``) sends its QC marked unless told otherwise."""
+        if isinstance(data, dict) and data.get("results") == "qc" and "qc" not in data:
+            return {**data, "qc": "send-marked"}
+        return data
+
+    @model_validator(mode="after")
+    def _qc_feed_takes_qc(self) -> _Destination:
+        if self.results == "qc" and self.qc == "drop":
+            raise ValueError('results = "qc" takes only QC results and qc = "drop" sends none: nothing would '
+                             'ever go to this destination (use qc = "send-marked" or "hold")')
+        return self
+
+    def route(self) -> Route:
+        """Which results this destination takes, for the store (decided when results are stored)."""
+        return Route(self.id, qc=self.qc, results=self.results)
+    # ---- end of issue 20 --------------------------------------------------------------------------------
 
 
 class MllpDestination(_Destination):

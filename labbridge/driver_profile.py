@@ -21,6 +21,11 @@ paths is a list of fallbacks: the first non-empty value wins. The record a path 
 of that type in the LIS2-A2 hierarchy (LIS2-A2 §4.1, PROTOCOLS.md R-B1): the message's H, the current P,
 the current O and the R being decoded.
 
+Beyond the values: ``test_name`` (default R-3.2), ``operator`` (R-11), ``equipment_id`` (R-14) and
+``dilution`` (no default: LIS2-A2 has no dilution field) are read the same way; the patient fields
+P-4..P-9 and the C records (comments on the P, O or R before them) are read at their LIS2-A2 places by
+:mod:`labbridge.astm_content`, for every profile.
+
 Hierarchy (PROTOCOLS.md R-B1): an O needs a preceding P, an R needs a preceding O, and a new P ends the
 previous patient's orders; a message that breaks this raises :class:`DecodeError` with the index of the
 offending record.
@@ -48,6 +53,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from labbridge import astm_orders
+from labbridge.astm_content import Comments
 from labbridge.astm_orders import decode_query
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError, RemoteProtocolError
@@ -159,15 +165,22 @@ class FieldMap(_Model):
     flags: Paths = Field(default_factory=lambda: ["R.7[*]"])
     status: Paths = Field(default_factory=lambda: ["R.9[*]"])
     measured_at: Paths = Field(default_factory=lambda: ["R.13", "O.23", "H.14"])
+    # What else reaches the LIS (issue 20): the analyzer's test name, who ran the test, the analyzer's own
+    # instrument/module ID, and the dilution (no standard place: empty unless the profile names one).
+    test_name: Paths = Field(default_factory=lambda: ["R.3.2"])
+    operator: Paths = Field(default_factory=lambda: ["R.11.1", "R.11.2"])
+    equipment_id: Paths = Field(default_factory=lambda: ["R.14.1"])
+    dilution: list[str] = Field(default_factory=list)
 
     @field_validator("sender", "sample_id", "patient_id", "test_code", "value", "units", "reference_range",
-                     "flags", "status", "measured_at", mode="before")
+                     "flags", "status", "measured_at", "test_name", "operator", "equipment_id", "dilution",
+                     mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return _paths(value)
 
     @field_validator("sender", "sample_id", "patient_id", "test_code", "value", "units", "reference_range",
-                     "flags", "status", "measured_at")
+                     "flags", "status", "measured_at", "test_name", "operator", "equipment_id", "dilution")
     @classmethod
     def _valid_paths(cls, value: list[str]) -> list[str]:
         for path in value:
@@ -304,7 +317,8 @@ class ProfileAstmDriver(AstmDriver):
     # ---- hooks -----------------------------------------------------------------------------------
 
     def on_record(self, rec: Record, index: int, scope: Scope, out: Decoded) -> None:
-        """Called for every record outside H/P/O/R (C, M, S, Q, L). Default: nothing."""
+        """Called for every record outside H/P/O/R (C, M, S, Q, L). Default: nothing. (C records are also read
+        as comments by the decoder itself: labbridge.astm_content.)"""
 
     def adjust(self, result: Result, scope: Scope, context: DecodeContext) -> Result | None:
         """Last word on each result: return it (changed or not), or None to leave it out."""
@@ -319,6 +333,7 @@ class ProfileAstmDriver(AstmDriver):
             raise DecodeError(str(exc), record_index=0) from exc
         out = Decoded()
         scope = Scope()
+        comments = Comments()
         c = self._compiled
         for index, rec in enumerate(parsed):
             kind = rec.type
@@ -327,23 +342,28 @@ class ProfileAstmDriver(AstmDriver):
                 out.sender = _first(c.fields["sender"], scope)
             elif kind == "P":
                 scope.patient, scope.order, scope.result = rec, None, None
+                comments.patient(rec)
             elif kind == "O":
                 if scope.patient is None:
                     raise DecodeError("order (O) record without a preceding patient (P) record", record_index=index)
                 scope.order, scope.result = rec, None
+                comments.order()
             elif kind == "R":
                 if scope.order is None:
                     raise DecodeError("result (R) record without a preceding order (O) record", record_index=index)
                 scope.result = rec
                 result = self._result(scope, context, index)
-                if result is not None:
-                    adjusted = self.adjust(result, scope, context)
-                    if adjusted is not None:
-                        out.results.append(adjusted)
+                adjusted = None if result is None else self.adjust(result, scope, context)
+                if adjusted is not None:
+                    out.results.append(adjusted)
+                comments.result(None if adjusted is None else len(out.results) - 1)
             elif kind == "Q" and self.supports_orders:
                 out.queries.append(decode_query(rec, context, index))
             else:
+                if kind == "C":
+                    comments.comment(rec)
                 self.on_record(rec, index, scope, out)
+        out.results = comments.apply(out.results)
         return out
 
     # ---- host side (profiles with ``[driver] host_query = true``) ---------------------------------
@@ -404,6 +424,10 @@ class ProfileAstmDriver(AstmDriver):
             measured_at=context.timestamp(_first(c.fields["measured_at"], scope)),
             kind="qc" if qc else "patient",
             patient_id=_first(c.fields["patient_id"], scope),
+            test_name=_first(c.fields["test_name"], scope),
+            dilution=_first(c.fields["dilution"], scope),
+            operator=_first(c.fields["operator"], scope),
+            equipment_id=_first(c.fields["equipment_id"], scope),
         )
 
 
@@ -418,7 +442,7 @@ class _Compiled:
     @classmethod
     def build(cls, profile: Profile) -> _Compiled:
         names = ("sender", "sample_id", "patient_id", "test_code", "value", "units", "reference_range", "flags",
-                 "status", "measured_at")
+                 "status", "measured_at", "test_name", "operator", "equipment_id", "dilution")
         return cls(
             fields={n: tuple(FieldPath.parse(p) for p in getattr(profile.fields, n)) for n in names},
             qc=tuple((FieldPath.parse(c.path), c) for c in profile.qc.any),

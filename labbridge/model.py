@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -38,8 +39,48 @@ def positional_pickle(cls: type[_T]) -> type[_T]:
 
 @positional_pickle
 @dataclass(frozen=True, slots=True)
+class Patient:
+    """What the analyzer sent about the patient besides the ID (``Result.patient_id``), as it sent it.
+
+    One object for every result of the patient in a message (shared, not copied). ``''`` (or ``()``) where
+    the analyzer sent nothing: nothing here is ever filled in by labbridge. ASTM P-4, P-5, P-6, P-7, P-8,
+    P-9 and the C records after the P; HL7 PID-4, PID-5, PID-6, PID-7, PID-8 and the NTE after the PID.
+    ``birth_date`` and ``sex`` are kept as sent, even when they are not valid dates or codes (the LIS
+    renderings say what they do with such a value: docs/lis-output.md).
+    """
+
+    lab_id: str = ""  # ASTM P-4 laboratory-assigned patient ID
+    alt_id: str = ""  # ASTM P-5 patient ID No. 3; HL7 PID-4 alternate patient ID
+    name: tuple[str, ...] = ()  # family, given, middle, suffix, prefix (ASTM P-6, HL7 PID-5)
+    mothers_maiden_name: str = ""  # ASTM P-7, HL7 PID-6 (family name)
+    birth_date: str = ""  # ASTM P-8, HL7 PID-7: YYYYMMDD[HHMM[SS]] as sent
+    sex: str = ""  # ASTM P-9, HL7 PID-8: as sent (M, F, U, ...)
+    comments: tuple[str, ...] = ()  # ASTM C records after the P, HL7 NTE after the PID
+
+    def __bool__(self) -> bool:
+        return any((self.lab_id, self.alt_id, any(self.name), self.mothers_maiden_name, self.birth_date, self.sex,
+                    self.comments))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lab_id": self.lab_id, "alt_id": self.alt_id, "name": list(self.name),
+                "mothers_maiden_name": self.mothers_maiden_name, "birth_date": self.birth_date, "sex": self.sex,
+                "comments": list(self.comments)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Patient:
+        return cls(lab_id=data.get("lab_id", ""), alt_id=data.get("alt_id", ""), name=tuple(data.get("name", ())),
+                   mothers_maiden_name=data.get("mothers_maiden_name", ""), birth_date=data.get("birth_date", ""),
+                   sex=data.get("sex", ""), comments=tuple(data.get("comments", ())))
+
+
+@positional_pickle
+@dataclass(frozen=True, slots=True)
 class Result:
-    """One measured value of one test on one sample."""
+    """One measured value of one test on one sample.
+
+    The fields after ``message_id`` came with issue 20 (what the analyzer meant reaches the LIS); each is
+    empty when the analyzer did not send it, and a result stored before them reads back with them empty.
+    """
 
     instrument: str
     sample_id: str
@@ -54,6 +95,13 @@ class Result:
     kind: ResultKind = "patient"
     patient_id: str = ""
     message_id: int | None = None
+    test_name: str = ""  # the analyzer's name of the test (ASTM R-3.2 or the driver's table, HL7 OBX-3.2)
+    comments: tuple[str, ...] = ()  # about this result: ASTM C records after the R, HL7 NTE after the OBX
+    order_comments: tuple[str, ...] = ()  # about the order: ASTM C after the O, HL7 NTE after OBR (or SPM)
+    dilution: str = ""  # as the analyzer sent it, e.g. "1:10" or "UNDILUTED" (where its driver reads one)
+    operator: str = ""  # who ran or released the test: ASTM R-11, HL7 OBX-16
+    equipment_id: str = ""  # the analyzer's own identifier of the instrument or module: ASTM R-14, HL7 OBX-18
+    patient: Patient | None = None  # what else the analyzer sent about the patient (shared by its results)
 
     @property
     def numeric_value(self) -> float | None:
@@ -75,17 +123,49 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         # Built field by field: dataclasses.asdict deep-copies through generic recursion, and this runs
         # for every result stored (the store writer's hot path). Same keys, same order as asdict.
-        return {"instrument": self.instrument, "sample_id": self.sample_id, "test_code": self.test_code,
+        # The issue-20 fields only when sent: a result without them is stored (and replayed) as before.
+        data: dict[str, Any] = {"instrument": self.instrument, "sample_id": self.sample_id, "test_code": self.test_code,
                 "instrument_test_code": self.instrument_test_code, "value": self.value, "units": self.units,
                 "reference_range": self.reference_range, "flags": list(self.flags), "status": self.status,
                 "measured_at": self.measured_at, "kind": self.kind, "patient_id": self.patient_id,
                 "message_id": self.message_id, "numeric_value": self.numeric_value}
+        if self.test_name:
+            data["test_name"] = self.test_name
+        if self.comments:
+            data["comments"] = list(self.comments)
+        if self.order_comments:
+            data["order_comments"] = list(self.order_comments)
+        if self.dilution:
+            data["dilution"] = self.dilution
+        if self.operator:
+            data["operator"] = self.operator
+        if self.equipment_id:
+            data["equipment_id"] = self.equipment_id
+        if self.patient is not None:
+            data["patient"] = self.patient.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:
+        """A result from :meth:`to_json`'s form, including one stored before any later field existed."""
         fields = {k: v for k, v in data.items() if k != "numeric_value"}
         fields["flags"] = tuple(fields.get("flags", ()))
+        for name in ("comments", "order_comments"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
+        patient = fields.get("patient")
+        if patient is not None:
+            fields["patient"] = Patient.from_json(patient)
         return cls(**fields)
+
+
+def order_comments(results: Sequence[Result]) -> tuple[str, ...]:
+    """The order comments of a group of results (one sample), each once, in the order first seen."""
+    seen: dict[str, None] = {}
+    for r in results:
+        if r.order_comments:
+            seen.update(dict.fromkeys(r.order_comments))
+    return tuple(seen)
 
 
 @dataclass(frozen=True, slots=True)

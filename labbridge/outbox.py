@@ -27,6 +27,29 @@ DEAD_HELD = "held"
 REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which results one LIS destination takes (issue 20, part 2), decided when they are stored.
+
+    ``qc``: a QC result is queued ``hold`` (in the dead letters, kind ``held``, until an operator releases
+    it), ``send-marked`` (pending: sent, marked as QC) or ``drop`` (not queued for this destination; it
+    stays in the store). ``results``: ``all``, or ``qc`` (patient results are not queued here).
+    """
+
+    destination: str
+    qc: str = "hold"
+    results: str = "all"
+
+    @classmethod
+    def of(cls, destination: str | Route) -> Route:
+        """A route, from a destination ID alone (the defaults) or a route."""
+        return destination if isinstance(destination, Route) else cls(destination)
+
+
+QC_HOLD_REASON = ("QC result held for destination {destination} (qc = \"hold\": it is never taken for a patient's "
+                  "result): release it with `labbridge outbox retry` to send it, marked as QC")
+
+
 @positional_pickle
 @dataclass(frozen=True, slots=True)
 class StoredMessage:

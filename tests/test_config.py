@@ -260,3 +260,23 @@ def test_suggested_keys_follow_the_table_they_are_in() -> None:
     assert "units" in keys_at(("instruments", 0, "tests", "GLU"))
     assert "message_type" in keys_at(("lis", 0, "mllp"))
     assert keys_at(("nowhere",)) == set()
+
+
+# ---- issue 20: what the LIS receives (QC per destination, PID policy, coding system) ---------------------
+
+def test_lis_destinations_default_to_qc_held_null_pid_fields_and_local_codes(tmp_path: Path) -> None:
+    lis = load_config(write(tmp_path, GOOD)).lis[0]
+    assert (lis.qc, lis.results, lis.coding_system) == ("hold", "all", "L")
+    assert (lis.missing_patient_fields, lis.pid_without_patient) == ("null", "omit")
+    assert (lis.route().qc, lis.route().results) == ("hold", "all")
+
+
+def test_a_qc_feed_sends_its_qc_marked_and_refuses_to_drop_it(tmp_path: Path) -> None:
+    feed = GOOD + '\n[[lis]]\nid = "qc"\nkind = "http"\nurl = "http://127.0.0.1:9/qc"\nresults = "qc"\n'
+    assert load_config(write(tmp_path, feed)).lis[1].qc == "send-marked"
+    with pytest.raises(ConfigError, match='qc = "drop" sends none'):
+        load_config(write(tmp_path, feed + 'qc = "drop"\n'))
+    with pytest.raises(ConfigError, match="lis"):
+        load_config(write(tmp_path, GOOD + 'qc = "later"\n'))
+    with pytest.raises(ConfigError, match="coding_system"):
+        load_config(write(tmp_path, GOOD + 'coding_system = "L N"\n'))

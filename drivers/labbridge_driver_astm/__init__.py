@@ -5,11 +5,13 @@ Where values sit (CLSI LIS2-A2, records P §8, O §9, R §10):
 * P-3 practice-assigned patient ID (first component);
 * O-3 specimen ID (first component), O-4 instrument specimen ID when O-3 is empty; O-12 action
   code ``Q`` marks a QC sample, as does H-12 processing ID ``Q``;
-* R-3 universal test ID ``^^^code``: the 4th component is the manufacturer's test code;
-* R-4 value, R-5 units, R-6 reference range, R-7 abnormal flags (repeats), R-9 status, R-13 time the
-  test completed.
+* R-3 universal test ID ``^^^code``: the 4th component is the manufacturer's test code, the 2nd the
+  test's name (when sent);
+* R-4 value, R-5 units, R-6 reference range, R-7 abnormal flags (repeats), R-9 status, R-11 operator
+  (first component sent), R-13 time the test completed, R-14 instrument identification (first component);
+* P-4..P-9 (patient fields) and C records (comments on the P, O or R before them): labbridge.astm_content.
 
-Records outside that hierarchy (C, M, S) are skipped here; vendor drivers read them.
+M and S records are skipped here; vendor drivers read them.
 
 Host queries (Q record, LIS2-A2 §11): Q-3 starting range ID, repeats of ``patient^specimen^...``
 (the specimen ID is the 2nd component; ``ALL`` asks for every sample); Q-5 universal test ID
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from labbridge.astm_content import Comments
 from labbridge.astm_orders import PRIORITY_CODES, REPORT_TYPES, AstmOrders, decode_query
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError, RemoteProtocolError
@@ -54,6 +57,7 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
         sample_id = ""
         qc_order = False
         have_order = False
+        comments = Comments()
         for index, rec in enumerate(parsed):
             kind = rec.type
             if kind == "H":
@@ -62,10 +66,12 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
             elif kind == "P":
                 patient_id = rec.component(3, 1)
                 have_order = False
+                comments.patient(rec)
             elif kind == "O":
                 sample_id = rec.component(3, 1) or rec.component(4, 1)
                 qc_order = rec.field(12).upper() == "Q"
                 have_order = True
+                comments.order()
             elif kind == "R":
                 if not have_order:
                     raise DecodeError("result (R) record without a preceding order (O) record",
@@ -90,9 +96,16 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
                     measured_at=context.timestamp(rec.field(13)),
                     kind="qc" if (qc_message or qc_order) else "patient",
                     patient_id=patient_id,
+                    test_name=comps[1].strip() if len(comps) > 1 else "",
+                    operator=next((c.strip() for c in rec.components(11) if c.strip()), ""),
+                    equipment_id=rec.component(14, 1).strip(),
                 ))
+                comments.result(len(out.results) - 1)
+            elif kind == "C":
+                comments.comment(rec)
             elif kind == "Q":
                 out.queries.append(decode_query(rec, context, index))
+        out.results = comments.apply(out.results)
         return out
 
 

@@ -25,6 +25,7 @@ from labbridge.driver import driver_link_defaults
 from labbridge.errors import LabbridgeError
 from labbridge.links.intake import InstrumentDecoder, instrument_decoder, load_instrument_driver
 from labbridge.orders import NewOrder, OrderState, complete_order, order_problems
+from labbridge.outbox import Route
 from labbridge.relay.operations import Operations
 from labbridge.store.db import Store
 from labbridge.store.orders import SqliteOrderSource
@@ -221,9 +222,15 @@ class LocalOperatorClient(LocalCampaignCalls):
         driver, _why = load_instrument_driver(cfg)
         return instrument_decoder(cfg, driver) if driver is not None else None
 
+    def _route_for(self, destination: str) -> Route | None:
+        """Which results this destination takes, as the config says (issue 20: QC per destination)."""
+        lis = self.config.lis if self.config is not None else []
+        return next((d.route() for d in lis if d.id == destination), None)
+
     async def _operations(self) -> Operations:
         backlog = self.config.backlog.older_than_s if self.config is not None else None
-        return Operations(await self._open(create=False), self._decoder_for, backlog_after_s=backlog)
+        return Operations(await self._open(create=False), self._decoder_for, backlog_after_s=backlog,
+                          route_for=self._route_for)
 
     async def _orders(self) -> SqliteOrderSource:
         return SqliteOrderSource(await self._open(create=True))

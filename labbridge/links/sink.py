@@ -25,6 +25,7 @@ from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
 from labbridge.model import HostQuery
+from labbridge.outbox import Route
 from labbridge.protocols.hl7_ack import Hl7Received
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
 from labbridge.protocols.link import Answer, Link, Outcome
@@ -68,7 +69,7 @@ class MessageSink:
 
     store: Store
     decoder: InstrumentDecoder
-    destinations: list[str]
+    destinations: list[str | Route]  # a Route per LIS destination (which results it takes)
     where: Counted
     on_stored: Callable[[], None] | None = None
     backlog_after_s: float | None = None

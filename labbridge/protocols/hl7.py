@@ -6,20 +6,25 @@ R-C8) and the character set (MSH-18), the rest is decoded with that character se
 field separator, and escapes are decoded only after splitting, field by field, when a value is read
 (R-C9). Sending, values are escaped with the escape character first. Tests check what this module builds
 against hl7apy's strict v2.5.1 validation and parse it back with python-hl7.
+
+What each canonical field becomes in ORU^R01 and OUL^R22 is listed in docs/lis-output.md; the choices a
+destination makes (coding system, PID fields the analyzer did not send) are :class:`Hl7Options`.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
-from labbridge.model import Result
+from labbridge.model import Result, order_comments
 from labbridge.protocols.hl7_parse import DEFAULT_SEPARATORS, escape
 
-__all__ = ["ENCODING_CHARS", "AckInfo", "Party", "build_oru_r01", "build_oul_r22", "escape", "hl7_timestamp",
-           "parse_ack"]
+__all__ = ["DEFAULT_OPTIONS", "ENCODING_CHARS", "AckInfo", "Hl7Options", "Party", "build_oru_r01", "build_oul_r22",
+           "escape", "hl7_timestamp", "parse_ack"]
 
 ENCODING_CHARS = DEFAULT_SEPARATORS.encoding_characters
 _STATUS = {"final": "F", "preliminary": "P", "correction": "C", "cancelled": "X"}
@@ -47,6 +52,31 @@ class Party:
     facility: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Hl7Options:
+    """A destination's choices for the HL7 it receives (one object per destination, not per message).
+
+    ``coding_system``: OBX-3.3, the coding system of the LIS test code (HL7 table 0396: ``L`` local, ``LN``
+    LOINC, or a site's ``99xxx``). ``missing``: a required PID field (PID-3, PID-5) the analyzer did not
+    send is ``""`` (``null``: HL7's "no value", strictly valid; a LIS that updates patients from results
+    may read it as "delete the stored value") or left empty (``empty``: "nothing said"; not strictly
+    valid v2.5.1, PID-3 and PID-5 being required). ``pid``: with ``omit``, no PID when the analyzer sent
+    no patient at all (the patient group is optional in ORU^R01 and OUL^R22); ``send``: a PID always.
+    """
+
+    coding_system: str = "L"
+    missing: Literal["null", "empty"] = "null"
+    pid: Literal["omit", "send"] = "omit"
+
+
+DEFAULT_OPTIONS = Hl7Options()
+_HL7_DATE = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2})?)?)?)?)?$")
+_SEX = frozenset({"F", "M", "O", "U", "A", "N"})  # HL7 table 0001
+# What says "not diluted": not worth a note on every result (a Sysmex sends "1" with each parameter).
+_NO_DILUTION = frozenset({"", "1", "1:1", "1/1", "UNDILUTED", "NONE"})
+NTE_SOURCE = "L"  # HL7 table 0105: ancillary (filler) department, i.e. the analyzer's side of the lab
+
+
 def _msh(message_type: str, *, control_id: str, created_at: datetime, sender: Party, receiver: Party,
          processing_id: str, profile: str = "") -> str:
     return "|".join(["MSH", ENCODING_CHARS, escape(sender.application), escape(sender.facility),
@@ -56,9 +86,25 @@ def _msh(message_type: str, *, control_id: str, created_at: datetime, sender: Pa
         .rstrip("|")
 
 
-def _pid(first: Result) -> list[str]:
-    # PID-5 (name) is required in v2.5.1; results are matched by specimen, so it is sent as null.
-    return [f"PID|1||{escape(first.patient_id)}^^^^PI||\"\""] if first.patient_id else []
+def _nte(comments: Sequence[str]) -> list[str]:
+    """NTE segments (set ID from 1 under their parent), one per comment, after the segment they are about."""
+    return [f"NTE|{i}|{NTE_SOURCE}|{escape(text)}" for i, text in enumerate(comments, start=1)]
+
+
+def _pid(first: Result, opts: Hl7Options) -> list[str]:
+    """PID and the patient's NTE; none when the analyzer sent no patient and ``opts.pid`` is ``omit``."""
+    p = first.patient
+    if not first.patient_id and p is None and opts.pid == "omit":
+        return []
+    missing = '""' if opts.missing == "null" else ""
+    pid3 = f"{escape(first.patient_id)}^^^^PI" if first.patient_id else missing
+    if p is None:
+        return ["|".join(["PID", "1", "", pid3, "", missing]).rstrip("|")]
+    name = "^".join(escape(c) for c in p.name) if any(p.name) else missing
+    born = p.birth_date if _HL7_DATE.match(p.birth_date) else ""  # as sent, when it is an HL7 date
+    sex = p.sex.upper() if p.sex.upper() in _SEX else ""
+    fields = ["PID", "1", escape(p.lab_id), pid3, escape(p.alt_id), name, escape(p.mothers_maiden_name), born, sex]
+    return ["|".join(fields).rstrip("|"), *_nte(p.comments)]
 
 
 def _obr(first: Result) -> str:
@@ -69,39 +115,60 @@ def _obr(first: Result) -> str:
                      "", "", "", _STATUS.get(first.status, "F")])
 
 
-def _obx(results: Sequence[Result]) -> list[str]:
+def _obx(results: Sequence[Result], opts: Hl7Options) -> list[str]:
+    """Each result's OBX, then its NTE: the analyzer's comments, and its dilution when it is one."""
     out = []
     for i, r in enumerate(results, start=1):
         value_type = "NM" if r.numeric_value is not None else "ST"
-        code = f"{escape(r.test_code)}^^L^{escape(r.instrument_test_code)}^^99INST"
+        code = (f"{escape(r.test_code)}^{escape(r.test_name)}^{opts.coding_system}"
+                f"^{escape(r.instrument_test_code)}^^99INST")
         flags = "~".join(escape(f) for f in r.flags)
+        equipment = escape(r.instrument) + (f"~{escape(r.equipment_id)}" if r.equipment_id else "")
         out.append("|".join(["OBX", str(i), value_type, code, "", escape(r.value), escape(r.units),
                              escape(r.reference_range), flags, "", "", _STATUS.get(r.status, "F"),
-                             "", "", hl7_timestamp(r.measured_at), "", "", "", escape(r.instrument)]))
+                             "", "", hl7_timestamp(r.measured_at), "", escape(r.operator), "", equipment]))
+        if r.comments:
+            out += _nte(r.comments)
+        if r.dilution.strip().upper() not in _NO_DILUTION:
+            out.append(f"NTE|{len(r.comments) + 1}|{NTE_SOURCE}|{escape('Dilution: ' + r.dilution)}|RE^Remark^HL70364")
     return out
 
 
+def _qc_spm(first: Result) -> list[str]:
+    """ORU^R01: a QC result's specimen, marked as a control (SPM-11 ``Q``), after its observations."""
+    if first.kind != "qc":
+        return []
+    return ["|".join(["SPM", "1", f"{escape(first.sample_id)}&LABBRIDGE", "", "UNK^Unknown^HL70487",
+                      "", "", "", "", "", "", "Q^Control specimen^HL70369"])]
+
+
+def _order(results: Sequence[Result], opts: Hl7Options) -> list[str]:
+    """OBR, the order's NTE, then each OBX with its NTE."""
+    return [_obr(results[0]), *_nte(order_comments(results)), *_obx(results, opts)]
+
+
 def build_oru_r01(results: Sequence[Result], *, control_id: str, created_at: datetime, sender: Party,
-                  receiver: Party, processing_id: str = "P") -> bytes:
+                  receiver: Party, processing_id: str = "P", options: Hl7Options = DEFAULT_OPTIONS) -> bytes:
     """One ORU^R01 (v2.5.1) for the results of one sample from one instrument.
 
-    MSH-10 is the caller's stable control ID, so a resend is recognisable by the LIS (R-C7).
+    MSH-10 is the caller's stable control ID, so a resend is recognisable by the LIS (R-C7). A QC sample's
+    order ends with an SPM whose SPM-11 (specimen role) is ``Q`` (v2.5.1 ORU_R01 SPECIMEN group).
     """
     if not results:
         raise ValueError("an ORU^R01 needs at least one result")
     first = results[0]
     segments = [_msh("ORU^R01^ORU_R01", control_id=control_id, created_at=created_at, sender=sender,
                      receiver=receiver, processing_id=processing_id),
-                *_pid(first), _obr(first), *_obx(results)]
+                *_pid(first, options), *_order(results, options), *_qc_spm(first)]
     return "\r".join(segments).encode("utf-8") + b"\r"
 
 
 def build_oul_r22(results: Sequence[Result], *, control_id: str, created_at: datetime, sender: Party,
-                  receiver: Party, processing_id: str = "P") -> bytes:
+                  receiver: Party, processing_id: str = "P", options: Hl7Options = DEFAULT_OPTIONS) -> bytes:
     """One OUL^R22 (v2.5.1, the IHE LAW LAB-29 shape) for the results of one sample from one instrument.
 
     Specimen group: SPM (SPM-2 the specimen ID, SPM-11 ``Q`` for a QC sample, ``P`` for a patient's),
-    then the order (OBR) and its results (OBX). MSH-21 names the LAB-29 profile.
+    then the order (OBR, its NTE) and its results (OBX, their NTE). MSH-21 names the LAB-29 profile.
     """
     if not results:
         raise ValueError("an OUL^R22 needs at least one result")
@@ -111,7 +178,7 @@ def build_oul_r22(results: Sequence[Result], *, control_id: str, created_at: dat
                     "", "", "", "", "", "", role])
     segments = [_msh("OUL^R22^OUL_R22", control_id=control_id, created_at=created_at, sender=sender,
                      receiver=receiver, processing_id=processing_id, profile="LAB-29^IHE"),
-                *_pid(first), spm, _obr(first), *_obx(results)]
+                *_pid(first, options), spm, *_order(results, options)]
     return "\r".join(segments).encode("utf-8") + b"\r"
 
 

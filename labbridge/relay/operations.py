@@ -13,14 +13,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from labbridge.links.intake import InstrumentDecoder
-from labbridge.outbox import DEAD_UNDECODABLE, Held
+from labbridge.outbox import DEAD_UNDECODABLE, Held, Route
 from labbridge.store.db import Store, wall_clock
 
 
 class Operations:
     def __init__(self, store: Store, decoder_for: Callable[[str], InstrumentDecoder | None], *,
-                 backlog_after_s: float | None = None, on_change: Callable[[], None] | None = None) -> None:
+                 backlog_after_s: float | None = None, on_change: Callable[[], None] | None = None,
+                 route_for: Callable[[str], Route | None] | None = None) -> None:
+        """``route_for``: a destination's route as configured now (which results it takes, QC held, sent
+        marked or not queued); a re-decode queues by it. None, or a destination it does not know: the
+        defaults."""
         self.store = store
+        self.route_for = route_for
         self.decoder_for = decoder_for
         self.backlog_after_s = backlog_after_s
         self.on_change = on_change
@@ -59,7 +64,8 @@ class Operations:
         return await self.store.apply_redecode(item_id, results=intake.results, held=held, actor=actor,
                                                reason=reason, now=wall_clock(),
                                                backlog_after_s=self.backlog_after_s,
-                                               held_results=intake.held_results, hold_reason=intake.hold_reason)
+                                               held_results=intake.held_results, hold_reason=intake.hold_reason,
+                                               route=self.route_for(row["destination"]) if self.route_for else None)
 
     async def purge(self, *, item_ids: Sequence[int] | None, state: str | None, older_than_s: float | None,
                     actor: str, reason: str) -> dict[str, Any]:

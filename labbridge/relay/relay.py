@@ -39,7 +39,7 @@ from labbridge.config import Destination, FileDestination, HttpDestination, Mllp
 from labbridge.errors import TransientLinkError
 from labbridge.logs import get_logger
 from labbridge.outbox import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
-from labbridge.protocols.hl7 import Party
+from labbridge.protocols.hl7 import Hl7Options, Party
 from labbridge.relay.lis.file import FileDropSender
 from labbridge.relay.lis.mllp import MllpSender
 from labbridge.relay.lis.render import render_astm, render_hl7, render_json
@@ -142,6 +142,9 @@ class Relay:
 
             self.http = HttpSender(dest.url, timeout=dest.timeout_s, headers=dest.headers,
                                    verify_tls=dest.verify_tls)
+        # The destination's HL7 choices (coding system, PID fields not sent), made once (issue 20).
+        self.hl7_options = Hl7Options(coding_system=dest.coding_system, missing=dest.missing_patient_fields,
+                                      pid=dest.pid_without_patient)
         self._outage_attempts = 0
         self._down = False  # stop this batch: a connection found the LIS unreachable (or a lane failed)
         self._backlog_next_at = 0.0  # wall clock: the next backlog item may go at this time
@@ -168,7 +171,7 @@ class Relay:
                           sender=Party(dest.sending_application, dest.sending_facility),
                           receiver=Party(dest.receiving_application, dest.receiving_facility),
                           message_type=dest.message_type if isinstance(dest, MllpDestination) else "ORU^R01",
-                          test=item.test)
+                          test=item.test, options=self.hl7_options)
 
     async def hand_over(self, item: OutboxItem, lane: int) -> Outcome:
         """Give one item to the destination (over connection ``lane``); raises TransientLinkError if it
@@ -298,6 +301,10 @@ class Relay:
             return
         try:
             outcome = await self.hand_over(item, lane)
+        except UnicodeEncodeError as exc:  # e.g. a Greek name for an ASTM file (latin-1): resending cannot help
+            await self._dead(item, f"not sent: a value has characters that this destination's format cannot carry "
+                                   f"(character set {exc.encoding}); change its format, then retry", DEAD_UNDELIVERED)
+            return
         except TransientLinkError as exc:
             self._down = True
             reason = str(exc)

@@ -35,7 +35,7 @@ from labbridge.links.shared import SharedListener
 from labbridge.logs import configure as configure_logs
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order, complete_order, order_problems
-from labbridge.outbox import Retention
+from labbridge.outbox import Retention, Route
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.runtime import systemd
@@ -69,7 +69,7 @@ class Daemon:
         self.store = Store(config.store.path)
         self.orders = SqliteOrderSource(self.store)
         # One list shared by every runner's sinks: a reload changes it in place (new results' outbox rows).
-        self.destinations = [d.id for d in config.lis]
+        self.destinations: list[str | Route] = [d.route() for d in config.lis]  # which results each takes
         self.campaign_wakeup = asyncio.Event()  # an analyzer connected: its stage may become link-up
         self.runners = {inst.id: self._runner(inst) for inst in config.instruments}
         # Instruments that share one tcp-server host:port (told apart per connection or per message).
@@ -82,7 +82,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[Any]] = set()  # reloads under way (a stop cancels them first)
         self.operations = Operations(self.store, self._decoder_for, backlog_after_s=config.backlog.older_than_s,
-                                     on_change=self._wake_relays)
+                                     on_change=self._wake_relays, route_for=self._route_for)
         self.history = LinkHistory(self.store, self.link_health, interval_s=config.history.sample_interval_s)
         # The reconnection campaign: stages kept in the store, the validation gate (labbridge.campaign).
         self.campaign = Campaign(self.store, config, link_state=self._link_state, on_release=self._wake_relays)
@@ -105,6 +105,10 @@ class Daemon:
                                   backlog_after_s=self.config.backlog.older_than_s)
         runner.on_connected = self.campaign_wakeup.set
         return runner
+
+    def _route_for(self, destination: str) -> Route | None:
+        """Which results this destination takes, as configured now (issue 20: QC per destination)."""
+        return next((d.route() for d in self.config.lis if d.id == destination), None)
 
     def _wake_relays(self) -> None:
         """New outbox items were committed: every relay looks at its queue now."""
@@ -353,7 +357,7 @@ class Daemon:
             change.aborted = aborted.get(part or "", 0)
         # The new registries, in config order: unchanged parts keep their objects (and connections).
         self.config = config
-        self.destinations[:] = [d.id for d in config.lis]
+        self.destinations[:] = [d.route() for d in config.lis]
         for ident, runner in runners.items():
             if ident in self.runners:  # restarted: its counts go on
                 runner.health.counters = self.runners[ident].health.counters

@@ -54,6 +54,7 @@ from labbridge.outbox import (
     OutboxItem,
     RawMessage,
     Retention,
+    Route,
     StoredMessage,
     StoreSize,
 )
@@ -359,7 +360,7 @@ class Store:
     # ---- writes --------------------------------------------------------------------------------
 
     async def commit_message(self, *, instrument: str, protocol: str, raw: bytes, received_at: float,
-                             results: Sequence[Result], destinations: Sequence[str],
+                             results: Sequence[Result], destinations: Sequence[str | Route],
                              error: str | None = None, sender_id: tuple[str, str] | None = None,
                              held: Sequence[Held] = (), backlog_after_s: float | None = None,
                              held_results: Sequence[Result] = (), hold_reason: str = "") -> StoredMessage:
@@ -372,6 +373,8 @@ class Store:
         per destination, naming the reason. A group of results all measured more than ``backlog_after_s``
         before ``received_at`` is flagged as backlog. ``held_results`` are stored like the others, but
         their outbox items start in the dead letters (kind ``held``, ``hold_reason``) until released.
+        Each destination is an ID or a :class:`Route` (an ID alone: the default route): QC results are
+        queued, held or left out per destination as its route says.
         Returns only after the commit is on disk.
         """
         dead = list(held)
@@ -419,15 +422,16 @@ class Store:
     async def apply_redecode(self, item_id: int, *, results: Sequence[Result], held: Sequence[Held],
                              actor: str, reason: str, now: float,
                              backlog_after_s: float | None = None, held_results: Sequence[Result] = (),
-                             hold_reason: str = "") -> dict[str, Any]:
+                             hold_reason: str = "", route: Route | None = None) -> dict[str, Any]:
         """Record what re-decoding a dead letter's raw message gave (with the current driver and config).
 
-        Results not yet sent to this destination are queued for it (never one it already has); if
-        something is still held, the dead letter stays with the new reason, else it is removed. Audited.
+        Results not yet sent to this destination are queued for it (never one it already has), as its
+        ``route`` says (QC held, sent marked or not queued; default: the defaults); if something is still
+        held, the dead letter stays with the new reason, else it is removed. Audited.
         """
         return await self.write(sql.apply_redecode, item_id, results=results, held=held, actor=actor, reason=reason,
                                  now=now, backlog_after_s=backlog_after_s, held_results=held_results,
-                                 hold_reason=hold_reason)
+                                 hold_reason=hold_reason, route=route)
 
     async def purge(self, *, item_ids: Sequence[int] | None = None, state: str | None = None,
                     older_than_s: float | None = None, actor: str, reason: str, now: float) -> dict[str, Any]:

@@ -18,7 +18,17 @@ from datetime import datetime
 from typing import Any
 
 from labbridge.model import Result
-from labbridge.outbox import DEAD_HELD, DEAD_UNDECODABLE, REDECODE_KINDS, Held, OutboxItem, Retention, StoredMessage
+from labbridge.outbox import (
+    DEAD_HELD,
+    DEAD_UNDECODABLE,
+    QC_HOLD_REASON,
+    REDECODE_KINDS,
+    Held,
+    OutboxItem,
+    Retention,
+    Route,
+    StoredMessage,
+)
 from labbridge.store import audit, history
 from labbridge.store.campaign import gate_new_items, regate
 
@@ -158,6 +168,46 @@ def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int
     return ids
 
 
+Rows = Sequence[tuple[int, Result]]
+
+
+def _routed(route: Route, rows: Rows) -> tuple[list[tuple[int, Result]], list[tuple[int, Result]]]:
+    """The rows one destination takes: (to queue, QC to queue held). QC is held, sent marked or not
+    queued per ``route.qc``; a QC-only destination takes no patient result."""
+    if route.results == "all" and not any(r.kind == "qc" for _, r in rows):
+        return list(rows), []  # the usual case: every row, no second pass
+    send: list[tuple[int, Result]] = []
+    hold: list[tuple[int, Result]] = []
+    for row in rows:
+        if row[1].kind == "qc":
+            if route.qc != "drop":
+                (hold if route.qc == "hold" else send).append(row)
+        elif route.results != "qc":
+            send.append(row)
+    return send, hold
+
+
+def _queue_routed(conn: sqlite3.Connection, route: Route, *, message_id: int, instrument: str, rows: Rows,
+                  received_at: float, backlog_after_s: float | None, held_rows: Rows = (), hold_reason: str = "",
+                  keys: dict[int, str] | None = None) -> list[int]:
+    """Queue a message's rows for one destination as its route says; ``held_rows`` (held by the instrument's
+    mapping) start held whatever the route (QC among them still only where the route takes QC). Returns the
+    ids of the items queued pending."""
+    send, hold_qc = _routed(route, rows)
+    ids = _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument, rows=send,
+                        received_at=received_at, backlog_after_s=backlog_after_s, keys=keys)
+    if hold_qc:
+        _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument, rows=hold_qc,
+                      received_at=received_at, backlog_after_s=backlog_after_s, keys=keys,
+                      hold=Held(DEAD_HELD, QC_HOLD_REASON.format(destination=route.destination)))
+    if held_rows:
+        mapped_send, mapped_qc = _routed(route, held_rows)
+        _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument,
+                      rows=[*mapped_send, *mapped_qc], received_at=received_at, backlog_after_s=backlog_after_s,
+                      hold=Held(DEAD_HELD, hold_reason or "held by configuration"), keys=keys)
+    return ids
+
+
 def _insert_dead(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str, entry: Held,
                  at: float) -> None:
     key = f"{entry.kind}:{message_id}"
@@ -174,7 +224,7 @@ def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, targ
 
 
 def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
-                    results: Sequence[Result], destinations: Sequence[str], error: str | None,
+                    results: Sequence[Result], destinations: Sequence[str | Route], error: str | None,
                     sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
                     held_results: Sequence[Result], hold_reason: str) -> StoredMessage:
     if sender_id is not None:
@@ -202,15 +252,12 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
                      " VALUES (?, ?, ?, ?)", (instrument, *sender_id, message_id))
     outbox_ids: list[int] = []
     for destination in destinations:
-        outbox_ids += _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
-                                    rows=new, received_at=received_at, backlog_after_s=backlog_after_s,
-                                    keys=keys)
-        if new_held:
-            _queue_groups(conn, destination, message_id=message_id, instrument=instrument, rows=new_held,
-                          received_at=received_at, backlog_after_s=backlog_after_s,
-                          hold=Held(DEAD_HELD, hold_reason or "held by configuration"), keys=keys)
+        route = Route.of(destination)
+        outbox_ids += _queue_routed(conn, route, message_id=message_id, instrument=instrument, rows=new,
+                                    received_at=received_at, backlog_after_s=backlog_after_s, held_rows=new_held,
+                                    hold_reason=hold_reason, keys=keys)
         for entry in dead:
-            _insert_dead(conn, destination, message_id=message_id, instrument=instrument, entry=entry,
+            _insert_dead(conn, route.destination, message_id=message_id, instrument=instrument, entry=entry,
                          at=received_at)
     # The validation gate: held unless the instrument is live (labbridge.store.campaign).
     outbox_ids = gate_new_items(conn, instrument, outbox_ids, received_at, message=True)
@@ -275,7 +322,7 @@ def retry_dead(conn: sqlite3.Connection, item_ids: Sequence[int] | None, *, acto
 
 def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[Result], held: Sequence[Held],
                     actor: str, reason: str, now: float, backlog_after_s: float | None,
-                    held_results: Sequence[Result], hold_reason: str) -> dict[str, Any]:
+                    held_results: Sequence[Result], hold_reason: str, route: Route | None = None) -> dict[str, Any]:
     row = conn.execute("SELECT destination, message_id, instrument, state, dead_kind, last_error, created_at"
                        " FROM outbox WHERE id = ?", (item_id,)).fetchone()
     if row is None:
@@ -296,14 +343,13 @@ def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[
                 rows.append((rid, Result.from_json(json.loads(data))))
         return rows
 
-    queued = _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
-                           rows=not_yet_queued(results), received_at=created_at,
-                           backlog_after_s=backlog_after_s)
+    if route is None or route.destination != destination:
+        route = Route(destination)
+    queued = _queue_routed(conn, route, message_id=message_id, instrument=instrument, rows=not_yet_queued(results),
+                           received_at=created_at, backlog_after_s=backlog_after_s,
+                           held_rows=not_yet_queued(held_results) if held_results else (),
+                           hold_reason=hold_reason or "held")
     gate_new_items(conn, instrument, queued, now, message=False)  # queued, but held if not live
-    if held_results:
-        _queue_groups(conn, destination, message_id=message_id, instrument=instrument,
-                      rows=not_yet_queued(held_results), received_at=created_at,
-                      backlog_after_s=backlog_after_s, hold=Held(DEAD_HELD, hold_reason or "held"))
     detail: dict[str, Any] = {"previous_error": last_error, "dead_kind": kind, "results": len(results),
                               "queued_items": queued}
     if held:

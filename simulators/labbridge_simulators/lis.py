@@ -57,7 +57,8 @@ def read_results(message: hl7.Message) -> tuple[str, str, list[ResultIdentity]]:
         elif name == "OBX":
             code_field = segment[3]
             instrument_code = str(code_field[0][3]) if len(code_field[0]) > 3 else str(code_field[0][0])
-            instrument = str(segment[18]) if len(segment) > 18 else ""
+            # OBX-18 repeats: labbridge's instrument ID first, then the analyzer's own ID when it sent one.
+            instrument = str(segment[18]).split(message.separators[2])[0] if len(segment) > 18 else ""
             value = message.unescape(str(segment[5]))
             out.append((instrument, sample, message.unescape(instrument_code), value))
     return control_id, message_type, out

@@ -18,7 +18,8 @@ from tests.integration.helpers import eventually, running_lab
 
 def test_every_family_reaches_the_lis_with_its_sample_ids_test_codes_and_qc_kinds(tmp_path: Path) -> None:
     async def body() -> None:
-        async with running_lab(tmp_path, drivers=list(FAMILIES)) as lab:
+        # QC is held by default (issue 20); these families' QC goes too, marked as QC.
+        async with running_lab(tmp_path, drivers=list(FAMILIES), extra_lis={"qc": "send-marked"}) as lab:
             sims: list[tuple[AstmAnalyzerSim, FamilyFactory]] = []
             for i, family in enumerate(FAMILIES):
                 instrument = f"an-{i}"
@@ -54,7 +55,7 @@ HL7_FAMILIES = (("mindray-bc-bs", "mindray"), ("ihe-law", "law"), ("cepheid-gene
 def test_hl7_families_reach_the_lis_with_qc_recognised_and_no_link_table(tmp_path: Path) -> None:
     async def body() -> None:
         # No [link] table: the HL7 drivers' link defaults give framing = "mllp".
-        async with running_lab(tmp_path, drivers=[d for d, _ in HL7_FAMILIES]) as lab:
+        async with running_lab(tmp_path, drivers=[d for d, _ in HL7_FAMILIES], extra_lis={"qc": "send-marked"}) as lab:
             sims: list[tuple[Hl7AnalyzerSim, Hl7MessageFactory]] = []
             for i, (driver, dialect) in enumerate(HL7_FAMILIES):
                 assert lab.daemon.runners[f"an-{i}"].cfg.driver == driver

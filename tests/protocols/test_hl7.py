@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import hl7
@@ -108,3 +109,33 @@ def test_an_analyzers_fs_vt_and_nul_never_reach_the_lis_raw() -> None:
     ours = parse_message_ours(block.payload)
     obx = next(s for s in ours.segments if s.name == "OBX")
     assert ours.value(obx, 5) == "5.4\x1c\r\x0b\x00"
+
+
+# What labbridge sent for RESULTS before issue 20 (ORU^R01 and OUL^R22, byte for byte).
+BEFORE_ISSUE_20_ORU = (
+    b'MSH|^~\\&|LABBRIDGE|ARLON|LIS|LAB|20261123000000+0000||ORU^R01^ORU_R01|LB0123456789ABCDEF0|P|2.5.1'
+    b'||||||UNICODE UTF-8\r'
+    b'PID|1||PAT1^^^^PI||""\r'
+    b'OBR|1|S0001|S0001|arlon-chem-1^arlon-chem-1 results^L|||20261123101500+0100||||||||||||||||||F\r'
+    b'OBX|1|NM|GLUC^^L^GLU^^99INST||5.4|mmol/L|3.9 to 6.1|H|||F|||20261123101500+0100||||arlon-chem-1\r'
+    b'OBX|2|ST|HIV^^L^HIV^^99INST||Non-reactive\\S\\x\\F\\y||||||F|||20261123101500+0100||||arlon-chem-1\r'
+)
+BEFORE_ISSUE_20_OUL = (
+    b'MSH|^~\\&|LABBRIDGE|ARLON|LIS|LAB|20261123000000+0000||OUL^R22^OUL_R22|LB1|P|2.5.1'
+    b'||||||UNICODE UTF-8|||LAB-29^IHE\r'
+    b'PID|1||PAT1^^^^PI||""\r'
+    b'SPM|1|S0001&LABBRIDGE||UNK^Unknown^HL70487|||||||P^Patient^HL70369\r'
+    b'OBR|1|S0001|S0001|arlon-chem-1^arlon-chem-1 results^L|||20261123101500+0100||||||||||||||||||F\r'
+    b'OBX|1|NM|GLUC^^L^GLU^^99INST||5.4|mmol/L|3.9 to 6.1|H|||F|||20261123101500+0100||||arlon-chem-1\r'
+    b'OBX|2|ST|HIV^^L^HIV^^99INST||Non-reactive\\S\\x\\F\\y||||||F|||20261123101500+0100||||arlon-chem-1\r'
+)
+
+
+def test_results_stored_before_issue_20_render_for_the_lis_exactly_as_before() -> None:
+    """A stored row (its JSON from before the comments, names and patient fields existed) reads back and, with
+    a destination's default settings, renders byte for byte as labbridge sent it then."""
+    stored = [Result.from_json(json.loads(json.dumps(r.to_json()))) for r in RESULTS]
+    assert build_oru_r01(stored, control_id="LB0123456789ABCDEF0", created_at=datetime(2026, 11, 23, tzinfo=UTC),
+                         sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB")) == BEFORE_ISSUE_20_ORU
+    assert build_oul_r22(stored, control_id="LB1", created_at=datetime(2026, 11, 23, tzinfo=UTC),
+                         sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB")) == BEFORE_ISSUE_20_OUL

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import campaign, commands
+from labbridge.cli import campaign, commands, fleet
 from labbridge.cli import reload as reload_command
 
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -56,12 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
 
     p = _command(sub, "demo", "run the demo lab: simulated analyzers, simulated LIS, dashboard", commands.demo,
-                 "demo                    # until Ctrl-C", "demo --for 60 --summary-json summary.json")
+                 "demo                    # until Ctrl-C", "demo --for 60 --summary-json summary.json",
+                 "demo --mqtt mqtt://127.0.0.1:1883   # and: labbridge fleet --broker mqtt://127.0.0.1:1883")
     p.add_argument("-c", "--config", help="demo config (default: config/demo.toml)")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds and print a summary")
     p.add_argument("--summary-json", help="also write the summary as JSON to this file")
     p.add_argument("--port", type=int, help="dashboard port (default: from the config)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--mqtt", metavar="URL", help="also publish the demo lab's health to this broker "  # [mqtt]
+                                                 "(mqtt://127.0.0.1:1883): try `labbridge fleet` on it")
 
     p = _command(sub, "reload", "apply the config file to the running daemon without a restart", reload_command.reload,
                  "reload                  # the daemon at " + DEFAULT_URL, "reload -c /etc/labbridge/labbridge.toml",
@@ -155,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     _target(q)
 
     campaign.add_commands(sub, _command, _target)
+
+    # ---- [mqtt]: the fleet view (labbridge.cli.fleet; docs/mqtt.md) ----
+    fleet.add_commands(sub, _command)
+    # ---- end [mqtt] ----
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

@@ -19,6 +19,7 @@ import calendar
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,7 +160,7 @@ class FleetView:
                 "last_rejected": self.last_rejected}
 
 
-def needs_attention(fleet: dict[str, Any]) -> list[str]:
+def needs_attention(fleet: Mapping[str, Any]) -> list[str]:
     """What a person should look at: nodes not online, instruments down, failed or degraded, bridges down."""
     out = [f"node {n['node']}: {n['status']} ({n['reason']})" for n in fleet["nodes"] if n["status"] != "online"]
     for node in fleet["nodes"]:

@@ -6,6 +6,7 @@ store, with an optional client certificate: :func:`labbridge.transports.tls.clie
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,18 @@ from labbridge.errors import ConfigError
 
 if TYPE_CHECKING:
     import aiomqtt
+
+
+class _NoBacklogWarnings(logging.Filter):
+    """aiomqtt warns when more than 10 publishes await their PUBACK; labbridge puts a batch in flight on purpose
+    (its queue and the broker's link state say what matters)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+CLIENT_LOG = logging.getLogger("labbridge.mqtt.client")
+CLIENT_LOG.addFilter(_NoBacklogWarnings())
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,8 @@ class Broker:
 
         from labbridge.transports.tls import client_context
 
-        return aiomqtt.Client(self.host, self.port, identifier=identifier, username=self.username or None,
-                              password=self.password or None, will=will, keepalive=keepalive, timeout=timeout,
+        return aiomqtt.Client(self.host, self.port, identifier=identifier, logger=CLIENT_LOG,
+                              username=self.username or None, password=self.password or None, will=will,
+                              keepalive=keepalive, timeout=timeout,
                               tls_context=client_context(self.tls) if self.tls else None,
                               max_inflight_messages=100, max_queued_incoming_messages=100_000)

@@ -7,7 +7,7 @@ shown state and campaign stage (woken so, and every ``check_s``), and puts what 
 by the number of topics) and the events in order (bounded by ``queue_limit``: the oldest dropped, counted). A
 second task sends them at QoS 1, reconnecting with capped backoff and jitter; on every (re)connection the node
 says ``online`` (its last will says ``offline``) and republishes all its retained topics, as it does every
-``refresh_s``, and when a Mosquitto bridge of its broker comes back (``labbridge/_bridges/+/state`` = ``1``),
+``refresh_s``, and when a Mosquitto bridge of its broker comes back (``labbridge-bridges/+/state`` = ``1``),
 so a broker restarted without persistence, or a center cut off for a while, catches up.
 
 The broker's connection is a link of its own (:class:`BrokerLink`): shown by the daemon's ``/api/health`` and
@@ -192,8 +192,9 @@ class MqttPublisher:
     def look(self, now: float) -> None:
         """Queue what changed since the last look (everything when a refresh or a republish is due)."""
         everything = self._republish or now >= self._next_refresh
-        if everything:
+        if everything:  # "online" too: a broker (or a center behind a bridge) that forgot it learns it again
             self._republish, self._next_refresh = False, now + self.cfg.refresh_s
+            self.pending.put(topics.status_topic(self.node), topics.ONLINE.encode())
         by_site: dict[str, list[dict[str, Any]]] = {}
         for health in self.healths():
             if self._observe not in health.observers:
@@ -284,13 +285,12 @@ class MqttPublisher:
             for task in done:
                 task.result()  # the connection's end (an MqttError) goes to connect(), which reconnects
         except asyncio.CancelledError:
+            await _cancel(tasks)  # nothing of theirs goes out after "offline"
             with contextlib.suppress(Exception):  # a clean stop: "offline" now, not after the keep-alive
                 await client.publish(status, topics.OFFLINE, qos=topics.QOS, retain=True, timeout=STOP_TIMEOUT_S)
             raise
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel(tasks)
 
     async def _send(self, client: aiomqtt.Client) -> None:
         while True:
@@ -312,3 +312,9 @@ class MqttPublisher:
             if not message.retain and message.payload == b"1":
                 log.info("mqtt_bridge_back", topic=str(message.topic))
                 self.republish()
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,7 +10,8 @@ Topics (``<node>``, ``<site>`` and ``<id>`` are config ids: ``[a-z0-9][a-z0-9_-]
 * ``labbridge/<node>/instruments/<id>/health``: retained JSON, on every change and every ``refresh_s``
 * ``labbridge/<node>/sites/<site>/summary``: retained JSON, the same
 * ``labbridge/<node>/events``: JSON, not retained: an instrument's state or stage changed
-* ``labbridge/_bridges/<name>/state``: ``1`` / ``0``, a Mosquitto bridge's notification (config/mosquitto/)
+* ``labbridge-bridges/<site>/state``: ``1`` / ``0``, a Mosquitto bridge's notification (config/mosquitto/); outside
+  ``labbridge/`` so that the bridge, which carries ``labbridge/#``, never forwards a stale local copy of it
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from labbridge.health.instrument import InstrumentHealth
 
 SCHEMA_VERSION = 1
 ROOT = "labbridge"
-BRIDGES = "_bridges"  # never a node: node names start with [a-z0-9]
+BRIDGES = "labbridge-bridges"
 ONLINE, OFFLINE = "online", "offline"
 QOS = 1
 # The counters a health payload carries: enough to see a link's trouble at a glance (all of them: /metrics).
@@ -32,7 +33,7 @@ HEALTH_COUNTERS = ("messages_received", "results_received", "frames_rejected", "
                    "connections", "incomplete_transmissions", "decode_errors", "store_failures")
 SUBSCRIPTIONS = (f"{ROOT}/+/status", f"{ROOT}/+/instruments/+/health", f"{ROOT}/+/sites/+/summary",
                  f"{ROOT}/+/events")
-BRIDGE_STATES = f"{ROOT}/{BRIDGES}/+/state"
+BRIDGE_STATES = f"{BRIDGES}/+/state"
 
 Kind = Literal["status", "health", "summary", "events", "bridge"]
 
@@ -63,13 +64,13 @@ class Topic:
 
 
 def parse_topic(topic: str) -> Topic | None:
-    """The schema topic ``topic`` is, or None for anything else under ``labbridge/`` (ignored, never an error)."""
+    """The schema topic ``topic`` is, or None for anything else (ignored, never an error)."""
     parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == BRIDGES and parts[2] == "state" and parts[1]:
+        return Topic("bridge", "", parts[1])
     if len(parts) < 3 or parts[0] != ROOT or not parts[1]:
         return None
     node, rest = parts[1], parts[2:]
-    if node == BRIDGES:
-        return Topic("bridge", "", rest[0]) if len(rest) == 2 and rest[1] == "state" else None
     if rest == ["status"]:
         return Topic("status", node)
     if rest == ["events"]:

@@ -51,7 +51,9 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.conf.write_text(f"persistence false\nlog_dest file {self.log}\nlog_type all\n{self.body}\n",
+        # user root: started as root (a container), mosquitto would become "mosquitto", which cannot read the
+        # test's private temporary folder; as any other user the line has no effect.
+        self.conf.write_text(f"user root\npersistence false\nlog_dest file {self.log}\nlog_type all\n{self.body}\n",
                              encoding="utf-8")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)

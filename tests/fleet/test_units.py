@@ -1,0 +1,113 @@
+"""The pure parts of the fleet: the pending queue (bounded, latest per topic), topics, the view's judgment of a
+node (online, stale, offline) and of bad payloads, the [mqtt] config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labbridge.config import load_config, parse_config
+from labbridge.errors import ConfigError
+from labbridge.fleet import topics
+from labbridge.fleet.broker import Broker
+from labbridge.fleet.publisher import PendingMessages
+from labbridge.fleet.view import FleetView, needs_attention
+
+T0 = 1_800_000_000.0
+
+
+def test_pending_keeps_the_latest_value_per_topic_and_bounds_the_events() -> None:
+    pending = PendingMessages(event_limit=3)
+    for n in range(100):
+        pending.put("labbridge/n/instruments/a/health", f"{n}".encode())
+        pending.put("labbridge/n/instruments/b/health", f"{n}".encode())
+    for n in range(5):
+        pending.event("labbridge/n/events", f"e{n}".encode())
+    assert len(pending) == 2 + 3 and pending.dropped == 2
+    taken = pending.take(10)
+    assert taken == [("labbridge/n/events", b"e2", False), ("labbridge/n/events", b"e3", False),
+                     ("labbridge/n/events", b"e4", False), ("labbridge/n/instruments/a/health", b"99", True),
+                     ("labbridge/n/instruments/b/health", b"99", True)]
+    # Not confirmed by the broker: back first in line, unless a newer value came meanwhile.
+    pending.put("labbridge/n/instruments/a/health", b"100")
+    pending.put_back(taken)
+    assert pending.take(10) == [*taken[:3], ("labbridge/n/instruments/b/health", b"99", True),
+                                ("labbridge/n/instruments/a/health", b"100", True)]
+    assert len(pending) == 0
+
+
+def test_topics_are_parsed_back_and_anything_else_is_ignored() -> None:
+    assert topics.parse_topic(topics.health_topic("arlon", "chem-1")) == topics.Topic("health", "arlon", "chem-1")
+    assert topics.parse_topic(topics.summary_topic("arlon", "arlon")) == topics.Topic("summary", "arlon", "arlon")
+    assert topics.parse_topic(topics.status_topic("arlon")) == topics.Topic("status", "arlon")
+    assert topics.parse_topic(topics.events_topic("arlon")) == topics.Topic("events", "arlon")
+    assert topics.parse_topic("labbridge-bridges/arlon/state") == topics.Topic("bridge", "", "arlon")
+    for other in ("labbridge/arlon", "labbridge/arlon/instruments/x", "other/arlon/status", "labbridge//status",
+                  "labbridge/arlon/instruments/x/health/more"):
+        assert topics.parse_topic(other) is None
+
+
+def _health(node: str, ident: str, state: str, *, published: float, refresh_s: float = 60.0) -> bytes:
+    return json.dumps({"v": 1, "node": node, "site": "arlon", "instrument": ident, "state": state, "reason": "r",
+                       "stage": "live", "published_at": topics.iso(published), "refresh_s": refresh_s}).encode()
+
+
+def test_a_node_is_online_then_stale_when_nothing_comes_then_offline_by_its_will() -> None:
+    view = FleetView()
+    view.apply("labbridge/n1/status", b"online", retained=True, now=T0)
+    view.apply("labbridge/n1/instruments/a/health", _health("n1", "a", "up", published=T0 - 10), retained=True,
+               now=T0)
+    assert view.to_json(T0)["nodes"][0]["status"] == "online"
+    assert view.to_json(T0 + 80)["nodes"][0]["status"] == "online"  # heard at T0 - 10, refresh 60: within 90 s
+    stale = view.to_json(T0 + 81)
+    assert stale["nodes"][0]["status"] == "stale" and "may be cut" in stale["nodes"][0]["reason"]
+    assert any(line.startswith("node n1: stale") for line in needs_attention(stale))
+    assert stale["sites"][0]["attention"] == ["n1/a: stale"]
+    view.apply("labbridge/n1/instruments/a/health", _health("n1", "a", "down", published=T0 + 81), retained=False,
+               now=T0 + 82)
+    back = view.to_json(T0 + 82)
+    assert back["nodes"][0]["status"] == "online"
+    assert needs_attention(back) == ["n1/a: down: r"]
+    view.apply("labbridge/n1/status", b"offline", retained=False, now=T0 + 83)
+    assert view.to_json(T0 + 83)["nodes"][0]["status"] == "offline"
+
+
+def test_bad_payloads_are_counted_and_named_never_a_crash() -> None:
+    view = FleetView()
+    view.apply("labbridge/n1/instruments/a/health", b"{not json", retained=True, now=T0)
+    view.apply("labbridge/n1/instruments/b/health", json.dumps({"v": 2}).encode(), retained=True, now=T0)
+    view.apply("labbridge/n1/status", b"maybe", retained=True, now=T0)
+    view.apply("labbridge/n1/something/else", b"x", retained=True, now=T0)
+    fleet = view.to_json(T0)
+    assert fleet["rejected"] == 3 and "status" in (fleet["last_rejected"] or "")
+    assert fleet["nodes"][0]["instruments"] == [] and fleet["nodes"][0]["status"] == "unknown"
+    # An empty retained payload clears the topic.
+    view.apply("labbridge/n1/instruments/c/health", _health("n1", "c", "up", published=T0), retained=True, now=T0)
+    view.apply("labbridge/n1/instruments/c/health", b"", retained=True, now=T0)
+    assert view.to_json(T0)["nodes"][0]["instruments"] == []
+
+
+def test_mqtt_config_and_broker_urls(tmp_path: Path) -> None:
+    base = {"node": "n", "sites": [{"id": "s", "name": "S"}]}
+    config = parse_config({**base, "mqtt": {"url": "mqtts://broker.example:8884", "username": "u"}})
+    assert config.mqtt is not None and config.mqtt.refresh_s == 60.0 and config.mqtt.keepalive_s == 30
+    assert Broker.from_config(config.mqtt).url == "mqtts://broker.example:8884"
+    assert Broker.parse("mqtt://10.0.0.1").port == 1883 and Broker.parse("mqtts://h").port == 8883
+    for bad in ("http://h:1883", "mqtt://h:1883/path", "mqtt://"):
+        with pytest.raises(ConfigError):
+            parse_config({**base, "mqtt": {"url": bad}})
+        with pytest.raises(ConfigError):
+            Broker.parse(bad)
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config({**base, "mqtt": {"url": "mqtt://h", "password": "a", "password_file": "f"}})
+    (tmp_path / "pw").write_text("from-the-file\nignored\n", encoding="utf-8")
+    (tmp_path / "n.toml").write_text('node = "n"\n[mqtt]\nurl = "mqtt://h"\nusername = "u"\npassword_file = "pw"\n',
+                                     encoding="utf-8")
+    loaded = load_config(tmp_path / "n.toml").mqtt
+    assert loaded is not None and Broker.from_config(loaded).password == "from-the-file"  # relative to the file
+    with pytest.raises(ConfigError, match="password_file"):
+        Broker.from_config(loaded.model_copy(update={"password_file": str(tmp_path / "missing")}))
+    with pytest.raises(ConfigError, match=r"mqtt\.node"):
+        parse_config({**base, "mqtt": {"url": "mqtt://h", "node": "a/#"}})

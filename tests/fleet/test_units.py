@@ -4,6 +4,8 @@ node (online, stale, offline) and of bad payloads, the [mqtt] config."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,19 @@ def test_mqtt_config_and_broker_urls(tmp_path: Path) -> None:
         Broker.from_config(loaded.model_copy(update={"password_file": str(tmp_path / "missing")}))
     with pytest.raises(ConfigError, match=r"mqtt\.node"):
         parse_config({**base, "mqtt": {"url": "mqtt://h", "node": "a/#"}})
+
+
+def test_aiomqtt_is_imported_only_when_mqtt_is_configured() -> None:
+    """A daemon without [mqtt] loads neither labbridge.fleet nor aiomqtt; with it, aiomqtt only once it connects."""
+    code = """
+import sys
+from labbridge.config import parse_config
+from labbridge.runtime.daemon import Daemon
+base = {"node": "n", "store": {"path": "x.db"}, "http": {"enabled": False}, "sites": [{"id": "s", "name": "S"}]}
+Daemon(parse_config(base))
+print(sorted(m for m in ("labbridge.fleet", "aiomqtt", "paho") if m in sys.modules))
+Daemon(parse_config({**base, "mqtt": {"url": "mqtt://127.0.0.1:1"}}))
+print(sorted(m for m in ("labbridge.fleet", "aiomqtt", "paho") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "['labbridge.fleet']"]

@@ -42,6 +42,7 @@ BATCH = 256  # messages handed to the client at once (QoS 1: each waits for its 
 RECONNECT_INITIAL_S = 1.0
 RECONNECT_MAX_S = 30.0
 STOP_TIMEOUT_S = 2.0  # at a clean stop: time given to say "offline" before the connection closes
+COALESCE_S = 0.05  # changes told within this time of each other are looked at together
 
 Message = tuple[str, bytes, bool]  # topic, payload, retained
 
@@ -165,13 +166,16 @@ class MqttPublisher:
         self._seen: dict[str, _Seen] = {}
         self._summaries: dict[str, tuple[Any, ...]] = {}
         self._republish = True
-        self._next_refresh = 0.0
+        self._next_refresh = 0.0  # wall clock: the next publication of everything
+        self._next_full = 0.0  # monotonic: the next look at every instrument
+        self._dirty: set[str] = set()  # instruments that told of a change since the last look
         self._stages: Mapping[str, str] = {}
 
     # ---- what changed: the watch task -----------------------------------------------------------
 
-    def _observe(self, _health: InstrumentHealth) -> None:
-        """InstrumentHealth observer: called on the data path, so it only wakes the watch task."""
+    def _observe(self, health: InstrumentHealth) -> None:
+        """InstrumentHealth observer: called on the data path, so it only notes the instrument and wakes the task."""
+        self._dirty.add(health.id)
         self._wakeup.set()
 
     def republish(self) -> None:
@@ -180,38 +184,54 @@ class MqttPublisher:
         self._wakeup.set()
 
     async def watch(self) -> None:
+        """Look at the instruments that told of a change when they do (coalesced over ``COALESCE_S``), and at
+        every instrument and the stages every ``check_s`` (a shown state also changes with time: idle, degraded)."""
         while True:
-            self._wakeup.clear()
-            with contextlib.suppress(LabbridgeError):  # the store unreadable for a moment: the stages seen last
-                self._stages = await self.stages()
-            self.look(time.time())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.check_s):
+                async with asyncio.timeout(max(0.0, self._next_full - time.monotonic())):
                     await self._wakeup.wait()
+                    await asyncio.sleep(COALESCE_S)  # a burst of changes: one look
+            self._wakeup.clear()
+            full = self._republish or time.monotonic() >= self._next_full
+            if full:
+                self._next_full = time.monotonic() + self.check_s
+                with contextlib.suppress(LabbridgeError):  # the store unreadable for a moment: the stages seen last
+                    self._stages = await self.stages()
+            dirty, self._dirty = self._dirty, set()
+            self.look(time.time(), None if full else dirty)
 
-    def look(self, now: float) -> None:
-        """Queue what changed since the last look (everything when a refresh or a republish is due)."""
+    def look(self, now: float, dirty: set[str] | None = None) -> None:
+        """Queue what changed: of the instruments in ``dirty``, or of every one (None); everything when a refresh
+        or a republish is due."""
         everything = self._republish or now >= self._next_refresh
         if everything:  # "online" too: a broker (or a center behind a bridge) that forgot it learns it again
             self._republish, self._next_refresh = False, now + self.cfg.refresh_s
             self.pending.put(topics.status_topic(self.node), topics.ONLINE.encode())
-        by_site: dict[str, list[dict[str, Any]]] = {}
-        for health in self.healths():
-            if self._observe not in health.observers:
+        healths = list(self.healths())
+        touched: set[str] = set()
+        for health in healths:
+            if dirty is None and self._observe not in health.observers:
                 health.observers.append(self._observe)
-            by_site.setdefault(health.site, []).append(self._instrument(health, now, everything))
+            if (dirty is None or health.id in dirty) and self._instrument(health, now, everything):
+                touched.add(health.site)
+        if dirty is not None and not touched:
+            return
         dashboard = self.dashboard()
         for site in self.sites():
-            rows = by_site.get(site.id, [])
-            key = (site.name, dashboard, tuple(sorted((r["state"], r["stage"], r["instrument"]) for r in rows)))
+            if not (everything or dirty is None or site.id in touched):
+                continue
+            mine = [self._seen[h.id] for h in healths if h.site == site.id and h.id in self._seen]
+            key = (site.name, dashboard, tuple(sorted((s.state, s.stage) for s in mine)))
             if everything or self._summaries.get(site.id) != key:
                 self._summaries[site.id] = key
                 self.pending.put(topics.summary_topic(self.node, site.id), _json(topics.summary_payload(
-                    self.node, site.id, site.name, rows, dashboard=dashboard, refresh_s=self.cfg.refresh_s, now=now)))
+                    self.node, site.id, site.name, ((s.state, s.stage) for s in mine), dashboard=dashboard,
+                    refresh_s=self.cfg.refresh_s, now=now)))
         if len(self.pending):
             self._ready.set()
 
-    def _instrument(self, health: InstrumentHealth, now: float, everything: bool) -> dict[str, Any]:
+    def _instrument(self, health: InstrumentHealth, now: float, everything: bool) -> bool:
+        """Queue the instrument's health if it changed (or ``everything``), and events; True when it changed."""
         state, reason = health.effective_state(now)
         stage = self._stages.get(health.id, "")
         seen = self._seen.get(health.id)
@@ -227,11 +247,11 @@ class MqttPublisher:
             if stage != seen.stage:
                 self._event("stage", health, seen.stage, stage, reason="", now=now)
             seen.state, seen.reason, seen.stage = state, reason, stage
-        payload = topics.health_payload(self.node, health, state=state, reason=reason, since=seen.since,
-                                        stage=stage, refresh_s=self.cfg.refresh_s, now=now)
         if changed or everything:
-            self.pending.put(topics.health_topic(self.node, health.id), _json(payload))
-        return payload
+            self.pending.put(topics.health_topic(self.node, health.id), _json(topics.health_payload(
+                self.node, health, state=state, reason=reason, since=seen.since, stage=stage,
+                refresh_s=self.cfg.refresh_s, now=now)))
+        return changed
 
     def _event(self, kind: Literal["state", "stage"], health: InstrumentHealth, before: str, after: str, *,
                reason: str, now: float) -> None:

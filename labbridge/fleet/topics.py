@@ -108,16 +108,16 @@ def health_payload(node: str, health: InstrumentHealth, *, state: str, reason: s
     }
 
 
-def summary_payload(node: str, site: str, name: str, rows: Iterable[Mapping[str, Any]], *, dashboard: str | None,
+def summary_payload(node: str, site: str, name: str, rows: Iterable[tuple[str, str]], *, dashboard: str | None,
                     refresh_s: float, now: float) -> dict[str, Any]:
-    """A site's instruments per state and per stage (``rows``: this site's health payloads)."""
+    """A site's instruments per state and per stage (``rows``: each instrument's (state, stage))."""
     states: dict[str, int] = {}
     stages: dict[str, int] = {}
     count = 0
-    for row in rows:
+    for state, stage in rows:
         count += 1
-        states[row["state"]] = states.get(row["state"], 0) + 1
-        stages[row["stage"]] = stages.get(row["stage"], 0) + 1
+        states[state] = states.get(state, 0) + 1
+        stages[stage] = stages.get(stage, 0) + 1
     return {"v": SCHEMA_VERSION, "node": node, "site": site, "name": name, "instruments": count,
             "states": dict(sorted(states.items())), "stages": dict(sorted(stages.items())),
             "dashboard": dashboard, "published_at": iso(now), "refresh_s": refresh_s}

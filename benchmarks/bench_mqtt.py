@@ -5,7 +5,8 @@ In one process, on the daemon's event loop: 100 InstrumentHealth objects (six si
 QoS 1, looking every 5 s and on each change, refresh every 60 s) publishing them to Mosquitto (started here on a
 free loopback port, as tests/fleet/broker.py does). The same flipping without a publisher is the baseline; the
 publisher's share is the difference of the process's CPU time over the same wall time, in % of one core. The
-messages the broker confirmed (PUBACK) are counted: every change must have been published.
+messages the broker confirmed (PUBACK) are counted: each change is its instrument's health and an event (2), plus
+its site's summary at most once a second.
 
     .venv/bin/python -m benchmarks --only mqtt
 """
@@ -63,15 +64,19 @@ async def _one(port: int | None, every_s: float, seconds: float) -> tuple[float,
                                   healths=lambda: healths, stages=_stages, sites=lambda: SITES,
                                   dashboard=lambda: None, check_s=5.0)
         task = asyncio.create_task(publisher.run())
-        while publisher.link.state != "up" or len(publisher.pending):
+        while publisher.link.state != "up" or len(publisher.pending):  # noqa: ASYNC110 (the publisher's books)
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # the first full publication done
     published = publisher.link.published if publisher else 0
     cpu, wall = time.process_time(), time.monotonic()
     changes = await _flip(healths, every_s, seconds)
-    while publisher is not None and len(publisher.pending):
+    while publisher is not None and len(publisher.pending):  # noqa: ASYNC110 (the publisher's books)
         await asyncio.sleep(0.01)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    deadline = time.monotonic() + 5.0  # the last messages' PUBACKs (not counted in the CPU above)
+    while publisher is not None and publisher.link.published - published < 2 * changes \
+            and time.monotonic() < deadline:  # noqa: ASYNC110 (the publisher's books)
+        await asyncio.sleep(0.05)
     confirmed = (publisher.link.published - published) if publisher else 0
     if task is not None:
         task.cancel()
@@ -87,19 +92,19 @@ def run(seconds: float, runs: int, every_s: tuple[float, ...] = (10.0, 1.0)) -> 
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="labbridge-bench-mqtt-") as folder, mosquitto(Path(folder)) as broker:
         for every in every_s:
-            shares, rates, missing = [], [], []
+            shares, rates, per_change = [], [], []
             for _ in range(runs):
                 base_cpu, base_wall, _, _ = aio.run(_one(None, every, seconds))
                 cpu, wall, changes, confirmed = aio.run(_one(broker.port, every, seconds))
                 shares.append(max(0.0, (cpu / wall - base_cpu / base_wall) * 100))
                 rates.append(confirmed / wall)
-                missing.append(max(0, changes - confirmed))
+                per_change.append(confirmed / changes)
             label = f"{INSTRUMENTS} instruments, each changing state every {every:g} s"
             figures.append(Figure.of("mqtt", f"{label}: publisher CPU", "% of one core", shares,
                                      higher_is_better=False, changes_per_s=INSTRUMENTS / every))
             figures.append(Figure.of("mqtt", f"{label}: messages confirmed by the broker", "messages/s", rates))
-            figures.append(Figure.of("mqtt", f"{label}: changes not published (must be 0)", "changes", missing,
-                                     higher_is_better=False))
+            figures.append(Figure.of("mqtt", f"{label}: messages confirmed per change (health and event: >= 2)",
+                                     "messages", per_change, higher_is_better=False))
             worst = max(shares)
             ratios.append(Ratio("mqtt", f"{label}: headroom to {TARGET_PERCENT:g} % of a core (worst run)",
                                 TARGET_PERCENT / worst if worst else float("inf"), target=1.0))

@@ -43,6 +43,7 @@ RECONNECT_INITIAL_S = 1.0
 RECONNECT_MAX_S = 30.0
 STOP_TIMEOUT_S = 2.0  # at a clean stop: time given to say "offline" before the connection closes
 COALESCE_S = 0.05  # changes told within this time of each other are looked at together
+SUMMARY_MIN_S = 1.0  # a site's summary is looked at no more often (a storm of changes: one summary a second)
 
 Message = tuple[str, bytes, bool]  # topic, payload, retained
 
@@ -169,6 +170,8 @@ class MqttPublisher:
         self._next_refresh = 0.0  # wall clock: the next publication of everything
         self._next_full = 0.0  # monotonic: the next look at every instrument
         self._dirty: set[str] = set()  # instruments that told of a change since the last look
+        self._summaries_due: set[str] = set()  # sites whose instruments changed since their summary was looked at
+        self._next_summaries = 0.0  # monotonic
         self._stages: Mapping[str, str] = {}
 
     # ---- what changed: the watch task -----------------------------------------------------------
@@ -187,8 +190,9 @@ class MqttPublisher:
         """Look at the instruments that told of a change when they do (coalesced over ``COALESCE_S``), and at
         every instrument and the stages every ``check_s`` (a shown state also changes with time: idle, degraded)."""
         while True:
+            wake_at = min(self._next_full, self._next_summaries if self._summaries_due else self._next_full)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, self._next_full - time.monotonic())):
+                async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
                     await self._wakeup.wait()
                     await asyncio.sleep(COALESCE_S)  # a burst of changes: one look
             self._wakeup.clear()
@@ -214,11 +218,16 @@ class MqttPublisher:
                 health.observers.append(self._observe)
             if (dirty is None or health.id in dirty) and self._instrument(health, now, everything):
                 touched.add(health.site)
-        if dirty is not None and not touched:
-            return
+        self._summaries_due |= touched
+        if dirty is not None and (not self._summaries_due or time.monotonic() < self._next_summaries):
+            if len(self.pending):
+                self._ready.set()
+            return  # a site's summary at most every SUMMARY_MIN_S (its instruments' health goes at once)
+        due, self._summaries_due = self._summaries_due, set()
+        self._next_summaries = time.monotonic() + SUMMARY_MIN_S
         dashboard = self.dashboard()
         for site in self.sites():
-            if not (everything or dirty is None or site.id in touched):
+            if not (everything or dirty is None or site.id in due):
                 continue
             mine = [self._seen[h.id] for h in healths if h.site == site.id and h.id in self._seen]
             key = (site.name, dashboard, tuple(sorted((s.state, s.stage) for s in mine)))

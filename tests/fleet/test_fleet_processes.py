@@ -1,5 +1,6 @@
 """Three labbridge daemons (processes, as three sites) publish to one real Mosquitto; ``labbridge fleet --json`` and
-``labbridge fleet serve`` show all three; a SIGKILLed one is shown ``offline`` through its last will."""
+``labbridge fleet serve`` show all three; a SIGKILLed one is shown ``offline`` through its last will, and so is one
+that hangs (SIGSTOP) once the broker's keep-alive gives it up; it is ``online`` again when it comes back."""
 
 from __future__ import annotations
 
@@ -154,4 +155,15 @@ def test_three_sites_in_one_fleet_view_and_a_killed_node_goes_offline_by_its_las
             serve.send_signal(signal.SIGTERM)
             serve.wait(10)
         assert serve.returncode == 0
+
+        # A node that hangs (its connection open, silent): the broker gives it up 1.5 keep-alives (5 s) after it
+        # last heard from it and publishes its will; back, it reconnects and says online again.
+        procs["virton"].send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: {n["node"]: n["status"] for n in fleet_json(broker)[1]["nodes"]}.get("virton-node")
+                     == "offline", "virton offline by its will", timeout=40)
+        finally:
+            procs["virton"].send_signal(signal.SIGCONT)
+        wait_for(lambda: {n["node"]: n["status"] for n in fleet_json(broker)[1]["nodes"]}.get("virton-node")
+                 == "online", "virton online again", timeout=60)
         assert procs["arlon"].poll() is None and procs["virton"].poll() is None  # the others go on

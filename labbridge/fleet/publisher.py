@@ -211,6 +211,7 @@ class MqttPublisher:
         if everything:  # "online" too: a broker (or a center behind a bridge) that forgot it learns it again
             self._republish, self._next_refresh = False, now + self.cfg.refresh_s
             self.pending.put(topics.status_topic(self.node), topics.ONLINE.encode())
+            dirty = None  # every instrument and site
         healths = list(self.healths())
         touched: set[str] = set()
         for health in healths:

@@ -7,15 +7,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from labbridge.config import load_config, parse_config
+from labbridge.config import MqttConfig, SiteConfig, load_config, parse_config
 from labbridge.errors import ConfigError
 from labbridge.fleet import topics
 from labbridge.fleet.broker import Broker
-from labbridge.fleet.publisher import PendingMessages
+from labbridge.fleet.publisher import MqttPublisher, PendingMessages
 from labbridge.fleet.view import FleetView, needs_attention
+from labbridge.health.instrument import InstrumentHealth
 
 T0 = 1_800_000_000.0
 
@@ -129,3 +131,46 @@ print(sorted(m for m in ("labbridge.fleet", "aiomqtt", "paho") if m in sys.modul
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:2] == ["[]", "['labbridge.fleet']"]
+
+
+def _publisher(healths: list[InstrumentHealth], stages: dict[str, str]) -> MqttPublisher:
+    async def read_stages() -> dict[str, str]:
+        return stages
+
+    return MqttPublisher(MqttConfig(url="mqtt://127.0.0.1:1", refresh_s=60), node="n", healths=lambda: healths,
+                         stages=read_stages, sites=lambda: [SiteConfig(id="arlon", name="Arlon")],
+                         dashboard=lambda: "http://127.0.0.1:8470/", check_s=5.0)
+
+
+def _topics(publisher: MqttPublisher) -> list[tuple[str, dict[str, Any] | str]]:
+    out: list[tuple[str, dict[str, Any] | str]] = []
+    for topic, payload, _ in publisher.pending.take(1000):
+        out.append((topic, payload.decode() if topic.endswith("/status") else json.loads(payload)))
+    return out
+
+
+def test_the_publisher_queues_what_changed_with_its_event_and_everything_at_a_refresh() -> None:
+    healths = [InstrumentHealth(id=f"a{i}", site="arlon", driver="astm-generic", transport="tcp-server")
+               for i in range(3)]
+    publisher = _publisher(healths, {"a0": "live", "a1": "validating", "a2": "live"})
+    publisher._stages = {"a0": "live", "a1": "validating", "a2": "live"}
+    publisher.look(T0)  # the first look: everything, and the observers attached
+    first = _topics(publisher)
+    assert [t for t, _ in first] == ["labbridge/n/status", "labbridge/n/instruments/a0/health",
+                                     "labbridge/n/instruments/a1/health", "labbridge/n/instruments/a2/health",
+                                     "labbridge/n/sites/arlon/summary"]
+    summary = first[-1][1]
+    assert isinstance(summary, dict) and summary["states"] == {"connecting": 3}
+    assert summary["stages"] == {"live": 2, "validating": 1} and summary["dashboard"] == "http://127.0.0.1:8470/"
+    healths[1].set_state("up", "analyzer connected from 127.0.0.1:5000")  # the observer notes it
+    assert publisher._dirty == {"a1"}
+    publisher.look(T0 + 1, publisher._dirty)
+    changed = _topics(publisher)
+    assert [t for t, _ in changed][:2] == ["labbridge/n/events", "labbridge/n/instruments/a1/health"]
+    event, health = changed[0][1], changed[1][1]
+    assert isinstance(event, dict) and (event["type"], event["from"], event["to"]) == ("state", "connecting", "up")
+    assert isinstance(health, dict) and health["state"] == "up" and health["stage"] == "validating"
+    publisher.look(T0 + 2, set())  # nothing changed: nothing queued
+    assert _topics(publisher) == []
+    publisher.look(T0 + 61, set())  # refresh_s later: everything again
+    assert len(_topics(publisher)) == 5

@@ -294,8 +294,12 @@ class MqttPublisher:
             except aiomqtt.MqttError as exc:
                 if self.link.state == "up":
                     self.link.disconnects += 1
-                self.link.set("down", f"{self.cfg.url}: {exc}; health waits (latest value per topic) and is "
-                                      "published again when the broker is back")
+                needs_a_person = _refused(exc)
+                if needs_a_person:
+                    self.link.set("failed", f"{self.cfg.url}: {exc}: {needs_a_person}; retrying")
+                else:
+                    self.link.set("down", f"{self.cfg.url}: {exc}; health waits (latest value per topic) and is "
+                                          "published again when the broker is back")
             except (ConfigError, LabbridgeError, OSError) as exc:
                 self.link.set("failed", f"{exc}: fix [mqtt] in the config")
             delay = backoff_delay(attempt, RECONNECT_INITIAL_S, RECONNECT_MAX_S)
@@ -342,6 +346,17 @@ class MqttPublisher:
             if not message.retain and message.payload == b"1":
                 log.info("mqtt_bridge_back", topic=str(message.topic))
                 self.republish()
+
+
+def _refused(exc: Exception) -> str | None:
+    """What a person must fix when the broker refused us for good (credentials, TLS); None for an outage."""
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    if code in (4, 5, 134, 135):  # bad user name or password, not authorized (MQTT 3.1.1 and 5)
+        return "check [mqtt] username and password (or password_file) and the broker's users and ACL"
+    if "certificate" in str(exc).lower() or "ssl" in str(exc).lower():
+        return "check [mqtt.tls] (ca: the CA that signed the broker's certificate; cert/key if it asks for one)"
+    return None
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -174,3 +174,17 @@ def test_the_publisher_queues_what_changed_with_its_event_and_everything_at_a_re
     assert _topics(publisher) == []
     publisher.look(T0 + 61, set())  # refresh_s later: everything again
     assert len(_topics(publisher)) == 5
+
+
+def test_a_refusal_for_good_is_told_apart_from_an_outage() -> None:
+    import aiomqtt
+    from aiomqtt.exceptions import MqttConnectError
+
+    from labbridge.fleet.publisher import _refused
+
+    assert "username and password" in (_refused(MqttConnectError(5)) or "")
+    assert "username and password" in (_refused(MqttConnectError(4)) or "")
+    assert "[mqtt.tls]" in (_refused(aiomqtt.MqttError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+                                                         "failed")) or "")
+    assert _refused(aiomqtt.MqttError("[Errno 111] Connection refused")) is None
+    assert _refused(MqttConnectError(3)) is None  # server unavailable: an outage

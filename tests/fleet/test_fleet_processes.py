@@ -117,6 +117,16 @@ def test_three_sites_in_one_fleet_view_and_a_killed_node_goes_offline_by_its_las
         assert [s["site"] for s in fleet["sites"]] == sorted(SITES)
         assert [s["name"] for s in fleet["sites"]] == ["Arlon", "Marche", "Virton"]
 
+        # --watch: follows the broker and draws the fleet again until told to stop (SIGTERM, as Ctrl-C does).
+        watch = subprocess.Popen([sys.executable, "-m", "labbridge.cli", "fleet", "--broker", broker.url, "--watch",
+                                  "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        watch.send_signal(signal.SIGTERM)
+        out, err = watch.communicate(timeout=20)
+        assert watch.returncode == 0, err
+        assert out.count("fleet at " + broker.url) >= 2  # drawn again
+        assert all(f"{site}-node  ● ONLINE" in out for site in SITES)
+
         serve = subprocess.Popen([sys.executable, "-m", "labbridge.cli", "fleet", "serve", "--broker", broker.url,
                                   "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

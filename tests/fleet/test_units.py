@@ -188,3 +188,15 @@ def test_a_refusal_for_good_is_told_apart_from_an_outage() -> None:
                                                          "failed")) or "")
     assert _refused(aiomqtt.MqttError("[Errno 111] Connection refused")) is None
     assert _refused(MqttConnectError(3)) is None  # server unavailable: an outage
+
+
+def test_the_fleet_command_says_when_the_broker_cannot_be_reached() -> None:
+    from tests.fleet.broker import free_port
+
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "labbridge.cli", "fleet", "--broker", url], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and f"cannot read the fleet: {url}" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "labbridge.cli", "fleet", "--broker", "http://h"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "expected mqtt://host[:port]" in proc.stderr

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks                    # everything, full sizes (about 15-25 min on 2 cores)
     .venv/bin/python -m benchmarks --quick            # smaller sizes (a few minutes)
-    .venv/bin/python -m benchmarks --only parse,e2e   # a subset: parse, e2e, scale
+    .venv/bin/python -m benchmarks --only parse,e2e   # a subset: parse, e2e, scale, mqtt
     .venv/bin/python -m benchmarks --profile          # also py-spy the daemon at 10 links (needs ptrace)
 
 Each figure is the median of --runs runs, with min and max; ratios are taken between medians of the
@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import procs
 from benchmarks.common import RESULTS_DIR, Figure, Ratio, event_loop, print_table, write_json
 
-SECTIONS = ("parse", "e2e", "scale")
+SECTIONS = ("parse", "e2e", "scale", "mqtt")  # mqtt: bench_mqtt (issue 19)
 
 
 def _ints(text: str) -> list[int]:
@@ -29,7 +29,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: parse, e2e, scale")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: parse, e2e, scale, mqtt")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5 parse / 3 e2e and scale; quick 3/2)")
     parser.add_argument("--seconds", type=float, help="length of one parse run (default 1.0; quick 0.3)")
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLLP connections from labbridge to the LIS (its [[lis]] connections setting; "
                              f"default {procs.LIS_CONNECTIONS})")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during one 10-link run")
+    parser.add_argument("--mqtt-seconds", type=float, help="length of one MQTT publisher run (default 30; quick 5)")
     parser.add_argument("--json", type=Path, help=f"where to write the JSON (default {RESULTS_DIR}/bench-*.json)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -97,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         ratios += r
         notes += n
         print_table("scale", f, r)
+    if "mqtt" in only:  # [mqtt]: the publisher's CPU for 100 instruments changing state (docs/performance.md)
+        from benchmarks import bench_mqtt
+
+        f, r, n = bench_mqtt.run(args.mqtt_seconds or (5.0 if q else 30.0), runs)
+        figures += f
+        ratios += r
+        notes += n
+        print_table("MQTT publisher (real Mosquitto on loopback)", f, r)
     for note in notes:
         print(f"note: {note}")
     settings = {"only": only, "quick": q, "parse_runs": parse_runs, "runs": runs, "seconds": seconds,

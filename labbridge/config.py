@@ -505,6 +505,45 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# ---- [mqtt]: health published to a broker for the fleet view (labbridge.fleet, docs/mqtt.md) ----------------
+
+class MqttConfig(_Model):
+    """Publish this node's health to an MQTT broker (labbridge.fleet.publisher; topics in docs/mqtt.md).
+
+    Absent: nothing is published and aiomqtt is never imported. The data path never waits for the broker."""
+
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/:@\s]+(:[0-9]{1,5})?/?$",
+                              description="mqtt://host:1883, or mqtts://host:8883 for TLS")]
+    node: Annotated[str, Field(pattern=r"^$|" + ID_PATTERN,
+                               description="the node's name in the topics (empty: the config's `node`)")] = ""
+    username: str = ""
+    password: str = ""  # prefer password_file: the config file is often readable by more people
+    password_file: str = Field(default="", description="a file whose first line is the password")
+    tls: TlsConfig | None = Field(default=None, description="CA and client certificate for mqtts:// (paths "
+                                                            "relative to the config file)")
+    keepalive_s: Annotated[int, Field(ge=5, le=3600, description="MQTT keep-alive; the broker declares the node "
+                                                                 "offline (its last will) 1.5 keep-alives after "
+                                                                 "it last heard from it")] = 30
+    refresh_s: Annotated[float, Field(ge=1, le=3600, description="every instrument's health is republished this "
+                                                                 "often, changed or not")] = 60.0
+    queue_limit: Annotated[int, Field(ge=10, le=1_000_000, description="events kept while the broker is away "
+                                                                       "(the oldest are dropped and counted)")] = 1000
+    dashboard_url: str = Field(default="", description="this node's dashboard as the fleet view should link it "
+                                                       "(empty: the HTTP surface's own address)")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password and self.password_file:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+# ---- end [mqtt] -------------------------------------------------------------------------------------------------
+
+
 class Config(_Model):
     node: Annotated[str, Field(pattern=ID_PATTERN)] = "labbridge"
     # The site's time zone (IANA name, e.g. "Europe/Brussels"), for instruments without their own. Absent:
@@ -524,6 +563,7 @@ class Config(_Model):
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     lis: list[Destination] = Field(default_factory=list)
     lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
+    mqtt: MqttConfig | None = None  # [mqtt]: health to a broker (labbridge.fleet)
 
     @model_validator(mode="before")
     @classmethod
@@ -921,6 +961,7 @@ def load_config(path: str | Path) -> Config:
            if isinstance(d, FileDestination) and not Path(d.directory).is_absolute() else d for d in config.lis]
     if lis != config.lis:
         config = config.model_copy(update={"lis": lis})
+    config = _resolve_mqtt_paths(config, path.parent)  # [mqtt]
     return _resolve_tls_paths(config, path.parent)
 
 
@@ -943,3 +984,17 @@ def _resolve_tls_paths(config: Config, base: Path) -> Config:
                 if (v := getattr(config.http, k)) is not None and not Path(v).is_absolute()}
     return config.model_copy(update={"instruments": instruments, "lis": lis, "lis_orders": lis_orders,
                                      "http": config.http.model_copy(update=http_tls)})
+
+
+def _resolve_mqtt_paths(config: Config, base: Path) -> Config:
+    """[mqtt]'s password file and TLS files, relative to the config file's folder."""
+    mqtt = config.mqtt
+    if mqtt is None:
+        return config
+    update: dict[str, Any] = {}
+    if mqtt.password_file and not Path(mqtt.password_file).is_absolute():
+        update["password_file"] = str((base / mqtt.password_file).resolve())
+    if mqtt.tls is not None:
+        update["tls"] = mqtt.tls.model_copy(update={k: str((base / v).resolve()) for k in ("cert", "key", "ca")
+                                                    if (v := getattr(mqtt.tls, k)) and not Path(v).is_absolute()})
+    return config.model_copy(update={"mqtt": mqtt.model_copy(update=update)}) if update else config

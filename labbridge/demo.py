@@ -35,7 +35,7 @@ from labbridge_simulators.lis import SimulatedLis
 from labbridge_simulators.profiles import FAMILIES, FamilyFactory
 
 from labbridge.campaign.validation import Reference
-from labbridge.config import Config, HttpConfig, StoreConfig, TcpServerTransport, load_config
+from labbridge.config import Config, HttpConfig, MqttConfig, StoreConfig, TcpServerTransport, load_config
 from labbridge.links.dialect import link_profile
 from labbridge.orders import NewOrder
 from labbridge.runtime.daemon import Daemon
@@ -86,15 +86,19 @@ class Summary:
                 f"order lines received by analyzers {self.order_lines_received}")
 
 
-def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | None) -> Config:
+def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | None,
+             mqtt_url: str | None = None) -> Config:
     lis = [d.model_copy(update={"host": "127.0.0.1", "port": lis_port}) for d in config.lis[:1]]
     http = config.http if http_port is None else HttpConfig(host="127.0.0.1", port=http_port)
-    return config.model_copy(update={"lis": lis, "http": http,
-                                     "store": StoreConfig(path=str(store_dir / "labbridge-demo.db"))})
+    update: dict[str, Any] = {"lis": lis, "http": http,
+                              "store": StoreConfig(path=str(store_dir / "labbridge-demo.db"))}
+    if mqtt_url:  # [mqtt]: `labbridge demo --mqtt URL` publishes the demo lab (try `labbridge fleet` on it)
+        update["mqtt"] = MqttConfig(url=mqtt_url)
+    return config.model_copy(update=update)
 
 
 async def run_demo(*, config_path: Path, duration: float | None, http_port: int | None = None,
-                   store_dir: Path | None = None, quiet: bool = False) -> Summary:
+                   store_dir: Path | None = None, quiet: bool = False, mqtt_url: str | None = None) -> Summary:
     started = time.monotonic()
     config = load_config(config_path)
     lis = SimulatedLis()
@@ -102,7 +106,7 @@ async def run_demo(*, config_path: Path, duration: float | None, http_port: int 
     with contextlib.ExitStack() as stack:
         if store_dir is None:
             store_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="labbridge-demo-")))
-        demo_config = _prepare(config, lis.port, store_dir, http_port)
+        demo_config = _prepare(config, lis.port, store_dir, http_port, mqtt_url)
         try:
             daemon = Daemon(demo_config)
             stop_daemon = asyncio.Event()
@@ -131,6 +135,9 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
         host, port = daemon.http_address
         print(f"labbridge demo: dashboard at http://{host}:{port}/  "
               f"({len(daemon.runners)} simulated analyzers, simulated LIS on 127.0.0.1:{lis.port})", flush=True)
+        if config.mqtt is not None:  # [mqtt]
+            print(f"labbridge demo: health published to {config.mqtt.url} as node {config.mqtt.node or config.node}"
+                  f"  (labbridge fleet --broker {config.mqtt.url})", flush=True)
         if duration is None:
             print("press Ctrl-C to stop", flush=True)
     stop_sims = asyncio.Event()

@@ -16,6 +16,7 @@ The rules:
 * ``labbridge/store/`` imports nothing of the layers above it (links, relay, web, cli, runtime);
 * ``labbridge/web/`` reads the daemon through ``labbridge.runtime.api``, never ``labbridge.runtime.daemon``;
 * ``labbridge.config`` reaches no driver plugin: parsing a config loads nothing.
+* ``labbridge/fleet/`` (MQTT) imports none of runtime, links, relay, web, cli, and reaches no store.
 """
 
 from __future__ import annotations
@@ -150,10 +151,27 @@ def layer_violations(graph: Graph, outside: dict[str, set[str]], package: str = 
         if _in(module, p + "web"):
             out += [f"{module}: {t} (read the daemon through {p}runtime.api)"
                     for t in sorted(targets) if _in(t, p + "runtime.daemon")]
+    out += _fleet_violations(graph, p)  # [mqtt]
     config = p + "config"
     if config in graph and p + "driver" in reachable(graph, config):
         out.append(f"{config}: {p}driver (parsing a config loads no driver plugin)")
     return out
+
+
+# ---- [mqtt]: labbridge/fleet/ (issue 19) -------------------------------------------------------------------------
+def _fleet_violations(graph: Graph, p: str) -> list[str]:
+    """``labbridge/fleet/`` is given what it publishes (the daemon composes it) and reads a broker: it imports none
+    of runtime, links, relay, web or cli, and reaches no store (the fleet view needs no access to any)."""
+    out: list[str] = []
+    for module, targets in sorted(graph.items()):
+        if not _in(module, p + "fleet"):
+            continue
+        out += [f"{module}: {t} (the fleet is given what it publishes; it never reaches into the daemon)"
+                for t in sorted(targets) if _in(t, p + "runtime", p + "links", p + "relay", p + "web", p + "cli")]
+        out += [f"{module}: {t} (the fleet opens no store)" for t in sorted(reachable(graph, module))
+                if _in(t, p + "store")]
+    return out
+# ---- end [mqtt] -----------------------------------------------------------------------------------------------
 
 
 def test_no_import_cycles() -> None:
@@ -204,6 +222,8 @@ def test_each_rule_catches_a_planted_break(tmp_path: Path) -> None:
         "relay/relay.py": "",
         "web/__init__.py": "",
         "web/server.py": "from fakepkg.runtime import api, daemon\n",
+        "fleet/__init__.py": "",  # [mqtt]
+        "fleet/view.py": "from fakepkg.relay import relay\nfrom fakepkg.store import db\n",
     })
     graph, outside = import_graph(root)
     assert layer_violations(graph, outside, package="fakepkg") == [
@@ -212,6 +232,9 @@ def test_each_rule_catches_a_planted_break(tmp_path: Path) -> None:
         "fakepkg.runtime.daemon: fakepkg.web.server (runtime sits below the surfaces and the CLI that compose it)",
         "fakepkg.store.db: fakepkg.relay.relay (the store sits below it)",
         "fakepkg.web.server: fakepkg.runtime.daemon (read the daemon through fakepkg.runtime.api)",
+        "fakepkg.fleet.view: fakepkg.relay.relay (the fleet is given what it publishes; it never reaches into the "
+        "daemon)",
+        "fakepkg.fleet.view: fakepkg.store.db (the fleet opens no store)",
         "fakepkg.config: fakepkg.driver (parsing a config loads no driver plugin)",
     ]
     assert cycles(graph) == [["fakepkg.runtime.daemon", "fakepkg.web.server"]]

@@ -92,7 +92,7 @@ def demo(args: argparse.Namespace) -> int:
 
     async def main() -> Summary | None:
         task = asyncio.create_task(run_demo(config_path=config_path, duration=args.duration,
-                                            http_port=args.port,
+                                            http_port=args.port, mqtt_url=args.mqtt,
                                             store_dir=Path(args.store_dir) if args.store_dir else None))
         _on_signals(task.cancel)
         try:

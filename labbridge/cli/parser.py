@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import campaign, commands, security
+from labbridge.cli import campaign, commands, fleet, security
 from labbridge.cli import reload as reload_command
 from labbridge.cli.security import http_credentials
 
@@ -60,13 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "demo", "run the demo lab: simulated analyzers, simulated LIS, dashboard", commands.demo,
                  "demo                    # until Ctrl-C", "demo --for 60 --summary-json summary.json",
-                 "demo --for 60 --store-dir /tmp/demo-store   # keep the store to look at afterwards")
+                 "demo --for 60 --store-dir /tmp/demo-store   # keep the store to look at afterwards",
+                 "demo --mqtt mqtt://127.0.0.1:1883   # and: labbridge fleet --broker mqtt://127.0.0.1:1883")
     p.add_argument("-c", "--config", help="demo config (default: the one inside the package, labbridge/demo.toml)")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds and print a summary")
     p.add_argument("--summary-json", help="also write the summary as JSON to this file")
     p.add_argument("--port", type=int, help="dashboard port (default: from the config)")
     p.add_argument("--store-dir", help="keep the store in this folder (default: a temporary one, removed at the end)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--mqtt", metavar="URL", help="also publish the demo lab's health to this broker "  # [mqtt]
+                                                 "(mqtt://127.0.0.1:1883): try `labbridge fleet` on it")
 
     p = _command(sub, "reload", "apply the config file to the running daemon without a restart", reload_command.reload,
                  "reload                  # the daemon at " + DEFAULT_URL, "reload -c /etc/labbridge/labbridge.toml",
@@ -163,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     campaign.add_commands(sub, _command, _target)
     security.add_commands(sub, _command)  # users, tokens, audit (docs/security.md)
+
+    # ---- [mqtt]: the fleet view (labbridge.cli.fleet; docs/mqtt.md) ----
+    fleet.add_commands(sub, _command)
+    # ---- end [mqtt] ----
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

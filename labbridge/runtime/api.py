@@ -138,6 +138,13 @@ class DaemonApi(Protocol):
         """Add an order without problems and wake the runner that may push it; audited with ``actor``."""
         ...
 
+    # ---- [mqtt] (labbridge.fleet) ----
+    def uplinks_json(self) -> list[dict[str, Any]]:
+        """The node's own links that are not to an analyzer or a LIS: the MQTT broker's when ``[mqtt]`` is set
+        (``id``, ``kind``, ``broker``, ``state``, ``reason``, ``since``, counters; docs/mqtt.md). Else empty."""
+        ...
+    # ---- end [mqtt] ----
+
     async def reload_config(self, *, by: str) -> dict[str, Any]:
         """Read the config file again and apply what changed (labbridge.runtime.reload); the report as JSON,
         whose ``outcome`` is applied, unchanged, refused (with every problem) or unavailable."""

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labbridge import aio
 from labbridge.backoff import backoff_delay
@@ -53,6 +53,9 @@ from labbridge.runtime.reload import (
 from labbridge.store.db import Store, wall_clock
 from labbridge.store.orders import SqliteOrderSource
 
+if TYPE_CHECKING:  # [mqtt] (labbridge.fleet): imported only when configured
+    from labbridge.fleet.publisher import MqttPublisher
+
 log = get_logger("labbridge.daemon")
 
 READY_TIMEOUT_S = 15.0
@@ -88,6 +91,9 @@ class Daemon:
         self.campaign = Campaign(self.store, config, link_state=self._link_state, on_release=self._wake_relays)
         self.addresses: dict[str, tuple[str, int]] = {}  # surface name -> where it listens
         self.started = asyncio.Event()
+        # ---- [mqtt]: this node's health to a broker (labbridge.fleet; docs/mqtt.md) ----
+        self.mqtt: MqttPublisher | None = self._mqtt_publisher(config)
+        # ---- end [mqtt] ----
 
     @property
     def node(self) -> str:
@@ -184,6 +190,8 @@ class Daemon:
             for surface in surfaces:
                 shown.append(surface)
                 self.addresses[surface.name] = await surface.start(self)
+            if self.mqtt is not None:  # [mqtt]: once the surfaces listen (its summaries link the dashboard)
+                tasks.append(asyncio.create_task(self._supervise("mqtt", self.mqtt.run)))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(READY_TIMEOUT_S):
                     await asyncio.gather(*(r.ready.wait() for r in self.runners.values()),
@@ -425,3 +433,33 @@ class Daemon:
         if instrument not in self.runners:
             return None
         return await self.history.read(instrument, days)
+
+    # ---- [mqtt]: the fleet publisher (labbridge.fleet.publisher; docs/mqtt.md) ---------------------------------
+
+    def _mqtt_publisher(self, config: Config) -> MqttPublisher | None:
+        """The publisher when ``[mqtt]`` is configured (only then is labbridge.fleet, and later aiomqtt, imported)."""
+        if config.mqtt is None:
+            return None
+        from labbridge.fleet.publisher import MqttPublisher
+
+        return MqttPublisher(config.mqtt, node=config.node, healths=self.link_health, stages=self._stages,
+                             sites=lambda: self.config.sites, dashboard=self._dashboard_url,
+                             check_s=config.health.check_interval_s)
+
+    async def _stages(self) -> dict[str, str]:
+        """Each instrument's campaign stage: the store's, else the config's (not recorded yet)."""
+        from labbridge.store.campaign import stage_rows
+
+        recorded = await self.store.read(stage_rows)
+        return {i.id: recorded.get(i.id, i.stage) for i in self.config.instruments}
+
+    def _dashboard_url(self) -> str | None:
+        mqtt = self.config.mqtt
+        if mqtt is not None and mqtt.dashboard_url:
+            return mqtt.dashboard_url
+        return f"http://{self.http_address[0]}:{self.http_address[1]}/" if self.http_address else None
+
+    def uplinks_json(self) -> list[dict[str, Any]]:
+        return [self.mqtt.link.to_json()] if self.mqtt is not None else []
+
+    # ---- end [mqtt] ----------------------------------------------------------------------------------------------

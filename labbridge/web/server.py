@@ -60,6 +60,7 @@ class _Snapshot(Collector):
         yield _build_info()
         yield from self._instruments()
         yield from self._destinations()
+        yield from _uplinks(self.api.uplinks_json())  # [mqtt]
         outbox = GaugeMetricFamily("labbridge_outbox_items", "Outbox items per destination and state",
                                    labels=["destination", "state"])
         for dest, states in self.counts.get("outbox", {}).items():
@@ -155,6 +156,31 @@ class _Snapshot(Collector):
         yield from (oldest, depth, latency)
 
 
+# ---- [mqtt]: the broker's link in /metrics (labbridge.fleet.publisher.BrokerLink; docs/mqtt.md) ----------------
+UPLINK_STATES = ("connecting", "up", "down", "failed")
+
+
+def _uplinks(uplinks: list[dict[str, Any]]) -> Iterator[Metric]:
+    state = GaugeMetricFamily("labbridge_uplink_state", "1 for the state of the node's link to its MQTT broker",
+                              labels=["uplink", "broker", "state"])
+    queued = GaugeMetricFamily("labbridge_uplink_queued", "Messages waiting for the broker (latest per topic, "
+                               "events)", labels=["uplink"])
+    counters = {name: CounterMetricFamily(f"labbridge_uplink_{name}", what, labels=["uplink"]) for name, what in (
+        ("published", "Messages the broker confirmed"), ("connects", "Connections made to the broker"),
+        ("disconnects", "Connections to the broker lost"),
+        ("events_dropped", "Events dropped while the broker was away (queue full, oldest first)"))}
+    for link in uplinks:
+        for s in UPLINK_STATES:
+            state.add_metric([link["id"], link["broker"], s], 1.0 if s == link["state"] else 0.0)
+        queued.add_metric([link["id"]], link["queued"])
+        for name, family in counters.items():
+            family.add_metric([link["id"]], link[name])
+    yield state
+    yield queued
+    yield from counters.values()
+# ---- end [mqtt] -------------------------------------------------------------------------------------------------
+
+
 def _build_info() -> Metric:
     info = GaugeMetricFamily("labbridge_build_info", "labbridge's version (the value is 1)",
                              labels=["version", "python"])
@@ -224,7 +250,8 @@ class WebServer:
         return web.Response(text=page, content_type="text/html")
 
     async def health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "node": self.api.node})
+        # [mqtt]: the node's own links (the MQTT broker's) beside its status (labbridge.fleet; docs/mqtt.md)
+        return web.json_response({"status": "ok", "node": self.api.node, "uplinks": self.api.uplinks_json()})
 
     async def instruments(self, _request: web.Request) -> web.Response:
         return web.json_response(self.api.instruments_json())

@@ -19,12 +19,12 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--runs", "1", "--seconds", "0.02", "--links", "1,2",
          "--e2e-messages", "6", "--scale-links", "3", "--backlog", "2,40", "--busy-interval", "0.05",
-         "--busy-messages", "1", "--json", str(out)],
+         "--busy-messages", "1", "--mqtt-seconds", "0.5", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     sections = {f["section"] for f in data["figures"]}
-    assert sections == {"parse", "e2e", "scale"}
+    assert sections == {"parse", "e2e", "scale", "mqtt"}
     names = {f["name"] for f in data["figures"]}
     # The peers are really measured beside labbridge.
     for peer in ("chem20 ASTM python-astm codec", "cbc25 ASTM python-astm frame path",
@@ -52,3 +52,6 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
         assert 0 < once < by_name[f"{tag}: daemon peak RSS"]["median"]
     assert 0 < by_name["daemon peak memory, shared pages once, 3 links busy"]["median"] < by_name[
         "daemon peak RSS, 3 links busy"]["median"]
+    # [mqtt]: the publisher's runs published every change (its health and an event) to the real broker.
+    per_change = [f for f in data["figures"] if f["section"] == "mqtt" and "per change" in f["name"]]
+    assert per_change and all(f["min"] >= 2 for f in per_change)

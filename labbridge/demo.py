@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -70,6 +72,7 @@ class Summary:
     query_answers: int = 0
     order_lines_received: int = 0
     held: int = 0  # results of instruments not live: stored, held from the LIS until a sign-off
+    qc_held: int = 0  # QC results the LIS destination holds (its qc = "hold"): kept, shown, releasable
     stages: dict[str, str] = field(default_factory=dict)  # instrument -> campaign stage, when not live
     states: dict[str, str] = field(default_factory=dict)  # instrument -> link state at the end
 
@@ -80,7 +83,8 @@ class Summary:
         ok = "OK" if self.lost == 0 and self.duplicates == 0 else "PROBLEM"
         return (f"demo summary ({self.instruments} analyzers, {self.elapsed_s:.0f} s): "
                 f"sent {self.sent} results, stored {self.stored}, delivered to the LIS {self.delivered}, "
-                f"held by the validation gate {self.held}, lost {self.lost}, delivered twice {self.duplicates}"
+                f"held by the validation gate {self.held}, QC held from the LIS {self.qc_held}, "
+                f"lost {self.lost}, delivered twice {self.duplicates}"
                 f" -> {ok}; "
                 f"host queries {self.host_queries}, answered {self.query_answers}, "
                 f"order lines received by analyzers {self.order_lines_received}")
@@ -210,13 +214,18 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
     stages = {row["id"]: row["stage"] for site in campaign["sites"] for row in site["instruments"]
               if row["stage"] != "live"}
     held = {identity for identity in acked if identity[0] in stages}  # the gate holds them: not sent, by design
+    holds_qc = bool(config.lis) and config.lis[0].qc == "hold"
+    qc_samples = await daemon.store.read(_qc_samples) if holds_qc else set()
+    qc_held = {identity for identity in acked - held if (identity[0], identity[1]) in qc_samples}  # qc = "hold"
+    held_or_qc = held | qc_held
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline and not acked - held <= lis.delivered:  # noqa: ASYNC110 (a peer's books)
+    while time.monotonic() < deadline and not acked - held_or_qc <= lis.delivered:  # noqa: ASYNC110 (a peer's books)
         await asyncio.sleep(0.2)
     counts = await daemon.store.counts()
     astm_sims = [sim for sim in sims if isinstance(sim, AstmAnalyzerSim)]
     summary = Summary(sent=len(acked), stored=counts["results"], delivered=len(lis.delivered & acked),
-                      lost=len(acked - held - lis.delivered), duplicates=lis.duplicates, instruments=len(sims),
+                      lost=len(acked - held_or_qc - lis.delivered), duplicates=lis.duplicates,
+                      instruments=len(sims), qc_held=len(qc_held - lis.delivered),
                       elapsed_s=time.monotonic() - started,
                       host_queries=sum(sim.stats.queries_sent for sim in astm_sims),
                       query_answers=sum(sim.stats.query_answers for sim in astm_sims),
@@ -226,6 +235,16 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
     if not quiet:
         print(summary.render(), flush=True)
     return summary
+
+
+def _qc_samples(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    """(instrument, sample) of the QC results in the store: the LIS destination holds them (qc = "hold")."""
+    found = set()
+    for instrument, data in conn.execute("SELECT instrument, data FROM results"):
+        result = json.loads(data)
+        if result.get("kind") == "qc":
+            found.add((instrument, str(result.get("sample_id", ""))))
+    return found
 
 
 async def _import_references(daemon: Daemon, sims: dict[str, AstmAnalyzerSim | Hl7AnalyzerSim],

@@ -402,6 +402,16 @@ class HttpConfig(_Model):
     port: Port = 8470
 
 
+# ---- dashboard (issue 17, part 1) ----
+class DashboardConfig(_Model):
+    """What the dashboard's pages show (labbridge.web.instrument_page)."""
+
+    # Recent messages on an instrument's page show patients' identifiers (patient ids; sample ids of patient
+    # samples) only when this is true; by default they are masked (a wall screen is seen by passers-by).
+    show_patient_identifiers: bool = False
+# ---- end dashboard ----
+
+
 class HealthConfig(_Model):
     """How link health is judged from the store (labbridge.health): read off the links' path, periodically."""
 
@@ -435,6 +445,7 @@ class Config(_Model):
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     lis: list[Destination] = Field(default_factory=list)
     lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
+    dashboard: DashboardConfig = DashboardConfig()  # dashboard (issue 17, part 1)
 
     @model_validator(mode="before")
     @classmethod

@@ -8,14 +8,18 @@ started once the daemon's parts exist and stopped before the store closes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from labbridge.campaign.service import Campaign
+    from labbridge.config import Config
     from labbridge.health.instrument import InstrumentHealth
     from labbridge.orders import NewOrder, Order, OrderState
     from labbridge.outbox import StoreSize
+
+T = TypeVar("T")
 
 
 class StoreView(Protocol):
@@ -50,6 +54,9 @@ class StoreView(Protocol):
                           destination: str | None = None) -> list[dict[str, Any]]: ...
 
     async def audit_rows(self, limit: int = 200) -> list[dict[str, Any]]: ...
+
+    # ---- dashboard (issue 17, part 1): its own read-only queries (labbridge.store.dashboard) ----
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
 
 class OrderBook(Protocol):
@@ -87,6 +94,13 @@ class DaemonApi(Protocol):
 
     @property
     def store(self) -> StoreView: ...
+
+    # ---- dashboard (issue 17, part 1) ----
+    @property
+    def config(self) -> Config:
+        """The configuration in force (replaced by a reload): the dashboard reads its [dashboard] settings."""
+        ...
+    # ---- end dashboard ----
 
     @property
     def orders(self) -> OrderBook: ...

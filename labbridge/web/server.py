@@ -40,6 +40,8 @@ from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
 from labbridge.web.body import json_object
 from labbridge.web.campaign import campaign_routes
+from labbridge.web.events import EventHub, event_routes  # dashboard (issue 17, part 1)
+from labbridge.web.instrument_page import page_routes  # dashboard (issue 17, part 1)
 
 
 class _Snapshot(Collector):
@@ -179,6 +181,12 @@ class WebServer:
             web.get("/metrics", self.metrics),
             *campaign_routes(api),
         ])
+        # ---- dashboard (issue 17, part 1): live updates (GET /api/events) and the instrument pages ----
+        self.events = EventHub(api)
+        self.app.add_routes([*event_routes(self.events), *page_routes(api)])
+        self.app.on_startup.append(self.events.start)
+        self.app.on_shutdown.append(self.events.close)
+        # ---- end dashboard ----
         self.runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

@@ -177,7 +177,8 @@ class EventHub:
             await response.write_eof()
         return response
 
-    def _publish(self, event: str, data: Any) -> None:
+    def publish(self, event: str, data: Any) -> None:
+        """Queue one event for every client (a full queue is replaced by a fresh snapshot)."""
         self._next_id += 1
         message = encode(event, data, self._next_id)
         for client in self.clients:
@@ -226,13 +227,13 @@ class EventHub:
         current = {item["id"]: item for item in self.api.instruments_json()}
         if set(current) != set(self._instruments):  # added or removed by a reload: everyone starts again
             self._instruments = current
-            self._publish("snapshot", self._books())
+            self.publish("snapshot", self._books())
             return
         for ident, item in current.items():
             before = self._instruments.get(ident)
             if before is None or _comparable(before) != _comparable(item):
                 self._instruments[ident] = item
-                self._publish("instrument", item)
+                self.publish("instrument", item)
 
     async def _read_slow(self) -> None:
         self._slow_due = False
@@ -246,7 +247,7 @@ class EventHub:
         for key, event in (("campaign", "campaign"), ("destinations", "lis"), ("today", "today")):
             if self._slow.get(key) != fresh[key]:
                 self._slow[key] = fresh[key]
-                self._publish(event, {"destinations": fresh[key]} if event == "lis" else fresh[key])
+                self.publish(event, {"destinations": fresh[key]} if event == "lis" else fresh[key])
 
 
 def _comparable(item: dict[str, Any]) -> dict[str, Any]:

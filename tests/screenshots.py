@@ -38,6 +38,7 @@ def shoot(base: str) -> list[Path]:
             elif path.startswith("/instruments/"):
                 WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline .seg"))
                 WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-validation]"))
+                driver.find_element(By.CSS_SELECTOR, "button[data-hours='1']").click()
             time.sleep(1.0)  # let the last render settle (only for pictures; no test waits like this)
             if name != "overview-phone.png":
                 full_height(driver, width)

@@ -7,7 +7,8 @@ Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api
 ``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
 ``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
-``POST /api/config/reload``, ``/api/health``, ``/metrics``, and the campaign's (:mod:`labbridge.web.campaign`).
+``POST /api/config/reload``, ``/api/health``, ``/metrics``, and the campaign's (:mod:`labbridge.web.campaign`),
+and the dashboard's pages and live updates (:mod:`labbridge.web.instrument_page`, :mod:`labbridge.web.events`).
 Field names are documented in docs/api.md.
 
 The POST routes change the store: they take JSON only (a browser cannot send that cross-site without

@@ -17,6 +17,7 @@ from labbridge.demo import DemoControls, default_demo_config, run_demo
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+PHONE_WIDTH = 500
 
 
 @contextlib.contextmanager
@@ -30,6 +31,9 @@ def chromium(width: int = 1366, height: int = 900) -> Iterator[webdriver.Chrome]
                      "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
                      f"--window-size={width},{height}"):
             options.add_argument(flag)
+        if width < PHONE_WIDTH:  # a desktop window is never this narrow: emulate a phone's screen
+            options.add_experimental_option("mobileEmulation", {"deviceMetrics": {
+                "width": width, "height": height, "pixelRatio": 2.0}})
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         try:
             yield driver

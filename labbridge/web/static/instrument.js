@@ -21,11 +21,14 @@
   function fail(e) { const b = $("error"); b.hidden = false; b.textContent = `Cannot read this instrument: ${e.message}`; }
 
   function duration(s) {
+    if (s < 1) return "<1 s";
     if (s < 90) return `${Math.round(s)} s`;
     if (s < 5400) return `${Math.round(s / 60)} min`;
     if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
     return `${(s / 86400).toFixed(1)} days`;
   }
+
+  function percent(share) { return share > 0 && share < 0.01 ? "<1%" : `${Math.round(100 * share)}%`; }
 
   function showInstrument(i) {
     const before = current;
@@ -71,12 +74,12 @@
       class: `seg s-${s.state}`, "data-state": s.state, style: `width:${100 * (s.to - s.from) / span}%`,
       title: `${s.state}: ${when(s.from / 1000)} – ${when(s.to / 1000)}`})));
     const summary = Object.entries(totals).sort((a, b) => b[1] - a[1])
-      .map(([s, secs]) => `${s} ${Math.round(100 * secs * 1000 / span)}%`).join(", ");
+      .map(([s, secs]) => `${s} ${percent(secs * 1000 / span)}`).join(", ");
     const period = {1: "hour", 24: "24 hours", 168: "7 days"}[hours];
     $("timeline").setAttribute("aria-label", `state over the last ${period}: ${summary}`);
     $("axis-from").textContent = when(start / 1000);
     $("legend").replaceChildren(...Object.entries(totals).sort((a, b) => b[1] - a[1]).map(([s, secs]) =>
-      el("li", {"data-legend": s}, badge(s), `${duration(secs)} (${Math.round(100 * secs * 1000 / span)}%)`)));
+      el("li", {"data-legend": s}, badge(s), `${duration(secs)} (${percent(secs * 1000 / span)})`)));
     $("change-count").textContent = String(h.changes.length);
     $("changes").replaceChildren(...[...h.changes].reverse().map(c =>
       el("tr", {}, el("td", {}, when(c.at)), el("td", {}, badge(c.state)), el("td", {}, c.reason))));

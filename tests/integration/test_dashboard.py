@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import run
@@ -64,5 +65,59 @@ def test_dashboard_shows_every_instrument_with_its_state(tmp_path: Path) -> None
             assert 'data-destination="lis"' in dom
             assert banner == ""  # no "connection lost: cannot reach the labbridge daemon"
             assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+    run(body(), timeout=120)
+
+
+def test_keyboard_reaches_a_tile_that_keeps_focus_and_the_page_says_when_the_daemon_is_gone(tmp_path: Path) -> None:
+    async def body() -> None:
+        with chromium(1280, 900) as driver:
+            async with running_lab(tmp_path, instruments=2, http=True) as lab:
+                assert lab.daemon.http_address is not None
+                host, port = lab.daemon.http_address
+
+                def focus_a_tile() -> str:
+                    driver.get(f"http://{host}:{port}/")
+                    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-live='open']"))
+                    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-tile='an-0']"))
+                    body = driver.find_element(By.TAG_NAME, "body")
+                    body.send_keys(Keys.TAB)
+                    for _ in range(12):  # skip link, the pages, the site names... then the first tile
+                        if driver.switch_to.active_element.get_attribute("data-tile"):
+                            break
+                        driver.switch_to.active_element.send_keys(Keys.TAB)
+                    return str(driver.switch_to.active_element.get_attribute("data-tile"))
+
+                focused = await asyncio.to_thread(focus_a_tile)
+                assert focused == "an-0"
+                sim = lab.analyzer("an-0", messages=2)
+                await sim.run(asyncio.Event())  # its state changes: the page updates around the focused tile
+
+                def still_focused() -> str:
+                    WebDriverWait(driver, 30).until(
+                        lambda d: d.find_element(By.CSS_SELECTOR, "[data-tile='an-0']").get_attribute("data-state")
+                        in ("up", "idle"))
+                    active = driver.switch_to.active_element
+                    assert active.get_attribute("data-tile") == "an-0"
+                    assert driver.execute_script("return getComputedStyle(arguments[0]).outlineStyle", active) != "none"
+                    return str(active.get_attribute("data-state"))
+
+                assert await asyncio.to_thread(still_focused) in ("up", "idle")
+
+                def enter_opens_the_instrument_page() -> None:
+                    driver.switch_to.active_element.send_keys(Keys.ENTER)
+                    WebDriverWait(driver, 30).until(lambda d: "an-0" in d.find_element(By.ID, "title").text)
+                    driver.back()
+                    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-live='open']"))
+
+                await asyncio.to_thread(enter_opens_the_instrument_page)
+
+            def lost() -> str:  # the daemon stopped: said in words, not only by a color
+                WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-live='lost']"))
+                WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+                assert "connection lost" in driver.find_element(By.ID, "live").text
+                return str(driver.find_element(By.ID, "error").text)
+
+            assert "Connection lost" in await asyncio.to_thread(lost)
 
     run(body(), timeout=120)

@@ -96,7 +96,7 @@ const LB = (() => {
       // EventSource retries by itself (the server says every 3 s); a 401 closes it: sign in again.
       if (source.readyState === EventSource.CLOSED) {
         show("lost", "connection lost");
-        fetch("/api/health", {credentials: "same-origin"}).then(r => { if (r.status === 401) toLogin(); })
+        fetch("/api/sites", {credentials: "same-origin"}).then(r => { if (r.status === 401) toLogin(); })
           .catch(() => {});
         setTimeout(() => live(handlers, statusEl, bannerEl), 5000);
       } else {
@@ -111,8 +111,25 @@ const LB = (() => {
         fn(data);
       });
     }
-    window.addEventListener("pagehide", () => source.close());
     return source;
+  }
+
+  // A page restored from the back-forward cache would show what it knew when left, with no stream: load it anew.
+  window.addEventListener("pageshow", ev => { if (ev.persisted) location.reload(); });
+
+  // Bring ``old`` to look like ``fresh`` in place (attributes, text, children), so a focused link or button
+  // keeps its focus and a screen reader its place while the page updates itself.
+  function patch(old, fresh) {
+    if (old.nodeType !== fresh.nodeType || old.nodeName !== fresh.nodeName) { old.replaceWith(fresh); return; }
+    if (old.nodeType === Node.TEXT_NODE) {
+      if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+      return;
+    }
+    for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+    for (const a of [...fresh.attributes]) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+    const before = [...old.childNodes], after = [...fresh.childNodes];
+    after.forEach((node, k) => { if (k < before.length) patch(before[k], node); else old.append(node); });
+    for (const node of before.slice(after.length)) node.remove();
   }
 
   // Screen readers hear state changes (aria-live region), once each.
@@ -121,5 +138,5 @@ const LB = (() => {
     if (region) region.textContent = text;
   }
 
-  return {STATES, ICONS, ATTENTION, el, badge, ago, when, getJson, send, live, announce, toLogin};
+  return {STATES, ICONS, ATTENTION, el, badge, ago, when, getJson, send, live, patch, announce, toLogin};
 })();

@@ -207,6 +207,8 @@ class EventHub:
                     self._watch()
             except StoreError as exc:  # shown by the pages as stale figures; the next look tries again
                 log.warning("dashboard_events_store", error=str(exc))
+            except Exception as exc:  # a bug here must not end the live updates for good: said, and tried again
+                log.error("dashboard_events_failed", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
                     await self._wake.wait()

@@ -133,9 +133,13 @@ const LB = (() => {
   }
 
   // Screen readers hear state changes (aria-live region), once each.
+  // The region is a log of the last few (a change elsewhere a moment later does not erase one unheard).
+  const ANNOUNCED = 20;
   function announce(text) {
     const region = document.getElementById("announce");
-    if (region) region.textContent = text;
+    if (!region) return;
+    region.append(el("p", {}, text));
+    while (region.childElementCount > ANNOUNCED) region.firstElementChild.remove();
   }
 
   return {STATES, ICONS, ATTENTION, el, badge, ago, when, getJson, send, live, patch, announce, toLogin};

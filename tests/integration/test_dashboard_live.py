@@ -98,7 +98,8 @@ def test_overview_shows_the_demo_and_a_stopped_analyzer_turns_its_tile_without_r
                 assert now[STOPPED]["state"] == attr
                 # Said to screen readers too (a log of the last changes: other analyzers change meanwhile).
                 announced = [str(text) for text in driver.execute_script("return window.__heard;")]
-                assert any(text.startswith("Chemistry 1 (cobas c 311) at arlon: up to ") for text in announced), announced
+                said = "Chemistry 1 (cobas c 311) at arlon: up to "
+                assert any(text.startswith(said) for text in announced), announced
 
     run(body(), timeout=240)
 

@@ -491,6 +491,16 @@ def is_loopback(host: str) -> bool:
 # ---- end security ----------------------------------------------------------------------------------------
 
 
+# ---- dashboard (issue 17, part 1) ----
+class DashboardConfig(_Model):
+    """What the dashboard's pages show (labbridge.web.instrument_page)."""
+
+    # Recent messages on an instrument's page show patients' identifiers (patient ids; sample ids of patient
+    # samples) only when this is true; by default they are masked (a wall screen is seen by passers-by).
+    show_patient_identifiers: bool = False
+# ---- end dashboard ----
+
+
 class HealthConfig(_Model):
     """How link health is judged from the store (labbridge.health): read off the links' path, periodically."""
 
@@ -564,6 +574,7 @@ class Config(_Model):
     lis: list[Destination] = Field(default_factory=list)
     lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
     mqtt: MqttConfig | None = None  # [mqtt]: health to a broker (labbridge.fleet)
+    dashboard: DashboardConfig = DashboardConfig()  # dashboard (issue 17, part 1)
 
     @model_validator(mode="before")
     @classmethod

@@ -53,6 +53,26 @@ SEEDED_SAMPLES = 60  # per querying analyzer: orders for every other one of its 
 PUSHED_ORDERS = 3  # per analyzer that gets orders pushed
 
 
+# ---- dashboard (issue 17, part 1): a handle on a running demo ----
+@dataclass
+class DemoControls:
+    """A running demo, for the dashboard's browser tests and its screenshot script: the daemon once it
+    started (``ready``), each simulated analyzer's own stop (stop one for real: its link changes state), and
+    the end of a demo run without a duration (``finish``)."""
+
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    finish: asyncio.Event = field(default_factory=asyncio.Event)
+    daemon: Daemon | None = None
+    stops: dict[str, asyncio.Event] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    async def stop_analyzer(self, instrument: str) -> None:
+        """Stop this instrument's simulator (it finishes the message in flight and hangs up) and wait for it."""
+        self.stops[instrument].set()
+        await asyncio.gather(self.tasks[instrument], return_exceptions=True)
+# ---- end dashboard ----
+
+
 def default_demo_config() -> Path:
     """The demo lab's config, shipped inside the package (``pip install labbridge`` then ``labbridge demo``);
     the repository's ``config/demo.toml`` is a link to it."""
@@ -102,7 +122,8 @@ def _prepare(config: Config, lis_port: int, store_dir: Path, http_port: int | No
 
 
 async def run_demo(*, config_path: Path, duration: float | None, http_port: int | None = None,
-                   store_dir: Path | None = None, quiet: bool = False, mqtt_url: str | None = None) -> Summary:
+                   store_dir: Path | None = None, quiet: bool = False, mqtt_url: str | None = None,
+                   controls: DemoControls | None = None) -> Summary:
     started = time.monotonic()
     config = load_config(config_path)
     lis = SimulatedLis()
@@ -120,7 +141,7 @@ async def run_demo(*, config_path: Path, duration: float | None, http_port: int 
             raise
         try:
             return await _drive(daemon=daemon, daemon_task=daemon_task, lis=lis, config=daemon.config,
-                                duration=duration, started=started, quiet=quiet)
+                                duration=duration, started=started, quiet=quiet, controls=controls)
         finally:
             stop_daemon.set()
             await asyncio.gather(daemon_task, return_exceptions=True)
@@ -128,7 +149,8 @@ async def run_demo(*, config_path: Path, duration: float | None, http_port: int 
 
 
 async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: SimulatedLis, config: Config,
-                 duration: float | None, started: float, quiet: bool) -> Summary:
+                 duration: float | None, started: float, quiet: bool,
+                 controls: DemoControls | None = None) -> Summary:
     waiter = asyncio.create_task(daemon.started.wait())
     await asyncio.wait({waiter, daemon_task}, return_when=asyncio.FIRST_COMPLETED)
     if daemon_task.done():
@@ -144,7 +166,6 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
                   f"  (labbridge fleet --broker {config.mqtt.url})", flush=True)
         if duration is None:
             print("press Ctrl-C to stop", flush=True)
-    stop_sims = asyncio.Event()
     sims: list[AstmAnalyzerSim | Hl7AnalyzerSim] = []
     hl7_count = generic_count = 0
     for n, inst in enumerate(config.instruments):
@@ -189,17 +210,23 @@ async def _drive(*, daemon: Daemon, daemon_task: asyncio.Task[None], lis: Simula
             await asyncio.gather(*(daemon.add_order(NewOrder(f"{n + 1:02d}P{k:05d}", codes, instrument=inst.id,
                                                              source="demo"), now=time.time())
                                    for k in range(1, PUSHED_ORDERS + 1)))
-    sim_tasks = [asyncio.create_task(sim.run(stop_sims)) for sim in sims]
+    controls = controls or DemoControls()
+    controls.daemon = daemon
+    controls.stops = {sim.name: asyncio.Event() for sim in sims}  # one each: a test may stop one analyzer
+    sim_tasks = [asyncio.create_task(sim.run(controls.stops[sim.name])) for sim in sims]
+    controls.tasks = {sim.name: task for sim, task in zip(sims, sim_tasks, strict=True)}
+    controls.ready.set()
     validating = [i.id for i in config.instruments if i.stage == "validating"]
     references = asyncio.create_task(_import_references(daemon, {sim.name: sim for sim in sims}, validating))
     try:
         if duration is None:
-            await asyncio.Event().wait()
+            await controls.finish.wait()
         else:
             await asyncio.sleep(duration)
     finally:
         references.cancel()
-        stop_sims.set()
+        for stop in controls.stops.values():
+            stop.set()
         for sim, task in zip(sims, sim_tasks, strict=True):
             if sim.name in UNFRAMED:  # its messages are never taken (nothing frames): no use waiting for them
                 task.cancel()

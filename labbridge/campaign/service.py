@@ -44,6 +44,13 @@ class Campaign:
         self.config = config
         self.link_state = link_state
         self.on_release = on_release  # held results were put in line: wake the relays
+        # Called after each change this object makes (stage, sign-off, rollback, link-up, references): the
+        # dashboard's live updates (labbridge.web.events). Must not block.
+        self.observers: list[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for observer in self.observers:
+            observer()
 
     async def start(self) -> None:
         """Record the config's stage of every instrument the store has none for, and the destinations' modes."""
@@ -78,6 +85,7 @@ class Campaign:
         actor, reason = self._said(actor, reason)
         done = await self.store.write(sql.set_stage, instrument, stage, actor=actor, reason=reason, now=time.time())
         log.info("campaign_stage", instrument=instrument, stage=stage, by=actor)
+        self._changed()
         return done
 
     async def sign_off(self, instrument: str, *, release: bool, override: bool, actor: str, reason: str) -> Json:
@@ -89,6 +97,7 @@ class Campaign:
                  override=done["override"])
         if release and self.on_release is not None:
             self.on_release()
+        self._changed()
         return done
 
     async def rollback(self, instrument: str, *, actor: str, reason: str) -> Json:
@@ -96,11 +105,15 @@ class Campaign:
         actor, reason = self._said(actor, reason)
         done = await self.store.write(sql.rollback, instrument, actor=actor, reason=reason, now=time.time())
         log.warning("campaign_rolled_back", instrument=instrument, by=actor, held_again=done["held_again"])
+        self._changed()
         return done
 
     async def link_up(self, instrument: str, reason: str) -> bool:
         """The daemon saw the analyzer connect: ``link-up`` if it was not that far yet."""
-        return await self.store.write(sql.advance, instrument, "link-up", reason, time.time())
+        moved: bool = await self.store.write(sql.advance, instrument, "link-up", reason, time.time())
+        if moved:
+            self._changed()
+        return moved
 
     async def import_references(self, instrument: str, refs: Sequence[Reference], *, actor: str,
                                 reason: str = "") -> Json:
@@ -108,8 +121,10 @@ class Campaign:
         actor, reason = self._said(actor, reason or "reference values imported", reason_needed=False)
         if not refs:
             raise CampaignRefused("no reference values to import")
-        return await self.store.write(sql.import_references, instrument, list(refs), actor=actor,
-                                      reason=reason or "reference values imported", now=time.time())
+        done: Json = await self.store.write(sql.import_references, instrument, list(refs), actor=actor,
+                                            reason=reason or "reference values imported", now=time.time())
+        self._changed()
+        return done
 
     # ---- views ---------------------------------------------------------------------------------
 

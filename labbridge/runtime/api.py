@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from labbridge.campaign.service import Campaign
+    from labbridge.config import Config
     from labbridge.health.instrument import InstrumentHealth
     from labbridge.orders import NewOrder, Order, OrderState
     from labbridge.outbox import StoreSize
@@ -54,7 +55,8 @@ class StoreView(Protocol):
 
     async def audit_rows(self, limit: int = 200) -> list[dict[str, Any]]: ...
 
-    # The HTTP surface's credentials and audit entries (labbridge.store.users, labbridge.store.audit).
+    # The HTTP surface's credentials and audit entries (labbridge.store.users, labbridge.store.audit), and the
+    # dashboard's own read-only queries (labbridge.store.dashboard).
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
@@ -95,6 +97,13 @@ class DaemonApi(Protocol):
 
     @property
     def store(self) -> StoreView: ...
+
+    # ---- dashboard (issue 17, part 1) ----
+    @property
+    def config(self) -> Config:
+        """The configuration in force (replaced by a reload): the dashboard reads its [dashboard] settings."""
+        ...
+    # ---- end dashboard ----
 
     @property
     def orders(self) -> OrderBook: ...

@@ -7,7 +7,8 @@ Routes: ``/`` dashboard, ``/api/instruments``, ``/api/instruments/{id}``, ``/api
 ``/api/sites``,
 ``/api/outbox``, ``/api/outbox/items``, ``POST /api/outbox/retry``, ``POST /api/outbox/purge``,
 ``/api/audit``, ``/api/orders`` (GET, POST), ``/api/orders/{id}`` and ``/api/orders/{id}/cancel``,
-``POST /api/config/reload``, ``/api/health``, ``/metrics``, and the campaign's (:mod:`labbridge.web.campaign`).
+``POST /api/config/reload``, ``/api/health``, ``/metrics``, and the campaign's (:mod:`labbridge.web.campaign`),
+and the dashboard's pages and live updates (:mod:`labbridge.web.instrument_page`, :mod:`labbridge.web.events`).
 Field names are documented in docs/api.md.
 
 The POST routes change the store: they take JSON only (a browser cannot send that cross-site without
@@ -47,6 +48,8 @@ from labbridge.web.audit import audit_routes
 from labbridge.web.auth import Guard, actor_of
 from labbridge.web.body import json_object
 from labbridge.web.campaign import campaign_routes
+from labbridge.web.events import EventHub, event_routes  # dashboard (issue 17, part 1)
+from labbridge.web.instrument_page import page_routes  # dashboard (issue 17, part 1)
 
 
 class _Snapshot(Collector):
@@ -215,6 +218,12 @@ class WebServer:
             *campaign_routes(api),
             *audit_routes(api.store),
         ])
+        # ---- dashboard (issue 17, part 1): live updates (GET /api/events) and the instrument pages ----
+        self.events = EventHub(api)
+        self.app.add_routes([*event_routes(self.events), *page_routes(api)])
+        self.app.on_startup.append(self.events.start)
+        self.app.on_shutdown.append(self.events.close)
+        # ---- end dashboard ----
         self.runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

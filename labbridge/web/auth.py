@@ -54,7 +54,7 @@ TECHNICIAN_POSTS = frozenset({
     "/api/outbox/retry", "/api/orders", "/api/orders/{id}/cancel", "/api/instruments/{id}/stage",
     "/api/instruments/{id}/sign-off", "/api/instruments/{id}/rollback", "/api/instruments/{id}/references",
 })
-HTML_PAGES = frozenset({"/", "/campaign"})
+HTML_PAGES = frozenset({"/", "/campaign", "/instruments/{id}"})
 LOGIN_FAILURES = 5  # per client address within LOGIN_WINDOW_S, then 429 until the window passes
 LOGIN_WINDOW_S = 600.0
 
@@ -133,7 +133,16 @@ class Guard:
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/login", self.login_page), web.post("/login", self.login),
-                web.post("/logout", self.logout)]
+                web.post("/logout", self.logout), web.get("/api/me", self.me)]
+
+    async def me(self, request: web.Request) -> web.Response:
+        """Who the dashboard acts as: the signed-in account and its role, or that authentication is off (then
+        the pages ask for a name, which the audit trail records as unverified)."""
+        account = request.get(ACCOUNT_KEY)
+        if account is None:
+            return web.json_response({"auth": False})
+        return web.json_response({"auth": True, "name": account.name, "role": account.role, "kind": account.kind,
+                                  "actor": account.actor})
 
     # ---- the middleware -------------------------------------------------------------------------------
 
@@ -154,7 +163,7 @@ class Guard:
             response = await handler(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
     def _host_allowed(self, request: web.Request, host: str) -> bool:

@@ -12,7 +12,20 @@
   const actor = $("actor");
   actor.value = localStorage.getItem("labbridge_actor") || "";
   actor.addEventListener("change", () => localStorage.setItem("labbridge_actor", actor.value.trim()));
+  let signedIn = null;  // the account the server authenticated (then the audit names it, not a typed name)
+  LB.getJson("/api/me").then(me => {
+    if (!me.auth) return;
+    signedIn = me.actor;
+    $("who-ask").hidden = true;
+    $("who-signed").hidden = false;
+    $("who-name").textContent = `${me.name} (${me.role})`;
+  }).catch(() => {});
+  $("sign-out").addEventListener("click", async () => {
+    try { await LB.send("POST", "/logout"); } catch (e) { /* the server ends the session either way */ }
+    location.href = "/login";
+  });
   function who(outcome) {
+    if (signedIn) return signedIn;
     const name = actor.value.trim();
     if (!name) { say(outcome, false, "Give your name first (Who acts): it goes to the audit trail."); actor.focus(); }
     return name;

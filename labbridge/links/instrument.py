@@ -58,23 +58,23 @@ async def listen_with_retry(session: Callable[[], asyncio.Protocol], host: str, 
 
 
 # ---- what may connect (docs/security.md "What may connect, fairness and limits") ----
-def admit(session: AnySession, *, allow_peers: list[str], max_connections: int, open_now: int,
+def admit(peer_ip: str, peer: str, *, allow_peers: list[str], max_connections: int, open_now: int,
           health: InstrumentHealth, where: str) -> bool:
     """Whether a new connection to a listener may stay: its peer in ``allow_peers`` and fewer than
     ``max_connections`` open. A refusal is counted, logged with the peer's address (never patient data) and
     shown on ``health`` as a notice."""
-    if not peer_allowed(allow_peers, session.peer_ip):
+    if not peer_allowed(allow_peers, peer_ip):
         health.counters.peers_refused += 1
-        health.notice("peer_refused", f"a connection from {session.peer_ip or 'an unknown address'} was refused: "
+        health.notice("peer_refused", f"a connection from {peer_ip or 'an unknown address'} was refused: "
                                       f"not in allow_peers of {where}; if it is the analyzer (or the LIS), add "
                                       "its address")
-        log.warning("connection_refused_peer", listener=where, peer=session.peer)
+        log.warning("connection_refused_peer", listener=where, peer=peer)
         return False
     if open_now >= max_connections:
         health.counters.over_limit += 1
-        health.notice("too_many_connections", f"a connection from {session.peer_ip} was refused: {where} already "
+        health.notice("too_many_connections", f"a connection from {peer_ip} was refused: {where} already "
                                               f"has {open_now} open (max_connections)")
-        log.warning("connection_refused_limit", listener=where, peer=session.peer, max_connections=max_connections)
+        log.warning("connection_refused_limit", listener=where, peer=peer, max_connections=max_connections)
         return False
     return True
 
@@ -258,7 +258,7 @@ class InstrumentRunner:
         "reject": an idle one never locks the analyzer out), then shown up."""
         t = self.cfg.transport
         assert isinstance(t, TcpServerTransport)
-        if not admit(session, allow_peers=t.allow_peers, max_connections=t.max_connections,
+        if not admit(session.peer_ip, session.peer, allow_peers=t.allow_peers, max_connections=t.max_connections,
                      open_now=len(self.sessions), health=self.health, where=f"instrument {self.cfg.id}"):
             return False
         active = self._active

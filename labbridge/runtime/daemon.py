@@ -404,6 +404,9 @@ class Daemon:
     def link_health(self) -> list[InstrumentHealth]:
         return [runner.health for runner in self.runners.values()]
 
+    def listener_health(self) -> list[InstrumentHealth]:
+        return [listener.health for listener in self.lis_orders]
+
     async def reload_config(self, *, by: str) -> dict[str, Any]:
         task = asyncio.create_task(self.reload(by=by))
         self._track(task)

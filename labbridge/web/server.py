@@ -120,6 +120,9 @@ class _Snapshot(Collector):
                 last.add_metric([h.id], h.last_message_at)
             for name, family in counters.items():
                 family.add_metric([h.id], getattr(h.counters, name))
+        for h in self.api.listener_health():  # LIS order listeners: their connection counters (peers_refused...)
+            for name, family in counters.items():
+                family.add_metric([h.id], getattr(h.counters, name))
         yield state
         yield last
         yield from counters.values()
@@ -244,6 +247,8 @@ class WebServer:
                       "writer_restarts": store.writer_restarts},
             "destinations": [{**dest, "dead_kinds": {}, **counts["outbox"].get(dest["id"], empty)}
                              for dest in self.api.destinations_json()],
+            "lis_orders": [{"id": h.id, "listening": h.listening, "counters": dict(vars(h.counters)),
+                            "notices": h.notices(time.time())} for h in self.api.listener_health()],
         })
 
     # ---- orders --------------------------------------------------------------------------------

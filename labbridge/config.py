@@ -31,6 +31,7 @@ from pydantic import (
 from labbridge.campaign.stages import GateMode, Stage
 from labbridge.errors import ConfigError
 from labbridge.health import traffic
+from labbridge.redact import redact
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -440,6 +441,9 @@ class StoreConfig(_Model):
     # A cap on the database file: past it, commits fail as on a full disk (analyzers are not
     # acknowledged and retry) instead of filling a disk other software needs. None: no cap.
     max_size_mb: Annotated[float, Field(gt=0)] | None = None
+    # Patient data (docs/security.md): the store's files are 0600; with a group name here, 0640 and owned by
+    # that group (a backup agent's, say). Its folder must not be writable by everyone.
+    group: str | None = None
 
 
 class RetentionConfig(_Model):
@@ -574,7 +578,7 @@ def _expected(error: Any) -> str:
     if error["type"] == "missing":
         return "required key is missing"
     if "input" in error and not isinstance(error["input"], dict | list):
-        return f"{msg} (got {error['input']!r})"
+        return redact(f"{msg} (got {error['input']!r})")  # a URL's password is never echoed
     return msg
 
 

@@ -65,7 +65,7 @@ class Daemon:
         self.config = config
         self.config_path = Path(config_path) if config_path else None
         self.ready_file = Path(ready_file) if ready_file else None
-        self.store = Store(config.store.path)
+        self.store = Store(config.store.path, group=config.store.group)
         self.orders = SqliteOrderSource(self.store)
         # One list shared by every runner's sinks: a reload changes it in place (new results' outbox rows).
         self.destinations = [d.id for d in config.lis]

@@ -38,6 +38,7 @@ from labbridge.model import PRIORITIES, OrderPriority
 from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
+from labbridge.web import params
 from labbridge.web.body import json_object
 from labbridge.web.campaign import campaign_routes
 
@@ -217,12 +218,7 @@ class WebServer:
 
     async def instrument_history(self, request: web.Request) -> web.Response:
         wanted = request.match_info["id"]
-        try:
-            days = int(request.query.get("days", "7"))
-        except ValueError:
-            days = 0
-        if not 1 <= days <= MAX_HISTORY_DAYS:
-            return web.json_response({"error": f"days must be an integer from 1 to {MAX_HISTORY_DAYS}"}, status=400)
+        days = params.bounded_int(request.query, "days", default=7, low=1, high=MAX_HISTORY_DAYS)
         try:
             history = await self.api.instrument_history(wanted, days)
         except StoreError as exc:
@@ -261,10 +257,7 @@ class WebServer:
             if wanted is None:
                 return _bad_request([f"state: one of {', '.join(ORDER_STATES)}"])
             state = wanted
-        try:
-            limit = max(1, min(int(q.get("limit", "200")), 5000))
-        except ValueError:
-            return _bad_request(["limit: an integer"])
+        limit = params.limit(q)
         orders = await self.api.orders.list_orders(
             instrument=q.get("instrument"), site=q.get("site"), sample_id=q.get("sample_id"),
             state=state, limit=limit)
@@ -286,8 +279,8 @@ class WebServer:
         return web.json_response(stored.to_json(), status=201)
 
     async def get_order(self, request: web.Request) -> web.Response:
-        order_id = _int_id(request)
-        order = await self.api.orders.get(order_id) if order_id is not None else None
+        order_id = params.path_id(request)
+        order = await self.api.orders.get(order_id)
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
@@ -295,20 +288,14 @@ class WebServer:
     async def cancel_order(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # no cross-site form may cancel an order
             return web.json_response({"error": "send JSON (Content-Type: application/json)"}, status=415)
-        order_id = _int_id(request)
-        order = await self.api.orders.cancel(order_id, now=time.time()) if order_id is not None else None
+        order_id = params.path_id(request)
+        order = await self.api.orders.cancel(order_id, now=time.time())
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
     async def outbox_items(self, request: web.Request) -> web.Response:
-        state = request.query.get("state") or None
-        if state not in (None, "pending", "delivered", "dead", "held", "discarded"):
-            return web.json_response({"error": "state must be pending, delivered, dead, held or discarded"},
-                                     status=400)
-        try:
-            limit = min(int(request.query.get("limit", "200")), 10000)
-        except ValueError:
-            return web.json_response({"error": "limit must be a number"}, status=400)
+        state = params.choice(request.query.get("state"), "state", OUTBOX_STATES)
+        limit = params.limit(request.query)
         rows = await self.api.store.outbox_rows(state=state, limit=limit,
                                                    destination=request.query.get("destination") or None)
         return web.json_response(rows)
@@ -318,24 +305,18 @@ class WebServer:
 
     @staticmethod
     def _ids(body: dict[str, Any]) -> list[int] | None:
-        ids = body.get("ids")
-        if ids is None:
-            return None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise web.HTTPBadRequest(text='{"error": "ids must be a list of integers"}',
-                                     content_type="application/json")
-        return ids
+        return params.ids(body)
 
     async def outbox_retry(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         ids = self._ids(body)
         if (ids is None) == (body.get("all_dead") is not True):
             return web.json_response({"error": "give either ids or all_dead: true"}, status=400)
-        actor = str(body.get("by") or "").strip()
+        actor = params.text(body, "by", max_length=200).strip()
         if not actor:
             return web.json_response({"error": "by (who asks) is required"}, status=400)
         try:
-            outcomes = await self.api.operations.retry(ids, actor=actor, reason=str(body.get("reason") or ""))
+            outcomes = await self.api.operations.retry(ids, actor=actor, reason=params.text(body, "reason"))
         except (ValueError, StoreError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"items": outcomes})
@@ -344,33 +325,27 @@ class WebServer:
         body = await self._body(request)
         if body.get("confirm") is not True:
             return web.json_response({"error": "a purge deletes items for good: send confirm: true"}, status=400)
-        actor = str(body.get("by") or "").strip()
+        actor = params.text(body, "by", max_length=200).strip()
         if not actor:
             return web.json_response({"error": "by (who asks) is required"}, status=400)
-        older = body.get("older_than_s")
-        if older is not None and not isinstance(older, int | float):
-            return web.json_response({"error": "older_than_s must be a number of seconds"}, status=400)
-        state = body.get("state")
+        older = params.seconds(body, "older_than_s")  # finite, not negative: -1 would purge every dead letter
+        state = params.choice(body.get("state"), "state", ("dead", "delivered"))
         try:
-            done = await self.api.operations.purge(item_ids=self._ids(body), state=state,
-                                                      older_than_s=float(older) if older is not None else None,
-                                                      actor=actor, reason=str(body.get("reason") or ""))
+            done = await self.api.operations.purge(item_ids=self._ids(body), state=state, older_than_s=older,
+                                                      actor=actor, reason=params.text(body, "reason"))
         except (ValueError, StoreError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(done)
 
     async def audit(self, request: web.Request) -> web.Response:
-        try:
-            limit = min(int(request.query.get("limit", "200")), 10000)
-        except ValueError:
-            return web.json_response({"error": "limit must be a number"}, status=400)
+        limit = params.limit(request.query)
         return web.json_response(await self.api.store.audit_rows(limit))
 
     async def reload_config(self, request: web.Request) -> web.Response:
         """Apply the config file as it is now: 200 applied or unchanged, 422 refused (with every problem), 409
         when the daemon has no config file; the body is the reload's report either way."""
         body = await self._body(request)
-        report = await self.api.reload_config(by=str(body.get("by") or "").strip() or "api")
+        report = await self.api.reload_config(by=params.text(body, "by", max_length=200).strip() or "api")
         status = {"refused": 422, "unavailable": 409}.get(report["outcome"], 200)
         if status != 200:
             report = {"error": f"reload {report['outcome']}: " + "; ".join(
@@ -403,15 +378,11 @@ class HttpSurface:
             await self.server.stop()
 
 
+OUTBOX_STATES = ("pending", "delivered", "dead", "held", "discarded")
+
+
 def _bad_request(problems: list[str]) -> web.Response:
     return web.json_response({"error": "invalid order request", "problems": problems}, status=400)
-
-
-def _int_id(request: web.Request) -> int | None:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        return None
 
 
 ORDER_FIELDS = frozenset({"sample_id", "test_codes", "instrument", "site", "priority", "patient_id", "source"})

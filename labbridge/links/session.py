@@ -149,7 +149,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._inbox = bytearray()  # read but not yet handed to the link (over the turn's budget)
         self._holds: set[str] = set()  # why reading is paused: "backlog", "rate", "write"
         self._drain_handle: asyncio.Handle | None = None
-        self._tokens = float(max(self.limits.bytes_per_s or 0.0, self.limits.read_budget))
+        self._tokens = float(self.limits.bytes_per_s or 0.0)  # the bucket starts full: one second's worth
         self._tokens_at = self._loop.time()
         self._last_in = self._loop.time()  # loop time of the last byte received (or of the connection)
         self.idle_closed = False  # closed by labbridge after idle_timeout_s without a byte
@@ -404,8 +404,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         if rate is None:
             return 0.0
         now = self._loop.time()
-        burst = max(rate, float(self.limits.read_budget))
-        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         return -self._tokens / rate if self._tokens < 0 else 0.0
 

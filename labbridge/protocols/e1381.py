@@ -643,7 +643,7 @@ class E1381Link:
         final = frame[sum_at - 1] == ETX
         if (not final or self._partial or text.find(b"\r") != len(text) - 1 or len(text) < 2
                 or text[0] in _SPECIAL_RECORD_START or text[-2] == LF
-                or len(self._raw) + end > profile.max_message_bytes):
+                or len(self._raw) + end > profile.max_message_bytes or len(self._records) >= profile.max_records):
             self._accept_frame(frame, text, final=final, now=now)
             return True
         # One ordinary record, whole in this frame: what _accept_frame would do for it, without its checks.

@@ -36,7 +36,7 @@ from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Event, Hl7Received, Hl7Receiver, IncompleteBlock
 from labbridge.protocols.hl7_orders import Hl7OrderError, LisOrder, read_lis_orders
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, Hl7Message
-from labbridge.protocols.link import Answer, Outcome
+from labbridge.protocols.link import Answer, Outcome, over_limit
 from labbridge.store.orders import SqliteOrderSource
 
 log = get_logger("labbridge.lis_orders")
@@ -153,6 +153,9 @@ class LisOrderListener:
         if msg is None:
             assert event.error is not None
             problems = [event.error.reason]
+            if over_limit(event.error.reason):
+                self.health.counters.over_limit += 1
+                self.health.notice("over_limit", f"an order message went over a limit ({event.error.reason})")
             outcome = Outcome.ERROR if event.error.ack_code == "AE" else Outcome.REJECTED
             error_code = event.error.error_code
         else:

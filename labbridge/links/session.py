@@ -149,6 +149,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._inbox = bytearray()  # read but not yet handed to the link (over the turn's budget)
         self._holds: set[str] = set()  # why reading is paused: "backlog", "rate", "write"
         self._drain_handle: asyncio.Handle | None = None
+        self._can_pause = True  # False once the transport said it cannot pause reading (serial)
         self._tokens = float(self.limits.bytes_per_s or 0.0)  # the bucket starts full: one second's worth
         self._tokens_at = self._loop.time()
         self._last_in = self._loop.time()  # loop time of the last byte received (or of the connection)
@@ -361,9 +362,12 @@ class LinkSession(asyncio.Protocol, Generic[E]):
 
     def _hold(self, why: str) -> None:
         if not self._holds and self.transport is not None and not self._lost:
-            # A transport that cannot pause (serial's threads): its line speed bounds it instead.
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            try:
                 self.transport.pause_reading()
+            except NotImplementedError:  # serial's threads: its line speed bounds it instead, and no rate
+                self._can_pause = False  # applies (what is read would pile up in the session)
+            except RuntimeError:
+                pass
         self._holds.add(why)
 
     def _release(self, why: str) -> None:
@@ -401,7 +405,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
     def _rate_wait(self) -> float:
         """Seconds until the rate allows more (0: now); refills the bucket."""
         rate = self.limits.bytes_per_s
-        if rate is None:
+        if rate is None or not self._can_pause:
             return 0.0
         now = self._loop.time()
         self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
@@ -410,7 +414,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
 
     def _spend(self, count: int) -> None:
         """``count`` bytes handed to the link: over the rate, reading pauses until it allows more."""
-        if self.limits.bytes_per_s is None:
+        if self.limits.bytes_per_s is None or not self._can_pause:
             return
         self._rate_wait()
         self._tokens -= count

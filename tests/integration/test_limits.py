@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from labbridge_simulators.hl7_analyzer import Hl7MessageFactory
 
 from labbridge.protocols import e1381, mllp
 from tests.conftest import run
-from tests.integration.helpers import eventually, running_lab
+from tests.integration.helpers import Lab, eventually, running_lab
+
+
+async def stored(lab: Lab, what: str) -> dict[str, Any]:
+    """The store's counts once it holds something of ``what``."""
+    for _ in range(400):
+        counts = await lab.daemon.store.counts()
+        if counts[what]:
+            return counts
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing in the store's {what}")
 
 
 async def reply(reader: asyncio.StreamReader) -> bytes:
@@ -42,8 +53,7 @@ def test_an_astm_message_over_its_record_limit_is_naked_before_the_final_ack_and
             writer.close()
             health = runner.health
             await eventually(lambda: health.counters.over_limit == 1, what="the refusal counted")
-            while (counts := await lab.daemon.store.counts())["incomplete"] == 0:  # its commit follows the count
-                await asyncio.sleep(0.05)
+            counts = await stored(lab, "incomplete")  # its commit follows the count
             assert counts["results"] == 0 and counts["incomplete"] == 1  # kept for inspection, never a result
             assert any("more than 6 records" in n for n in health.to_json()["notices"])
 
@@ -71,8 +81,7 @@ def test_an_hl7_message_over_its_segment_limit_is_answered_ar_with_the_reason(tm
             assert msa[1] in ("AR", "AE", "CR", "CE") and "more than 8 segments" in ack
             writer.close()
             await eventually(lambda: runner.health.counters.over_limit == 1, what="the refusal counted")
-            while (counts := await lab.daemon.store.counts())["messages"] == 0:  # its commit follows the count
-                await asyncio.sleep(0.05)
+            counts = await stored(lab, "messages")  # its commit follows the count
             assert counts["results"] == 0 and counts["messages"] == 1  # the refused message is kept
 
     run(body())

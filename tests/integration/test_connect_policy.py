@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from labbridge.protocols import mllp
 from tests.conftest import run
-from tests.integration.helpers import eventually, running_lab
+from tests.integration.helpers import eventually, free_port, running_lab
 
 ALLOWED = "127.0.0.2"
 
@@ -156,5 +156,29 @@ def test_idle_timeout_closes_a_silent_connection(tmp_path: Path) -> None:
             writer.close()
             assert runner.health.counters.idle_closed == 1
             await eventually(lambda: runner.health.effective_state()[0] != "up", what="not shown up once closed")
+
+    run(body())
+
+
+def test_a_shared_listener_takes_connections_only_from_its_allowed_peers(tmp_path: Path) -> None:
+    async def body() -> None:
+        port = free_port()
+        transport = {"kind": "tcp-server", "host": "127.0.0.1", "port": port, "allow_peers": [ALLOWED]}
+        overrides = {"an-0": {"transport": transport, "sender": ["ChemA"]},
+                     "an-1": {"transport": transport, "listener_default": True}}
+        async with running_lab(tmp_path, instruments=2, overrides=overrides) as lab:
+            first = lab.daemon.runners["an-0"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x05")
+            await writer.drain()
+            assert await closed_without_answer(reader)
+            writer.close()
+            assert first.health.counters.peers_refused == 1
+            assert any("shared listener" in n for n in first.health.notices(time.time()))
+            sim = lab.analyzer("an-0", messages=2)
+            sim.opener = lambda: asyncio.open_connection("127.0.0.1", port, local_addr=(ALLOWED, 0))  # type: ignore[misc]
+            await asyncio.wait_for(sim.run(asyncio.Event()), 30)
+            assert len(sim.acked) == 2 * 5
+            assert (await lab.daemon.store.counts())["messages"] == 2
 
     run(body())

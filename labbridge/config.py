@@ -35,6 +35,7 @@ from labbridge.campaign.stages import GateMode, Stage
 from labbridge.errors import ConfigError
 from labbridge.health import traffic
 from labbridge.outbox import Route
+from labbridge.redact import redact
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -67,6 +68,36 @@ class TlsConfig(_Model):
     check_hostname: bool = True
 
 
+# ---- what may connect (issue 18; docs/security.md "What may connect, fairness and limits") ----
+def _check_networks(value: list[str]) -> list[str]:
+    """Each item an IP address or network (``ipaddress``), e.g. "10.1.2.3" or "10.1.2.0/24"."""
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"an IP address or network (e.g. '10.1.2.3', '10.1.2.0/24'); got {item!r}") from None
+    return value
+
+
+def peer_allowed(allow_peers: list[str], address: str) -> bool:
+    """Whether a peer at ``address`` may connect to a listener with this ``allow_peers`` (empty: anyone).
+    An IPv4 peer seen through an IPv6 socket (``::ffff:10.1.2.3``) is matched as its IPv4 address."""
+    if not allow_peers:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(item, strict=False) for item in allow_peers)
+
+
+AllowPeers = Annotated[list[str], Field(default_factory=list)]
+MaxConnections = Annotated[int, Field(ge=1, le=4096)]
+# ---- end of what may connect ----
+
+
 class TcpServerTransport(_Model):
     """labbridge listens; the analyzer dials in."""
 
@@ -75,9 +106,26 @@ class TcpServerTransport(_Model):
     port: Port
     # What to do when a second connection arrives while one is open: refuse the newcomer (the
     # safe default: a stray connection cannot cut off a working analyzer) or replace the old one
-    # (for analyzers that reconnect without closing).
+    # (for analyzers that reconnect without closing). With "reject", an open connection that has received
+    # nothing for longer than the link's receive timeout (link.receive_timeout_s, or raw_idle_timeout_s) is
+    # replaced all the same: an idle connection never locks the analyzer out.
     second_connection: Literal["reject", "replace"] = "reject"
     tls: TlsConfig | None = None
+    # ---- what may connect (docs/security.md) ----
+    # Addresses or networks that may connect ("10.1.2.3", "10.1.2.0/24", IPv6 too); empty: any address.
+    # Others are closed at once, counted (peers_refused), logged with their address and shown.
+    allow_peers: AllowPeers
+    # Connections open at once on this listener (all instruments of a shared listener together); more are
+    # closed at once and counted (over_limit).
+    max_connections: MaxConnections = 16
+    # A connection that receives nothing for this long, with no transfer under way, is closed (idle_closed).
+    # None (the default): kept open, as analyzers that hold one connection for days expect.
+    idle_timeout_s: Seconds | None = None
+
+    @field_validator("allow_peers")
+    @classmethod
+    def _allow_peers(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class TcpClientTransport(_Model):
@@ -145,6 +193,15 @@ class LinkConfig(_Model):
     honor_interrupt: bool = False  # true: the analyzer's EOT in place of ACK stops our transfer
     # framing = "raw": a message not finished (no L record) this long after its last byte is incomplete.
     raw_idle_timeout_s: Seconds = 30.0
+    # ---- limits (docs/security.md "What may connect, fairness and limits") ----
+    # Over a limit the sender gets the protocol's refusal (E1381: NAK before the final ACK; HL7: AR with the
+    # reason), what came is kept (incomplete transmissions / refused messages), counted and shown.
+    max_frame_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 64 * 1024  # one E1381 frame, one raw record
+    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024  # one message
+    max_records_per_message: Annotated[int, Field(ge=2, le=1_000_000)] = 10_000  # ASTM records, HL7 segments
+    # Sustained bytes per second read from one connection (one second of burst); over it, reading is slowed
+    # (TCP flow control pushes back on the sender) and counted (throttled). Fairness between links.
+    max_bytes_per_s: Annotated[float, Field(gt=0)] = 1024.0 * 1024.0
 
     @field_validator("encoding")
     @classmethod
@@ -409,6 +466,18 @@ class LisOrdersConfig(_Model):
     # The character set when MSH-18 is empty.
     encoding: str = "utf-8"
     tls: TlsConfig | None = None
+    # ---- what may connect and limits (docs/security.md) ----
+    # The LIS's addresses or networks; empty: any address. Others are closed at once, counted, logged, shown.
+    allow_peers: AllowPeers
+    max_connections: MaxConnections = 8  # open at once; more are closed at once
+    idle_timeout_s: Seconds | None = None  # a connection silent this long is closed; None: kept
+    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    max_bytes_per_s: Annotated[float, Field(gt=0)] = 1024.0 * 1024.0
+
+    @field_validator("allow_peers")
+    @classmethod
+    def _allow_peers(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class StoreConfig(_Model):
@@ -416,6 +485,9 @@ class StoreConfig(_Model):
     # A cap on the database file: past it, commits fail as on a full disk (analyzers are not
     # acknowledged and retry) instead of filling a disk other software needs. None: no cap.
     max_size_mb: Annotated[float, Field(gt=0)] | None = None
+    # Patient data (docs/security.md): the store's files are 0600; with a group name here, 0640 and owned by
+    # that group (a backup agent's, say). Its folder must not be writable by everyone.
+    group: str | None = None
 
 
 class RetentionConfig(_Model):
@@ -689,7 +761,7 @@ def _expected(error: Any) -> str:
     if error["type"] == "bool_type" and isinstance(error.get("input"), str | int):
         return f"true or false, without quotes (got {error['input']!r})"
     if "input" in error and not isinstance(error["input"], dict | list):
-        return f"{msg} (got {error['input']!r})"
+        return redact(f"{msg} (got {error['input']!r})")  # a URL's password is never echoed
     return msg
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import structlog
 
+from labbridge.redact import redact_event
+
 # Keys that may carry patient-identifying data; they never reach a log line.
 PATIENT_KEYS = frozenset({"sample_id", "patient_id", "patient_name", "name", "value", "raw", "records",
                           "payload", "dob", "birth_date"})
@@ -121,6 +123,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
             _drop_patient_keys,
             _limiter,
             structlog.processors.format_exc_info,
+            redact_event,  # credentials in URLs (labbridge.redact), after the traceback is text
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

@@ -12,7 +12,15 @@ from labbridge.health.instrument import STATES, Counters, InstrumentHealth
 from labbridge.outbox import Retention
 from labbridge.store import history as stored
 from labbridge.store.db import Store
-from labbridge.store.history import DAY_COUNTERS, DAY_STATES, STOPPED, DayFigures, HistoryBatch, StateChange
+from labbridge.store.history import (
+    DAY_COUNTERS,
+    DAY_STATES,
+    NOT_PER_DAY,
+    STOPPED,
+    DayFigures,
+    HistoryBatch,
+    StateChange,
+)
 from tests.conftest import run
 
 T0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC).timestamp()  # 10:00 UTC
@@ -30,7 +38,8 @@ def by_day(batch: HistoryBatch) -> dict[tuple[str, str], DayFigures]:
 
 def test_the_store_keeps_every_state_and_counter_the_health_has() -> None:
     assert DAY_STATES == STATES
-    assert set(DAY_COUNTERS) == {f.name for f in dataclasses.fields(Counters)}
+    assert set(DAY_COUNTERS) | set(NOT_PER_DAY) == {f.name for f in dataclasses.fields(Counters)}
+    assert not set(DAY_COUNTERS) & set(NOT_PER_DAY)
 
 
 def test_seconds_go_to_the_state_each_sample_showed_and_counters_to_deltas() -> None:

@@ -17,6 +17,7 @@ from labbridge.campaign.stages import STAGES
 from labbridge.cli import output
 from labbridge.cli.commands import EXIT_FAILURE, EXIT_OK, _actor, operator
 from labbridge.errors import LabbridgeError
+from labbridge.store.files import private_file
 
 if TYPE_CHECKING:
     from labbridge.cli.client import OperatorClient
@@ -166,7 +167,7 @@ async def campaign_report(client: OperatorClient, args: argparse.Namespace) -> i
     report = await client.campaign_report(site=args.site)
     text = {"md": render_markdown, "html": render_html}.get(args.format, lambda r: json.dumps(r, indent=2))(report)
     if args.output:
-        await asyncio.to_thread(Path(args.output).write_text, text + "\n", encoding="utf-8")
+        await asyncio.to_thread(private_file, args.output, text + "\n")  # it may name samples: owner only
     else:
         sys.stdout.write(text + "\n")
     return EXIT_OK

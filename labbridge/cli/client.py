@@ -210,7 +210,8 @@ class LocalOperatorClient(LocalCampaignCalls):
         if self._store is None:
             if not create and not self._exists:
                 raise LabbridgeError(f"no store at {self.path}")
-            store = Store(self.path)
+            group = self.config.store.group if self.config is not None else None
+            store = Store(self.path, group=group, keep_group_read=self.config is None)
             await store.open()
             self._store = store
         return self._store

@@ -24,6 +24,7 @@ from labbridge.errors import ConfigError, LabbridgeError
 
 if TYPE_CHECKING:  # the client module is imported by the commands that use it (it loads the store and aiohttp)
     from labbridge.cli.client import OperatorClient
+    from labbridge.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -51,7 +52,19 @@ def check_config(args: argparse.Namespace) -> int:
     origin = "this machine's zone: set `timezone` in the config" if config.timezone_from_machine else "the config"
     print(f"time zone {config.timezone} (from {origin})"
           + (f"; instruments without their own: {', '.join(relying)}" if relying else ""))
+    _print_destinations(config)
     return EXIT_OK
+
+
+def _print_destinations(config: Config) -> None:
+    """Where results go, one line per LIS destination; a password in a URL is shown as *** (labbridge.redact)."""
+    from labbridge.config import FileDestination, MllpDestination
+    from labbridge.redact import redact
+
+    for dest in config.lis:
+        where = (f"{dest.host}:{dest.port}" if isinstance(dest, MllpDestination)
+                 else f"{dest.directory} ({dest.format})" if isinstance(dest, FileDestination) else redact(dest.url))
+        print(f"LIS {dest.id}: {dest.kind} {where}")
 
 
 def _on_signals(act: Callable[[], Any]) -> None:

@@ -86,6 +86,12 @@ class Counters:
     sends_aborted: int = 0  # transfers of ours that failed (retried by the link)
     keepalives: int = 0  # ENQ/EOT keep-alives (link.enq_eot_keepalive)
     contentions: int = 0  # our ENQ crossed the analyzer's: we yielded the line (R-A7)
+    # ---- what may connect, fairness and limits (docs/security.md) ----
+    peers_refused: int = 0  # connections from an address not in allow_peers
+    connections_replaced: int = 0  # a silent connection replaced by a new one (second-connection policy)
+    idle_closed: int = 0  # connections closed after idle_timeout_s without a byte
+    throttled: int = 0  # times the link went over link.max_bytes_per_s (reading slowed down)
+    over_limit: int = 0  # frames, messages or connections refused for going over a configured limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,12 @@ class InstrumentHealth:
     _shown: LinkState | None = field(default=None, repr=False)
     _shown_since: float = field(default=0.0, repr=False)
     _tz: tzinfo | None = field(default=None, repr=False)
+    # A connection that has sent nothing since it opened, for longer than this, is not shown "up" (an idle
+    # squatter, not the analyzer): the link's receive timeout (set by the runner; None: not judged).
+    squat_after_s: float | None = None
+    # Recent notices of what may connect and of limits (a refused peer, a replaced connection, throttling,
+    # input over a limit): kind -> (when, text). Shown while recent (RECENT_WINDOW_S), and they degrade.
+    _notices: dict[str, tuple[float, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._shown, self._shown_since = self.state, self.state_since  # the state it started in
@@ -233,6 +245,17 @@ class InstrumentHealth:
         self.counters.naks_received += 1
         self._naks_in.add(time.time() if now is None else now)
 
+    def notice(self, kind: str, text: str, now: float | None = None) -> None:
+        """Something about what may connect or a limit, shown (and degrading) for RECENT_WINDOW_S; the latest
+        text of each kind is kept. ``text`` names addresses and limits, never patient data."""
+        self._notices[kind] = (time.time() if now is None else now, text)
+        self.observe()
+
+    def notices(self, now: float) -> list[str]:
+        """The recent notices, oldest first, each with its time."""
+        recent = sorted((at, text) for at, text in self._notices.values() if now - at <= RECENT_WINDOW_S)
+        return [f"{text} (last at {self.clock(at, now)})" for at, text in recent]
+
     def reject_ratio(self) -> float:
         if not self._recent:
             return 0.0
@@ -276,11 +299,25 @@ class InstrumentHealth:
             return "idle", silence or self._waiting(now)
         if silence is not None:
             return "idle", silence
+        squatting = self._squatting(now)
+        if squatting is not None:
+            return "idle", squatting
         return "up", self.reason
+
+    def _squatting(self, now: float) -> str | None:
+        """The reason when the open connection has sent nothing at all for longer than ``squat_after_s``."""
+        since = self.connected_since
+        if self.squat_after_s is None or since is None or now - since <= self.squat_after_s:
+            return None
+        if self.last_byte_at is not None and self.last_byte_at >= since:
+            return None
+        return (f"a connection from {self.peer} is open since {self.clock(since, now)} but has sent nothing: if "
+                "it is not the analyzer, the analyzer's next connection replaces it; check the analyzer's host "
+                "address and port")
 
     def problems(self, now: float) -> list[str]:
         """What degrades the link now, each with what to check (empty: nothing)."""
-        out: list[str] = []
+        out: list[str] = self.notices(now)
         ratio = self.reject_ratio()
         if ratio > DEGRADED_REJECT_RATIO:
             out.append(f"{ratio:.0%} of recent frames rejected (checksum or framing errors): check the cable, "
@@ -394,4 +431,5 @@ class InstrumentHealth:
             "messages_received": self.counters.messages_received,
             "results_received": self.counters.results_received,
             "counters": dict(vars(self.counters)),
+            "notices": self.notices(now),
         }

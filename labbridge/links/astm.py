@@ -32,6 +32,7 @@ from labbridge.logs import get_logger
 from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
 from labbridge.protocols import e1381, raw
+from labbridge.protocols.link import over_limit
 
 log = get_logger("labbridge.astm")
 
@@ -126,6 +127,13 @@ class AstmRole:
                     self.health.set_state("up", f"analyzer connected from {self.session.peer}; it accepts "
                                                 "labbridge's messages again")
         elif isinstance(event, e1381.IncompleteMessage):
+            if over_limit(event.reason):
+                self.health.counters.over_limit += 1
+                self.health.notice("over_limit", f"a message from {self.session.peer} went over a limit "
+                                                 f"({event.reason}; [instruments.link] max_*): refused, kept as "
+                                                 "an incomplete transmission")
+                log.warning("message_over_limit", instrument=self.health.id, peer=self.session.peer,
+                            reason=event.reason)
             if self.health.state == "up" and event.reason != "connection lost":
                 self._incomplete_noted = True
                 self.health.set_state("up", f"analyzer connected from {self.session.peer}; its last transfer "

@@ -21,14 +21,18 @@ def link_profile(link: LinkConfig) -> e1381.LinkProfile:
                              lenient_whitespace=link.lenient_whitespace, enq_eot_keepalive=link.enq_eot_keepalive,
                              reply_timeout=link.reply_timeout_s, receive_timeout=link.receive_timeout_s,
                              busy_wait=link.busy_wait_s, contention_wait_host=link.contention_wait_s,
-                             interrupt_wait=link.interrupt_wait_s, honor_interrupt=link.honor_interrupt)
+                             interrupt_wait=link.interrupt_wait_s, honor_interrupt=link.honor_interrupt,
+                             max_frame_bytes=link.max_frame_bytes, max_message_bytes=link.max_message_bytes,
+                             max_records=link.max_records_per_message)
 
 
 def host_link(link: LinkConfig) -> AstmLink:
     """The receiving end labbridge runs for an ASTM instrument: E1381 (host role) or raw records."""
     if link.framing == "raw":
         return raw.RawLink(raw.RawProfile(record_terminator=TERMINATORS[link.record_terminator],
-                                          idle_timeout=link.raw_idle_timeout_s))
+                                          idle_timeout=link.raw_idle_timeout_s, max_record_bytes=link.max_frame_bytes,
+                                          max_message_bytes=link.max_message_bytes,
+                                          max_records=link.max_records_per_message))
     return e1381.E1381Link(e1381.Role.HOST, link_profile(link))
 
 

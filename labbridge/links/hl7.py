@@ -57,7 +57,7 @@ from labbridge.protocols.hl7_orders import (
     read_wos_query,
 )
 from labbridge.protocols.hl7_parse import ERR_INTERNAL
-from labbridge.protocols.link import Answer, Outcome
+from labbridge.protocols.link import Answer, Outcome, over_limit
 
 log = get_logger("labbridge.hl7")
 
@@ -125,6 +125,12 @@ class Hl7Role:
         if not isinstance(event, Hl7Received):
             return
         self.health.frame_outcome(event.error is None)
+        if event.error is not None and over_limit(event.error.reason):
+            self.health.counters.over_limit += 1
+            self.health.notice("over_limit", f"a message from {self.session.peer} went over a limit (answered AR: "
+                               f"{event.error.reason}; [instruments.link] max_*)")
+            log.warning("message_over_limit", instrument=self.health.id, peer=self.session.peer,
+                        reason=event.error.reason)
         msg = event.message
         if msg is not None and self.orders is not None and msg.message_type in ANSWER_TYPES:
             await self._analyzer_answer(event)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from labbridge.backoff import backoff_delay
-from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport
+from labbridge.config import InstrumentConfig, SerialTransport, TcpClientTransport, TcpServerTransport, peer_allowed
 from labbridge.driver import AstmDriver, Hl7Driver
 from labbridge.errors import PermanentLinkError, TransientLinkError
 from labbridge.health.instrument import InstrumentHealth
@@ -24,7 +24,7 @@ from labbridge.links.dialect import host_link
 from labbridge.links.health_settings import health_settings
 from labbridge.links.hl7 import Hl7Role
 from labbridge.links.intake import InstrumentDecoder, decode_context, instrument_decoder
-from labbridge.links.session import LinkSession, Wakeup
+from labbridge.links.session import Limits, LinkSession, Wakeup
 from labbridge.links.sink import MessageSink
 from labbridge.logs import get_logger
 from labbridge.orders import OrderSource
@@ -58,6 +58,41 @@ async def listen_with_retry(session: Callable[[], asyncio.Protocol], host: str, 
             attempt += 1
 
 
+# ---- what may connect (docs/security.md "What may connect, fairness and limits") ----
+def admit(peer_ip: str, peer: str, *, allow_peers: list[str], max_connections: int, open_now: int,
+          health: InstrumentHealth, where: str) -> bool:
+    """Whether a new connection to a listener may stay: its peer in ``allow_peers`` and fewer than
+    ``max_connections`` open. A refusal is counted, logged with the peer's address (never patient data) and
+    shown on ``health`` as a notice."""
+    if not peer_allowed(allow_peers, peer_ip):
+        health.counters.peers_refused += 1
+        health.notice("peer_refused", f"a connection from {peer_ip or 'an unknown address'} was refused: "
+                                      f"not in allow_peers of {where}; if it is the analyzer (or the LIS), add "
+                                      "its address")
+        log.warning("connection_refused_peer", listener=where, peer=peer)
+        return False
+    if open_now >= max_connections:
+        health.counters.over_limit += 1
+        health.notice("too_many_connections", f"a connection from {peer_ip} was refused: {where} already "
+                                              f"has {open_now} open (max_connections)")
+        log.warning("connection_refused_limit", listener=where, peer=peer, max_connections=max_connections)
+        return False
+    return True
+
+
+def session_limits(cfg: InstrumentConfig) -> Limits:
+    """The fairness limits of one connection of this instrument (its link's rate, its listener's idle timeout)."""
+    t = cfg.transport
+    return Limits(bytes_per_s=cfg.link.max_bytes_per_s,
+                  idle_timeout_s=t.idle_timeout_s if isinstance(t, TcpServerTransport) else None)
+
+
+def silent_after_s(cfg: InstrumentConfig) -> float:
+    """How long an open connection may stay silent before a new one replaces it: the link's receive timeout."""
+    return cfg.link.raw_idle_timeout_s if cfg.link.framing == "raw" else cfg.link.receive_timeout_s
+# ---- end of what may connect ----
+
+
 def _transport_label(cfg: InstrumentConfig) -> str:
     t = cfg.transport
     if isinstance(t, SerialTransport):
@@ -86,6 +121,8 @@ class InstrumentRunner:
         self.health = InstrumentHealth(id=cfg.id, site=cfg.site, driver=cfg.driver, name=cfg.name,
                                        transport=_transport_label(cfg), idle_after_s=cfg.idle_after_s,
                                        **health_settings(cfg))
+        if isinstance(cfg.transport, TcpServerTransport):
+            self.health.squat_after_s = silent_after_s(cfg)
         self.bound: tuple[str, int] | None = None
         self.ready = asyncio.Event()  # set once the listener is bound (or binding failed)
         self.sessions: set[AnySession] = set()  # open connections (closed when the runner stops)
@@ -134,14 +171,18 @@ class InstrumentRunner:
         wakeup = self.orders_wakeup if orders is not None else None
         if isinstance(driver, Hl7Driver):
             receiver = Hl7Receiver(default_charset=self.cfg.link.encoding,
-                                   allow_missing_cr=self.cfg.link.allow_missing_cr)
+                                   allow_missing_cr=self.cfg.link.allow_missing_cr,
+                                   max_message=self.cfg.link.max_message_bytes,
+                                   max_segments=self.cfg.link.max_records_per_message)
             return LinkSession(receiver, lambda s: Hl7Role(s, receiver, sink=sink(s), driver=driver,
                                                            context=self.context, orders=orders, site=self.cfg.site),
-                               health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup)
+                               health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup,
+                               limits=session_limits(self.cfg))
         link = host_link(self.cfg.link)
         return LinkSession(link, lambda s: AstmRole(s, link, sink=sink(s), driver=driver, context=self.context,
                                                     orders=orders, site=self.cfg.site),
-                           health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup)
+                           health or self.health, on_made=opened, on_closed=closed, wakeup=wakeup,
+                           limits=session_limits(self.cfg))
 
     def connected(self, session: AnySession) -> None:
         """A connection of this instrument's own: shown up, counted; the campaign may see its link-up."""
@@ -213,16 +254,29 @@ class InstrumentRunner:
             await server.serve_forever()
 
     def accept(self, session: AnySession) -> bool:
-        """A connection to this instrument's port: its second-connection policy, then shown up."""
+        """A connection to this instrument's port: its allowed peers and connection limit, its second-connection
+        policy (an open connection silent for longer than the link's receive timeout is replaced even under
+        "reject": an idle one never locks the analyzer out), then shown up."""
         t = self.cfg.transport
         assert isinstance(t, TcpServerTransport)
-        if self._active is not None:
-            if t.second_connection == "reject":
+        if not admit(session.peer_ip, session.peer, allow_peers=t.allow_peers, max_connections=t.max_connections,
+                     open_now=len(self.sessions), health=self.health, where=f"instrument {self.cfg.id}"):
+            return False
+        active = self._active
+        if active is not None:
+            silent = not active.in_transfer and active.quiet_s() > silent_after_s(self.cfg)
+            if t.second_connection == "reject" and not silent:
                 self.health.counters.connections_refused += 1
                 log.warning("second_connection_refused", instrument=self.cfg.id, peer=session.peer)
                 return False
-            log.warning("connection_replaced", instrument=self.cfg.id, peer=session.peer)
-            self._active.abort()
+            self.health.counters.connections_replaced += 1
+            why = (f"silent for {active.quiet_s():.0f} s" if silent else "second_connection = replace")
+            self.health.notice("connection_replaced", f"the connection from {active.peer} was replaced by one from "
+                                                      f"{session.peer} ({why})")
+            log.warning("connection_replaced", instrument=self.cfg.id, peer=session.peer, replaced=active.peer,
+                        why=why)
+            self._active = None  # its end is not this instrument's disconnection: the newcomer is shown
+            active.abort()
         self._active = session
         self.connected(session)
         return True

@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 
 from labbridge.config import Config, InstrumentConfig, LisOrdersConfig
 from labbridge.health.instrument import InstrumentHealth
-from labbridge.links.session import LinkSession
+from labbridge.links.instrument import admit
+from labbridge.links.session import Limits, LinkSession
 from labbridge.links.sink import Decision
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order, order_problems
@@ -35,7 +36,7 @@ from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Event, Hl7Received, Hl7Receiver, IncompleteBlock
 from labbridge.protocols.hl7_orders import Hl7OrderError, LisOrder, read_lis_orders
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, Hl7Message
-from labbridge.protocols.link import Answer, Outcome
+from labbridge.protocols.link import Answer, Outcome, over_limit
 from labbridge.store.orders import SqliteOrderSource
 
 log = get_logger("labbridge.lis_orders")
@@ -124,16 +125,21 @@ class LisOrderListener:
                 session.abort()
 
     def _session(self) -> LinkSession[Hl7Event]:
-        receiver = Hl7Receiver(default_charset=self.cfg.encoding, ack_id_prefix="LBL")
+        cfg = self.cfg
+        receiver = Hl7Receiver(default_charset=cfg.encoding, ack_id_prefix="LBL", max_message=cfg.max_message_bytes)
 
         def opened(session: LinkSession[Hl7Event]) -> bool:
-            if self.retiring:
+            """Only the LIS's addresses (allow_peers), at most max_connections at once."""
+            if self.retiring or not admit(session.peer_ip, session.peer, allow_peers=cfg.allow_peers,
+                                          max_connections=cfg.max_connections, open_now=len(self.sessions),
+                                          health=self.health, where=f"LIS order listener {cfg.id}"):
                 return False
             self.sessions.add(session)
             return True
 
         return LinkSession(receiver, lambda session: _LisRole(session, self, receiver), self.health, on_made=opened,
-                           on_closed=self.sessions.discard)
+                           on_closed=self.sessions.discard,
+                           limits=Limits(bytes_per_s=cfg.max_bytes_per_s, idle_timeout_s=cfg.idle_timeout_s))
 
     async def message(self, event: Hl7Received) -> Decision:
         """One message from the LIS: its orders stored, and the answer (see the module's docstring)."""
@@ -147,6 +153,9 @@ class LisOrderListener:
         if msg is None:
             assert event.error is not None
             problems = [event.error.reason]
+            if over_limit(event.error.reason):
+                self.health.counters.over_limit += 1
+                self.health.notice("over_limit", f"an order message went over a limit ({event.error.reason})")
             outcome = Outcome.ERROR if event.error.ack_code == "AE" else Outcome.REJECTED
             error_code = event.error.error_code
         else:

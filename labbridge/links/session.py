@@ -23,6 +23,16 @@ Theory of operation:
   and :attr:`LinkSession.closed` completes.
 * Isolation: an exception in a callback or in the task is logged, ends this connection only, and is seen
   by the runner as a closed connection.
+* Fairness (:class:`Limits`): one connection cannot starve the others on the loop. At most ``read_budget``
+  bytes are handed to the link per turn of the loop: what a read brings beyond that waits in the session,
+  reading is paused, and the rest is handed on the following turns (``call_soon``), after the other links'
+  callbacks, the HTTP API and the store's answers have had theirs; reading resumes once it is all handled.
+  Over ``bytes_per_s`` (a token bucket, one second of burst) reading is paused until the rate allows; each
+  such episode is counted (``throttled``). A peer that does not read what we send (ACKs to an ENQ flood)
+  pauses our reading too (``pause_writing``), so neither memory nor work grows with what it sends. Bytes
+  already read are always handed to the link before the end of the connection is.
+* Idle connections: with ``idle_timeout_s``, a connection on which nothing arrived for that long and no
+  transfer is under way is closed (counted ``idle_closed``; :attr:`LinkSession.idle_closed`).
 * Retiring (a reload removes or changes the link): :meth:`LinkSession.close_when_idle` closes the
   connection as soon as no transfer is under way (:attr:`Link.in_transfer`, no event in hand): the message
   being received is committed and answered first, and the role starts no work of its own meanwhile.
@@ -31,8 +41,10 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from labbridge.health.instrument import InstrumentHealth
@@ -41,6 +53,7 @@ from labbridge.protocols.link import Link
 
 log = get_logger("labbridge.session")
 
+READ_BUDGET = 8 * 1024  # bytes handed to one link per turn of the loop
 E = TypeVar("E")
 E_contra = TypeVar("E_contra", contravariant=True)
 
@@ -89,18 +102,29 @@ class Wakeup:
         self._sessions.discard(session)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may cost the loop (see "Fairness" in the module's docstring)."""
+
+    read_budget: int = READ_BUDGET  # bytes handed to the link per turn of the loop
+    bytes_per_s: float | None = None  # sustained rate; over it, reading pauses until the rate allows
+    idle_timeout_s: float | None = None  # nothing received this long and no transfer under way: closed
+
+
 class LinkSession(asyncio.Protocol, Generic[E]):
     """Drives one :class:`Link` over one transport (see the module's docstring)."""
 
     def __init__(self, link: Link[E], make_role: Callable[[LinkSession[E]], Role[E]], health: InstrumentHealth,
                  *, on_made: Callable[[LinkSession[E]], bool] | None = None,
-                 on_closed: Callable[[LinkSession[E]], None] | None = None, wakeup: Wakeup | None = None) -> None:
+                 on_closed: Callable[[LinkSession[E]], None] | None = None, wakeup: Wakeup | None = None,
+                 limits: Limits | None = None) -> None:
         """``on_made`` may refuse the connection (False: it is closed at once, nothing else runs);
         ``on_closed`` runs once the connection's last events are handled."""
         self.link = link
         # Where bytes and messages are counted; a role may move it to the instrument a message is from.
         self.health = health
         self.peer = ""  # for reasons and logs: "10.1.2.3:5000" (from the transport), "/dev/ttyS0" (the runner)
+        self.peer_ip = ""  # the peer's IP address alone (TCP), for allow_peers
         self._on_made = on_made
         self._on_closed = on_closed
         self._wakeup = wakeup
@@ -120,6 +144,16 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._retiring = False  # close once no transfer is under way (close_when_idle)
+        # Fairness and limits (see the module's docstring).
+        self.limits = limits or Limits()
+        self._inbox = bytearray()  # read but not yet handed to the link (over the turn's budget)
+        self._holds: set[str] = set()  # why reading is paused: "backlog", "rate", "write"
+        self._drain_handle: asyncio.Handle | None = None
+        self._can_pause = True  # False once the transport said it cannot pause reading (serial)
+        self._tokens = float(self.limits.bytes_per_s or 0.0)  # the bucket starts full: one second's worth
+        self._tokens_at = self._loop.time()
+        self._last_in = self._loop.time()  # loop time of the last byte received (or of the connection)
+        self.idle_closed = False  # closed by labbridge after idle_timeout_s without a byte
         self.role = make_role(self)
 
     # ---- asyncio.Protocol -------------------------------------------------------------------------
@@ -130,6 +164,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_ip = str(peer[0])
         if self._on_made is not None and not self._on_made(self):
             self.refused = True
             transport.close()
@@ -139,10 +174,28 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self.wake()  # the role's first look for work of its own
 
     def data_received(self, data: bytes) -> None:
+        self._last_in = self._loop.time()
+        health = self.health
+        health.counters.bytes_received += len(data)
+        health.last_byte_at = time.time()
+        if self._inbox or len(data) > self.limits.read_budget:
+            self._inbox += data
+            self._hold("backlog")
+            self._drain_later(0.0)
+            return
+        self._feed(data)
+        self._spend(len(data))
+
+    def pause_writing(self) -> None:
+        """The peer does not read what we send: read no more from it until it does."""
+        self._hold("write")
+
+    def resume_writing(self) -> None:
+        self._release("write")
+
+    def _feed(self, data: bytes) -> None:
+        """Hand bytes to the link (the fast path of the module's docstring)."""
         try:
-            health = self.health
-            health.counters.bytes_received += len(data)
-            health.last_byte_at = time.time()
             self.link.receive_data(data, self._loop.time())
             self.flush()
             if self._task is None:
@@ -164,6 +217,13 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+            self._drain_handle = None
+        if self._inbox and not self.refused:  # what was read is handled before the end is told
+            rest = bytes(self._inbox)
+            self._inbox.clear()
+            self._feed(rest)
         if self.refused:
             if not self.closed.done():
                 self.closed.set_result(None)
@@ -212,6 +272,10 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         """Close the connection once no transfer is under way (now, if none is): the link is being retired."""
         self._retiring = True
         self._close_if_idle()
+
+    def quiet_s(self) -> float:
+        """Seconds since anything arrived on this connection (since it opened, if nothing did)."""
+        return self._loop.time() - self._last_in
 
     @property
     def in_transfer(self) -> bool:
@@ -294,6 +358,85 @@ class LinkSession(asyncio.Protocol, Generic[E]):
             self._arm()
             self._close_if_idle()
 
+    # ---- fairness: budget per turn, rate, a peer that does not read ---------------------------------
+
+    def _hold(self, why: str) -> None:
+        if not self._holds and self.transport is not None and not self._lost:
+            try:
+                self.transport.pause_reading()
+            except NotImplementedError:  # serial's threads: its line speed bounds it instead, and no rate
+                self._can_pause = False  # applies (what is read would pile up in the session)
+            except RuntimeError:
+                pass
+        self._holds.add(why)
+
+    def _release(self, why: str) -> None:
+        if why not in self._holds:
+            return
+        self._holds.discard(why)
+        if not self._holds and self.transport is not None and not self._lost and not self.transport.is_closing():
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.transport.resume_reading()
+
+    def _drain_later(self, delay: float) -> None:
+        if self._drain_handle is None and not self._lost:
+            self._drain_handle = (self._loop.call_soon(self._drain) if delay <= 0
+                                  else self._loop.call_later(delay, self._drain))
+
+    def _drain(self) -> None:
+        """One turn's share of what waits: at most ``read_budget`` bytes, within the rate."""
+        self._drain_handle = None
+        if self._lost:
+            return
+        wait = self._rate_wait()
+        if wait > 0:
+            self._drain_later(wait)
+            return
+        budget = self.limits.read_budget
+        chunk = bytes(self._inbox[:budget])
+        del self._inbox[:budget]
+        self._feed(chunk)
+        self._spend(len(chunk))
+        if self._inbox:
+            self._drain_later(0.0)
+        else:
+            self._release("backlog")
+
+    def _rate_wait(self) -> float:
+        """Seconds until the rate allows more (0: now); refills the bucket."""
+        rate = self.limits.bytes_per_s
+        if rate is None or not self._can_pause:
+            return 0.0
+        now = self._loop.time()
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        return -self._tokens / rate if self._tokens < 0 else 0.0
+
+    def _spend(self, count: int) -> None:
+        """``count`` bytes handed to the link: over the rate, reading pauses until it allows more."""
+        if self.limits.bytes_per_s is None or not self._can_pause:
+            return
+        self._rate_wait()
+        self._tokens -= count
+        wait = self._rate_wait()
+        if wait > 0 and "rate" not in self._holds:
+            self.health.counters.throttled += 1
+            self.health.notice("throttled", f"the analyzer sent faster than {self.limits.bytes_per_s:g} bytes/s "
+                                            "(link.max_bytes_per_s): reading was slowed down")
+            self._hold("rate")
+            self._loop.call_later(wait, self._release, "rate")
+
+    def _idle_deadline(self) -> float | None:
+        idle = self.limits.idle_timeout_s
+        return None if idle is None or self.in_transfer else self._last_in + idle
+
+    def _close_idle(self, now: float) -> None:
+        self.idle_closed = True
+        self.health.counters.idle_closed += 1
+        idle = self.limits.idle_timeout_s  # an expected event when configured: counted and logged, not a notice
+        log.info("idle_connection_closed", instrument=self.health.id, peer=self.peer, idle_timeout_s=idle)
+        self.close()
+
     def _finish_closed(self) -> None:
         self._cancel_timer()
         if not self.closed.done():
@@ -309,11 +452,8 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self.abort()
 
     def _deadline(self) -> float | None:
-        timer = self.link.get_timer()
-        own = self.role.deadline()
-        if own is not None and (timer is None or own < timer):
-            return own
-        return timer
+        deadlines = [d for d in (self.link.get_timer(), self.role.deadline(), self._idle_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def _arm(self) -> None:
         if self._lost:
@@ -336,6 +476,10 @@ class LinkSession(asyncio.Protocol, Generic[E]):
             return  # the task arms the timer again when it ends
         try:
             now = self._loop.time()
+            idle = self._idle_deadline()
+            if idle is not None and now >= idle and not self._inbox:
+                self._close_idle(now)
+                return
             timer = self.link.get_timer()
             if timer is not None and now >= timer:
                 self.link.handle_timer(now)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from labbridge.config import InstrumentConfig, TcpServerTransport
 from labbridge.health.instrument import InstrumentHealth
-from labbridge.links.instrument import AnySession, InstrumentRunner, listen_with_retry
+from labbridge.links.instrument import AnySession, InstrumentRunner, admit, listen_with_retry
 from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
 from labbridge.outbox import DEAD_UNKNOWN_SENDER, Held
@@ -122,7 +122,13 @@ class SharedListener:
         return _Pending(self)
 
     def routed(self, peer_ip: str, peer_label: str) -> AnySession | None:
-        """The session for a new connection from ``peer_ip``, or None to refuse it."""
+        """The session for a new connection from ``peer_ip``, or None to refuse it (a peer not in the listener's
+        allow_peers, or max_connections open: counted and shown on the listener's first instrument)."""
+        if self.usable and not admit(peer_ip, peer_label, allow_peers=self.transport.allow_peers,
+                                     max_connections=self.transport.max_connections,
+                                     open_now=sum(len(r.sessions) for r in self.runners.values()),
+                                     health=self.usable[0].health, where=f"shared listener {self.address}"):
+            return None
         chosen = self.router.at_connect(peer_ip)
         if chosen is not None:
             runner = self.runners[chosen.id]

@@ -111,6 +111,8 @@ class LinkProfile:
     max_frame_bytes: int = 64 * 1024
     # Bound on one message (H to L), in bytes of accepted frames.
     max_message_bytes: int = 4 * 1024 * 1024
+    # Bound on the records of one message: over it, refused like an over-long message (its frames NAKed).
+    max_records: int = 10_000
     # ---- dialects (defaults are the standard) ----
     frame_numbers: bool = True  # False: no FN digit after STX
     checksums: bool = True  # False: no C1 C2 after ETB/ETX
@@ -641,7 +643,7 @@ class E1381Link:
         final = frame[sum_at - 1] == ETX
         if (not final or self._partial or text.find(b"\r") != len(text) - 1 or len(text) < 2
                 or text[0] in _SPECIAL_RECORD_START or text[-2] == LF
-                or len(self._raw) + end > profile.max_message_bytes):
+                or len(self._raw) + end > profile.max_message_bytes or len(self._records) >= profile.max_records):
             self._accept_frame(frame, text, final=final, now=now)
             return True
         # One ordinary record, whole in this frame: what _accept_frame would do for it, without its checks.
@@ -666,13 +668,14 @@ class E1381Link:
         self._expected_fn = (self._expected_fn + 1) % 8
 
     def _accept_frame(self, frame: bytes, text: bytes, *, final: bool, now: float) -> None:
-        if self._refusing is None and len(self._raw) + len(frame) > self.profile.max_message_bytes:
-            # Over the limit: what came so far is reported (kept for inspection, never a result), and this
-            # frame and every one after it in this transfer is NAKed, so the sender gives up (R-A19) knowing
-            # the message was not received, instead of having it ACKed and dropped.
-            limit = self.profile.max_message_bytes
-            self._abandon_message(f"message longer than {limit} bytes")
-            self._refusing = f"message longer than {limit} bytes: refused until the sender ends its transfer"
+        if self._refusing is None:
+            over = self._over_limit(frame, text, final)
+            if over is not None:
+                # Over a limit: what came so far is reported (kept for inspection, never a result), and this
+                # frame and every one after it in this transfer is NAKed, so the sender gives up (R-A19) knowing
+                # the message was not received, instead of having it ACKed and dropped.
+                self._abandon_message(over)
+                self._refusing = f"{over}: refused until the sender ends its transfer"
         if self._refusing is not None:
             self._reject(now, self._refusing)
             return
@@ -714,6 +717,16 @@ class E1381Link:
         self._send_byte(ACK)
         self._accepted_frame()
         self._deadline = now + self.profile.receive_timeout
+
+    def _over_limit(self, frame: bytes, text: bytes, final: bool) -> str | None:
+        """Why the message this frame belongs to goes over the profile's bounds (None: it does not)."""
+        p = self.profile
+        if len(self._raw) + len(frame) > p.max_message_bytes:
+            return f"message longer than {p.max_message_bytes} bytes"
+        term = p.record_terminator
+        if final and len(self._records) + self._partial.count(term) + text.count(term) > p.max_records:
+            return f"message of more than {p.max_records} records"
+        return None
 
     def _abandon_message(self, reason: str, keep_raw_tail: int = 0) -> None:
         if self._records or self._partial:

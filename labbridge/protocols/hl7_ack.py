@@ -140,6 +140,17 @@ def build_ack(code: str, *, header: Segment | None, separators: Separators = DEF
     return ("\r".join(segments) + "\r").encode(charset, errors="replace")
 
 
+DEFAULT_MAX_SEGMENTS = 10_000  # segments in one received message (the config's max_records_per_message)
+
+
+def _segment_count(payload: bytes, limit: int) -> int:
+    """The segments in a message (non-empty lines); counted exactly only when the quick bound exceeds ``limit``."""
+    quick = payload.count(b"\r") + payload.count(b"\n") + 1
+    if quick <= limit:
+        return quick
+    return sum(1 for line in payload.replace(b"\n", b"\r").split(b"\r") if line.strip())
+
+
 class Hl7Receiver:
     """One analyzer connection's HL7 receiving side: MLLP blocks in, acknowledgement bytes out (a
     :class:`labbridge.protocols.link.Link`).
@@ -152,9 +163,11 @@ class Hl7Receiver:
     """
 
     def __init__(self, *, default_charset: str = "latin-1", max_message: int = mllp.DEFAULT_MAX_MESSAGE,
-                 allow_missing_cr: bool = False, ack_id_prefix: str = "LBA") -> None:
+                 allow_missing_cr: bool = False, ack_id_prefix: str = "LBA",
+                 max_segments: int = DEFAULT_MAX_SEGMENTS) -> None:
         self.default_charset = default_charset
         self.max_message = max_message
+        self.max_segments = max_segments
         self._decoder = mllp.MllpDecoder(max_message=max_message, allow_missing_cr=allow_missing_cr)
         self._events: deque[Hl7Event] = deque()
         self._held: Hl7Received | None = None
@@ -175,6 +188,13 @@ class Hl7Receiver:
     def _decode(self, data: bytes) -> None:
         for event in self._decoder.receive_data(data):
             if isinstance(event, mllp.MllpMessage):
+                segments = _segment_count(event.payload, self.max_segments)
+                if segments > self.max_segments:
+                    self._events.append(self._refused(
+                        event.payload, event.payload,
+                        f"message of more than {self.max_segments} segments ({segments}) is over the limit; "
+                        "it was not taken (it is kept for inspection)"))
+                    continue
                 try:
                     message = parse_message(event.payload, default_charset=self.default_charset)
                 except Hl7ParseError as exc:
@@ -191,15 +211,20 @@ class Hl7Receiver:
         its start kept for inspection, never dropped unanswered."""
         reason = (f"message of {event.size} bytes is larger than the limit of {event.limit} bytes; "
                   "it was not taken (only its start is kept)")
+        return self._refused(event.head, event.head, reason)
+
+    def _refused(self, head_bytes: bytes, kept: bytes, reason: str) -> Hl7Received:
+        """A message over a limit: AR with ``reason``, in the sender's terms when its MSH can be read; ``kept``
+        is what is stored for inspection."""
         try:
-            head = parse_message(event.head.split(b"\r", 1)[0], default_charset=self.default_charset)
+            head = parse_message(head_bytes.split(b"\r", 1)[0], default_charset=self.default_charset)
         except Hl7ParseError as exc:
             error = Hl7ParseError(reason, ack_code="AR", error_code=ERR_INTERNAL, header=exc.header,
                                   separators=exc.separators, charset=exc.charset)
         else:
             error = Hl7ParseError(reason, ack_code="AR", error_code=ERR_INTERNAL, header=head.header,
                                   separators=head.separators, charset=head.charset)
-        return Hl7Received(event.head, None, error)
+        return Hl7Received(kept, None, error)
 
     def next_event(self) -> Hl7Event | None:
         if self._held is not None or not self._events:

@@ -74,3 +74,13 @@ class Link(Protocol[E_co]):
         """A transfer is under way: part of a message received or sent, or a message held (closing the
         connection now would cut it off; a shell that retires a link waits until this is False)."""
         ...
+
+
+# What the cores say when input goes over a configured limit (bytes of a frame, record or message, records or
+# segments of a message): the shells count such refusals apart (``over_limit``) and show them.
+_OVER_LIMIT = ("longer than", "more than", "larger than the limit")
+
+
+def over_limit(reason: str) -> bool:
+    """Whether a core's reason for refusing or abandoning input is a configured limit."""
+    return any(words in reason for words in _OVER_LIMIT)

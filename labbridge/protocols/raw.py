@@ -37,6 +37,7 @@ class RawProfile:
     idle_timeout: float = T_RAW_IDLE
     max_record_bytes: int = 64 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
+    max_records: int = 10_000  # records in one message; over it the message is kept as incomplete
 
 
 class RawLink:
@@ -143,6 +144,10 @@ class RawLink:
             return
         if len(self._raw) + len(piece) > self.profile.max_message_bytes:
             self._abandon(f"message longer than {self.profile.max_message_bytes} bytes")
+            self._junk(len(piece))
+            return
+        if len(self._records) >= self.profile.max_records:
+            self._abandon(f"message of more than {self.profile.max_records} records")
             self._junk(len(piece))
             return
         self._records.append(record)

@@ -40,6 +40,7 @@ from labbridge.errors import TransientLinkError
 from labbridge.logs import get_logger
 from labbridge.outbox import DEAD_LIS_REJECTED, DEAD_UNDELIVERED, OutboxItem
 from labbridge.protocols.hl7 import Hl7Options, Party
+from labbridge.redact import redact
 from labbridge.relay.lis.file import FileDropSender
 from labbridge.relay.lis.mllp import MllpSender
 from labbridge.relay.lis.render import render_astm, render_hl7, render_json
@@ -113,7 +114,7 @@ def _address(dest: Destination) -> str:
         return f"{dest.host}:{dest.port}"
     if isinstance(dest, FileDestination):
         return f"file:{dest.directory} ({dest.format})"
-    return dest.url
+    return redact(dest.url)  # shown in /api/outbox and logs: never the password
 
 
 class Relay:

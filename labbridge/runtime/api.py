@@ -132,6 +132,10 @@ class DaemonApi(Protocol):
         """Each LIS destination's relay health and kind (``id`` names it)."""
         ...
 
+    def listener_health(self) -> list[InstrumentHealth]:
+        """Each LIS order listener's connection health (counters such as peers_refused; metrics, /api/outbox)."""
+        ...
+
     async def instrument_history(self, instrument: str, days: int) -> dict[str, Any] | None:
         """The instrument's state changes over the last ``days`` and its daily figures; None if unknown.
 

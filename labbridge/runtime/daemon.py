@@ -69,7 +69,7 @@ class Daemon:
         self.config = config
         self.config_path = Path(config_path) if config_path else None
         self.ready_file = Path(ready_file) if ready_file else None
-        self.store = Store(config.store.path)
+        self.store = Store(config.store.path, group=config.store.group)
         self.orders = SqliteOrderSource(self.store)
         # One list shared by every runner's sinks: a reload changes it in place (new results' outbox rows).
         self.destinations: list[str | Route] = [d.route() for d in config.lis]  # which results each takes
@@ -420,6 +420,9 @@ class Daemon:
 
     def link_health(self) -> list[InstrumentHealth]:
         return [runner.health for runner in self.runners.values()]
+
+    def listener_health(self) -> list[InstrumentHealth]:
+        return [listener.health for listener in self.lis_orders]
 
     async def reload_config(self, *, by: str) -> dict[str, Any]:
         task = asyncio.create_task(self.reload(by=by))

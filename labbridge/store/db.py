@@ -58,7 +58,7 @@ from labbridge.outbox import (
     StoredMessage,
     StoreSize,
 )
-from labbridge.store import sql
+from labbridge.store import files, sql
 from labbridge.store.failure import store_error
 from labbridge.store.schema import migrate
 from labbridge.store.sql import OUTBOX_COLUMNS
@@ -188,8 +188,11 @@ WAL_BACKSTOP_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer checkpoints itse
 class Store:
     """Async facade over the SQLite store."""
 
-    def __init__(self, path: str | Path, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+    def __init__(self, path: str | Path, *, checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+                 group: str | None = None, keep_group_read: bool = False) -> None:
         self.path = str(path)
+        self.group = group  # [store] group: its files 0640 for that group, else 0600 (labbridge.store.files)
+        self.keep_group_read = keep_group_read  # the group is not known here (files.secure)
         self.checkpoint_interval_s = checkpoint_interval_s
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_stop = threading.Event()
@@ -226,12 +229,17 @@ class Store:
 
     async def open(self) -> None:
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.path).parent
+            folder.mkdir(mode=0o750 if self.group else 0o700, parents=True, exist_ok=True)
+            files.check_folder(folder)
+            files.secure(self.path, self.group, keep_group_read=self.keep_group_read)
             conn = self._connect()
             try:
                 migrate(conn, self.path)
             finally:
                 conn.close()
+            # Again for the -wal and -shm SQLite made, in case an older mode left them wider.
+            files.secure(self.path, self.group, keep_group_read=self.keep_group_read)
         except (OSError, sqlite3.Error) as exc:
             raise store_error(exc, f"store {self.path} cannot be opened") from exc
         await self._start_writer()

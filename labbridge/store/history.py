@@ -33,6 +33,10 @@ DAY_COUNTERS: tuple[str, ...] = (
     "duplicate_messages", "acks_sent", "host_queries", "query_answers_sent", "orders_sent", "sends_aborted",
     "keepalives", "contentions",
 )
+# Counters of what may connect and of limits (docs/security.md), not kept per day: link_days has a column per
+# counter, and adding columns needs a store migration (left for a later schema step). They reach /metrics
+# (labbridge_<counter>_total), where Prometheus keeps their history, and the instrument's notices.
+NOT_PER_DAY: tuple[str, ...] = ("peers_refused", "connections_replaced", "idle_closed", "throttled", "over_limit")
 
 # Recorded when labbridge stops: not a link state, the start of a gap in the history.
 STOPPED = "stopped"

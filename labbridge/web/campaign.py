@@ -14,8 +14,11 @@ from labbridge.campaign.report import FORMATS, render_html, render_markdown
 from labbridge.campaign.stages import CampaignNotFound, CampaignRefused
 from labbridge.campaign.validation import REQUIRED_COLUMNS, Reference, tolerance_problem
 from labbridge.runtime.api import DaemonApi
+from labbridge.web import params
 from labbridge.web.auth import actor_of
 from labbridge.web.body import json_object
+
+MAX_TEXT = 2000  # characters of a who, a reason, a stage name
 
 PAGE_REFRESH_S = 15
 REFERENCE_FIELDS = frozenset({*REQUIRED_COLUMNS, "unit", "note"})
@@ -34,6 +37,7 @@ async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]
     for key in ("by", "reason", "stage", "held"):
         if key in body and not isinstance(body[key], str):
             raise web.HTTPBadRequest(text=f'{{"error": "{key} must be a string"}}', content_type="application/json")
+        params.text(body, key, max_length=MAX_TEXT)  # bounded: it goes to the audit trail
     return body
 
 

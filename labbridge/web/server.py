@@ -44,6 +44,7 @@ from labbridge.orders import ORDER_STATES, NewOrder, OrderState
 from labbridge.outbox import GROUP_SIZE_BUCKETS
 from labbridge.runtime.api import DaemonApi
 from labbridge.store import audit
+from labbridge.web import params
 from labbridge.web.audit import audit_routes
 from labbridge.web.auth import Guard, actor_of
 from labbridge.web.body import json_object
@@ -129,6 +130,9 @@ class _Snapshot(Collector):
                 state.add_metric([h.id, h.site, s], 1.0 if s == current else 0.0)
             if h.last_message_at is not None:
                 last.add_metric([h.id], h.last_message_at)
+            for name, family in counters.items():
+                family.add_metric([h.id], getattr(h.counters, name))
+        for h in self.api.listener_health():  # LIS order listeners: their connection counters (peers_refused...)
             for name, family in counters.items():
                 family.add_metric([h.id], getattr(h.counters, name))
         yield state
@@ -274,12 +278,7 @@ class WebServer:
 
     async def instrument_history(self, request: web.Request) -> web.Response:
         wanted = request.match_info["id"]
-        try:
-            days = int(request.query.get("days", "7"))
-        except ValueError:
-            days = 0
-        if not 1 <= days <= MAX_HISTORY_DAYS:
-            return web.json_response({"error": f"days must be an integer from 1 to {MAX_HISTORY_DAYS}"}, status=400)
+        days = params.bounded_int(request.query, "days", default=7, low=1, high=MAX_HISTORY_DAYS)
         try:
             history = await self.api.instrument_history(wanted, days)
         except StoreError as exc:
@@ -304,6 +303,8 @@ class WebServer:
                       "writer_restarts": store.writer_restarts},
             "destinations": [{**dest, "dead_kinds": {}, **counts["outbox"].get(dest["id"], empty)}
                              for dest in self.api.destinations_json()],
+            "lis_orders": [{"id": h.id, "listening": h.listening, "counters": dict(vars(h.counters)),
+                            "notices": h.notices(time.time())} for h in self.api.listener_health()],
         })
 
     # ---- orders --------------------------------------------------------------------------------
@@ -316,10 +317,7 @@ class WebServer:
             if wanted is None:
                 return _bad_request([f"state: one of {', '.join(ORDER_STATES)}"])
             state = wanted
-        try:
-            limit = max(1, min(int(q.get("limit", "200")), 5000))
-        except ValueError:
-            return _bad_request(["limit: an integer"])
+        limit = params.limit(q)
         orders = await self.api.orders.list_orders(
             instrument=q.get("instrument"), site=q.get("site"), sample_id=q.get("sample_id"),
             state=state, limit=limit)
@@ -341,8 +339,8 @@ class WebServer:
         return web.json_response(stored.to_json(), status=201)
 
     async def get_order(self, request: web.Request) -> web.Response:
-        order_id = _int_id(request)
-        order = await self.api.orders.get(order_id) if order_id is not None else None
+        order_id = params.path_id(request)
+        order = await self.api.orders.get(order_id)
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
@@ -350,21 +348,14 @@ class WebServer:
     async def cancel_order(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # no cross-site form may cancel an order
             return web.json_response({"error": "send JSON (Content-Type: application/json)"}, status=415)
-        order_id = _int_id(request)
-        order = (await self.api.orders.cancel(order_id, now=time.time(), actor=actor_of(request))
-                 if order_id is not None else None)
+        order_id = params.path_id(request)
+        order = await self.api.orders.cancel(order_id, now=time.time(), actor=actor_of(request))
         if order is None:
             return web.json_response({"error": f"no order {request.match_info['id']!r}"}, status=404)
         return web.json_response(order.to_json())
     async def outbox_items(self, request: web.Request) -> web.Response:
-        state = request.query.get("state") or None
-        if state not in (None, "pending", "delivered", "dead", "held", "discarded"):
-            return web.json_response({"error": "state must be pending, delivered, dead, held or discarded"},
-                                     status=400)
-        try:
-            limit = min(int(request.query.get("limit", "200")), 10000)
-        except ValueError:
-            return web.json_response({"error": "limit must be a number"}, status=400)
+        state = params.choice(request.query.get("state"), "state", OUTBOX_STATES)
+        limit = params.limit(request.query)
         rows = await self.api.store.outbox_rows(state=state, limit=limit,
                                                    destination=request.query.get("destination") or None)
         return web.json_response(rows)
@@ -374,22 +365,16 @@ class WebServer:
 
     @staticmethod
     def _ids(body: dict[str, Any]) -> list[int] | None:
-        ids = body.get("ids")
-        if ids is None:
-            return None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise web.HTTPBadRequest(text='{"error": "ids must be a list of integers"}',
-                                     content_type="application/json")
-        return ids
+        return params.ids(body)
 
     async def outbox_retry(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         ids = self._ids(body)
         if (ids is None) == (body.get("all_dead") is not True):
             return web.json_response({"error": "give either ids or all_dead: true"}, status=400)
-        actor = actor_of(request, body.get("by"))
+        actor = actor_of(request, params.text(body, "by", max_length=200).strip())
         try:
-            outcomes = await self.api.operations.retry(ids, actor=actor, reason=str(body.get("reason") or ""))
+            outcomes = await self.api.operations.retry(ids, actor=actor, reason=params.text(body, "reason"))
         except (ValueError, StoreError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"items": outcomes})
@@ -398,31 +383,25 @@ class WebServer:
         body = await self._body(request)
         if body.get("confirm") is not True:
             return web.json_response({"error": "a purge deletes items for good: send confirm: true"}, status=400)
-        actor = actor_of(request, body.get("by"))
-        older = body.get("older_than_s")
-        if older is not None and not isinstance(older, int | float):
-            return web.json_response({"error": "older_than_s must be a number of seconds"}, status=400)
-        state = body.get("state")
+        actor = actor_of(request, params.text(body, "by", max_length=200).strip())
+        older = params.seconds(body, "older_than_s")  # finite, not negative: -1 would purge every dead letter
+        state = params.choice(body.get("state"), "state", ("dead", "delivered"))
         try:
-            done = await self.api.operations.purge(item_ids=self._ids(body), state=state,
-                                                      older_than_s=float(older) if older is not None else None,
-                                                      actor=actor, reason=str(body.get("reason") or ""))
+            done = await self.api.operations.purge(item_ids=self._ids(body), state=state, older_than_s=older,
+                                                      actor=actor, reason=params.text(body, "reason"))
         except (ValueError, StoreError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(done)
 
     async def audit(self, request: web.Request) -> web.Response:
-        try:
-            limit = min(int(request.query.get("limit", "200")), 10000)
-        except ValueError:
-            return web.json_response({"error": "limit must be a number"}, status=400)
+        limit = params.limit(request.query)
         return web.json_response(await self.api.store.audit_rows(limit))
 
     async def reload_config(self, request: web.Request) -> web.Response:
         """Apply the config file as it is now: 200 applied or unchanged, 422 refused (with every problem), 409
         when the daemon has no config file; the body is the reload's report either way."""
         body = await self._body(request)
-        actor = actor_of(request, body.get("by"))
+        actor = actor_of(request, params.text(body, "by", max_length=200).strip())
         report = await self.api.reload_config(by=actor)
         await self.api.store.write(audit.record, at=time.time(), actor=actor, action="reload", target="config",
                                    reason="", detail={"outcome": report["outcome"]})
@@ -467,15 +446,11 @@ class HttpSurface:
             await self.server.stop()
 
 
+OUTBOX_STATES = ("pending", "delivered", "dead", "held", "discarded")
+
+
 def _bad_request(problems: list[str]) -> web.Response:
     return web.json_response({"error": "invalid order request", "problems": problems}, status=400)
-
-
-def _int_id(request: web.Request) -> int | None:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        return None
 
 
 ORDER_FIELDS = frozenset({"sample_id", "test_codes", "instrument", "site", "priority", "patient_id", "source"})

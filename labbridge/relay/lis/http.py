@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from labbridge.errors import TransientLinkError
+from labbridge.redact import redact
 
 RETRY_LATER = frozenset({408, 425, 429})
 MAX_REASON = 500
@@ -44,6 +45,7 @@ class HttpSender:
     def __init__(self, url: str, *, timeout: float, headers: dict[str, str] | None = None,
                  verify_tls: bool = True) -> None:
         self.url = url
+        self.shown = redact(url)  # in errors (kept in the store, shown by the API) and logs: no password
         self.timeout = timeout
         self.headers = dict(headers or {})
         self.verify_tls = verify_tls
@@ -60,12 +62,12 @@ class HttpSender:
                 text = await resp.text(errors="replace")
                 status = resp.status
         except TimeoutError:
-            raise TransientLinkError(f"no answer from {self.url} within {self.timeout:g} s") from None
+            raise TransientLinkError(f"no answer from {self.shown} within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise TransientLinkError(f"cannot POST to {self.url}: {type(exc).__name__}: {exc}") from None
+            raise TransientLinkError(f"cannot POST to {self.shown}: {type(exc).__name__}: {redact(str(exc))}") from None
         if 200 <= status < 300 or (400 <= status < 500 and status not in RETRY_LATER):
             return HttpAnswer(status, _reason(text))
-        raise TransientLinkError(f"{self.url} answered HTTP {status}: {_reason(text)[:200]}")
+        raise TransientLinkError(f"{self.shown} answered HTTP {status}: {_reason(text)[:200]}")
 
     async def close(self) -> None:
         if self._session is not None:

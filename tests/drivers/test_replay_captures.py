@@ -1,0 +1,307 @@
+"""`labbridge replay` reads captures as they come from the field (issue 20, part 4).
+
+Each capture under tests/captures/ (see its README) is one form seen in the field; every one of them must
+decode to the same results as the clean byte stream, and report exactly the deviations it has. Repairs
+never invent a value: what cannot be repaired is rejected and kept in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labbridge.capture import Deviation, frame_astm, read_capture
+from labbridge.cli import main
+from labbridge.driver import load_driver
+from labbridge.protocols import e1381, mllp
+from labbridge.protocols.e1381 import build_frames
+from labbridge.replay import ReplayProblem, conforms, replay_capture, summary
+from labbridge.store.sql import control_id_for, group_key_for
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+GOLDEN = Path(__file__).resolve().parents[2] / "drivers/labbridge_driver_astm/captures/lis2a2-chemistry.astm"
+RECORDS = [b"H|\\^&|||ChemAnalyzer^2.1|||||||P|LIS2-A2|20261123081500", b"P|1||PID001",
+           b"O|1|S1001||^^^GLU\\^^^K|R||||||N", b"R|1|^^^GLU|5.4|mmol/L|3.9-6.1|N||F||||20261123081200",
+           b"R|2|^^^K|4.1|mmol/L|3.5-5.1|N||F||||20261123081210", b"L|1|N"]
+CHEMISTRY = [("S1001", "GLU", "5.4"), ("S1001", "K", "4.1")]
+HL7 = [("BC12345", "GLU", "5.4"), ("BC12345", "ALT", "80"), ("BC12346", "GLU", "5.4"), ("BC12346", "ALT", "80")]
+
+
+def kinds(deviations: list[Deviation]) -> set[tuple[str, str]]:
+    return {(d.action, d.kind) for d in deviations}
+
+
+# file, driver, expected (sample, test, value) per result, the deviations it must report (action, kind)
+FORMS = [
+    ("astm-no-enq-eot.astm", "astm-generic", CHEMISTRY, {("repaired", "ENQ missing"), ("repaired", "EOT missing")}),
+    ("astm-frame-endings.astm", "astm-generic", CHEMISTRY, {("repaired", "frame ending")}),
+    ("astm-sessions.astm", "astm-generic",
+     CHEMISTRY + [("S1002", t, v) for _, t, v in CHEMISTRY] + [("S1003", t, v) for _, t, v in CHEMISTRY],
+     {("repaired", "ENQ missing"), ("repaired", "EOT missing")}),
+    ("astm-tokens.txt", "astm-generic", CHEMISTRY, set()),
+    ("astm-hexdump-c.txt", "astm-generic", CHEMISTRY, set()),
+    ("astm-xxd.txt", "astm-generic", CHEMISTRY, set()),
+    ("astm-hex-pairs.log", "astm-generic", CHEMISTRY,
+     {("ignored", "not a hex dump line"), ("ignored", "replies of the receiving side")}),
+    ("astm-log-directions.log", "astm-generic", CHEMISTRY,
+     {("repaired", "frame ending"), ("ignored", "replies of the receiving side"), ("ignored", "not a record")}),
+    ("astm-records.txt", "astm-generic", CHEMISTRY + [("S1002", t, v) for _, t, v in CHEMISTRY],
+     {("ignored", "not a record")}),
+    ("astm-records-stamped.log", "astm-generic", CHEMISTRY, set()),
+    ("astm-checksums.astm", "astm-generic", CHEMISTRY,
+     {("repaired", "checksum mismatch"), ("rejected", "checksum mismatch")}),
+    ("astm-unnumbered.astm", "astm-generic", CHEMISTRY,
+     {("repaired", "frame number missing"), ("repaired", "checksum missing")}),
+    ("astm-unnumbered.astm", "snibe-maglumi", CHEMISTRY, set()),  # the dialect the frames are in
+    ("hl7-cr.hl7", "hl7-generic", HL7, set()),
+    ("hl7-lf.hl7", "hl7-generic", HL7, {("repaired", "segments separated by LF")}),
+    ("hl7-mllp.hl7", "hl7-generic", HL7, set()),
+    ("hl7-crlf-mllp.hl7", "hl7-generic", HL7, {("repaired", "segments separated by LF")}),
+    ("hl7-tokens.log", "hl7-generic", HL7[:2], {("ignored", "replies of the receiving side")}),
+]
+
+
+@pytest.mark.parametrize(("name", "driver", "expected", "deviations"), FORMS, ids=[f"{f[0]}-{f[1]}" for f in FORMS])
+def test_every_field_form_decodes_and_reports_its_deviations(name: str, driver: str,
+                                                              expected: list[tuple[str, str, str]],
+                                                              deviations: set[tuple[str, str]]) -> None:
+    result = replay_capture(load_driver(driver), (CAPTURES / name).read_bytes())
+    got = [(r.sample_id, r.instrument_test_code, r.value) for m in result.decoded if m.decoded
+           for r in m.decoded.results]
+    assert got == expected
+    assert kinds(result.deviations) == deviations
+    assert not [i for i in result.items if isinstance(i, ReplayProblem)]
+    assert all(m.error is None for m in result.messages)
+    for d in result.deviations:  # each says where
+        assert d.where.startswith(("line ", "byte ", "stream ", "capture")), d
+
+
+def test_forms_are_recognised_and_said() -> None:
+    assert read_capture((CAPTURES / "astm-hexdump-c.txt").read_bytes()).form == ["hex dump"]
+    log = read_capture((CAPTURES / "astm-log-directions.log").read_bytes())
+    assert log.form == ["printable control tokens", "log lines with timestamps or directions"]
+    assert [s.label for s in log.streams] == ["", "<-"]  # the "port opened" line, then the analyzer's direction
+    assert read_capture((CAPTURES / "astm-sessions.astm").read_bytes()).form == ["bytes as received"]
+
+
+def test_tokens_in_every_spelling_become_their_bytes() -> None:
+    text = b"<stx>1H|\\^&<CR>[ETX]<0x30>\\x30{cr}\\n\\r"
+    [stream] = read_capture(text).streams
+    assert bytes(stream.data) == b"\x021H|\\^&\r\x0300\r\n\r"
+
+
+def test_each_repair_says_where_and_what() -> None:
+    result = replay_capture(load_driver("astm-generic"), (CAPTURES / "astm-checksums.astm").read_bytes())
+    [repaired] = [d for d in result.deviations if d.action == "repaired"]
+    [dropped] = [d for d in result.deviations if d.action == "rejected"]
+    assert repaired.where == "byte 142" and "frame says '00', computed" in repaired.detail
+    assert "content is unverified" in repaired.detail
+    assert dropped.where == "byte 64" and "sent the frame again" in dropped.detail
+
+
+def test_a_checksum_from_a_known_miscomputation_is_said_verified() -> None:
+    body = b"1" + RECORDS[0] + b"\r\x03"
+    with_stx = e1381.checksum(b"\x02" + body)
+    frames = [b"\x02" + body + with_stx + b"\r\n", *build_frames(RECORDS[1:], first_fn=2)]
+    result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join(frames) + b"\x04")
+    [repair] = result.deviations
+    assert repair.kind == "checksum mismatch" and "STX included: the content is verified" in repair.detail
+    assert len(result.decoded) == 1
+
+
+def test_a_damaged_frame_is_rejected_not_repaired() -> None:
+    frames = build_frames(RECORDS)
+    damaged = frames[3].replace(b"5.4", b"5\x114")  # a control byte in the text: the checksum no longer matches
+    result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join([*frames[:3], damaged, *frames[4:]])
+                            + b"\x04")
+    assert not result.decoded  # nothing decoded from a frame whose content is in doubt
+    rejected = [d for d in result.deviations if d.action == "rejected"]
+    assert rejected[0].kind == "checksum mismatch" and "damaged" in rejected[0].detail
+    assert any(isinstance(i, ReplayProblem) and i.kind == "incomplete transmission" for i in result.items)
+
+
+def test_an_identical_frame_without_number_is_a_retransmission_not_a_second_result() -> None:
+    unnumbered = [b"\x02" + r + b"\r\x03\r\n" for r in RECORDS]
+    capture = b"\x05" + b"".join(unnumbered[:4]) + unnumbered[3] + b"".join(unnumbered[4:]) + b"\x04"
+    result = replay_capture(load_driver("snibe-maglumi"), capture)
+    assert [r.instrument_test_code for m in result.decoded if m.decoded for r in m.decoded.results] == ["GLU", "K"]
+    result = replay_capture(load_driver("astm-generic"), capture)  # numbered in order, the copy dropped
+    assert [r.instrument_test_code for m in result.decoded if m.decoded for r in m.decoded.results] == ["GLU", "K"]
+    assert ("repaired", "retransmission") in kinds(result.deviations)
+
+
+def test_a_frame_sent_again_after_a_lost_ack_is_dropped_as_the_receiver_drops_it() -> None:
+    frames = build_frames(RECORDS)
+    result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join([*frames[:4], frames[3], *frames[4:]])
+                            + b"\x04")
+    assert [r.instrument_test_code for m in result.decoded if m.decoded for r in m.decoded.results] == ["GLU", "K"]
+    assert result.deviations == []  # the protocol's own retransmission, not a deviation
+
+
+def test_frames_out_of_sequence_are_rejected_not_renumbered() -> None:
+    frames = build_frames(RECORDS)
+    result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join(frames[:2] + frames[3:]) + b"\x04")
+    assert not result.decoded
+    assert ("rejected", "frame out of sequence") in kinds(result.deviations)
+
+
+def test_strict_repairs_nothing_and_fails_on_any_deviation(capsys: pytest.CaptureFixture[str]) -> None:
+    result = replay_capture(load_driver("astm-generic"), (CAPTURES / "astm-unnumbered.astm").read_bytes(),
+                            strict=True)
+    assert not result.decoded and not conforms(result)
+    assert all(d.action == "rejected" and "--strict" in d.detail for d in result.deviations)
+    assert main(["replay", "--strict", "--driver", "astm-generic", str(CAPTURES / "astm-no-enq-eot.astm")]) == 1
+    assert "strict: 2 deviation(s): the capture does not conform" in capsys.readouterr().err
+    assert main(["replay", "--strict", "--driver", "astm-generic", str(GOLDEN)]) == 0
+    assert "strict: the capture conforms" in capsys.readouterr().err
+
+
+def test_a_capture_that_decodes_to_nothing_fails_with_a_summary() -> None:
+    proc = subprocess.run([sys.executable, "-m", "labbridge.cli", "replay", "--driver", "astm-generic",
+                           str(CAPTURES / "nothing.txt")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.splitlines()
+    assert err[0].startswith("replay: 0 message(s) decoded (0 result(s)")
+    assert "  frame cut short (1):" in err and "    byte 21: STX, ENQ or EOT before the frame's ETX/ETB" in err
+    assert "  bytes outside any frame (14 bytes):" in err
+    assert err[-1].startswith("nothing decoded")
+    assert proc.stdout == ""
+
+
+def test_the_summary_ends_every_replay_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--driver", "astm-generic", "--json", str(CAPTURES / "astm-checksums.astm")]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["instrument_test_code"] for line in out.splitlines()] == ["GLU", "K"]
+    assert err.splitlines()[0] == ("replay: 1 message(s) decoded (2 result(s), 0 host query(ies)), 0 not decoded; "
+                                   "capture read as bytes as received")
+    assert "repaired: 1" in err and "rejected: 1" in err
+
+
+def test_the_summary_lists_warnings_and_held_results() -> None:
+    records = [RECORDS[0], RECORDS[1], b"O|1|S1||^^^A", b"R|1|GLU^^^A|5.4", b"R|2|K^^^A|4.1", b"L|1|N"]
+    result = replay_capture(load_driver("astm-generic"), b"\r".join(records) + b"\r")
+    lines = summary(result)
+    assert any("its 2 results for one sample all have test code 'A'" in line for line in lines)
+
+
+# ---- --render: what a LIS destination would receive --------------------------------------------------------------
+
+CONFIG = """
+timezone = "Europe/Brussels"
+[[sites]]
+id = "arlon"
+name = "Arlon"
+[[instruments]]
+id = "arlon-chem-9"
+site = "arlon"
+driver = "astm-generic"
+transport = {{ kind = "tcp-server", host = "127.0.0.1", port = 0 }}
+test_map = {{ GLU = "GLUC" }}
+[[lis]]
+id = "lis-oru"
+kind = "mllp"
+host = "127.0.0.1"
+port = 2575
+sending_facility = "ARLON"
+[[lis]]
+id = "lis-oul"
+kind = "mllp"
+host = "127.0.0.1"
+port = 2576
+message_type = "OUL^R22"
+[[lis]]
+id = "drop-hl7"
+kind = "file"
+directory = "{d}"
+[[lis]]
+id = "drop-astm"
+kind = "file"
+directory = "{d}"
+format = "astm"
+[[lis]]
+id = "drop-json"
+kind = "file"
+directory = "{d}"
+format = "json"
+[[lis]]
+id = "api"
+kind = "http"
+url = "http://127.0.0.1:9/results"
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "labbridge.toml"
+    path.write_text(CONFIG.format(d=tmp_path))
+    return path
+
+
+def rendered(capsysbinary: pytest.CaptureFixture[bytes], config: Path, fmt: str, dest: str,
+             capture: str = "astm-log-directions.log") -> tuple[int, bytes, str]:
+    code = main(["replay", "-c", str(config), "--instrument", "arlon-chem-9", "--render", fmt, "--destination", dest,
+                 str(CAPTURES / capture)])
+    out, err = capsysbinary.readouterr()
+    return code, out, err.decode()
+
+
+CONTROL_ID = control_id_for(group_key_for(
+    replay_capture(load_driver("astm-generic"), b"\r".join(RECORDS) + b"\r", instrument_id="arlon-chem-9",
+                   timezone="Europe/Brussels", test_map={"GLU": "GLUC"}).decoded[0].decoded.results  # type: ignore[union-attr]
+)).encode()
+
+
+@pytest.mark.parametrize(("fmt", "dest", "marks"), [
+    ("oru", "lis-oru", [b"MSH|^~\\&|LABBRIDGE|ARLON|LIS||", b"|ORU^R01", b"OBX|1|", b"GLUC", b"S1001"]),
+    ("oul", "lis-oul", [b"|OUL^R22", b"GLUC", b"S1001"]),
+    ("oru", "drop-hl7", [b"|ORU^R01", b"GLUC"]),
+    ("astm", "drop-astm", [b"R|1|^^^GLUC|5.4|mmol/L", b"L|1|N"]),
+])
+def test_render_prints_what_each_destination_receives(capsysbinary: pytest.CaptureFixture[bytes], config: Path,
+                                                       fmt: str, dest: str, marks: list[bytes]) -> None:
+    code, out, err = rendered(capsysbinary, config, fmt, dest)
+    assert code == 0, err
+    assert out.endswith(b"\r\n")  # the payload (segments/records end with CR), then a line break between payloads
+    for mark in marks:
+        assert mark in out
+    assert CONTROL_ID in out  # the store's control ID for these results: the LIS sees the same one
+    assert not out.startswith(mllp.SB.to_bytes())
+    assert err.startswith("replay: 1 message(s) decoded")
+
+
+@pytest.mark.parametrize("dest", ["drop-json", "api"])
+def test_render_json_for_file_and_http_destinations(capsysbinary: pytest.CaptureFixture[bytes], config: Path,
+                                                    dest: str) -> None:
+    code, out, err = rendered(capsysbinary, config, "json", dest, capture="astm-records.txt")
+    assert code == 0, err
+    items = [json.loads(line) for line in out.splitlines()]
+    assert [i["sample_id"] for i in items] == ["S1001", "S1002"]
+    assert [r["test_code"] for r in items[0]["results"]] == ["GLUC", "K"]  # the instrument's test_map applied
+    assert items[0]["control_id"] == CONTROL_ID.decode()
+    assert items[0]["results"][0]["measured_at"] == "2026-11-23T08:12:00+01:00"  # the config's zone
+
+
+def test_render_refuses_a_format_the_destination_does_not_receive(capsysbinary: pytest.CaptureFixture[bytes],
+                                                                   config: Path) -> None:
+    code, out, err = rendered(capsysbinary, config, "json", "lis-oru")
+    assert code == 1 and out == b""
+    assert "destination lis-oru receives oru, not json: use --render oru" in err
+    code, out, err = rendered(capsysbinary, config, "oru", "nowhere")
+    assert code == 2 and "no destination 'nowhere'" in err
+
+
+def test_render_of_nothing_decoded_prints_nothing_and_fails(capsysbinary: pytest.CaptureFixture[bytes],
+                                                            config: Path) -> None:
+    code, out, err = rendered(capsysbinary, config, "oru", "lis-oru", capture="nothing.txt")
+    assert code == 1 and out == b"" and "nothing decoded" in err
+
+
+def test_frame_astm_is_pure_and_gives_the_receiver_a_clean_stream() -> None:
+    [stream] = read_capture((CAPTURES / "astm-frame-endings.astm").read_bytes()).streams
+    ready = frame_astm(stream, e1381.LinkProfile())
+    assert ready.framing == "e1381"
+    assert ready.data == b"\x05" + b"".join(build_frames(RECORDS)) + b"\x04"

@@ -11,7 +11,9 @@ between transmissions (analyzers that connect per transmission: waiting is their
 
 * planned, connecting, down and failed are shown as set;
 * ``degraded`` when something needs checking: frames rejected (NAK ratio), bytes that never form a message
-  (wrong baud rate or parity, missing framing), the analyzer rejecting our frames or stopping mid-message
+  (wrong baud rate or parity, missing framing; the likely cause read from the bytes themselves by
+  :mod:`labbridge.health.unframed`, e.g. "records without E1381 framing: try link.framing = "raw""), the
+  analyzer rejecting our frames or stopping mid-message
   (recent NAKs received, timeouts), results waiting for the LIS too long, dead letters;
 * else ``idle`` when no message came for longer than expected for this instrument now (configured or
   learned: :mod:`labbridge.health.traffic`), or, when nothing is known of it, ``idle_after_s`` without a
@@ -35,6 +37,7 @@ from datetime import tzinfo
 from typing import Any, Literal
 
 from labbridge.health.traffic import ConfiguredTraffic, Expectation, LearnedTraffic, clock, duration
+from labbridge.health.unframed import SAMPLE_BYTES, Diagnosis, diagnose
 from labbridge.logs import get_logger
 
 log = get_logger("labbridge.health")
@@ -162,6 +165,12 @@ class InstrumentHealth:
     _shown: LinkState | None = field(default=None, repr=False)
     _shown_since: float = field(default=0.0, repr=False)
     _tz: tzinfo | None = field(default=None, repr=False)
+    # ---- issue 20, part 6: what the bytes that never frame look like (labbridge.health.unframed) ----
+    # The link's dialect, to say which setting to try; the first bytes received since something last decoded.
+    frame_numbers: bool = True
+    checksums: bool = True
+    record_terminator: str = "cr"
+    _unframed: bytearray = field(default_factory=bytearray, repr=False)
 
     def __post_init__(self) -> None:
         self._shown, self._shown_since = self.state, self.state_since  # the state it started in
@@ -188,6 +197,7 @@ class InstrumentHealth:
         self.peer = peer
         self.connected_since = now
         self._decoded_bytes, self._decoded_at = self.counters.bytes_received, None
+        self._unframed.clear()
         self.set_state("up", f"analyzer connected from {peer}")
 
     def connection_ended(self, *, clean: bool, reason: str, now: float | None = None) -> None:
@@ -212,10 +222,20 @@ class InstrumentHealth:
             self.decoded()
         self.last_frame_at = time.time()
 
+    def received(self, data: bytes) -> None:
+        """Bytes from the analyzer: counted, and the first of them since the last decode kept to diagnose."""
+        self.counters.bytes_received += len(data)
+        self.last_byte_at = time.time()
+        room = SAMPLE_BYTES - len(self._unframed)
+        if room > 0:
+            self._unframed += data[:room]
+
     def decoded(self, now: float | None = None) -> None:
         """The bytes so far made sense (a frame, a message, a keep-alive)."""
         self._decoded_bytes = self.counters.bytes_received
         self._decoded_at = time.time() if now is None else now
+        if self._unframed:
+            self._unframed.clear()
 
     def message_counted(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -283,20 +303,16 @@ class InstrumentHealth:
         out: list[str] = []
         ratio = self.reject_ratio()
         if ratio > DEGRADED_REJECT_RATIO:
-            out.append(f"{ratio:.0%} of recent frames rejected (checksum or framing errors): check the cable, "
-                       "baud rate or the analyzer's line settings")
+            found = self._diagnosis()
+            check = (found.cause if found is not None and not found.line_settings
+                     else "check the cable, baud rate or the analyzer's line settings")
+            out.append(f"{ratio:.0%} of recent frames rejected (checksum or framing errors): {check}")
         since = self._decoded_at or self.connected_since
         unframed = self.counters.bytes_received - self._decoded_bytes
         if (self.connected_since is not None and since is not None and unframed >= UNFRAMED_MIN_BYTES
                 and now - since >= self.undecoded_after_s):
-            if self.transport.startswith("serial"):
-                check = (f"check that the baud rate, parity, data bits and stop bits ({self.transport}) match "
-                         "the analyzer's, and its protocol setting")
-            else:
-                check = (f"check that the analyzer's protocol setting matches this link's framing "
-                         f"({self.framing or 'see [instruments.link]'}) and that the right analyzer uses this port")
             out.append(f"{unframed} bytes received in {duration(now - since)} but none formed a "
-                       f"{'frame or message' if self.framing == 'e1381' else 'message'}: {check}")
+                       f"{'frame or message' if self.framing == 'e1381' else 'message'}: {self._unframed_check()}")
         naks = self._naks_in.count(now)
         if naks >= RECENT_TROUBLE:
             out.append(f"the analyzer rejected {naks} of labbridge's frames in the last "
@@ -318,6 +334,26 @@ class InstrumentHealth:
                 out.append(f"{facts.dead_letters} dead letters ({kinds}) will not reach the LIS without a "
                            f"person: see `labbridge outbox list --state dead`, fix the cause, then retry")
         return out
+
+    def _diagnosis(self) -> Diagnosis | None:
+        return diagnose(bytes(self._unframed), framing=self.framing, frame_numbers=self.frame_numbers,
+                        checksums=self.checksums, record_terminator=self.record_terminator)
+
+    def _unframed_check(self) -> str:
+        """What to check about bytes that never frame: the likely cause from what they look like, else in general."""
+        serial = self.transport.startswith("serial")
+        line = (f"check that the baud rate, parity, data bits and stop bits ({self.transport}) match the "
+                "analyzer's")
+        found = self._diagnosis()
+        if found is not None and found.line_settings:
+            return (f"{found.cause}: {line}" if serial else
+                    f"{found.cause} (of a serial-to-network converter on the way), or another protocol on this port")
+        if found is not None:
+            return found.cause
+        if serial:
+            return f"{line}, and its protocol setting"
+        return (f"check that the analyzer's protocol setting matches this link's framing "
+                f"({self.framing or 'see [instruments.link]'}) and that the right analyzer uses this port")
 
     def _silence(self, now: float) -> str | None:
         """The reason when no message came for longer than expected now, else None."""

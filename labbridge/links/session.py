@@ -31,7 +31,6 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -140,9 +139,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
 
     def data_received(self, data: bytes) -> None:
         try:
-            health = self.health
-            health.counters.bytes_received += len(data)
-            health.last_byte_at = time.time()
+            self.health.received(data)  # counted, and sampled while nothing decodes (labbridge.health.unframed)
             self.link.receive_data(data, self._loop.time())
             self.flush()
             if self._task is None:

@@ -12,20 +12,22 @@ Reading (:func:`read_capture`) turns the file into one or more byte *streams*:
   ``[10:00:01]``, ``23/11/2026 10:00:01``) and a direction (``->``, ``<-``, ``-->``, ``<--``, ``>>``, ``<<``,
   ``RX:``, ``TX:``, ``IN:``, ``OUT:``) are taken off; a direction starts a stream of its own (a line without
   one continues the previous line's); printable control tokens become their bytes (``<STX>``, ``[ETX]``,
-  ``{ACK}``, ``<0x02>``, ``\\x02``, and ``\\r``, ``\\n``); a hex dump (``hexdump -C``, ``xxd``, or bare
-  byte pairs ``02 31 48``) becomes its bytes. When the file spells out CR or LF as tokens, or is a hex
-  dump, its line breaks are presentation and dropped; otherwise each line break stands for the terminator
-  the log no longer shows (read as LF, which every reader below accepts).
+  ``{ACK}``, ``<0x02>``; ``\\x02``, ``\\r`` and ``\\n`` only in a capture that writes a control
+  character as ``\\x..``, since elsewhere a backslash is ASTM's repeat delimiter); a hex dump
+  (``hexdump -C``, ``xxd``, or bare byte pairs ``02 31 48``) becomes its bytes. When the file spells out
+  CR or LF as tokens, or is a hex dump, its line breaks are presentation and dropped; otherwise each line
+  break stands for the terminator the log no longer shows (read as LF, which every reader below accepts).
 * a stream holding nothing but the receiving side's replies (ACK, NAK, EOT) is set aside as such.
 
 ASTM E1381 streams (:func:`frame_astm`) are checked frame by frame and written again for the receiver:
 ENQ and EOT where the log dropped them (a session also ends where frame numbers restart at an H record),
 the CR LF after a frame's checksum where it was lost or became CR or LF, frame numbers where the capture
 has none (in capture order; a frame byte-identical to the one before it is dropped as a retransmission,
-the daemon's own rule for frames without numbers), records separated by LF inside a frame, and a checksum
-that does not match or is missing. A checksum is repaired only when the frame is otherwise intact (its
-number in sequence, its text free of control bytes, a record where one must start) and the analyzer did
-not send the frame again (a frame followed by another with the same number was NAKed and retransmitted:
+the daemon's own rule for frames without numbers), records separated by LF inside a frame, record
+terminators the log dropped or wrote as LF when the checksum confirms them, and a checksum that does not
+match or is missing. A checksum is repaired only when the frame is otherwise intact (its number in
+sequence, its text free of control bytes, a record where one must start) and the analyzer did not send the
+frame again (a frame followed by another with the same number was NAKed and retransmitted:
 the bad copy is dropped, not repaired); the repair says whether a known variant of the sum (STX included,
 frame number left out, ETX left out) explains the mismatch, else that the content is unverified. With
 ``repair=False`` (``labbridge replay --strict``) a frame that needs a repair is rejected instead. What is
@@ -41,6 +43,7 @@ each MSH; segments separated by LF or CR LF are joined with CR (HL7 2.x §2.7), 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -95,13 +98,17 @@ class Capture:
 
 # ---- reading the file -----------------------------------------------------------------------------------------
 
-CONTROL_NAMES = {"NUL": 0, "SOH": 1, "STX": 2, "ETX": 3, "EOT": 4, "ENQ": 5, "ACK": 6, "BEL": 7, "BS": 8,
-                 "HT": 9, "TAB": 9, "LF": 10, "VT": 11, "FF": 12, "CR": 13, "SO": 14, "SI": 15, "DLE": 16,
-                 "DC1": 17, "DC2": 18, "DC3": 19, "DC4": 20, "NAK": 21, "SYN": 22, "ETB": 23, "CAN": 24,
-                 "EM": 25, "SUB": 26, "ESC": 27, "FS": 28, "GS": 29, "RS": 30, "US": 31}
+# The control characters of ASTM and MLLP, by the names logs print them with. Only these: a short name in
+# brackets ("[SI]", "<US>") may well be text in a record.
+CONTROL_NAMES = {"SOH": 1, "STX": 2, "ETX": 3, "EOT": 4, "ENQ": 5, "ACK": 6, "HT": 9, "TAB": 9, "LF": 10,
+                 "VT": 11, "CR": 13, "NAK": 21, "SYN": 22, "ETB": 23, "FS": 28}
 _NAMES = "|".join(sorted(CONTROL_NAMES, key=len, reverse=True)).encode()
-_TOKEN = re.compile(rb"(?i:<(" + _NAMES + rb")>|\[(" + _NAMES + rb")\]|\{(" + _NAMES + rb")\}|<0x([0-9a-f]{2})>)"
-                    rb"|\\x([0-9A-Fa-f]{2})|\\(r)|\\(n)")
+_TOKEN = re.compile(rb"(?i:<(" + _NAMES + rb")>|\[(" + _NAMES + rb")\]|\{(" + _NAMES + rb")\}|<0x([0-9a-f]{2})>)")
+# Backslash escapes ("\x02", "\r", "\n") are read only in a capture that spells a control character so
+# (a backslash escape of a byte below 0x20): elsewhere a backslash is ASTM's repeat delimiter, and "\r" may
+# be the start of a repeat.
+_ESCAPED_CONTROL = re.compile(rb"\\x[01][0-9A-Fa-f]")
+_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})|\\(r)|\\(n)")
 _STAMP = (rb"\[?(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"
           rb"|\d{2}/\d{2}/\d{4}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?|\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)\]?")
 _DIRECTION = rb"-->|<--|->|<-|>>|<<|(?i:RX|TX|IN|OUT)\s*:"
@@ -143,9 +150,13 @@ def _token_byte(m: re.Match[bytes]) -> bytes:
     name = m.group(1) or m.group(2) or m.group(3)
     if name:
         return bytes((CONTROL_NAMES[name.decode().upper()],))
-    if m.group(4) or m.group(5):
-        return bytes.fromhex((m.group(4) or m.group(5)).decode())
-    return b"\r" if m.group(6) else b"\n"
+    return bytes.fromhex(m.group(4).decode())
+
+
+def _escape_byte(m: re.Match[bytes]) -> bytes:
+    if m.group(1):
+        return bytes.fromhex(m.group(1).decode())
+    return b"\r" if m.group(2) else b"\n"
 
 
 def read_capture(data: bytes) -> Capture:
@@ -153,7 +164,8 @@ def read_capture(data: bytes) -> Capture:
     lines = data.split(b"\n") if b"\n" in data else data.split(b"\r")
     prefixed = [_PREFIX.match(line) for line in lines]
     has_prefix = any(m is not None and m.end() and (m.group("stamp") or m.group("dir")) for m in prefixed)
-    has_tokens = _TOKEN.search(data) is not None
+    escapes = _ESCAPED_CONTROL.search(data) is not None
+    has_tokens = escapes or _TOKEN.search(data) is not None
     payloads = [line[m.end():] if m is not None else line for line, m in zip(lines, prefixed, strict=True)]
     nonblank = [p for p in payloads if p.strip()]
     hex_lines = sum(1 for p in nonblank if _hex_line(p.rstrip(b"\r")) is not None)
@@ -164,8 +176,8 @@ def read_capture(data: bytes) -> Capture:
         return Capture([stream], ["bytes as received"])
     form = [w for w, on in (("hex dump", is_hex), ("printable control tokens", has_tokens),
                             ("log lines with timestamps or directions", has_prefix)) if on]
-    tokens_spell_breaks = is_hex or re.search(rb"(?i:<(CR|LF)>|\[(CR|LF)\]|\{(CR|LF)\}|<0x0[ad]>)|\\x0[aAdD]|\\r|\\n",
-                                              data) is not None
+    spelled = re.search(rb"(?i:<(CR|LF)>|\[(CR|LF)\]|\{(CR|LF)\}|<0x0[ad]>)", data) is not None
+    tokens_spell_breaks = is_hex or spelled or (escapes and re.search(rb"\\x0[aAdD]|\\r|\\n", data) is not None)
     capture = Capture([], form or ["text, one record or segment per line"])
     streams: dict[str, Stream] = {}
     current = ""
@@ -185,6 +197,8 @@ def read_capture(data: bytes) -> Capture:
                 continue
         else:
             chunk = _TOKEN.sub(_token_byte, payload)
+            if escapes:
+                chunk = _ESCAPE.sub(_escape_byte, chunk)
             if not tokens_spell_breaks and number < len(lines):
                 chunk += b"\n"
         stream = streams.setdefault(current, Stream(current))
@@ -241,6 +255,23 @@ def _same_frame(frame: _Frame, earlier: _Frame) -> bool:
 
 def _clean_text(text: bytes) -> bool:
     return all(b >= 0x20 or b in (0x09, 0x0A, 0x0D) for b in text) and 0x7F not in text
+
+
+def _as_summed(fn: bytes, text: bytes, term: int, sent: bytes) -> tuple[bytes, str] | None:
+    """The frame text as the analyzer summed it, when the capture changed only its record terminators (a log
+    that dropped the CR before ETX, or wrote CR as LF), and what changed; None when that does not explain it."""
+    candidates = []
+    if not text.endswith((b"\r", b"\n")):
+        candidates.append((text + b"\r", "the CR ending the record before ETX is missing from the capture"))
+    if b"\n" in text:
+        fixed = text.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        candidates.append((fixed, "record terminators written as LF in the capture"))
+        if not fixed.endswith(b"\r"):
+            candidates.append((fixed + b"\r", "record terminators written as LF, the last one missing"))
+    for candidate, what in candidates:
+        if e1381.checksum(fn + candidate + bytes((term,))) == sent.upper():
+            return candidate, what
+    return None
 
 
 def _sum_variants(fn: bytes, text: bytes, term: int, sent: bytes) -> str:
@@ -336,7 +367,7 @@ class _FrameReader:
         body = data[i + 1:j]
         k = j + 1
         sent_sum: bytes | None = None
-        if k + 1 < n + 1 and len(data[k:k + 2]) == 2 and all(c in _HEX for c in data[k:k + 2]):
+        if len(data[k:k + 2]) == 2 and all(c in _HEX for c in data[k:k + 2]):
             sent_sum, k = data[k:k + 2], k + 2
         elif k < n and data[k] not in _WS and data[k] not in _STOPS and data[k] not in (e1381.ACK, e1381.NAK):
             self.note("rejected", "checksum unreadable", "the two characters after ETX/ETB are not hex digits", i)
@@ -350,7 +381,7 @@ class _FrameReader:
         fn: int | None = None
         starts_record = not self.record_open
         if self.numbered is None or self.numbered:
-            if body[:1].isdigit() and b"0"[0] <= body[0] <= b"7"[0] and (not starts_record or _record_start(body[1:])):
+            if body and 0x30 <= body[0] <= 0x37 and (not starts_record or _record_start(body[1:])):
                 fn, text = body[0] - 0x30, body[1:]
             else:
                 text = body
@@ -397,12 +428,18 @@ class _FrameReader:
             self.note("repaired", "retransmission", "a frame without a number byte-identical to the one before: "
                       "dropped as a retransmission", frame.start)
             return
+        repaired: tuple[str, str] | None = None
         if frame.sent_sum is not None:
             fn_byte = b"" if frame.fn is None else b"%d" % frame.fn
             if e1381.checksum(fn_byte + frame.text + bytes((frame.term,))) != frame.sent_sum.upper():
-                self.pending = frame  # repaired or dropped once we see whether it comes again
-                return
-        self.accept(frame)
+                restored = _as_summed(fn_byte, frame.text, frame.term, frame.sent_sum)
+                if restored is None:
+                    self.pending = frame  # repaired or dropped once we see whether it comes again
+                    return
+                text, what = restored
+                frame = dataclasses.replace(frame, text=text)
+                repaired = ("record terminator", f"{what}: restored (the checksum confirms it)")
+        self.accept(frame, repaired)
 
     def flush_pending(self) -> None:
         frame, self.pending = self.pending, None
@@ -445,6 +482,9 @@ class _FrameReader:
         if p.record_terminator == b"\r" and b"\n" in text:
             text = text.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
             repairs.append(("records separated by LF", "records separated by LF or CR LF in a frame: CR"))
+        elif p.record_terminator != b"\r" and b"\r" in text and b"\n" not in text:
+            text = text.replace(b"\r", b"\n")
+            repairs.append(("records separated by CR", "records separated by CR in an LF dialect: LF"))
         if repairs and not self.repair:
             for kind, detail in repairs:
                 self.note("rejected", kind, f"{detail} (--strict: not repaired)", frame.start)

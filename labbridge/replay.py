@@ -214,10 +214,18 @@ def destination_format(dest: Destination) -> str:
     return "oru" if fmt == "hl7" else str(fmt)
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    payloads: list[bytes]
+    duplicates: int  # results already rendered earlier in the capture: the store keeps (and sends) one
+    notes: list[str]  # what differs from the live path (a validating instrument's hold)
+
+
 def render(result: Replay, config: Config, instrument: InstrumentConfig, dest: Destination, *,
-           received_at: float | None = None) -> list[bytes]:
+           received_at: float | None = None) -> Rendered:
     """The payloads ``dest`` would receive for the decoded messages: one per sample of each message, as the
-    store queues them (control ID from the results' content), rendered by the relay's own code."""
+    store queues them (a result already stored is not queued again; control ID from the results' content),
+    rendered by the relay's own code."""
     from labbridge.campaign.stages import holds
     from labbridge.relay.relay import Relay
     from labbridge.store.db import Store
@@ -228,11 +236,23 @@ def render(result: Replay, config: Config, instrument: InstrumentConfig, dest: D
         dest = dest.model_copy(update={"tls": None})  # TLS carries the bytes; it does not change them
     relay = Relay(dest, Store(":memory:"), asyncio.Event())  # never run: its render() only
     test = holds(instrument.stage) and dest.validating == "send-test"
+    notes = []
+    if holds(instrument.stage):
+        notes.append(f"instrument {instrument.id} is at stage {instrument.stage!r} in the config: "
+                     + (f"{dest.id} receives these flagged as test results" if test else
+                        f"{dest.id} receives these only after the campaign sign-off"))
     payloads: list[bytes] = []
+    seen: set[str] = set()
+    duplicates = 0
     for message in result.decoded:
         assert message.decoded is not None
         groups: dict[str, list[Result]] = {}
         for r in message.decoded.results:
+            key = r.idempotency_key()
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
             groups.setdefault(r.sample_id, []).append(r)
         for group in groups.values():
             item = OutboxItem(id=0, destination=dest.id, control_id=control_id_for(group_key_for(group)),
@@ -240,10 +260,10 @@ def render(result: Replay, config: Config, instrument: InstrumentConfig, dest: D
                               results=tuple(group), backlog=is_backlog(group, at, config.backlog.older_than_s),
                               test=test)
             payloads.append(relay.render(item))
-    return payloads
+    return Rendered(payloads, duplicates, notes)
 
 
-__all__ = ["RENDER_FORMATS", "Replay", "ReplayProblem", "ReplayedMessage", "destination_format",
+__all__ = ["RENDER_FORMATS", "Rendered", "Replay", "ReplayProblem", "ReplayedMessage", "destination_format",
            "driver_link", "render", "replay", "replay_capture", "shared_test_codes"]
 
 

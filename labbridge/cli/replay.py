@@ -63,13 +63,19 @@ def run(args: argparse.Namespace) -> int:
                                  f"use --render {destination_format(dest)}")
     result = replay_capture(driver, capture, instrument=instrument, instrument_id=args.instrument,
                             timezone=args.timezone, encoding=args.encoding, strict=args.strict)
+    notes: list[str] = []
     if dest is not None and config is not None and instrument is not None:
-        for payload in render(result, config, instrument, dest):
+        rendered = render(result, config, instrument, dest)
+        for payload in rendered.payloads:
             sys.stdout.buffer.write(payload if payload.endswith(b"\n") else payload + b"\n")
         sys.stdout.flush()
+        notes = [f"render: {len(rendered.payloads)} payload(s) for destination {dest.id}", *rendered.notes]
+        if rendered.duplicates:
+            notes.append(f"render: {rendered.duplicates} result(s) repeated in the capture are not sent again "
+                         "(the store keeps one of each)")
     else:
         _print_items(args.json, result.items)
-    for line in summary(result, strict=args.strict):
+    for line in summary(result, strict=args.strict) + notes:
         print(line, file=sys.stderr)
     failed = any(m.error is not None for m in result.messages)
     if not result.decoded or failed or (args.strict and not conforms(result)):

@@ -16,6 +16,7 @@ import pytest
 
 from labbridge.capture import Deviation, frame_astm, read_capture
 from labbridge.cli import main
+from labbridge.config import load_config
 from labbridge.driver import load_driver
 from labbridge.protocols import e1381, mllp
 from labbridge.protocols.e1381 import build_frames
@@ -89,9 +90,29 @@ def test_forms_are_recognised_and_said() -> None:
 
 
 def test_tokens_in_every_spelling_become_their_bytes() -> None:
-    text = b"<stx>1H|\\^&<CR>[ETX]<0x30>\\x30{cr}\\n\\r"
+    text = b"<stx>1H|\\^&<CR>[ETX]<0x30>\\x30{cr}\\x03\\n\\r"
     [stream] = read_capture(text).streams
-    assert bytes(stream.data) == b"\x021H|\\^&\r\x0300\r\n\r"
+    assert bytes(stream.data) == b"\x021H|\\^&\r\x0300\r\x03\n\r"
+    # without a backslash escape of a control character, a backslash is ASTM's repeat delimiter: kept
+    [stream] = read_capture(b"<STX>1R|1|^^^A|5|||N\\rx\\x41<CR><ETX>").streams
+    assert bytes(stream.data) == b"\x021R|1|^^^A|5|||N\\rx\\x41\r\x03"
+
+
+def test_a_repeat_that_looks_like_an_escape_is_data_in_a_binary_capture() -> None:
+    records = [*RECORDS[:3], b"R|1|^^^GLU|5.4|mmol/L||N\\rev||F", b"L|1|N"]
+    result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join(build_frames(records)) + b"\x04")
+    assert result.deviations == [] and [r.flags for r in result.decoded[0].decoded.results] == [("rev",)]  # type: ignore[union-attr]
+
+
+def test_a_record_cr_the_log_dropped_is_restored_when_the_checksum_confirms_it() -> None:
+    # the log shows <STX>, <ETX>, not the CR before ETX nor the CR LF after
+    lines = [frame[:-2].replace(b"\r\x03", b"\x03").replace(b"\x02", b"<STX>").replace(b"\x03", b"<ETX>")
+             for frame in build_frames(RECORDS)]
+    result = replay_capture(load_driver("astm-generic"), b"\n".join(lines) + b"\n")
+    assert [r.value for r in result.decoded[0].decoded.results] == ["5.4", "4.1"]  # type: ignore[union-attr]
+    restored = [d for d in result.deviations if d.kind == "record terminator"]
+    assert len(restored) == 6 and "the checksum confirms it" in restored[0].detail
+    assert not [d for d in result.deviations if d.kind == "checksum mismatch"]
 
 
 def test_each_repair_says_where_and_what() -> None:
@@ -181,11 +202,17 @@ def test_the_summary_ends_every_replay_on_stderr(capsys: pytest.CaptureFixture[s
     assert "repaired: 1" in err and "rejected: 1" in err
 
 
-def test_the_summary_lists_warnings_and_held_results() -> None:
-    records = [RECORDS[0], RECORDS[1], b"O|1|S1||^^^A", b"R|1|GLU^^^A|5.4", b"R|2|K^^^A|4.1", b"L|1|N"]
+def test_the_summary_lists_warnings_and_held_results(tmp_path: Path) -> None:
+    records = [RECORDS[0], RECORDS[1], b"O|1|S1||^^^A", b"R|1|^^^A|5.4", b"R|2|^^^A|4.1", b"L|1|N"]
     result = replay_capture(load_driver("astm-generic"), b"\r".join(records) + b"\r")
-    lines = summary(result)
-    assert any("its 2 results for one sample all have test code 'A'" in line for line in lines)
+    assert any("its 2 results for one sample all have test code 'A'" in line for line in summary(result))
+    path = tmp_path / "held.toml"
+    path.write_text(CONFIG.format(d=tmp_path).replace('test_map = { GLU = "GLUC" }', 'hold_tests = ["K"]'))
+    instrument = next(i for i in load_config(path).instruments if i.id == "arlon-chem-9")
+    held = replay_capture(load_driver("astm-generic"), b"\r".join(RECORDS) + b"\r", instrument=instrument)
+    assert [r.instrument_test_code for r in held.decoded[0].decoded.results] == ["GLU"]  # type: ignore[union-attr]
+    assert any(line.startswith("message 1: held from the LIS: held by configuration (test code(s) K")
+               for line in summary(held))
 
 
 # ---- --render: what a LIS destination would receive --------------------------------------------------------------
@@ -244,7 +271,7 @@ def config(tmp_path: Path) -> Path:
 def rendered(capsysbinary: pytest.CaptureFixture[bytes], config: Path, fmt: str, dest: str,
              capture: str = "astm-log-directions.log") -> tuple[int, bytes, str]:
     code = main(["replay", "-c", str(config), "--instrument", "arlon-chem-9", "--render", fmt, "--destination", dest,
-                 str(CAPTURES / capture)])
+                 str(CAPTURES / capture)])  # an absolute path stays as it is
     out, err = capsysbinary.readouterr()
     return code, out, err.decode()
 
@@ -283,6 +310,27 @@ def test_render_json_for_file_and_http_destinations(capsysbinary: pytest.Capture
     assert [r["test_code"] for r in items[0]["results"]] == ["GLUC", "K"]  # the instrument's test_map applied
     assert items[0]["control_id"] == CONTROL_ID.decode()
     assert items[0]["results"][0]["measured_at"] == "2026-11-23T08:12:00+01:00"  # the config's zone
+
+
+def test_render_sends_a_repeated_result_once_and_says_a_validating_instruments_hold(
+        capsysbinary: pytest.CaptureFixture[bytes], config: Path, tmp_path: Path) -> None:
+    capture = tmp_path / "twice.astm"
+    capture.write_bytes((CAPTURES / "astm-sessions.astm").read_bytes()
+                        + (CAPTURES / "astm-no-enq-eot.astm").read_bytes())
+    code, out, err = rendered(capsysbinary, config, "json", "drop-json", capture=str(capture))
+    assert code == 0, err
+    assert [json.loads(line)["sample_id"] for line in out.splitlines()] == ["S1001", "S1002", "S1003"]
+    assert "render: 3 payload(s) for destination drop-json" in err
+    assert "render: 2 result(s) repeated in the capture are not sent again" in err
+    config.write_text(config.read_text().replace('test_map = { GLU = "GLUC" }',
+                                                 'test_map = { GLU = "GLUC" }\nstage = "validating"'))
+    code, out, err = rendered(capsysbinary, config, "json", "drop-json")
+    assert code == 0 and "test" not in json.loads(out)  # the payload as it goes after the sign-off
+    assert "is at stage 'validating' in the config: drop-json receives these only after the campaign sign-off" in err
+    config.write_text(config.read_text().replace('format = "json"', 'format = "json"\nvalidating = "send-test"'))
+    code, out, err = rendered(capsysbinary, config, "json", "drop-json")
+    assert code == 0 and json.loads(out)["test"] is True
+    assert "drop-json receives these flagged as test results" in err
 
 
 def test_render_refuses_a_format_the_destination_does_not_receive(capsysbinary: pytest.CaptureFixture[bytes],

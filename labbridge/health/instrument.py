@@ -11,7 +11,8 @@ between transmissions (analyzers that connect per transmission: waiting is their
 
 * planned, connecting, down and failed are shown as set;
 * ``degraded`` when something needs checking: frames rejected (NAK ratio), bytes that never form a message
-  (wrong baud rate or parity, missing framing; the likely cause read from the bytes themselves by
+  or frames that never complete one (wrong baud rate or parity, missing framing, another dialect; the
+  likely cause read from the last bytes themselves by
   :mod:`labbridge.health.unframed`, e.g. "records without E1381 framing: try link.framing = "raw""), the
   analyzer rejecting our frames or stopping mid-message
   (recent NAKs received, timeouts), results waiting for the LIS too long, dead letters;
@@ -51,6 +52,8 @@ DEGRADED_REJECT_RATIO = 0.2
 RECENT_FRAMES = 50
 # Bytes with no decoded frame or message: at least this many, for at least undecoded_after_s.
 UNFRAMED_MIN_BYTES = 8
+# Frames accepted with no message completed: at least this many, for at least undecoded_after_s.
+UNFINISHED_MIN_FRAMES = 2
 # Timeouts mid-message, or NAKs from the analyzer to our frames: this many within the window degrade.
 RECENT_WINDOW_S = 900.0
 RECENT_TROUBLE = 3
@@ -166,11 +169,14 @@ class InstrumentHealth:
     _shown_since: float = field(default=0.0, repr=False)
     _tz: tzinfo | None = field(default=None, repr=False)
     # ---- issue 20, part 6: what the bytes that never frame look like (labbridge.health.unframed) ----
-    # The link's dialect, to say which setting to try; the first bytes received since something last decoded.
+    # The link's dialect, to say which setting to try; the last bytes received (SAMPLE_BYTES) to read the
+    # cause from; frames accepted and when, as of the last message (frames that never complete a message).
     frame_numbers: bool = True
     checksums: bool = True
     record_terminator: str = "cr"
-    _unframed: bytearray = field(default_factory=bytearray, repr=False)
+    _recent_bytes: bytearray = field(default_factory=bytearray, repr=False)
+    _frames_at_message: int = field(default=0, repr=False)
+    _message_mark_at: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._shown, self._shown_since = self.state, self.state_since  # the state it started in
@@ -197,7 +203,8 @@ class InstrumentHealth:
         self.peer = peer
         self.connected_since = now
         self._decoded_bytes, self._decoded_at = self.counters.bytes_received, None
-        self._unframed.clear()
+        self._recent_bytes.clear()
+        self._frames_at_message, self._message_mark_at = self.counters.frames_accepted, now
         self.set_state("up", f"analyzer connected from {peer}")
 
     def connection_ended(self, *, clean: bool, reason: str, now: float | None = None) -> None:
@@ -223,24 +230,24 @@ class InstrumentHealth:
         self.last_frame_at = time.time()
 
     def received(self, data: bytes) -> None:
-        """Bytes from the analyzer: counted, and the first of them since the last decode kept to diagnose."""
+        """Bytes from the analyzer: counted, and the last SAMPLE_BYTES of them kept to read a cause from."""
         self.counters.bytes_received += len(data)
         self.last_byte_at = time.time()
-        room = SAMPLE_BYTES - len(self._unframed)
-        if room > 0:
-            self._unframed += data[:room]
+        recent = self._recent_bytes
+        recent += data[-SAMPLE_BYTES:]
+        if len(recent) > SAMPLE_BYTES:
+            del recent[:len(recent) - SAMPLE_BYTES]
 
     def decoded(self, now: float | None = None) -> None:
         """The bytes so far made sense (a frame, a message, a keep-alive)."""
         self._decoded_bytes = self.counters.bytes_received
         self._decoded_at = time.time() if now is None else now
-        if self._unframed:
-            self._unframed.clear()
 
     def message_counted(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.counters.messages_received += 1
         self.last_message_at = now
+        self._frames_at_message, self._message_mark_at = self.counters.frames_accepted, now
         self.decoded(now)
 
     def count_timeout(self, now: float | None = None) -> None:
@@ -313,6 +320,17 @@ class InstrumentHealth:
                 and now - since >= self.undecoded_after_s):
             out.append(f"{unframed} bytes received in {duration(now - since)} but none formed a "
                        f"{'frame or message' if self.framing == 'e1381' else 'message'}: {self._unframed_check()}")
+        else:
+            frames = self.counters.frames_accepted - self._frames_at_message
+            mark = self._message_mark_at
+            if (self.connected_since is not None and mark is not None and frames >= UNFINISHED_MIN_FRAMES
+                    and now - mark >= self.undecoded_after_s):
+                found = self._diagnosis()
+                check = found.cause if found is not None and not found.line_settings else (
+                    "check the analyzer's ASTM dialect against [instruments.link] (frame_numbers, "
+                    "record_terminator) and that it ends each message with an L record")
+                out.append(f"{frames} frames accepted in {duration(now - mark)} but none completed a message: "
+                           f"{check}")
         naks = self._naks_in.count(now)
         if naks >= RECENT_TROUBLE:
             out.append(f"the analyzer rejected {naks} of labbridge's frames in the last "
@@ -336,7 +354,7 @@ class InstrumentHealth:
         return out
 
     def _diagnosis(self) -> Diagnosis | None:
-        return diagnose(bytes(self._unframed), framing=self.framing, frame_numbers=self.frame_numbers,
+        return diagnose(bytes(self._recent_bytes), framing=self.framing, frame_numbers=self.frame_numbers,
                         checksums=self.checksums, record_terminator=self.record_terminator)
 
     def _unframed_check(self) -> str:

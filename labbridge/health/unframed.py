@@ -1,8 +1,9 @@
 """Why bytes never form a frame or message: the likely cause, read from what the bytes look like.
 
-Pure (bytes in, words out): :class:`labbridge.health.instrument.InstrumentHealth` keeps the first bytes that
-arrived since something last decoded and asks :func:`diagnose` when the link has received bytes for a while
-and decoded nothing. The causes, checked in this order (the first that fits is said):
+Pure (bytes in, words out): :class:`labbridge.health.instrument.InstrumentHealth` keeps the last bytes that
+arrived and asks :func:`diagnose` when the link has received bytes for a while and decoded nothing, when its
+frames never complete a message, or when it rejects many frames. The causes, checked in this order (the
+first that fits is said):
 
 * noise: more than a third of the bytes are neither printable nor a protocol control character (what a
   receiver at the wrong baud rate, parity or data bits reads) -> the line settings;
@@ -10,7 +11,9 @@ and decoded nothing. The causes, checked in this order (the first that fits is s
   on an HL7 link -> the driver and ``link.framing``;
 * E1381 link: frames whose first byte after STX is a record type, not a frame number ->
   ``link.frame_numbers = false`` (and ``link.checksums = false`` when no frame carries two hex digits after
-  its ETX); records with no STX at all -> ``link.framing = "raw"``;
+  its ETX); in a dialect without frame numbers, frames that carry them -> ``link.frame_numbers = true``;
+  records separated by LF inside frames where CR is expected -> ``link.record_terminator = "lf"``; records
+  with no STX at all -> ``link.framing = "raw"``;
 * raw link: E1381 framing (ENQ, STX) -> ``link.framing = "e1381"``; records ended by LF where CR is
   expected -> ``link.record_terminator = "lf"``;
 * MLLP link: HL7 segments without MLLP's VT -> the analyzer's MLLP setting.
@@ -35,6 +38,7 @@ _RECORD = re.compile(rb"(?:^|[\r\n\x02])[1-7]?[HPOR]\|")
 _FRAME_START = re.compile(rb"\x02(.)(.)", re.DOTALL)
 _FRAME = re.compile(rb"\x02[^\x02\x03\x17]*[\x03\x17](..)?", re.DOTALL)
 _HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
+_LF_RECORD = re.compile(rb"\n[A-Za-z]\|")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,16 @@ def _noise(sample: bytes) -> float:
 def _unnumbered_frames(sample: bytes) -> bool:
     starts = _FRAME_START.findall(sample)
     return bool(starts) and all(chr(a[0]).isalpha() and not chr(b[0]).isalnum() for a, b in starts)
+
+
+def _numbered_frames(sample: bytes) -> bool:
+    starts = _FRAME_START.findall(sample)
+    return bool(starts) and all(0x30 <= a[0] <= 0x37 and chr(b[0]).isalpha() for a, b in starts)
+
+
+def _lf_records_in_frames(sample: bytes) -> bool:
+    texts = [m.group(0) for m in _FRAME.finditer(sample)]
+    return any(_LF_RECORD.search(t) for t in texts) and not any(b"\r" in t[:-3] for t in texts)
 
 
 def _frames_without_checksums(sample: bytes) -> bool:
@@ -79,6 +93,10 @@ def diagnose(sample: bytes, *, framing: str, frame_numbers: bool = True, checksu
         return None
     if framing == "e1381":
         if STX in sample:
+            if not frame_numbers and _numbered_frames(sample):
+                return Diagnosis("frames with frame numbers in a dialect without them: try link.frame_numbers = true")
+            if record_terminator == "cr" and _lf_records_in_frames(sample):
+                return Diagnosis('records separated by LF inside frames: try link.record_terminator = "lf"')
             unnumbered = frame_numbers and _unnumbered_frames(sample)
             unsummed = checksums and _frames_without_checksums(sample)
             if unnumbered and unsummed:

@@ -156,6 +156,28 @@ def test_frames_without_frame_numbers_degrade_naming_the_setting(tmp_path: Path)
     run(body())
 
 
+def test_frames_that_never_complete_a_message_degrade_naming_the_dialect(tmp_path: Path) -> None:
+    async def body() -> None:
+        # the link is set for a MAGLUMI-like dialect (no frame numbers); the analyzer numbers its frames: every
+        # frame is accepted ("1H|...", "6L|1|N" are records of no known type) and no message ever completes
+        wrong = {"undecoded_after_s": 0.3, "link": {"frame_numbers": False}}
+        async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH, overrides={"an-0": wrong}) as lab:
+            health = lab.daemon.runners["an-0"].health
+            sim = _sim(lab, "an-0", interval=(0.02, 0.05))
+            stop = asyncio.Event()
+            task = asyncio.create_task(sim.run(stop))
+            await eventually(lambda: _shown(health)[0] == "degraded", what="frames without a message")
+            reason = _shown(health)[1]
+            assert "frames accepted in" in reason and "but none completed a message: frames with frame numbers in " \
+                   "a dialect without them: try link.frame_numbers = true" in reason
+            assert health.counters.messages_received == 0 and health.counters.frames_accepted > 0
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
 def test_an_hl7_analyzer_on_an_astm_link_degrades_naming_the_driver(tmp_path: Path) -> None:
     async def body() -> None:
         async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH,

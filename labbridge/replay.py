@@ -253,7 +253,8 @@ def render(result: Replay, config: Config, instrument: InstrumentConfig, dest: D
                 duplicates += 1
                 continue
             seen.add(key)
-            groups.setdefault(r.sample_id, []).append(r)
+            # as the relay reads it back from the store (its JSON); message_id stays None: no message is stored
+            groups.setdefault(r.sample_id, []).append(Result.from_json(r.to_json()))
         for group in groups.values():
             item = OutboxItem(id=0, destination=dest.id, control_id=control_id_for(group_key_for(group)),
                               instrument=instrument.id, message_id=message.index, attempts=0, created_at=at,

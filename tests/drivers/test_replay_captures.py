@@ -7,7 +7,9 @@ never invent a value: what cannot be repaired is rejected and kept in the summar
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +18,15 @@ import pytest
 
 from labbridge.capture import Deviation, frame_astm, read_capture
 from labbridge.cli import main
-from labbridge.config import load_config
-from labbridge.driver import load_driver
+from labbridge.config import load_config, with_link_defaults
+from labbridge.driver import driver_link_defaults, load_driver
 from labbridge.protocols import e1381, mllp
 from labbridge.protocols.e1381 import build_frames
-from labbridge.replay import ReplayProblem, conforms, replay_capture, summary
+from labbridge.relay.relay import Relay
+from labbridge.replay import ReplayProblem, conforms, destination_format, render, replay_capture, summary
+from labbridge.store.db import Store
 from labbridge.store.sql import control_id_for, group_key_for
+from tests.conftest import run
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 GOLDEN = Path(__file__).resolve().parents[2] / "drivers/labbridge_driver_astm/captures/lis2a2-chemistry.astm"
@@ -353,3 +358,38 @@ def test_frame_astm_is_pure_and_gives_the_receiver_a_clean_stream() -> None:
     ready = frame_astm(stream, e1381.LinkProfile())
     assert ready.framing == "e1381"
     assert ready.data == b"\x05" + b"".join(build_frames(RECORDS)) + b"\x04"
+
+
+@pytest.mark.parametrize("dest_id", ["lis-oru", "lis-oul", "drop-hl7", "drop-astm", "drop-json", "api"])
+def test_render_is_what_the_daemons_store_and_relay_hand_the_destination(config: Path, tmp_path: Path,
+                                                                         dest_id: str) -> None:
+    """The same capture through the real store (commit, grouping, control IDs, read back) and the relay's
+    render: the bytes replay prints, but for JSON's message_id (the stored message's id)."""
+    cfg = with_link_defaults(load_config(config), driver_link_defaults)
+    instrument = next(i for i in cfg.instruments if i.id == "arlon-chem-9")
+    dest = next(d for d in cfg.lis if d.id == dest_id)
+    result = replay_capture(load_driver("astm-generic"), (CAPTURES / "astm-records.txt").read_bytes(),
+                            instrument=instrument)
+    at = 1_795_000_000.0
+    printed = render(result, cfg, instrument, dest, received_at=at).payloads
+
+    async def through_the_daemon() -> list[bytes]:
+        store = Store(tmp_path / "store.db")
+        await store.open()
+        try:
+            for message in result.decoded:
+                assert message.decoded is not None
+                await store.commit_message(instrument=instrument.id, protocol="astm", raw=b"\r".join(message.records),
+                                           received_at=at, results=message.decoded.results, destinations=[dest.id],
+                                           backlog_after_s=cfg.backlog.older_than_s)
+            items, _ = await store.due_items(dest.id, at + 1)
+            relay = Relay(dest, store, asyncio.Event())
+            return [relay.render(item) for item in items]
+        finally:
+            await store.close()
+
+    sent = run(through_the_daemon())
+    assert len(sent) == len(printed) == 2
+    if destination_format(dest) == "json":
+        sent = [re.sub(rb'"message_id": \d+', b'"message_id": null', p) for p in sent]
+    assert sent == printed

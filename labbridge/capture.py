@@ -32,7 +32,8 @@ the bad copy is dropped, not repaired); the repair says whether a known variant 
 frame number left out, ETX left out) explains the mismatch, else that the content is unverified. With
 ``repair=False`` (``labbridge replay --strict``) a frame that needs a repair is rejected instead. What is
 not a frame (text between frames, a frame cut short, a checksum that is not two hex digits) is reported
-with where it is.
+with where it is. After a rejected frame, the frames up to the next H record are dropped too: the message
+cannot be whole, and the receiver gets it as an unfinished transfer (an incomplete transmission).
 
 Bare ASTM records (no STX in the stream) are kept one per line when they look like records (a letter and
 the field delimiter); other lines are ignored, with their line. HL7 streams (:func:`hl7_messages`) are
@@ -50,7 +51,9 @@ from typing import Literal
 
 from labbridge.protocols import e1381, mllp
 
-Action = Literal["repaired", "rejected", "ignored"]
+# repaired: changed so that it decodes; rejected: not decoded; ignored: not part of any message; accepted: read
+# as it is, although the daemon's link, as configured, would refuse it (the detail names the setting).
+Action = Literal["repaired", "rejected", "ignored", "accepted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +303,18 @@ class _FrameReader:
         self.record_open = False  # the last frame ended with ETB: the next one continues a record
         self.previous_text: bytes | None = None  # unnumbered capture: to spot a retransmission
         self.pending: _Frame | None = None  # a frame with a bad checksum, until we know it was not sent again
+        self.from_enq = False  # the session began with an ENQ in the capture (not one added)
+        self.broken = False  # a frame was rejected: frames are dropped up to the next H record
 
     def note(self, action: Action, kind: str, detail: str, offset: int, count: int = 1) -> None:
         self.deviations.append(Deviation(action, kind, detail, self.stream.where(offset), count))
+
+    def fail(self, kind: str, detail: str, offset: int, count: int = 1) -> None:
+        """A frame that is not decoded: the message it belongs to cannot be whole (the analyzer, NAKed, would
+        have sent it again; the capture does not have that), so the frames after it are dropped up to the
+        next header record."""
+        self.note("rejected", kind, detail, offset, count)
+        self.broken = True
 
     def run(self) -> AstmCapture:
         data = bytes(self.stream.data)
@@ -314,6 +326,8 @@ class _FrameReader:
                 if self.in_session:
                     self.end_session(i, "a new ENQ before the EOT of the previous session")
                 self.start_session()
+                self.from_enq = True
+                self.broken = False
                 i += 1
             elif b == e1381.EOT:
                 self.flush_pending()
@@ -321,6 +335,7 @@ class _FrameReader:
                     self.out.append(e1381.EOT)
                     self.in_session = False
                     self.numbered = None
+                self.broken = False
                 i += 1
             elif b == e1381.STX:
                 i = self.frame(data, i)
@@ -342,6 +357,7 @@ class _FrameReader:
     def start_session(self) -> None:
         self.out.append(e1381.ENQ)
         self.in_session = True
+        self.from_enq = False
         self.numbered = None
         self.last_fn = None
         self.record_open = False
@@ -359,10 +375,10 @@ class _FrameReader:
         while j < n and data[j] not in _STOPS:
             j += 1
         if j >= n:
-            self.note("rejected", "frame cut short", "the capture ends inside a frame", i, n - i)
+            self.fail("frame cut short", "the capture ends inside a frame", i, n - i)
             return n
         if data[j] not in (e1381.ETX, e1381.ETB):
-            self.note("rejected", "frame cut short", "STX, ENQ or EOT before the frame's ETX/ETB", i, j - i)
+            self.fail("frame cut short", "STX, ENQ or EOT before the frame's ETX/ETB", i, j - i)
             return j
         body = data[i + 1:j]
         k = j + 1
@@ -370,7 +386,7 @@ class _FrameReader:
         if len(data[k:k + 2]) == 2 and all(c in _HEX for c in data[k:k + 2]):
             sent_sum, k = data[k:k + 2], k + 2
         elif k < n and data[k] not in _WS and data[k] not in _STOPS and data[k] not in (e1381.ACK, e1381.NAK):
-            self.note("rejected", "checksum unreadable", "the two characters after ETX/ETB are not hex digits", i)
+            self.fail("checksum unreadable", "the two characters after ETX/ETB are not hex digits", i)
             k += 2
             return k + (2 if data.startswith(b"\r\n", k) else 1 if data[k:k + 1] in (b"\r", b"\n") else 0)
         ending = b""
@@ -379,7 +395,7 @@ class _FrameReader:
                 ending, k = candidate, k + len(candidate)
                 break
         fn: int | None = None
-        starts_record = not self.record_open
+        starts_record = not self.record_open or self.broken
         if self.numbered is None or self.numbered:
             if body and 0x30 <= body[0] <= 0x37 and (not starts_record or _record_start(body[1:])):
                 fn, text = body[0] - 0x30, body[1:]
@@ -396,8 +412,6 @@ class _FrameReader:
             self.flush_pending()
             self.start_session()
             self.note("repaired", "ENQ missing", "frames without an ENQ before them: ENQ added", frame.start)
-        if self.numbered is None:
-            self.numbered = frame.fn is not None
         pending = self.pending
         if pending is not None:
             if _same_frame(frame, pending):
@@ -406,6 +420,24 @@ class _FrameReader:
                           "is dropped", pending.start)
             else:
                 self.flush_pending()
+        if self.broken:
+            if not (_record_start(frame.text) and frame.text[:1] in (b"H", b"h")):
+                self.note("rejected", "frame of an incomplete message", "after a rejected frame of the same "
+                          "message: not decoded", frame.start)
+                return
+            self.broken = False  # a new message: a transfer of its own for the receiver (the broken one ends)
+            self.out.append(e1381.EOT)
+            self.start_session()
+        if self.numbered is None:
+            self.numbered = frame.fn is not None
+        if (frame.fn is not None and frame.fn != 1 and self.last_fn is None and self.from_enq
+                and self.profile.strict_frame_numbers):
+            said = f"the first frame of a transfer is numbered {frame.fn}; LIS1-A and this link expect 1"
+            if not self.repair:
+                self.fail("first frame number", f"{said} (--strict)", frame.start)
+                return
+            self.note("accepted", "first frame number", f"{said}: read as is; the daemon refuses it unless "
+                      "[instruments.link] strict_frame_numbers = false", frame.start)
         if frame.fn is not None and self.last_fn is not None and frame.fn != (self.last_fn + 1) % 8:
             if frame.fn == self.last_fn:  # sent again (the receiver's ACK was lost): the receiver discards it
                 if frame.text != self.previous_text:
@@ -417,11 +449,11 @@ class _FrameReader:
                 self.start_session()
                 self.numbered = True
             else:
-                self.note("rejected", "frame out of sequence",
+                self.fail("frame out of sequence",
                           f"frame number {frame.fn}, expected {(self.last_fn + 1) % 8}", frame.start)
                 return
         if frame.fn is None and self.numbered:
-            self.note("rejected", "frame number missing", "a frame without a number among numbered frames",
+            self.fail("frame number missing", "a frame without a number among numbered frames",
                       frame.start)
             return
         if frame.fn is None and self.previous_text is not None and frame.text == self.previous_text:
@@ -455,10 +487,10 @@ class _FrameReader:
         computed = e1381.checksum(fn_byte + frame.text + bytes((frame.term,))).decode()
         said = f"frame says {frame.sent_sum.decode()!r}, computed {computed!r}"
         if not self.repair:
-            self.note("rejected", "checksum mismatch", f"{said} (--strict: not repaired)", frame.start)
+            self.fail("checksum mismatch", f"{said} (--strict: not repaired)", frame.start)
             return
         if not self.intact(frame):
-            self.note("rejected", "checksum mismatch", f"{said}, and the frame is damaged (control bytes in its "
+            self.fail("checksum mismatch", f"{said}, and the frame is damaged (control bytes in its "
                       "text, or no record where one must start): not repaired", frame.start)
             return
         variant = _sum_variants(fn_byte, frame.text, frame.term, frame.sent_sum)
@@ -469,7 +501,7 @@ class _FrameReader:
         p = self.profile
         if frame.sent_sum is None and p.checksums:
             if not self.intact(frame):
-                self.note("rejected", "checksum missing", "a frame without checksum, and damaged", frame.start)
+                self.fail("checksum missing", "a frame without checksum, and damaged", frame.start)
                 return
             repairs.append(("checksum missing", "a frame without checksum: checksum computed (content unverified)"))
         if frame.fn is None and p.frame_numbers:
@@ -487,7 +519,7 @@ class _FrameReader:
             repairs.append(("records separated by CR", "records separated by CR in an LF dialect: LF"))
         if repairs and not self.repair:
             for kind, detail in repairs:
-                self.note("rejected", kind, f"{detail} (--strict: not repaired)", frame.start)
+                self.fail(kind, f"{detail} (--strict: not repaired)", frame.start)
             return
         if frame.ending != b"\r\n" and not p.skips_whitespace:
             what = {b"": "missing", b"\r": "CR only", b"\n": "LF only"}[frame.ending]
@@ -506,7 +538,13 @@ class _FrameReader:
 
 
 def frame_astm(stream: Stream, profile: e1381.LinkProfile, *, repair: bool = True) -> AstmCapture:
-    """One ASTM stream made ready for the daemon's receiver: E1381 sessions when it holds STX, else records."""
+    """One ASTM stream made ready for the daemon's receiver: E1381 sessions when it holds STX, else records.
+
+    ``profile``: the instrument's dialect (frame numbers, checksums, record terminator). With its
+    ``strict_frame_numbers``, a transfer that begins with an ENQ in the capture and whose first frame is not
+    numbered 1 is reported (accepted as is, or rejected with ``repair=False``); give the receiver a profile
+    without it, since a transfer whose ENQ was added may begin anywhere in the numbering.
+    """
     if e1381.STX in stream.data:
         return _FrameReader(stream, profile, repair).run()
     return _records(stream)

@@ -105,8 +105,9 @@ class _Replayer:
         self.index = 0
 
     def astm(self, stream: Stream, out: Replay) -> None:
-        profile = dataclasses.replace(link_profile(self.link), strict_frame_numbers=False)
-        ready = frame_astm(stream, profile, repair=not self.strict)
+        dialect = link_profile(self.link)  # strict_frame_numbers: said by frame_astm, not enforced (see there)
+        profile = dataclasses.replace(dialect, strict_frame_numbers=False)
+        ready = frame_astm(stream, dialect, repair=not self.strict)
         out.deviations += ready.deviations
         receiver: e1381.E1381Link | raw.RawLink
         if ready.framing == "raw":
@@ -284,7 +285,7 @@ def summary(result: Replay, *, strict: bool = False) -> list[str]:
     lines = [f"replay: {len(decoded)} message(s) decoded ({results} result(s), {queries} host query(ies)), "
              f"{len(messages) - len(decoded)} not decoded; capture read as {', '.join(result.capture.form)}"
              + (f"; streams {', '.join(streams)}" if streams else "")]
-    for action in ("repaired", "rejected", "ignored"):
+    for action in ("repaired", "rejected", "ignored", "accepted"):
         found = [d for d in result.deviations if d.action == action]
         if not found:
             continue

@@ -168,6 +168,37 @@ def test_a_frame_sent_again_after_a_lost_ack_is_dropped_as_the_receiver_drops_it
     assert result.deviations == []  # the protocol's own retransmission, not a deviation
 
 
+def test_a_transfer_numbered_from_0_is_read_saying_the_daemon_would_refuse_it(tmp_path: Path) -> None:
+    capture = b"\x05" + b"".join(build_frames(RECORDS, first_fn=0)) + b"\x04"
+    result = replay_capture(load_driver("astm-generic"), capture)
+    assert len(result.decoded) == 1
+    [d] = result.deviations
+    assert (d.action, d.kind, d.where) == ("accepted", "first frame number", "byte 1")
+    assert "strict_frame_numbers = false" in d.detail
+    assert not replay_capture(load_driver("astm-generic"), capture, strict=True).decoded
+    path = tmp_path / "lenient.toml"
+    path.write_text(CONFIG.format(d=tmp_path).replace('test_map = { GLU = "GLUC" }',
+                                                      "link = { strict_frame_numbers = false }"))
+    instrument = next(i for i in load_config(path).instruments if i.id == "arlon-chem-9")
+    lenient = replay_capture(load_driver("astm-generic"), capture, instrument=instrument)
+    assert len(lenient.decoded) == 1 and lenient.deviations == []
+    # a transfer whose ENQ the log dropped may begin anywhere in the numbering: nothing to say
+    assert replay_capture(load_driver("astm-generic"), capture[1:-1]).deviations[0].kind == "ENQ missing"
+
+
+def test_a_rejected_frame_drops_the_rest_of_its_message_and_the_next_message_decodes() -> None:
+    first = build_frames(RECORDS)
+    second = build_frames([r.replace(b"S1001", b"S1002") for r in RECORDS], first_fn=7)  # one transfer: 7, 0, 1..
+    cut = first[2][:20]  # the log lost the end of the O record's frame
+    capture = b"\x05" + first[0] + first[1] + cut + b"".join(first[3:]) + b"".join(second) + b"\x04"
+    result = replay_capture(load_driver("astm-generic"), capture)
+    assert [r.sample_id for m in result.decoded if m.decoded for r in m.decoded.results] == ["S1002", "S1002"]
+    assert [(d.action, d.kind) for d in result.deviations] == [("rejected", "frame cut short")] + [
+        ("rejected", "frame of an incomplete message")] * 3
+    [problem] = [i for i in result.items if isinstance(i, ReplayProblem)]
+    assert problem.kind == "incomplete transmission" and problem.detail.startswith("2 record(s)")
+
+
 def test_frames_out_of_sequence_are_rejected_not_renumbered() -> None:
     frames = build_frames(RECORDS)
     result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join(frames[:2] + frames[3:]) + b"\x04")
@@ -179,7 +210,10 @@ def test_strict_repairs_nothing_and_fails_on_any_deviation(capsys: pytest.Captur
     result = replay_capture(load_driver("astm-generic"), (CAPTURES / "astm-unnumbered.astm").read_bytes(),
                             strict=True)
     assert not result.decoded and not conforms(result)
-    assert all(d.action == "rejected" and "--strict" in d.detail for d in result.deviations)
+    assert all(d.action == "rejected" for d in result.deviations)
+    assert {d.kind for d in result.deviations if "--strict: not repaired" in d.detail} == {"checksum missing",
+                                                                                            "frame number missing"}
+    assert {d.kind for d in result.deviations if "--strict" not in d.detail} == {"frame of an incomplete message"}
     assert main(["replay", "--strict", "--driver", "astm-generic", str(CAPTURES / "astm-no-enq-eot.astm")]) == 1
     assert "strict: 2 deviation(s): the capture does not conform" in capsys.readouterr().err
     assert main(["replay", "--strict", "--driver", "astm-generic", str(GOLDEN)]) == 0

@@ -220,8 +220,11 @@ def read_capture(data: bytes) -> Capture:
 # ---- E1381 frames ---------------------------------------------------------------------------------------------
 
 _STOPS = (e1381.ETX, e1381.ETB, e1381.STX, e1381.ENQ, e1381.EOT)
+_STOP_RE = re.compile(rb"[\x02\x03\x04\x05\x17]")  # what ends a frame's text (or cuts it short)
+_CONTROL_RE = re.compile(rb"[\x02\x04\x05\x06\x15]")  # what ends text between frames
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-_WS = frozenset(b"\r\n \t")
+_WS_BYTES = b"\r\n \t"
+_WS = frozenset(_WS_BYTES)
 
 
 @dataclass(slots=True)
@@ -342,10 +345,9 @@ class _FrameReader:
             elif b in (e1381.ACK, e1381.NAK) or b in _WS:
                 i += 1  # the receiving side's replies in a one-stream dump, whitespace between frames
             else:
-                j = i
-                while j < n and data[j] not in (e1381.STX, e1381.ENQ, e1381.EOT, e1381.ACK, e1381.NAK):
-                    j += 1
-                junk = sum(1 for c in data[i:j] if c not in _WS)
+                m = _CONTROL_RE.search(data, i)
+                j = n if m is None else m.start()
+                junk = len(data[i:j].translate(None, _WS_BYTES))
                 if junk:
                     self.note("ignored", "bytes outside any frame", "text between frames", i, junk)
                 i = j
@@ -371,9 +373,8 @@ class _FrameReader:
 
     def frame(self, data: bytes, i: int) -> int:
         n = len(data)
-        j = i + 1
-        while j < n and data[j] not in _STOPS:
-            j += 1
+        m = _STOP_RE.search(data, i + 1)
+        j = n if m is None else m.start()
         if j >= n:
             self.fail("frame cut short", "the capture ends inside a frame", i, n - i)
             return n

@@ -97,6 +97,9 @@ def _message(index: int, records: tuple[bytes, ...], intake: Intake, stream: str
     return ReplayedMessage(index, records, decoded, None, stream, held, warnings)
 
 
+FEED_BYTES = 4096  # what the receiver is given at a time
+
+
 class _Replayer:
     def __init__(self, decoder: InstrumentDecoder, link: LinkConfig, strict: bool) -> None:
         self.decoder = decoder
@@ -114,9 +117,12 @@ class _Replayer:
             receiver = raw.RawLink(raw.RawProfile(record_terminator=b"\r"))
         else:
             receiver = e1381.E1381Link(e1381.Role.HOST, profile)
-        receiver.receive_data(ready.data, 0.0)
         label = f"stream '{stream.label}'" if stream.label else ""
-        self._drain(receiver, stream.label, label, out)
+        # In pieces, as from a socket: a receiver holding a message for its commit keeps at most one frame's
+        # worth of what follows (the rest would be discarded as junk).
+        for start in range(0, len(ready.data), FEED_BYTES):
+            receiver.receive_data(ready.data[start:start + FEED_BYTES], 0.0)
+            self._drain(receiver, stream.label, label, out)
         receiver.connection_lost()
         self._drain(receiver, stream.label, label, out)
 

@@ -323,8 +323,9 @@ class InstrumentHealth:
         else:
             frames = self.counters.frames_accepted - self._frames_at_message
             mark = self._message_mark_at
-            if (self.connected_since is not None and mark is not None and frames >= UNFINISHED_MIN_FRAMES
-                    and now - mark >= self.undecoded_after_s):
+            # E1381 only: an HL7 "frame" is a whole message (a query or an answer is not stored as one)
+            if (self.framing == "e1381" and self.connected_since is not None and mark is not None
+                    and frames >= UNFINISHED_MIN_FRAMES and now - mark >= self.undecoded_after_s):
                 found = self._diagnosis()
                 check = found.cause if found is not None and not found.line_settings else (
                     "check the analyzer's ASTM dialect against [instruments.link] (frame_numbers, "

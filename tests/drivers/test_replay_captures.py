@@ -86,6 +86,14 @@ def test_every_field_form_decodes_and_reports_its_deviations(name: str, driver: 
         assert d.where.startswith(("line ", "byte ", "stream ", "capture")), d
 
 
+def test_a_long_capture_decodes_every_message() -> None:
+    """Longer than what a receiver holding a message keeps of what follows (64 KiB): fed in pieces."""
+    data = (CAPTURES / "astm-sessions.astm").read_bytes() * 200
+    result = replay_capture(load_driver("astm-generic"), data)
+    assert len(result.decoded) == 600 and not [i for i in result.items if isinstance(i, ReplayProblem)]
+    assert not [d for d in result.deviations if d.action != "repaired"]
+
+
 def test_forms_are_recognised_and_said() -> None:
     assert read_capture((CAPTURES / "astm-hexdump-c.txt").read_bytes()).form == ["hex dump"]
     log = read_capture((CAPTURES / "astm-log-directions.log").read_bytes())

@@ -158,10 +158,15 @@ class _Replayer:
                 out.items.append(ReplayedMessage(self.index, segments, None, f"not a readable HL7 message: {exc}",
                                                  stream.label))
                 continue
-            if message.message_type.startswith("ACK"):  # the receiving side's answer, logged with the traffic
-                out.deviations.append(Deviation("ignored", "replies of the receiving side", "an HL7 acknowledgement",
-                                                f"stream '{stream.label}'" if stream.label else "capture",
-                                                len(payload)))
+            where = f"stream '{stream.label}'" if stream.label else "capture"
+            if message.message_type.startswith("ACK") or message.message_type == "ORL^O34":
+                # an acknowledgement (the LIS's, or the analyzer's answer to orders), logged with the traffic
+                out.deviations.append(Deviation("ignored", "acknowledgements", f"an HL7 {message.message_type}",
+                                                where, len(payload)))
+                continue
+            if message.message_type == "QBP^Q11" and driver.supports_orders:
+                out.deviations.append(Deviation("ignored", "host queries", "a QBP^Q11: the daemon answers it from "
+                                                "its orders; replay decodes results", where, len(payload)))
                 continue
             self.index += 1
             if message.message_type not in driver.message_types:

@@ -67,7 +67,7 @@ FORMS = [
     ("hl7-lf.hl7", "hl7-generic", HL7, {("repaired", "segments separated by LF")}),
     ("hl7-mllp.hl7", "hl7-generic", HL7, set()),
     ("hl7-crlf-mllp.hl7", "hl7-generic", HL7, {("repaired", "segments separated by LF")}),
-    ("hl7-tokens.log", "hl7-generic", HL7[:2], {("ignored", "replies of the receiving side")}),
+    ("hl7-tokens.log", "hl7-generic", HL7[:2], {("ignored", "acknowledgements")}),
 ]
 
 
@@ -92,6 +92,16 @@ def test_a_long_capture_decodes_every_message() -> None:
     result = replay_capture(load_driver("astm-generic"), data)
     assert len(result.decoded) == 600 and not [i for i in result.items if isinstance(i, ReplayProblem)]
     assert not [d for d in result.deviations if d.action != "repaired"]
+
+
+def test_hl7_queries_and_acknowledgements_are_set_aside_not_failures() -> None:
+    query = (b"MSH|^~\\&|Acme|Lab|LABBRIDGE|LIS|20261123101500||QBP^Q11^QBP_Q11|Q1|P|2.5.1\r"
+             b"QPD|WOS^Work Order Step^IHE_LABTF|Q1|BC12345\rRCP|I||R\r")
+    answer = b"MSH|^~\\&|Acme|Lab|LABBRIDGE|LIS|20261123101500||ORL^O34^ORL_O34|A1|P|2.5.1\rMSA|AA|O1\r"
+    capture = mllp.frame(query) + mllp.frame(answer) + (CAPTURES / "hl7-mllp.hl7").read_bytes()
+    result = replay_capture(load_driver("hl7-generic"), capture)
+    assert len(result.decoded) == 2 and all(m.error is None for m in result.messages)
+    assert kinds(result.deviations) == {("ignored", "host queries"), ("ignored", "acknowledgements")}
 
 
 def test_forms_are_recognised_and_said() -> None:

@@ -98,13 +98,20 @@ def _message(index: int, records: tuple[bytes, ...], intake: Intake, stream: str
 
 
 FEED_BYTES = 4096  # what the receiver is given at a time
+_FRAMING_MISMATCH = {
+    "raw": "records without E1381 framing, and the instrument's link.framing is e1381: if the analyzer sends them "
+           "so (not only the log), the daemon decodes nothing: set link.framing = \"raw\"",
+    "e1381": "E1381 frames, and the instrument's link.framing is raw: the daemon decodes nothing: set "
+             "link.framing = \"e1381\"",
+}
 
 
 class _Replayer:
-    def __init__(self, decoder: InstrumentDecoder, link: LinkConfig, strict: bool) -> None:
+    def __init__(self, decoder: InstrumentDecoder, link: LinkConfig, strict: bool, configured: bool) -> None:
         self.decoder = decoder
         self.link = link
         self.strict = strict
+        self.configured = configured  # the link is an instrument's from a config (not the driver's defaults)
         self.index = 0
 
     def astm(self, stream: Stream, out: Replay) -> None:
@@ -112,6 +119,9 @@ class _Replayer:
         profile = dataclasses.replace(dialect, strict_frame_numbers=False)
         ready = frame_astm(stream, dialect, repair=not self.strict)
         out.deviations += ready.deviations
+        if self.configured and ready.framing != self.link.framing and ready.data:
+            out.deviations.append(Deviation("accepted", "framing", _FRAMING_MISMATCH[ready.framing],
+                                            f"stream '{stream.label}'" if stream.label else "capture"))
         receiver: e1381.E1381Link | raw.RawLink
         if ready.framing == "raw":
             receiver = raw.RawLink(raw.RawProfile(record_terminator=b"\r"))
@@ -194,7 +204,7 @@ def replay_capture(driver: Driver, capture: bytes, *, instrument: InstrumentConf
         decoder = InstrumentDecoder(driver, context, link=link)
     read = read_capture(capture)
     out = Replay(read, deviations=list(read.deviations))
-    replayer = _Replayer(decoder, link, strict)
+    replayer = _Replayer(decoder, link, strict, configured=instrument is not None)
     for stream in read.streams:
         if isinstance(driver, Hl7Driver):
             replayer.hl7(stream, out)

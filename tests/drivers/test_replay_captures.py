@@ -217,6 +217,22 @@ def test_a_rejected_frame_drops_the_rest_of_its_message_and_the_next_message_dec
     assert problem.kind == "incomplete transmission" and problem.detail.startswith("2 record(s)")
 
 
+def test_with_a_config_a_framing_other_than_the_links_is_said(tmp_path: Path) -> None:
+    path = tmp_path / "framing.toml"
+    path.write_text(CONFIG.format(d=tmp_path))
+    instrument = next(i for i in load_config(path).instruments if i.id == "arlon-chem-9")  # e1381
+    result = replay_capture(load_driver("astm-generic"), (CAPTURES / "astm-records.txt").read_bytes(),
+                            instrument=instrument)
+    assert len(result.decoded) == 2
+    [said] = [d for d in result.deviations if d.kind == "framing"]
+    assert said.action == "accepted" and 'set link.framing = "raw"' in said.detail
+    raw = instrument.model_copy(update={"link": instrument.link.model_copy(update={"framing": "raw"})})
+    result = replay_capture(load_driver("astm-generic"), (CAPTURES / "astm-sessions.astm").read_bytes(), instrument=raw)
+    assert [d.detail for d in result.deviations if d.kind == "framing"] == [
+        'E1381 frames, and the instrument\'s link.framing is raw: the daemon decodes nothing: set '
+        'link.framing = "e1381"']
+
+
 def test_frames_out_of_sequence_are_rejected_not_renumbered() -> None:
     frames = build_frames(RECORDS)
     result = replay_capture(load_driver("astm-generic"), b"\x05" + b"".join(frames[:2] + frames[3:]) + b"\x04")

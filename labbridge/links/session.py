@@ -139,7 +139,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.health.received(data)  # counted, and sampled while nothing decodes (labbridge.health.unframed)
+            self.health.received(data)  # counted; the last bytes kept to diagnose (labbridge.health.unframed)
             self.link.receive_data(data, self._loop.time())
             self.flush()
             if self._task is None:

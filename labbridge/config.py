@@ -304,6 +304,13 @@ class InstrumentConfig(_Model):
     # Bytes keep arriving but none forms a frame or message for this long (wrong baud rate or parity,
     # missing framing): the link is shown degraded.
     undecoded_after_s: Seconds = 120.0
+    # ---- issue 20, part 5: where the generic ASTM driver finds the test code ----
+    # The component of R-3 (universal test ID, ``^^^code``) that holds the test code, counted from 1.
+    # LIS2-A2 says the 4th; many analyzers put the code in the 1st and a letter or nothing in the 4th.
+    # Absent: the driver's own setting, else per message the component that varies across its results
+    # (`labbridge replay` warns when a sample's results all share one code). Drivers with a profile
+    # (profile.toml test_code) say where the code is themselves and ignore this.
+    test_code_component: Annotated[int, Field(ge=1, le=16)] | None = None
 
     @field_validator("peer")
     @classmethod

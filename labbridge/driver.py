@@ -108,6 +108,9 @@ class DecodeContext:
 
     # How labbridge names itself as the sender of the messages it sends (ASTM H-5).
     host_name: str = "labbridge"
+    # ---- issue 20, part 5: the instrument's test_code_component (drivers that read R-3 use it) ----
+    # The component of ASTM R-3 (universal test ID) holding the test code, counted from 1; None: the driver's.
+    test_code_component: int | None = None
 
     def map_test(self, instrument_code: str) -> str:
         return self.test_map.get(instrument_code, instrument_code)

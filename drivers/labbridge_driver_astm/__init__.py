@@ -5,8 +5,13 @@ Where values sit (CLSI LIS2-A2, records P §8, O §9, R §10):
 * P-3 practice-assigned patient ID (first component);
 * O-3 specimen ID (first component), O-4 instrument specimen ID when O-3 is empty; O-12 action
   code ``Q`` marks a QC sample, as does H-12 processing ID ``Q``;
-* R-3 universal test ID ``^^^code``: the 4th component is the manufacturer's test code, the 2nd the
-  test's name (when sent);
+* R-3 universal test ID ``^^^code``: the 4th component is the manufacturer's test code. Many analyzers
+  put the code in the 1st component and a letter or nothing in the 4th, so the component is chosen per
+  message (:func:`code_component`): the instrument's ``test_code_component``, else the driver's
+  (:attr:`GenericAstmDriver.test_code_component`, for a subclass), else the component whose values vary
+  across the message's results (the most distinct non-empty values; a tie goes to the 4th, then the
+  first), else (one result, or all alike) the 4th when set, else the first non-empty one; the 2nd
+  component is the test's name (when sent);
 * R-4 value, R-5 units, R-6 reference range, R-7 abnormal flags (repeats), R-9 status, R-11 operator
   (first component sent), R-13 time the test completed, R-14 instrument identification (first component);
 * P-4..P-9 (patient fields) and C records (comments on the P, O or R before them): labbridge.astm_content.
@@ -25,13 +30,14 @@ naming labbridge as sender and an L whose L-3 is ``N``, or ``I`` when nothing wa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from labbridge.astm_content import Comments
 from labbridge.astm_orders import PRIORITY_CODES, REPORT_TYPES, AstmOrders, decode_query
 from labbridge.driver import AstmDriver, DecodeContext
 from labbridge.errors import DecodeError, RemoteProtocolError
 from labbridge.model import Decoded, Result, ResultStatus
-from labbridge.protocols.e1394 import parse_records
+from labbridge.protocols.e1394 import Record, parse_records
 
 # LIS2-A2 R-9 result status codes.
 STATUS_CODES: dict[str, ResultStatus] = {
@@ -40,11 +46,43 @@ STATUS_CODES: dict[str, ResultStatus] = {
 }
 
 
+LIS2A2_CODE_COMPONENT = 4  # R-3: ^^^code
+
+
+def code_component(test_ids: Sequence[Sequence[str]], configured: int | None) -> int | None:
+    """The R-3 component (1-based) holding the test code in a message whose results have these R-3
+    components: ``configured`` if set, else the one whose values vary most across the results (a tie: the
+    4th, then the first), else None (nothing varies: each result falls back on :func:`result_code`)."""
+    if configured is not None:
+        return configured
+    width = max((len(c) for c in test_ids), default=0)
+    values = {i + 1: {c[i] if i < len(c) else "" for c in test_ids} for i in range(width)}
+    varying = [i for i, v in values.items() if len(v) > 1]
+    if not varying:
+        return None
+    # An empty value is no code: "A" or nothing in the 4th varies less than GLU, K in the 1st.
+    return max(varying, key=lambda i: (len(values[i] - {""}), i == LIS2A2_CODE_COMPONENT, -i))
+
+
+def result_code(comps: Sequence[str]) -> str:
+    """LIS2-A2's rule for one R-3: the 4th component when set, else the first non-empty one."""
+    if len(comps) >= LIS2A2_CODE_COMPONENT and comps[LIS2A2_CODE_COMPONENT - 1]:
+        return comps[LIS2A2_CODE_COMPONENT - 1]
+    return next((c for c in comps if c), "")
+
+
 class GenericAstmDriver(AstmOrders, AstmDriver):
     name = "astm-generic"
     vendor = "generic"
     models = ("any LIS2-A2 analyzer",)
     version = "1.0"
+    #: The R-3 component holding the test code for every instrument of this driver (a subclass for a family
+    #: sets it); None: chosen per message (:func:`code_component`). An instrument's test_code_component wins.
+    test_code_component: ClassVar[int | None] = None
+
+    def _code_component(self, parsed: Sequence[Record], context: DecodeContext) -> int | None:
+        configured = context.test_code_component or self.test_code_component
+        return code_component([rec.components(3) for rec in parsed if rec.type == "R"], configured)
 
     def decode(self, records: Sequence[bytes], context: DecodeContext) -> Decoded:
         try:
@@ -52,6 +90,7 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
         except RemoteProtocolError as exc:
             raise DecodeError(str(exc), record_index=0) from exc
         out = Decoded()
+        component = self._code_component(parsed, context)
         qc_message = False
         patient_id = ""
         sample_id = ""
@@ -77,7 +116,12 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
                     raise DecodeError("result (R) record without a preceding order (O) record",
                                       record_index=index)
                 comps = rec.components(3)
-                code = comps[3] if len(comps) > 3 and comps[3] else next((c for c in comps if c), "")
+                code = rec.component(3, component) if component is not None else result_code(comps)
+                if not code and component is not None and component == (context.test_code_component
+                                                                         or self.test_code_component):
+                    raise DecodeError(f"result (R) record without a test code in R-3 component {component} "
+                                      "(test_code_component)", record_index=index)
+                code = code or result_code(comps)
                 if not code:
                     raise DecodeError("result (R) record without a test code in R-3", record_index=index)
                 if not sample_id:
@@ -109,4 +153,4 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
         return out
 
 
-__all__ = ["PRIORITY_CODES", "REPORT_TYPES", "STATUS_CODES", "GenericAstmDriver"]
+__all__ = ["PRIORITY_CODES", "REPORT_TYPES", "STATUS_CODES", "GenericAstmDriver", "code_component", "result_code"]

@@ -290,29 +290,9 @@ def drivers(args: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from labbridge.driver import load_driver
-    from labbridge.replay import ReplayProblem, replay
+    from labbridge.cli.replay import run  # issue 20, parts 4-5: captures as they come from the field, --render
 
-    items = list(replay(load_driver(args.driver), Path(args.file).read_bytes(), instrument=args.instrument,
-                        timezone=args.timezone, encoding=args.encoding))
-    failures = 0
-    for item in items:
-        if isinstance(item, ReplayProblem):
-            failures += 1
-            output.line(args.json, {"problem": item.kind, "detail": item.detail}, f"! {item.kind}: {item.detail}")
-        elif item.decoded is None:
-            failures += 1
-            output.line(args.json, {"message": item.index, "error": item.error},
-                        f"message {item.index}: cannot decode: {item.error}")
-        else:
-            for r in item.decoded.results:
-                output.line(args.json, {"message": item.index, **r.to_json()},
-                            f"message {item.index}: {r.kind:<7} {r.sample_id:<14} {r.test_code:<8} {r.value:>10} "
-                            f"{r.units:<8} {','.join(r.flags):<4} {r.measured_at or ''}")
-            for query in item.decoded.queries:
-                output.line(args.json, {"message": item.index, "query": list(query.sample_ids)},
-                            f"message {item.index}: host query for {len(query.sample_ids)} sample(s)")
-    return EXIT_OK if failures == 0 else EXIT_FAILURE
+    return run(args)
 
 
 def driver_new(args: argparse.Namespace) -> int:

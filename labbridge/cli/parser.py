@@ -123,13 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "replay", "decode a capture offline into canonical results (driver test kit)", commands.replay,
                  "replay --driver astm-generic captures/run1.astm",
-                 "replay --driver hl7-generic --timezone Europe/Brussels --json captures/oru.hl7")
-    p.add_argument("--driver", required=True, help="driver name (see `labbridge drivers`)")
-    p.add_argument("file", help="capture: an E1381-framed byte stream, or records one per line")
+                 "replay --driver hl7-generic --timezone Europe/Brussels --json captures/oru.hl7",
+                 "replay --strict --driver astm-generic trace.log",
+                 "replay -c labbridge.toml --instrument arlon-chem-1 --render oru --destination lis trace.log")
+    p.add_argument("--driver", help="driver name (see `labbridge drivers`); with -c, the instrument's")
+    p.add_argument("file", help="capture as it comes from the field: bytes, log lines, control tokens, hex dump "
+                                "(docs/drivers.md, replay)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--instrument", default="replay", help="instrument id to put in the results")
-    p.add_argument("--timezone", default="UTC", help="the analyzer's time zone")
-    p.add_argument("--encoding", default="latin-1", help="the analyzer's character set")
+    p.add_argument("--instrument", default="replay",
+                   help="instrument id to put in the results; with -c, the instrument whose settings apply")
+    p.add_argument("--timezone", default="UTC", help="the analyzer's time zone (with -c: the instrument's)")
+    p.add_argument("--encoding", default="latin-1", help="the analyzer's character set (with -c: the instrument's)")
+    # ---- issue 20, part 4: conformance check, the instrument's config, what a LIS destination receives ----
+    p.add_argument("--strict", action="store_true",
+                   help="repair nothing and fail on any deviation (a conformance check of the capture)")
+    p.add_argument("-c", "--config", help="the config whose instrument (--instrument) and destinations apply")
+    p.add_argument("--render", choices=["oru", "oul", "astm", "json"],  # labbridge.replay.RENDER_FORMATS
+                   help="print what the destination (--destination, with -c) would receive, in its format")
+    p.add_argument("--destination", help="the LIS destination id (with --render)")
 
     p = _command(sub, "driver", "driver development tools", None, "driver new acme-chem")
     driver_sub = p.add_subparsers(dest="driver_command", required=True)

@@ -11,7 +11,10 @@ between transmissions (analyzers that connect per transmission: waiting is their
 
 * planned, connecting, down and failed are shown as set;
 * ``degraded`` when something needs checking: frames rejected (NAK ratio), bytes that never form a message
-  (wrong baud rate or parity, missing framing), the analyzer rejecting our frames or stopping mid-message
+  or frames that never complete one (wrong baud rate or parity, missing framing, another dialect; the
+  likely cause read from the last bytes themselves by
+  :mod:`labbridge.health.unframed`, e.g. "records without E1381 framing: try link.framing = "raw""), the
+  analyzer rejecting our frames or stopping mid-message
   (recent NAKs received, timeouts), results waiting for the LIS too long, dead letters;
 * else ``idle`` when no message came for longer than expected for this instrument now (configured or
   learned: :mod:`labbridge.health.traffic`), or, when nothing is known of it, ``idle_after_s`` without a
@@ -35,6 +38,7 @@ from datetime import tzinfo
 from typing import Any, Literal
 
 from labbridge.health.traffic import ConfiguredTraffic, Expectation, LearnedTraffic, clock, duration
+from labbridge.health.unframed import SAMPLE_BYTES, Diagnosis, diagnose
 from labbridge.logs import get_logger
 
 log = get_logger("labbridge.health")
@@ -48,6 +52,8 @@ DEGRADED_REJECT_RATIO = 0.2
 RECENT_FRAMES = 50
 # Bytes with no decoded frame or message: at least this many, for at least undecoded_after_s.
 UNFRAMED_MIN_BYTES = 8
+# Frames accepted with no message completed: at least this many, for at least undecoded_after_s.
+UNFINISHED_MIN_FRAMES = 2
 # Timeouts mid-message, or NAKs from the analyzer to our frames: this many within the window degrade.
 RECENT_WINDOW_S = 900.0
 RECENT_TROUBLE = 3
@@ -174,6 +180,15 @@ class InstrumentHealth:
     # Recent notices of what may connect and of limits (a refused peer, a replaced connection, throttling,
     # input over a limit): kind -> (when, text). Shown while recent (RECENT_WINDOW_S), and they degrade.
     _notices: dict[str, tuple[float, str]] = field(default_factory=dict, repr=False)
+    # ---- issue 20, part 6: what the bytes that never frame look like (labbridge.health.unframed) ----
+    # The link's dialect, to say which setting to try; the last bytes received (SAMPLE_BYTES) to read the
+    # cause from; frames accepted and when, as of the last message (frames that never complete a message).
+    frame_numbers: bool = True
+    checksums: bool = True
+    record_terminator: str = "cr"
+    _recent_bytes: bytearray = field(default_factory=bytearray, repr=False)
+    _frames_at_message: int = field(default=0, repr=False)
+    _message_mark_at: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._shown, self._shown_since = self.state, self.state_since  # the state it started in
@@ -200,6 +215,8 @@ class InstrumentHealth:
         self.peer = peer
         self.connected_since = now
         self._decoded_bytes, self._decoded_at = self.counters.bytes_received, None
+        self._recent_bytes.clear()
+        self._frames_at_message, self._message_mark_at = self.counters.frames_accepted, now
         self.set_state("up", f"analyzer connected from {peer}")
 
     def connection_ended(self, *, clean: bool, reason: str, now: float | None = None) -> None:
@@ -224,6 +241,15 @@ class InstrumentHealth:
             self.decoded()
         self.last_frame_at = time.time()
 
+    def received(self, data: bytes) -> None:
+        """Bytes from the analyzer: counted, and the last SAMPLE_BYTES of them kept to read a cause from."""
+        self.counters.bytes_received += len(data)
+        self.last_byte_at = time.time()
+        recent = self._recent_bytes
+        recent += data[-SAMPLE_BYTES:]
+        if len(recent) > SAMPLE_BYTES:
+            del recent[:len(recent) - SAMPLE_BYTES]
+
     def decoded(self, now: float | None = None) -> None:
         """The bytes so far made sense (a frame, a message, a keep-alive)."""
         self._decoded_bytes = self.counters.bytes_received
@@ -233,6 +259,7 @@ class InstrumentHealth:
         now = time.time() if now is None else now
         self.counters.messages_received += 1
         self.last_message_at = now
+        self._frames_at_message, self._message_mark_at = self.counters.frames_accepted, now
         self.decoded(now)
 
     def count_timeout(self, now: float | None = None) -> None:
@@ -320,20 +347,28 @@ class InstrumentHealth:
         out: list[str] = self.notices(now)
         ratio = self.reject_ratio()
         if ratio > DEGRADED_REJECT_RATIO:
-            out.append(f"{ratio:.0%} of recent frames rejected (checksum or framing errors): check the cable, "
-                       "baud rate or the analyzer's line settings")
+            found = self._diagnosis()
+            check = (found.cause if found is not None and not found.line_settings
+                     else "check the cable, baud rate or the analyzer's line settings")
+            out.append(f"{ratio:.0%} of recent frames rejected (checksum or framing errors): {check}")
         since = self._decoded_at or self.connected_since
         unframed = self.counters.bytes_received - self._decoded_bytes
         if (self.connected_since is not None and since is not None and unframed >= UNFRAMED_MIN_BYTES
                 and now - since >= self.undecoded_after_s):
-            if self.transport.startswith("serial"):
-                check = (f"check that the baud rate, parity, data bits and stop bits ({self.transport}) match "
-                         "the analyzer's, and its protocol setting")
-            else:
-                check = (f"check that the analyzer's protocol setting matches this link's framing "
-                         f"({self.framing or 'see [instruments.link]'}) and that the right analyzer uses this port")
             out.append(f"{unframed} bytes received in {duration(now - since)} but none formed a "
-                       f"{'frame or message' if self.framing == 'e1381' else 'message'}: {check}")
+                       f"{'frame or message' if self.framing == 'e1381' else 'message'}: {self._unframed_check()}")
+        else:
+            frames = self.counters.frames_accepted - self._frames_at_message
+            mark = self._message_mark_at
+            # E1381 only: an HL7 "frame" is a whole message (a query or an answer is not stored as one)
+            if (self.framing == "e1381" and self.connected_since is not None and mark is not None
+                    and frames >= UNFINISHED_MIN_FRAMES and now - mark >= self.undecoded_after_s):
+                found = self._diagnosis()
+                check = found.cause if found is not None and not found.line_settings else (
+                    "check the analyzer's ASTM dialect against [instruments.link] (frame_numbers, "
+                    "record_terminator) and that it ends each message with an L record")
+                out.append(f"{frames} frames accepted in {duration(now - mark)} but none completed a message: "
+                           f"{check}")
         naks = self._naks_in.count(now)
         if naks >= RECENT_TROUBLE:
             out.append(f"the analyzer rejected {naks} of labbridge's frames in the last "
@@ -355,6 +390,26 @@ class InstrumentHealth:
                 out.append(f"{facts.dead_letters} dead letters ({kinds}) will not reach the LIS without a "
                            f"person: see `labbridge outbox list --state dead`, fix the cause, then retry")
         return out
+
+    def _diagnosis(self) -> Diagnosis | None:
+        return diagnose(bytes(self._recent_bytes), framing=self.framing, frame_numbers=self.frame_numbers,
+                        checksums=self.checksums, record_terminator=self.record_terminator)
+
+    def _unframed_check(self) -> str:
+        """What to check about bytes that never frame: the likely cause from what they look like, else in general."""
+        serial = self.transport.startswith("serial")
+        line = (f"check that the baud rate, parity, data bits and stop bits ({self.transport}) match the "
+                "analyzer's")
+        found = self._diagnosis()
+        if found is not None and found.line_settings:
+            return (f"{found.cause}: {line}" if serial else
+                    f"{found.cause} (of a serial-to-network converter on the way), or another protocol on this port")
+        if found is not None:
+            return found.cause
+        if serial:
+            return f"{line}, and its protocol setting"
+        return (f"check that the analyzer's protocol setting matches this link's framing "
+                f"({self.framing or 'see [instruments.link]'}) and that the right analyzer uses this port")
 
     def _silence(self, now: float) -> str | None:
         """The reason when no message came for longer than expected now, else None."""

@@ -26,4 +26,7 @@ def configured_traffic(cfg: InstrumentConfig) -> ConfiguredTraffic | None:
 def health_settings(cfg: InstrumentConfig) -> dict[str, Any]:
     """Keyword arguments of :class:`~labbridge.health.instrument.InstrumentHealth` from ``cfg``."""
     return {"timezone": cfg.timezone, "framing": cfg.link.framing, "expected": configured_traffic(cfg),
-            "undecoded_after_s": cfg.undecoded_after_s}
+            "undecoded_after_s": cfg.undecoded_after_s,
+            # the dialect, to diagnose bytes that never frame (issue 20, part 6)
+            "frame_numbers": cfg.link.frame_numbers, "checksums": cfg.link.checksums,
+            "record_terminator": cfg.link.record_terminator}

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -176,8 +175,7 @@ class LinkSession(asyncio.Protocol, Generic[E]):
     def data_received(self, data: bytes) -> None:
         self._last_in = self._loop.time()
         health = self.health
-        health.counters.bytes_received += len(data)
-        health.last_byte_at = time.time()
+        health.received(data)  # counted; the last bytes kept to diagnose (labbridge.health.unframed)
         if self._inbox or len(data) > self.limits.read_budget:
             self._inbox += data
             self._hold("backlog")

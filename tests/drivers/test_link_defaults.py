@@ -13,7 +13,7 @@ from labbridge.config import LinkConfig, parse_config, with_link_defaults
 from labbridge.driver import driver_link_defaults, load_driver_class
 from labbridge.driver_profile import ProfileError, load_profile
 from labbridge.errors import ConfigError
-from labbridge.replay import ReplayedMessage, replay
+from labbridge.replay import ReplayedMessage, replay, replay_capture
 
 
 def _config(*instruments: dict[str, Any]) -> dict[str, Any]:
@@ -95,5 +95,11 @@ def test_replay_reads_a_capture_in_the_drivers_link_dialect() -> None:
     [item] = list(replay(load_driver_class("snibe-maglumi")(), capture))
     assert isinstance(item, ReplayedMessage) and item.decoded is not None
     assert [r.value for r in item.decoded.results] == ["1.2"]
-    # the same bytes are not standard LIS1-A frames: the generic driver's replay rejects them
-    assert not any(isinstance(i, ReplayedMessage) for i in replay(load_driver_class("astm-generic")(), capture))
+    # the same bytes are not standard LIS1-A frames: the generic driver's replay repairs them only out of
+    # --strict, saying so (numbered in order, checksums computed), and decodes nothing under --strict
+    generic = load_driver_class("astm-generic")()
+    result = replay_capture(generic, capture)
+    assert {(d.action, d.kind) for d in result.deviations} == {("repaired", "frame number missing"),
+                                                               ("repaired", "checksum missing"),
+                                                               ("repaired", "frame ending")}
+    assert not any(isinstance(i, ReplayedMessage) for i in replay(generic, capture, strict=True))

@@ -12,7 +12,7 @@ import pytest
 
 from labbridge.driver import available_drivers, load_driver
 from labbridge.protocols.e1381 import build_frames
-from labbridge.replay import ReplayedMessage, ReplayProblem, replay
+from labbridge.replay import ReplayedMessage, ReplayProblem, replay, replay_capture
 
 # Golden files are made with: labbridge replay --driver NAME CAPTURE --timezone Europe/Brussels
 #                                               --instrument golden --json > CAPTURE.expected.jsonl
@@ -60,14 +60,15 @@ def test_bare_records_and_framed_stream_give_the_same_results() -> None:
 def test_corrupted_and_truncated_captures_are_reported_not_decoded(tmp_path: Path) -> None:
     records = [b"H|\\^&", b"P|1", b"O|1|S1||^^^NA", b"R|1|^^^NA|140", b"L|1|N"]
     frames = build_frames(records)
-    broken = frames[1][:-4] + b"ZZ" + frames[1][-2:]
-    items = list(replay(load_driver("astm-generic"), b"\x05" + frames[0] + broken + b"\x04"))
-    kinds = [i.kind for i in items if isinstance(i, ReplayProblem)]
-    assert kinds == ["frame rejected", "incomplete transmission"]
-    assert not [i for i in items if isinstance(i, ReplayedMessage)]
+    broken = frames[1][:-4] + b"ZZ" + frames[1][-2:]  # not a checksum: nothing to repair
+    result = replay_capture(load_driver("astm-generic"), b"\x05" + frames[0] + broken + b"\x04")
+    assert [(d.action, d.kind) for d in result.deviations] == [("rejected", "checksum unreadable")]
+    assert [i.kind for i in result.items if isinstance(i, ReplayProblem)] == ["incomplete transmission"]
+    assert not [i for i in result.items if isinstance(i, ReplayedMessage)]
     capture = tmp_path / "broken.astm"
     capture.write_bytes(b"\x05" + frames[0] + broken + b"\x04")
     proc = subprocess.run([sys.executable, "-m", "labbridge.cli", "replay", "--driver", "astm-generic",
                            str(capture)], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
-    assert "checksum mismatch" in proc.stdout
+    assert "! incomplete transmission" in proc.stdout
+    assert "the two characters after ETX/ETB are not hex digits" in proc.stderr

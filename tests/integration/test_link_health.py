@@ -124,11 +124,76 @@ def test_junk_without_framing_degrades_naming_the_protocol_setting(tmp_path: Pat
             task = asyncio.create_task(sim.run(stop))
             await eventually(lambda: _shown(health)[0] == "degraded", what="bytes that never frame")
             reason = _shown(health)[1]
-            assert "none formed a frame or message" in reason
-            assert "protocol setting matches this link's framing (e1381)" in reason
+            # the cause read from the bytes themselves (labbridge.health.unframed)
+            assert 'none formed a frame or message: records without E1381 framing: try link.framing = "raw"' in reason
             assert health.counters.junk_bytes > 0 and health.counters.messages_received == 0
             stop.set()
             await asyncio.wait_for(task, 10)
+
+    run(body())
+
+
+def test_frames_without_frame_numbers_degrade_naming_the_setting(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH,
+                               overrides={"an-0": {"undecoded_after_s": 0.3}}) as lab:
+            health = lab.daemon.runners["an-0"].health
+            # a MAGLUMI-like analyzer (no frame number after STX) on a standard link: every frame is NAKed
+            sim = _sim(lab, "an-0", profile=e1381.LinkProfile(frame_numbers=False, reply_timeout=0.05,
+                                                              busy_wait=0.05))
+            stop = asyncio.Event()
+            task = asyncio.create_task(sim.run(stop))
+            await eventually(lambda: "none formed a frame" in _shown(health)[1], what="frames that never pass")
+            state, reason = _shown(health)
+            assert state == "degraded" and health.counters.messages_received == 0
+            assert "none formed a frame or message: frames without frame numbers: try link.frame_numbers = false" \
+                in reason
+            assert "of recent frames rejected (checksum or framing errors): frames without frame numbers" in reason
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_frames_that_never_complete_a_message_degrade_naming_the_dialect(tmp_path: Path) -> None:
+    async def body() -> None:
+        # the link is set for a MAGLUMI-like dialect (no frame numbers); the analyzer numbers its frames: every
+        # frame is accepted ("1H|...", "6L|1|N" are records of no known type) and no message ever completes
+        wrong = {"undecoded_after_s": 0.3, "link": {"frame_numbers": False}}
+        async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH, overrides={"an-0": wrong}) as lab:
+            health = lab.daemon.runners["an-0"].health
+            sim = _sim(lab, "an-0", interval=(0.02, 0.05))
+            stop = asyncio.Event()
+            task = asyncio.create_task(sim.run(stop))
+            await eventually(lambda: _shown(health)[0] == "degraded", what="frames without a message")
+            reason = _shown(health)[1]
+            assert "frames accepted in" in reason and "but none completed a message: frames with frame numbers in " \
+                   "a dialect without them: try link.frame_numbers = true" in reason
+            assert health.counters.messages_received == 0 and health.counters.frames_accepted > 0
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(body())
+
+
+def test_an_hl7_analyzer_on_an_astm_link_degrades_naming_the_driver(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, instruments=1, extra=FAST_HEALTH,
+                               overrides={"an-0": {"undecoded_after_s": 0.3}}) as lab:
+            runner = lab.daemon.runners["an-0"]
+            assert runner.bound is not None
+            sim = Hl7AnalyzerSim("an-0", runner.bound, Hl7MessageFactory("an-0", dialect="law", sample_prefix="H",
+                                                                          panel_size=3, seed=1),
+                                 interval=(0.0, 0.0), max_messages=1)
+            task = asyncio.create_task(sim.run(asyncio.Event()))
+            await eventually(lambda: _shown(runner.health)[0] == "degraded", what="HL7 that never frames as ASTM")
+            reason = _shown(runner.health)[1]
+            assert "none formed a frame or message: HL7 messages on an ASTM link" in reason
+            assert 'link.framing = "mllp"' in reason
+            task.cancel()  # it waits for an HL7 ACK that never comes
+            await asyncio.gather(task, return_exceptions=True)
 
     run(body())
 
@@ -215,8 +280,8 @@ def test_wrong_baud_rate_on_a_serial_line_degrades_naming_the_line_settings(tmp_
             task = asyncio.create_task(sim.run(stop))
             await eventually(lambda: _shown(health)[0] == "degraded", what="noise on the line")
             reason = _shown(health)[1]
-            assert "none formed a frame or message" in reason
-            assert f"baud rate, parity, data bits and stop bits (serial {pty.device} 9600 8N1)" in reason
+            assert ("none formed a frame or message: bytes look like the wrong baud rate or parity: check that the "
+                    f"baud rate, parity, data bits and stop bits (serial {pty.device} 9600 8N1)") in reason
             stop.set()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

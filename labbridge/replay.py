@@ -153,7 +153,9 @@ def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezo
     if not isinstance(driver, AstmDriver):
         raise LabbridgeError(f"driver {driver.name!r} speaks {driver.protocol}, which replay cannot read")
     index = 0
-    for item in split_messages(capture, _driver_link_profile(driver)):
+    messages = (_au_texts(capture) if driver.link_defaults.get("framing") == "au"
+                else split_messages(capture, _driver_link_profile(driver)))
+    for item in messages:
         if isinstance(item, ReplayProblem):
             yield item
             continue
@@ -164,3 +166,20 @@ def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezo
             yield ReplayedMessage(index, item, None, str(exc))
         except Exception as exc:  # a driver bug is reported like any decode failure, with its type
             yield ReplayedMessage(index, item, None, f"{type(exc).__name__}: {exc}")
+
+
+# ---- Beckman Coulter AU online texts (framing = "au") ---------------------------------------------------------
+
+
+def _au_texts(capture: bytes) -> Iterator[tuple[bytes, ...] | ReplayProblem]:
+    """The texts of an AU capture (blocks with their BCC, as the AU sends them by default), read by the
+    daemon's own AU receiver; refused blocks and unfinished texts are reported."""
+    from labbridge.protocols import au_online
+
+    for item in au_online.split_texts(capture):
+        if isinstance(item, e1381.FrameRejected):
+            yield ReplayProblem("frame rejected", item.reason)
+        elif isinstance(item, e1381.IncompleteMessage):
+            yield ReplayProblem("incomplete transmission", item.reason)
+        else:
+            yield item

@@ -96,6 +96,7 @@ class AuTextFactory:
         self.count = 0
         self.qc_samples: set[str] = set()
         self._last_patient: tuple[str, int] | None = None
+        self._values: dict[str, str] = {}  # the last patient's values (a rerun differs from the first run)
 
     def next(self) -> AuText:
         self.count += 1
@@ -114,10 +115,17 @@ class AuTextFactory:
     def _text(self, kind: str, sample: str, number: int, *, control: str = "",
               tests: tuple[tuple[str, float, float, int], ...] | None = None) -> AuText:
         made: list[AuTest] = []
+        rerun = tests is not None
         for code, low, high, decimals in tests or self.panel:
-            value = self.rng.uniform(low * 0.8, high * 1.2)
+            while True:
+                value = self.rng.uniform(low * 0.8, high * 1.2)
+                text = f"{value:.{decimals}f}"
+                if not rerun or text != self._values.get(code):
+                    break
             flags = ("H",) if value > high else ("L",) if value < low else ()
-            made.append(AuTest(code, f"{value:.{decimals}f}", flags))
+            made.append(AuTest(code, text, flags))
+        if kind == "D ":
+            self._values = {t.code: t.value for t in made}
         blocks = result_texts(kind, made, per_block=self.per_block, rack=(number - 1) // 10 + 1,
                               cup=(number - 1) % 10 + 1, sample_no=number, sample_id=sample, control=control)
         return AuText(kind, sample, blocks, {(self.instrument, sample, t.code, t.value) for t in made})

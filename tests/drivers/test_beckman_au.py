@@ -84,3 +84,22 @@ def test_a_stored_text_is_decoded_again_from_its_raw_bytes() -> None:
     intake = decoder.decode_raw("astm", raw)
     assert intake.error is None and [r.value for r in intake.results] == ["5.4", "131"]
     assert decoder.decode_raw("astm", raw[:-5]).error is not None  # not one whole text
+
+
+def test_an_au_instrument_without_a_link_table_gets_the_au_framing_and_its_settings_reach_the_link() -> None:
+    from labbridge.config import parse_config, with_link_defaults
+    from labbridge.driver import driver_link_defaults
+    from labbridge.links.dialect import host_link
+    from labbridge.protocols.au_online import AuLink
+
+    data = {"node": "t", "store": {"path": "s.db"}, "sites": [{"id": "arlon", "name": "Arlon"}],
+            "lis": [{"id": "lis", "host": "127.0.0.1", "port": 2575}],
+            "instruments": [{"id": f"au-{i}", "site": "arlon", "driver": "beckman-au", "link": link,
+                             "transport": {"kind": "tcp-server", "host": "127.0.0.1", "port": 4000 + i}}
+                            for i, link in enumerate([{}, {"au_bcc": False, "au_acknowledge": False,
+                                                           "receive_timeout_s": 5}])]}
+    config = with_link_defaults(parse_config(data), driver_link_defaults)
+    plain, set_up = (host_link(i.link) for i in config.instruments)
+    assert isinstance(plain, AuLink) and plain.profile.bcc and plain.profile.acknowledge
+    assert isinstance(set_up, AuLink)
+    assert (set_up.profile.bcc, set_up.profile.acknowledge, set_up.profile.receive_timeout) == (False, False, 5.0)

@@ -250,13 +250,18 @@ class AuLink:
             self._events.append(FrameRejected("block restarted (STX before its end code)"))
             return True
         if end < 0:
-            if len(buf) > self.profile.max_block_bytes:
-                self._oversize()
+            if len(buf) - 1 > self.profile.max_block_bytes:
+                self._oversize(len(buf))
+                self._skipping = True  # and the rest of it, through its end code
                 return True
             return False
         size = end + 1 + (1 if self.profile.bcc else 0)
         if len(buf) < size:
             return False
+        if end - 1 > self.profile.max_block_bytes:  # whole, but too long
+            self._oversize(size)
+            self._answer(NAK)
+            return True
         raw = bytes(buf[:size])
         del buf[:size]
         self._block(raw)
@@ -292,14 +297,13 @@ class AuLink:
         self._answer(NAK)
         return True
 
-    def _oversize(self) -> None:
-        count = len(self._inbuf)
-        self._inbuf.clear()
+    def _oversize(self, count: int) -> None:
+        """Discard the first ``count`` bytes of an over-size block; the text it belongs to is abandoned."""
+        del self._inbuf[:count]
         self._junk(count)
         self._events.append(FrameRejected(f"block longer than {self.profile.max_block_bytes} bytes"))
         if self._blocks:
             self._abandon(f"block longer than {self.profile.max_block_bytes} bytes")
-        self._skipping = True
 
     def _bound_buffer(self) -> None:
         """While a text is held the AU should send nothing; what it sends anyway is bounded."""

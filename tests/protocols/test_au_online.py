@@ -106,6 +106,17 @@ def test_an_oversize_block_is_discarded_nakked_and_the_next_block_read() -> None
     assert not link.in_transfer
 
 
+def test_an_oversize_block_arriving_whole_is_refused_and_what_follows_it_read() -> None:
+    link = AuLink(AuProfile(max_block_bytes=64))
+    huge = build_block(HEAD + b"E" + b"0" * 200)
+    link.receive_data(build_block(FIRST, last=False) + huge + build_block(b"DE01"), 0.0)
+    events = link.events()
+    assert [e.records for e in events if isinstance(e, e1381.IncompleteMessage)] == [(FIRST,)]
+    assert sum(e.count for e in events if isinstance(e, e1381.JunkDiscarded)) == len(huge)
+    assert kinds(events)[-2:] == ["FrameAccepted", "TransferEnded"]
+    assert link.data_to_send() == bytes((ACK, NAK, ACK)) and not link.in_transfer
+
+
 def test_an_oversize_text_abandons_what_was_received_of_it() -> None:
     link = AuLink(AuProfile(max_text_bytes=80))
     link.receive_data(build_block(FIRST, last=False) + build_block(FIRST[:-1] + b"1", last=False), 0.0)
@@ -171,11 +182,11 @@ def test_without_bcc_the_end_code_ends_the_block() -> None:
 
 
 def test_what_arrives_while_a_text_is_held_waits_and_is_bounded() -> None:
-    link = AuLink(AuProfile(max_block_bytes=64))
+    link = AuLink(AuProfile(max_block_bytes=80))
     link.receive_data(build_block(TEXT) + build_block(b"DE01") + b"x" * 200, 0.0)
     events = link.events()
     assert messages(events) == [(TEXT,)]
-    assert sum(e.count for e in events if isinstance(e, e1381.JunkDiscarded)) == 200 + 7 - 64
+    assert sum(e.count for e in events if isinstance(e, e1381.JunkDiscarded)) == 200 + 7 - 80
     link.accept_message(1.0)
     assert link.data_to_send() == bytes((ACK, ACK))
 

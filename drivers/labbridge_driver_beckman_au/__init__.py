@@ -36,7 +36,8 @@ The layout this driver reads (:data:`LAYOUT`; character positions from 0)::
 
 How it is mapped: one :class:`~labbridge.model.Result` per test with a result; the test code is the AU's
 online test number as sent (``"012"``: the keys of the instrument's ``test_map``), the value the result
-stripped, the flags the non-blank data flags as sent. ``DQ`` results are QC (``kind = "qc"``, sample ID
+stripped, the flags the non-blank data flags as sent; the message's sender (for ``expected_sender``) is the
+unit number. ``DQ`` results are QC (``kind = "qc"``, sample ID
 the control's ID, else ``CONTROL-<control number>``); ``DH``/``dH`` reruns are sent as ``correction``
 (they replace the first run's value); ``DA``/``DR`` (calibration, reagent blank) carry no patient result:
 the text is kept in the store and nothing is relayed; an ``R``/``RH`` inquiry is reported as a host query

@@ -172,11 +172,14 @@ def replay(driver: Driver, capture: bytes, *, instrument: str = "replay", timezo
 
 
 def _au_texts(capture: bytes) -> Iterator[tuple[bytes, ...] | ReplayProblem]:
-    """The texts of an AU capture (blocks with their BCC, as the AU sends them by default), read by the
-    daemon's own AU receiver; refused blocks and unfinished texts are reported."""
+    """The texts of an AU capture, read by the daemon's own AU receiver; refused blocks and unfinished texts
+    are reported. Blocks carry a BCC (the AU's default) unless every end code is followed directly by the next
+    block's STX or the end of the capture (an AU set without BCC)."""
     from labbridge.protocols import au_online
 
-    for item in au_online.split_texts(capture):
+    ends = [i for i, byte in enumerate(capture) if byte in (au_online.ETX, au_online.ETB)]
+    bcc = any(i + 1 < len(capture) and capture[i + 1] != au_online.STX for i in ends)
+    for item in au_online.split_texts(capture, au_online.AuProfile(bcc=bcc)):
         if isinstance(item, e1381.FrameRejected):
             yield ReplayProblem("frame rejected", item.reason)
         elif isinstance(item, e1381.IncompleteMessage):

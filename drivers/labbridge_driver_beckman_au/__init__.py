@@ -7,7 +7,7 @@ sample's results (``records``, control characters removed), each block starting 
 Sources, and what each was used for:
 
 * Olympus, *AU2700 & AU5400 On-line Specifications* (public copies at manualsdump.com / manualsonline.com,
-  pages 4-8, 30-33, 38, 42, 57-65 read) and *AU400 & AU640 Online Specifications* (1999-2001; table of
+  excerpts of pages 4-8, 30-33, 38, 42 and 57-65 read) and *AU400 & AU640 Online Specifications* (1999-2001; table of
   contents and pages 3-5 read). From those: the text classifications (``DB`` start of the result transfer;
   ``D `` normal sample, ``DH`` rerun, ``d `` / ``dH`` STAT (fast) result and its rerun, ``DQ`` QC sample,
   ``DA`` calibration, ``DR`` reagent blank; ``DE`` end; ``RB``/``R ``/``RH``/``RE`` the T.R.I. (sample
@@ -15,8 +15,9 @@ Sources, and what each was used for:
   through the end code); blocking of long result texts with a block identification number ``0``, ``1``,
   ... and ``E`` on the last block; class A (no answers) and class B (ACK/NAK per block, retries 0-3) transmission;
   the sample types (blank serum, ``U`` urine, ``X`` other) and the emergency/STAT sample numbering of the alarm list.
-  Beckman Coulter's *AU680/AU480 Online Specifications* and *AU5800 Online Specification* (D-160845) keep this
-  format (their tables of contents were seen, the field tables not).
+  Beckman Coulter's *AU680/AU480 Online Specifications* and *AU5800 Online Specification* (D-160845) are the
+  current documents (not read here); Beckman's *DxC 700 AU Online Specification* (2016, table of contents read)
+  keeps the same message kinds (sample information request and response, analysis data messages).
 * The field widths: the AU's result text layout is **set on the analyzer** ([PARAMETER] [ONLINE]: unit
   number on/off, digits of the rack number, the sample ID, the test number, the result, the flags). The
   layout below is the one an open-source LIS driver for an AU5800 site reads (C#, ``DeviceLink.Devices.AU5800``:

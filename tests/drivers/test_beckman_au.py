@@ -103,3 +103,18 @@ def test_an_au_instrument_without_a_link_table_gets_the_au_framing_and_its_setti
     assert isinstance(plain, AuLink) and plain.profile.bcc and plain.profile.acknowledge
     assert isinstance(set_up, AuLink)
     assert (set_up.profile.bcc, set_up.profile.acknowledge, set_up.profile.receive_timeout) == (False, False, 5.0)
+
+
+def test_replay_reads_an_au_capture_with_or_without_bcc_and_reports_a_corrupted_block() -> None:
+    from labbridge.replay import ReplayedMessage, ReplayProblem, replay
+
+    blocks = result_texts("D ", TESTS, per_block=2, sample_id="2611230042")
+    for with_bcc in (True, False):
+        capture = b"".join(build_block(b, last=i == 1, with_bcc=with_bcc) for i, b in enumerate(blocks))
+        items = list(replay(driver(), capture))
+        assert [i.decoded and [r.value for r in i.decoded.results] for i in items
+                if isinstance(i, ReplayedMessage)] == [["5.4", "131"]]
+    good = build_block(blocks[1])
+    corrupted = build_block(blocks[0], last=False) + good[:-1] + bytes((good[-1] ^ 1,))
+    kinds = [i.kind for i in replay(driver(), corrupted) if isinstance(i, ReplayProblem)]
+    assert kinds == ["frame rejected", "incomplete transmission"]

@@ -5,7 +5,8 @@ It sends what the ``beckman-au`` driver reads (its docstring gives the layout an
 one text per sample (``D `` patient, ``DQ`` QC every ``qc_every`` texts, ``DH`` rerun every ``rerun_every``),
 each text in blocks of at most ``tests_per_block`` tests (``ETB`` between blocks, block numbers ``0``, ``1``,
 ... and ``E`` on the last), then ``DE``. Every block waits for the host's answer: ``ACK`` goes on, ``NAK``
-sends the same block again (at most ``retries`` times, then the text is given up, as the AU does), no answer
+sends the same block again after ``nak_delay`` s (at most ``retries`` times, then the text is given up, as the
+AU does), no answer
 within ``reply_timeout`` seconds sends it once more, then gives up. A text whose last block was ACKed is in
 ``acked`` (its results, as the LIS must receive them) and ``on_acked`` is called with it at that moment (a
 test checks there that the results were stored before the ACK).
@@ -155,6 +156,7 @@ class AuAnalyzerSim:
     corrupt_every: int = 0
     junk: bytes = b""
     retries: int = 3
+    nak_delay: float = 0.0  # wait this long before sending a NAKed block again
     reply_timeout: float = 5.0
     opener: Opener | None = None
     on_acked: Callable[[AuText], None] | None = None
@@ -214,6 +216,7 @@ class AuAnalyzerSim:
             if answer[0] == au_online.ACK:
                 return True
             self.stats.naks += 1
+            await asyncio.sleep(self.nak_delay)
         return False
 
 

@@ -62,6 +62,29 @@ def test_au_texts_are_stored_before_their_ack_and_reach_the_lis_with_qc_and_a_na
     run(body())
 
 
+def test_a_text_that_cannot_be_stored_is_nakked_and_kept_once_the_store_takes_it_again(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_lab(tmp_path, drivers=["beckman-au"]) as lab:
+            runner = lab.daemon.runners["an-0"]
+            assert runner.bound is not None
+            store, health = lab.daemon.store, runner.health
+            store.fail_commits = True
+            factory = AuTextFactory("an-0", sample_prefix="NS", seed=4, qc_every=0, rerun_every=0,
+                                    tests_per_block=2)
+            sim = AuAnalyzerSim("an-0", runner.bound, factory, texts=1, retries=50, nak_delay=0.1)
+            task = asyncio.create_task(sim.run())
+            await eventually(lambda: sim.stats.naks >= 1, what="the AU seeing the NAK of its last block")
+            assert not sim.acked and health.counters.store_failures >= 1
+            assert "cannot be stored" in health.to_json()["reason"]
+            store.fail_commits = False
+            await asyncio.wait_for(task, 30)
+            assert sim.stats.texts_acked == 1 and len(sim.acked) == 6
+            await eventually(lambda: sim.acked <= lab.lis.delivered, what="delivery")
+            assert (await store.counts())["messages"] == 1
+
+    run(body())
+
+
 def test_a_cut_in_the_middle_of_a_text_is_kept_incomplete_and_the_texts_before_it_reach_the_lis(
         tmp_path: Path) -> None:
     async def body() -> None:

@@ -169,8 +169,8 @@ TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client", "serial"})
 
 class LinkConfig(_Model):
     # e1381: ASTM LIS1-A framing; raw: ASTM records on a byte stream, no low-level framing (ASTM drivers);
-    # mllp: HL7 v2 over MLLP (HL7 drivers).
-    framing: Literal["e1381", "raw", "mllp"] = "e1381"
+    # mllp: HL7 v2 over MLLP (HL7 drivers); au: Beckman Coulter AU "online" texts (the beckman-au driver).
+    framing: Literal["e1381", "raw", "mllp", "au"] = "e1381"
     # ASTM: the character set of the records. HL7: the fallback when MSH-18 is empty or ASCII.
     encoding: str = "latin-1"
     # MLLP: accept a block ended by FS without the CR after it (some senders omit it).
@@ -202,6 +202,12 @@ class LinkConfig(_Model):
     # Sustained bytes per second read from one connection (one second of burst); over it, reading is slowed
     # (TCP flow control pushes back on the sender) and counted (throttled). Fairness between links.
     max_bytes_per_s: Annotated[float, Field(gt=0)] = 1024.0 * 1024.0
+    # ---- framing = "au" (Beckman Coulter AU online link; labbridge.protocols.au_online) ----------------
+    # They must match the AU's [PARAMETER] [ONLINE] [PROTOCOL] menu. receive_timeout_s above applies too:
+    # a block, or a blocked text, silent this long is abandoned (kept as an incomplete transmission).
+    au_bcc: bool = True  # each block ends with a block check character (BCC) after ETX/ETB
+    au_acknowledge: bool = True  # class B: every block is answered ACK/NAK; false: class A (no answers)
+    # ---- end of framing = "au" -------------------------------------------------------------------------
 
     @field_validator("encoding")
     @classmethod

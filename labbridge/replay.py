@@ -154,6 +154,16 @@ class _Replayer:
                                                 "records before an H or after an L", where or "capture",
                                                 event.count))
 
+    def au(self, stream: Stream, out: Replay) -> None:
+        """A Beckman Coulter AU capture (framing = "au"): its texts read by the daemon's own AU receiver."""
+        where = f"stream '{stream.label}'" if stream.label else ""
+        for item in _au_texts(bytes(stream.data)):
+            if isinstance(item, ReplayProblem):
+                out.items.append(ReplayProblem(item.kind, item.detail, where))
+                continue
+            self.index += 1
+            out.items.append(_message(self.index, item, self.decoder.decode_records(item), stream.label))
+
     def hl7(self, stream: Stream, out: Replay) -> None:
         messages, deviations = hl7_messages(stream, repair=not self.strict)
         out.deviations += deviations
@@ -208,6 +218,8 @@ def replay_capture(driver: Driver, capture: bytes, *, instrument: InstrumentConf
     for stream in read.streams:
         if isinstance(driver, Hl7Driver):
             replayer.hl7(stream, out)
+        elif link.framing == "au":
+            replayer.au(stream, out)
         else:
             replayer.astm(stream, out)
     return out
@@ -342,3 +354,23 @@ def summary(result: Replay, *, strict: bool = False) -> list[str]:
 def conforms(result: Replay) -> bool:
     """Nothing to repair, reject or ignore, and no problem (what ``--strict`` requires)."""
     return not result.deviations and not any(isinstance(i, ReplayProblem) for i in result.items)
+
+
+# ---- Beckman Coulter AU online texts (framing = "au") ---------------------------------------------------------
+
+
+def _au_texts(capture: bytes) -> Iterator[tuple[bytes, ...] | ReplayProblem]:
+    """The texts of an AU capture, read by the daemon's own AU receiver; refused blocks and unfinished texts
+    are reported. Blocks carry a BCC (the AU's default) unless every end code is followed directly by the next
+    block's STX or the end of the capture (an AU set without BCC)."""
+    from labbridge.protocols import au_online
+
+    ends = [i for i, byte in enumerate(capture) if byte in (au_online.ETX, au_online.ETB)]
+    bcc = any(i + 1 < len(capture) and capture[i + 1] != au_online.STX for i in ends)
+    for item in au_online.split_texts(capture, au_online.AuProfile(bcc=bcc)):
+        if isinstance(item, e1381.FrameRejected):
+            yield ReplayProblem("frame rejected", item.reason)
+        elif isinstance(item, e1381.IncompleteMessage):
+            yield ReplayProblem("incomplete transmission", item.reason)
+        else:
+            yield item

@@ -31,7 +31,7 @@ from labbridge.links.sink import MessageSink
 from labbridge.logs import get_logger
 from labbridge.model import HostQuery, OrderLine
 from labbridge.orders import LIVE_STATES, Order, OrderSource, answer_query, push_lines
-from labbridge.protocols import e1381, raw
+from labbridge.protocols import au_online, e1381, raw
 from labbridge.protocols.link import over_limit
 
 log = get_logger("labbridge.astm")
@@ -52,7 +52,8 @@ class _Job:
 class AstmRole:
     """See the module's docstring."""
 
-    def __init__(self, session: LinkSession[e1381.Event], link: e1381.E1381Link | raw.RawLink, *, sink: MessageSink,
+    def __init__(self, session: LinkSession[e1381.Event], link: e1381.E1381Link | raw.RawLink | au_online.AuLink,
+                 *, sink: MessageSink,
                  driver: AstmDriver, context: DecodeContext, orders: OrderSource | None = None,
                  site: str = "") -> None:
         self.session = session
@@ -60,7 +61,8 @@ class AstmRole:
         self.sink = sink
         self.driver = driver
         self.context = context
-        # Answers and pushes need a link that can send: E1381 (raw framing has no way back).
+        # Answers and pushes need a link that can send: E1381 (raw framing has no way back; the AU online
+        # link answers no sample-information inquiry).
         self.orders = orders if driver.supports_orders and isinstance(link, e1381.E1381Link) else None
         self.site = site
         self._reply: _Job | None = None  # the answer to the last host query, not yet on the link

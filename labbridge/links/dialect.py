@@ -7,11 +7,11 @@ its raw bytes (links/intake.py), so both read the bytes with the same dialect.
 from __future__ import annotations
 
 from labbridge.config import LinkConfig
-from labbridge.protocols import e1381, raw
+from labbridge.protocols import au_online, e1381, raw
 
 TERMINATORS = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}
 
-AstmLink = e1381.E1381Link | raw.RawLink
+AstmLink = e1381.E1381Link | raw.RawLink | au_online.AuLink
 
 
 def link_profile(link: LinkConfig) -> e1381.LinkProfile:
@@ -27,7 +27,11 @@ def link_profile(link: LinkConfig) -> e1381.LinkProfile:
 
 
 def host_link(link: LinkConfig) -> AstmLink:
-    """The receiving end labbridge runs for an ASTM instrument: E1381 (host role) or raw records."""
+    """The receiving end labbridge runs for a record-based instrument: E1381 (host role), raw records, or the
+    Beckman Coulter AU online link (its texts are the records)."""
+    if link.framing == "au":
+        return au_online.AuLink(au_online.AuProfile(bcc=link.au_bcc, acknowledge=link.au_acknowledge,
+                                                    receive_timeout=link.receive_timeout_s))
     if link.framing == "raw":
         return raw.RawLink(raw.RawProfile(record_terminator=TERMINATORS[link.record_terminator],
                                           idle_timeout=link.raw_idle_timeout_s, max_record_bytes=link.max_frame_bytes,
@@ -39,9 +43,9 @@ def host_link(link: LinkConfig) -> AstmLink:
 def records_from_raw(link: LinkConfig, raw_bytes: bytes) -> tuple[bytes, ...] | None:
     """The records of one stored message (its bytes as received), read with the instrument's dialect."""
     receiver = host_link(link)
-    lead = b"" if isinstance(receiver, raw.RawLink) else bytes([e1381.ENQ])
+    lead = bytes([e1381.ENQ]) if isinstance(receiver, e1381.E1381Link) else b""
     receiver.receive_data(lead + raw_bytes, 0.0)
-    if isinstance(receiver, raw.RawLink):
+    if not isinstance(receiver, e1381.E1381Link):
         receiver.connection_lost()
     while (event := receiver.next_event()) is not None:
         if isinstance(event, e1381.MessageReceived):

@@ -129,6 +129,15 @@ def load_instrument_driver(cfg: InstrumentConfig) -> tuple[AstmDriver | Hl7Drive
     except DriverError as exc:
         return None, str(exc)
     framing = cfg.link.framing
+    if isinstance(driver, AstmDriver) and (framing == "au" or driver.link_defaults.get("framing") == "au"):
+        # The Beckman Coulter AU online link: its texts only mean something to a driver made for them.
+        if framing == "au" and driver.link_defaults.get("framing") == "au":
+            return driver, None
+        if framing == "au":
+            return None, (f"driver {cfg.driver!r} reads ASTM records, not Beckman Coulter AU online texts: "
+                          'use driver = "beckman-au" on this link, or set [instruments.link] framing = "e1381"')
+        return None, (f"driver {cfg.driver!r} reads Beckman Coulter AU online texts but the link's framing is "
+                      f'{framing!r}: set [instruments.link] framing = "au"')
     if isinstance(driver, AstmDriver):
         if framing in ("e1381", "raw"):
             return driver, None

@@ -24,7 +24,7 @@ def test_au_texts_are_stored_before_their_ack_and_reach_the_lis_with_qc_and_a_na
         tmp_path: Path) -> None:
     async def body() -> None:
         # No [link] table: the driver's link defaults give framing = "au" (BCC, class B).
-        async with running_lab(tmp_path, drivers=["beckman-au"]) as lab:
+        async with running_lab(tmp_path, drivers=["beckman-au"], extra_lis={"qc": "send-marked"}) as lab:
             runner = lab.daemon.runners["an-0"]
             assert runner.bound is not None and runner.cfg.link.framing == "au"
             db = Path(lab.config.store.path)
@@ -119,7 +119,8 @@ def test_au_texts_over_a_serial_line_reach_the_lis(tmp_path: Path) -> None:
     async def body() -> None:
         transport = {"kind": "serial", "port": pty.device, "baudrate": 9600, "parity": "N",
                      "reopen_initial_s": 0.05, "reopen_max_s": 0.2}
-        async with running_lab(tmp_path, drivers=["beckman-au"], overrides={"an-0": {"transport": transport}}) as lab:
+        async with running_lab(tmp_path, drivers=["beckman-au"], overrides={"an-0": {"transport": transport}},
+                               extra_lis={"qc": "send-marked"}) as lab:
             runner = lab.daemon.runners["an-0"]
             await eventually(lambda: runner.health.state == "up", what="serial port open")
             factory = AuTextFactory("an-0", sample_prefix="SER", seed=9, qc_every=2, tests_per_block=3)

@@ -46,6 +46,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "siemens-dca-vantage": "labbridge_driver_siemens_dca:SiemensDcaVantageDriver",
     "roche-cobas-c111": "labbridge_driver_roche_cobas_c111:RocheCobasC111Driver",
     "cepheid-genexpert-hl7": "labbridge_driver_cepheid_genexpert_hl7:CepheidGenexpertHl7Driver",
+    "beckman-au": "labbridge_driver_beckman_au:BeckmanAuDriver",
 }
 
 

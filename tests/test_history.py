@@ -218,6 +218,39 @@ def test_a_version_5_store_gets_the_history_tables(tmp_path: Path) -> None:
     assert conn.execute("SELECT state FROM link_states").fetchall() == [("up",)]
 
 
+def test_a_version_9_store_keeps_the_security_counters_per_day_after_its_upgrade(tmp_path: Path) -> None:
+    """Schema 10 adds a column per counter of what may connect and of limits to link_days; the day rows
+    written before stay, and the new counters are added up per day from then on."""
+    from labbridge.store.history import SECURITY_COUNTERS, DayFigures
+    from labbridge.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "v9.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    for step in range(2, 10):
+        MIGRATIONS[step](conn)
+    conn.execute("PRAGMA user_version=9")
+    conn.execute("INSERT INTO link_days (instrument, day, up_s, messages_received) VALUES ('a', '2026-12-01', 60, 3)")
+    conn.commit()
+    assert "over_limit" not in {row[1] for row in conn.execute("PRAGMA table_info(link_days)")}
+    conn.close()
+    day = DayFigures("a", "2026-12-03", counters={"peers_refused": 2, "over_limit": 1, "throttled": 4})
+
+    async def body() -> None:
+        async with Store(path) as store:
+            await store.write_relaxed(stored.record, HistoryBatch([], [day]))
+            await store.write_relaxed(stored.record, HistoryBatch([], [day]))
+
+    run(body())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(link_days)")}
+    assert set(SECURITY_COUNTERS) <= columns
+    assert conn.execute("SELECT up_s, messages_received FROM link_days WHERE day = '2026-12-01'").fetchone() == (60, 3)
+    assert conn.execute("SELECT peers_refused, over_limit, throttled, connections_replaced FROM link_days "
+                        "WHERE day = '2026-12-03'").fetchone() == (4, 2, 8, 0)
+
+
 def test_link_history_sees_set_state_at_once_and_marks_removed_and_stopped_instruments(tmp_path: Path) -> None:
     from labbridge.health.history import LinkHistory
 

@@ -25,18 +25,20 @@ from typing import Any
 # import health: a test holds the two to the same list).
 DAY_STATES: tuple[str, ...] = ("planned", "connecting", "up", "idle", "degraded", "down", "failed")
 
-# The counters kept per day (labbridge.health.instrument.Counters field names, a test holds them to it).
-DAY_COUNTERS: tuple[str, ...] = (
+# The counters kept per day (labbridge.health.instrument.Counters field names, a test holds them to it): those
+# link_days was created with (schema 6), then those of what may connect and of limits (docs/security.md,
+# added by schema 10).
+_SCHEMA6_COUNTERS: tuple[str, ...] = (
     "messages_received", "results_received", "duplicate_results", "bytes_received", "frames_accepted",
     "frames_rejected", "naks_received", "checksum_errors", "retransmissions", "timeouts", "junk_bytes",
     "connections", "connections_refused", "incomplete_transmissions", "decode_errors", "store_failures",
     "duplicate_messages", "acks_sent", "host_queries", "query_answers_sent", "orders_sent", "sends_aborted",
     "keepalives", "contentions",
 )
-# Counters of what may connect and of limits (docs/security.md), not kept per day: link_days has a column per
-# counter, and adding columns needs a store migration (left for a later schema step). They reach /metrics
-# (labbridge_<counter>_total), where Prometheus keeps their history, and the instrument's notices.
-NOT_PER_DAY: tuple[str, ...] = ("peers_refused", "connections_replaced", "idle_closed", "throttled", "over_limit")
+SECURITY_COUNTERS: tuple[str, ...] = ("peers_refused", "connections_replaced", "idle_closed", "throttled",
+                                      "over_limit")
+DAY_COUNTERS: tuple[str, ...] = (*_SCHEMA6_COUNTERS, *SECURITY_COUNTERS)
+NOT_PER_DAY: tuple[str, ...] = ()  # every counter is kept per day
 
 # Recorded when labbridge stops: not a link state, the start of a gap in the history.
 STOPPED = "stopped"
@@ -60,7 +62,7 @@ _LINK_HISTORY_SQL = [
     "    instrument TEXT NOT NULL,\n"
     "    day TEXT NOT NULL,               -- the node's local date, YYYY-MM-DD\n"
     + "".join(f"    {_seconds_column(s)} REAL NOT NULL DEFAULT 0,\n" for s in DAY_STATES)
-    + "".join(f"    {c} INTEGER NOT NULL DEFAULT 0,\n" for c in DAY_COUNTERS)
+    + "".join(f"    {c} INTEGER NOT NULL DEFAULT 0,\n" for c in _SCHEMA6_COUNTERS)
     + "    PRIMARY KEY (instrument, day)\n)",
     "CREATE INDEX IF NOT EXISTS link_days_day ON link_days(day)",
 ]
@@ -70,6 +72,15 @@ def migrate_link_history(conn: sqlite3.Connection) -> None:
     """Link history: state changes (link_states) and daily seconds per state and counters (link_days)."""
     for statement in _LINK_HISTORY_SQL:
         conn.execute(statement)
+
+
+def migrate_security_counters(conn: sqlite3.Connection) -> None:
+    """Link history per day also counts refused peers, replaced connections, idle closes, throttling and input
+    over a limit."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(link_days)")}
+    for counter in SECURITY_COUNTERS:
+        if counter not in present:
+            conn.execute(f"ALTER TABLE link_days ADD COLUMN {counter} INTEGER NOT NULL DEFAULT 0")
 
 
 @dataclass(frozen=True, slots=True)

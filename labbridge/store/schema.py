@@ -22,7 +22,7 @@ from labbridge.logs import get_logger
 from labbridge.store.audit import migrate_audit_chain
 from labbridge.store.campaign import migrate_campaign
 from labbridge.store.failure import kind_of
-from labbridge.store.history import migrate_link_history
+from labbridge.store.history import migrate_link_history, migrate_security_counters
 from labbridge.store.users import migrate_users
 
 log = get_logger("labbridge.store")
@@ -187,6 +187,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     7: migrate_campaign,  # labbridge.store.campaign
     8: migrate_audit_chain,  # labbridge.store.audit
     9: migrate_users,  # labbridge.store.users
+    10: migrate_security_counters,  # labbridge.store.history
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

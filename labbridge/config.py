@@ -317,6 +317,9 @@ class InstrumentConfig(_Model):
     # (`labbridge replay` warns when a sample's results all share one code). Drivers with a profile
     # (profile.toml test_code) say where the code is themselves and ignore this.
     test_code_component: Annotated[int, Field(ge=1, le=16)] | None = None
+    # The component of R-3 that holds the analyzer's name for the test (sent to the LIS as OBX-3's text),
+    # counted from 1. Absent: the 2nd (LIS2-A2's test name); a component holding the code is never the name.
+    test_name_component: Annotated[int, Field(ge=1, le=16)] | None = None
 
     @field_validator("peer")
     @classmethod

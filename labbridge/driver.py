@@ -112,6 +112,8 @@ class DecodeContext:
     # ---- issue 20, part 5: the instrument's test_code_component (drivers that read R-3 use it) ----
     # The component of ASTM R-3 (universal test ID) holding the test code, counted from 1; None: the driver's.
     test_code_component: int | None = None
+    # The component of R-3 holding the test's name, counted from 1; None: the 2nd (LIS2-A2).
+    test_name_component: int | None = None
 
     def map_test(self, instrument_code: str) -> str:
         return self.test_map.get(instrument_code, instrument_code)

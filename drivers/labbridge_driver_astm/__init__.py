@@ -10,8 +10,8 @@ Where values sit (CLSI LIS2-A2, records P §8, O §9, R §10):
   message (:func:`code_component`): the instrument's ``test_code_component``, else the driver's
   (:attr:`GenericAstmDriver.test_code_component`, for a subclass), else the component whose values vary
   across the message's results (the most distinct non-empty values; a tie goes to the 4th, then the
-  first), else (one result, or all alike) the 4th when set, else the first non-empty one; the 2nd
-  component is the test's name (when sent);
+  first), else (one result, or all alike) the 4th when set, else the first non-empty one; the test's name
+  is the instrument's ``test_name_component``, else the 2nd component (when sent, and not the code's);
 * R-4 value, R-5 units, R-6 reference range, R-7 abnormal flags (repeats), R-9 status, R-11 operator
   (first component sent), R-13 time the test completed, R-14 instrument identification (first component);
 * P-4..P-9 (patient fields) and C records (comments on the P, O or R before them): labbridge.astm_content.
@@ -47,6 +47,15 @@ STATUS_CODES: dict[str, ResultStatus] = {
 
 
 LIS2A2_CODE_COMPONENT = 4  # R-3: ^^^code
+
+
+def _test_name(comps: Sequence[str], configured: int | None, code_at: int | None) -> str:
+    """The test's name from R-3's components: the configured one (counted from 1), else the 2nd; never the
+    component the code was read from."""
+    at = configured or 2
+    if at == code_at or at > len(comps):
+        return ""
+    return comps[at - 1].strip()
 
 
 def code_component(test_ids: Sequence[Sequence[str]], configured: int | None) -> int | None:
@@ -140,7 +149,7 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
                     measured_at=context.timestamp(rec.field(13)),
                     kind="qc" if (qc_message or qc_order) else "patient",
                     patient_id=patient_id,
-                    test_name=comps[1].strip() if len(comps) > 1 else "",
+                    test_name=_test_name(comps, context.test_name_component, component),
                     operator=next((c.strip() for c in rec.components(11) if c.strip()), ""),
                     equipment_id=rec.component(14, 1).strip(),
                 ))

@@ -36,7 +36,8 @@ class Intake:
 
 def decode_context(cfg: InstrumentConfig) -> DecodeContext:
     return DecodeContext(instrument=cfg.id, timezone=zoneinfo.ZoneInfo(cfg.timezone), test_map=cfg.lis_test_map(),
-                         encoding=cfg.link.encoding, test_code_component=cfg.test_code_component)
+                         encoding=cfg.link.encoding, test_code_component=cfg.test_code_component,
+                         test_name_component=cfg.test_name_component)
 
 
 class InstrumentDecoder:

@@ -125,3 +125,40 @@ def test_replay_warns_when_a_samples_results_share_one_code(tmp_path: Path) -> N
 def test_context_field_defaults_to_the_drivers_choice() -> None:
     assert DecodeContext(instrument="x").test_code_component is None
     assert dataclasses.replace(DecodeContext(instrument="x"), test_code_component=1).test_code_component == 1
+
+
+def names(records: list[bytes], context: DecodeContext) -> list[tuple[str, str]]:
+    decoded = GenericAstmDriver().decode(records, context)
+    return [(r.instrument_test_code, r.test_name) for r in decoded.results]
+
+
+def test_the_test_name_is_the_configured_component_else_the_second_never_the_code() -> None:
+    lis2a2 = message(b"^Glucose^^GLU", b"^Potassium^^K")
+    assert names(lis2a2, DecodeContext(instrument="x")) == [("GLU", "Glucose"), ("K", "Potassium")]
+    # The code in the 1st component and the name in the 3rd (test_name_component = 3).
+    third = message(b"GLU^^Glucose^A", b"K^^Potassium^A")
+    context = DecodeContext(instrument="x", test_code_component=1, test_name_component=3)
+    assert names(third, context) == [("GLU", "Glucose"), ("K", "Potassium")]
+    assert names(third, DecodeContext(instrument="x", test_code_component=1)) == [("GLU", ""), ("K", "")]
+    # A name component that is the code's gives no name (the code is not a name).
+    same = DecodeContext(instrument="x", test_code_component=2, test_name_component=2)
+    assert names(message(b"^GLU", b"^K"), same) == [("GLU", ""), ("K", "")]
+
+
+def test_test_name_component_reaches_the_driver_from_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "labbridge.toml"
+    path.write_text("""
+[[sites]]
+id = "arlon"
+name = "Arlon"
+
+[[instruments]]
+id = "chem-1"
+site = "arlon"
+driver = "astm-generic"
+test_code_component = 1
+test_name_component = 3
+transport = { kind = "tcp-server", port = 4001 }
+""")
+    context = decode_context(load_config(path).instruments[0])
+    assert (context.test_code_component, context.test_name_component) == (1, 3)

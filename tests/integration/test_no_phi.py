@@ -1,6 +1,7 @@
-"""No patient data in logs or metrics, checked on a whole demo run: the six sites' simulated analyzers send
-patient ids, names and sample ids; none of them may appear in the daemon's log lines (at info level) or in
-/metrics, while the store (which must keep them) has them."""
+"""No patient data in logs, metrics or MQTT, checked on a whole demo run: the six sites' simulated analyzers
+send patient ids, names and sample ids; none of them may appear in the daemon's log lines (at info level), in
+/metrics or in what it publishes to a real Mosquitto (every topic, retained or not), while the store (which
+must keep them) has them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.fleet.broker import mosquitto
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +40,37 @@ def patient_data(store: Path) -> set[str]:
     return {item for item in found if item and not item.startswith("QC")}
 
 
-def test_a_demo_run_logs_and_exposes_no_patient_data(tmp_path: Path) -> None:
+class Subscriber:
+    """Every message on ``labbridge/#`` of a broker, retained ones included (paho-mqtt, aiomqtt's own client)."""
+
+    def __init__(self, port: int) -> None:
+        from paho.mqtt import client as mqtt
+
+        self.messages: list[tuple[str, str]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda c, *_: c.subscribe("labbridge/#", qos=1)
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, m.payload.decode("utf-8")))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_a_demo_run_logs_exposes_and_publishes_no_patient_data(tmp_path: Path) -> None:
+    with mosquitto(tmp_path) as broker:
+        subscriber = Subscriber(broker.port)
+        try:
+            check_a_demo_run(tmp_path, broker.url, subscriber)
+        finally:
+            subscriber.stop()
+
+
+def check_a_demo_run(tmp_path: Path, broker_url: str, subscriber: Subscriber) -> None:
     store_dir = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-m", "labbridge.cli", "demo", "--for", "25", "--port", "0",
-                             "--store-dir", str(store_dir), "--log-level", "info"],
+                             "--store-dir", str(store_dir), "--log-level", "info", "--mqtt", broker_url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     first = proc.stdout.readline()
@@ -58,6 +88,9 @@ def test_a_demo_run_logs_and_exposes_no_patient_data(tmp_path: Path) -> None:
     assert any(p.isalpha() for p in phi), "the demo sent patient names"
     lines = err.splitlines()
     assert len(lines) > 50 and all(line.startswith("{") for line in lines)  # JSON lines, at info level
-    for text, where in ((err, "the logs"), ("\n".join(scraped), "/metrics"), (first + out, "the demo's output")):
+    published = "\n".join(f"{topic} {payload}" for topic, payload in subscriber.messages)
+    assert len(subscriber.messages) > 21 and "/instruments/arlon-chem-1/health" in published  # it published
+    for text, where in ((err, "the logs"), ("\n".join(scraped), "/metrics"), (first + out, "the demo's output"),
+                        (published, "MQTT")):
         leaked = sorted(p for p in phi if re.search(rf"(?<![A-Za-z0-9]){re.escape(p)}(?![A-Za-z0-9])", text))
         assert not leaked, f"patient data in {where}: {leaked[:5]}"

@@ -43,12 +43,14 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 class SiteConfig(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
+    """The site's id, named by its instruments' `site`."""
     name: str
+    """The site's name as people say it (shown on the dashboard and in reports)."""
 
 
 class TlsConfig(_Model):
@@ -62,10 +64,17 @@ class TlsConfig(_Model):
     """
 
     cert: str | None = None
+    """This side's certificate (PEM): required when labbridge listens; a client certificate when it dials."""
     key: str | None = None
+    """The private key of `cert` (PEM); keep it readable by labbridge's user only."""
     ca: str | None = None
+    """The CA (PEM) that signs the peer's certificate: required of an analyzer when listening (mutual TLS); verifies
+    the peer when dialing (absent: the system's trust store).
+    """
     server_hostname: str | None = None
+    """The name checked in the peer's certificate when dialing (absent: the host dialed)."""
     check_hostname: bool = True
+    """Check the peer's certificate names the host (when dialing); turn off only for a peer known by address."""
 
 
 # ---- what may connect (issue 18; docs/security.md "What may connect, fairness and limits") ----
@@ -102,25 +111,33 @@ class TcpServerTransport(_Model):
     """labbridge listens; the analyzer dials in."""
 
     kind: Literal["tcp-server"]
+    """labbridge listens; the analyzer connects to it."""
     host: str = "127.0.0.1"
+    """The address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)."""
     port: Port
-    # What to do when a second connection arrives while one is open: refuse the newcomer (the
-    # safe default: a stray connection cannot cut off a working analyzer) or replace the old one
-    # (for analyzers that reconnect without closing). With "reject", an open connection that has received
-    # nothing for longer than the link's receive timeout (link.receive_timeout_s, or raw_idle_timeout_s) is
-    # replaced all the same: an idle connection never locks the analyzer out.
+    """The TCP port the analyzer connects to (0: any free port, for tests)."""
     second_connection: Literal["reject", "replace"] = "reject"
+    """What to do when a second connection arrives while one is open: refuse the newcomer (the safe default: a stray
+    connection cannot cut off a working analyzer) or replace the old one (for analyzers that reconnect without
+    closing). With "reject", an open connection that has received nothing for longer than the link's receive timeout
+    (link.receive_timeout_s, or raw_idle_timeout_s) is replaced all the same: an idle connection never locks the
+    analyzer out.
+    """
     tls: TlsConfig | None = None
-    # ---- what may connect (docs/security.md) ----
-    # Addresses or networks that may connect ("10.1.2.3", "10.1.2.0/24", IPv6 too); empty: any address.
-    # Others are closed at once, counted (peers_refused), logged with their address and shown.
+    """TLS on this link (absent: plain TCP)."""
     allow_peers: AllowPeers
-    # Connections open at once on this listener (all instruments of a shared listener together); more are
-    # closed at once and counted (over_limit).
+    """Addresses or networks that may connect ("10.1.2.3", "10.1.2.0/24",
+    IPv6 too); empty: any address. Others are closed at once, counted (peers_refused), logged with their address and
+    shown.
+    """
     max_connections: MaxConnections = 16
-    # A connection that receives nothing for this long, with no transfer under way, is closed (idle_closed).
-    # None (the default): kept open, as analyzers that hold one connection for days expect.
+    """Connections open at once on this listener (all instruments of a shared listener together); more are closed at
+    once and counted (over_limit).
+    """
     idle_timeout_s: Seconds | None = None
+    """A connection that receives nothing for this long, with no transfer under way, is closed (idle_closed). None (the
+    default): kept open, as analyzers that hold one connection for days expect.
+    """
 
     @field_validator("allow_peers")
     @classmethod
@@ -132,12 +149,19 @@ class TcpClientTransport(_Model):
     """labbridge dials the analyzer, and redials with capped exponential backoff and jitter."""
 
     kind: Literal["tcp-client"]
+    """labbridge dials the analyzer (and redials with backoff)."""
     host: str
+    """The analyzer's address."""
     port: Annotated[int, Field(ge=1, le=65535)]
+    """The analyzer's TCP port."""
     connect_timeout_s: Seconds = 10.0
+    """A connection attempt that takes longer fails (and is retried with backoff)."""
     reconnect_initial_s: Seconds = 1.0
+    """The first wait before redialing; doubled at each failure, with jitter."""
     reconnect_max_s: Seconds = 60.0
+    """The longest wait between redials."""
     tls: TlsConfig | None = None
+    """TLS on this link (absent: plain TCP)."""
 
 
 class SerialTransport(_Model):
@@ -145,15 +169,25 @@ class SerialTransport(_Model):
     (socket://host:port, rfc2217://host:port, loop://). Reopened with capped backoff and jitter."""
 
     kind: Literal["serial"]
+    """An RS-232 serial port."""
     port: Annotated[str, Field(min_length=1)]
+    """The device (/dev/ttyUSB0, /dev/ttyS0, COM3) or a pyserial URL (socket://, rfc2217://, loop://)."""
     baudrate: Annotated[int, Field(gt=0, le=4_000_000)] = 9600
+    """Bits per second, as set on the analyzer."""
     bytesize: Literal[5, 6, 7, 8] = 8
-    parity: Literal["N", "E", "O", "M", "S"] = "N"  # none, even, odd, mark, space
-    stopbits: float = 1  # 1, 1.5 or 2
-    xonxoff: bool = False  # software flow control
-    rtscts: bool = False  # hardware flow control
+    """Data bits, as set on the analyzer."""
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    """None, even, odd, mark, space"""
+    stopbits: float = 1
+    """1, 1.5 or 2"""
+    xonxoff: bool = False
+    """Software flow control"""
+    rtscts: bool = False
+    """Hardware flow control"""
     reopen_initial_s: Seconds = 1.0
+    """The first wait before reopening a port that failed or went away; doubled at each failure, with jitter."""
     reopen_max_s: Seconds = 60.0
+    """The longest wait between reopening attempts."""
 
     @field_validator("stopbits")
     @classmethod
@@ -168,45 +202,63 @@ TRANSPORT_KINDS = frozenset({"tcp-server", "tcp-client", "serial"})
 
 
 class LinkConfig(_Model):
-    # e1381: ASTM LIS1-A framing; raw: ASTM records on a byte stream, no low-level framing (ASTM drivers);
-    # mllp: HL7 v2 over MLLP (HL7 drivers); au: Beckman Coulter AU "online" texts (the beckman-au driver).
     framing: Literal["e1381", "raw", "mllp", "au"] = "e1381"
-    # ASTM: the character set of the records. HL7: the fallback when MSH-18 is empty or ASCII.
+    """E1381: ASTM LIS1-A framing; raw: ASTM records on a byte stream, no low-level framing (ASTM drivers); mllp: HL7
+    v2 over MLLP (HL7 drivers); au: Beckman Coulter AU "online" texts (the beckman-au driver).
+    """
     encoding: str = "latin-1"
-    # MLLP: accept a block ended by FS without the CR after it (some senders omit it).
+    """ASTM: the character set of the records. HL7: the fallback when MSH-18 is empty or ASCII."""
     allow_missing_cr: bool = False
-    # ASTM LIS1-A: the first frame of a transfer is numbered 1. Some analyzers start at 0.
+    """MLLP: accept a block ended by FS without the CR after it (some senders omit it)."""
     strict_frame_numbers: bool = True
+    """ASTM LIS1-A: the first frame of a transfer is numbered 1. Some analyzers start at 0."""
     # Dialects (flags on the link profile; defaults are the standard).
-    frame_numbers: bool = True  # false: frames carry no frame number digit (Snibe MAGLUMI)
-    checksums: bool = True  # false: frames carry no checksum (Snibe MAGLUMI)
+    frame_numbers: bool = True
+    """False: frames carry no frame number digit (Snibe MAGLUMI)"""
+    checksums: bool = True
+    """False: frames carry no checksum (Snibe MAGLUMI)"""
     record_terminator: Literal["cr", "lf", "crlf"] = "cr"
-    lenient_whitespace: bool = False  # newlines before STX and extra CRs after frames are expected
-    enq_eot_keepalive: bool = False  # ENQ then EOT with no frame is the analyzer's keep-alive
+    """What ends a record inside a frame or on a raw link: CR (the standard), LF or CRLF."""
+    lenient_whitespace: bool = False
+    """Newlines before STX and extra CRs after frames are expected"""
+    enq_eot_keepalive: bool = False
+    """ENQ then EOT with no frame is the analyzer's keep-alive"""
     # LIS1-A timers (framing = "e1381"). The defaults are the standard's; change them only for an analyzer
     # that needs it (or in tests).
-    reply_timeout_s: Seconds = 15.0  # we send: wait this long for the reply to our ENQ or frame
-    receive_timeout_s: Seconds = 30.0  # we receive: a transfer silent this long is ended (incomplete)
-    busy_wait_s: Seconds = 10.0  # after a busy NAK to our ENQ, or a failed transfer, before our next ENQ
-    contention_wait_s: Seconds = 20.0  # after yielding to the analyzer's ENQ, before our own ENQ again
-    interrupt_wait_s: Seconds = 15.0  # after honouring a receiver interrupt, before our next ENQ
-    honor_interrupt: bool = False  # true: the analyzer's EOT in place of ACK stops our transfer
-    # framing = "raw": a message not finished (no L record) this long after its last byte is incomplete.
+    reply_timeout_s: Seconds = 15.0
+    """We send: wait this long for the reply to our ENQ or frame"""
+    receive_timeout_s: Seconds = 30.0
+    """We receive: a transfer silent this long is ended (incomplete)"""
+    busy_wait_s: Seconds = 10.0
+    """After a busy NAK to our ENQ, or a failed transfer, before our next ENQ"""
+    contention_wait_s: Seconds = 20.0
+    """After yielding to the analyzer's ENQ, before our own ENQ again"""
+    interrupt_wait_s: Seconds = 15.0
+    """After honouring a receiver interrupt, before our next ENQ"""
+    honor_interrupt: bool = False
+    """True: the analyzer's EOT in place of ACK stops our transfer"""
     raw_idle_timeout_s: Seconds = 30.0
+    """Framing = "raw": a message not finished (no L record) this long after its last byte is incomplete."""
     # ---- limits (docs/security.md "What may connect, fairness and limits") ----
     # Over a limit the sender gets the protocol's refusal (E1381: NAK before the final ACK; HL7: AR with the
     # reason), what came is kept (incomplete transmissions / refused messages), counted and shown.
-    max_frame_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 64 * 1024  # one E1381 frame, one raw record
-    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024  # one message
-    max_records_per_message: Annotated[int, Field(ge=2, le=1_000_000)] = 10_000  # ASTM records, HL7 segments
-    # Sustained bytes per second read from one connection (one second of burst); over it, reading is slowed
-    # (TCP flow control pushes back on the sender) and counted (throttled). Fairness between links.
+    max_frame_bytes: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] = 64 * 1024
+    """One E1381 frame, one raw record"""
+    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    """One message"""
+    max_records_per_message: Annotated[int, Field(ge=2, le=1_000_000)] = 10_000
+    """ASTM records, HL7 segments"""
     max_bytes_per_s: Annotated[float, Field(gt=0)] = 1024.0 * 1024.0
+    """Sustained bytes per second read from one connection (one second of burst); over it, reading is slowed (TCP flow
+    control pushes back on the sender) and counted (throttled). Fairness between links.
+    """
     # ---- framing = "au" (Beckman Coulter AU online link; labbridge.protocols.au_online) ----------------
     # They must match the AU's [PARAMETER] [ONLINE] [PROTOCOL] menu. receive_timeout_s above applies too:
     # a block, or a blocked text, silent this long is abandoned (kept as an incomplete transmission).
-    au_bcc: bool = True  # each block ends with a block check character (BCC) after ETX/ETB
-    au_acknowledge: bool = True  # class B: every block is answered ACK/NAK; false: class A (no answers)
+    au_bcc: bool = True
+    """Each block ends with a block check character (BCC) after ETX/ETB"""
+    au_acknowledge: bool = True
+    """Class B: every block is answered ACK/NAK; false: class A (no answers)"""
     # ---- end of framing = "au" -------------------------------------------------------------------------
 
     @field_validator("encoding")
@@ -222,18 +274,25 @@ class LinkConfig(_Model):
 class TestMapping(_Model):
     """How one instrument test code is mapped (keys of ``[instruments.tests]`` are instrument codes)."""
 
-    code: str = ""  # the LIS test code (same as a test_map entry; empty: test_map, else as sent)
-    units: dict[str, str] = Field(default_factory=dict)  # instrument unit -> LIS unit, for this test
-    values: dict[str, str] = Field(default_factory=dict)  # qualitative value -> LIS word, for this test
-    action: Literal["send", "drop", "hold"] | None = None  # None: drop_tests/hold_tests decide, else send
+    code: str = ""
+    """The LIS test code (same as a test_map entry; empty: test_map, else as sent)"""
+    units: dict[str, str] = Field(default_factory=dict)
+    """Instrument unit -> LIS unit, for this test"""
+    values: dict[str, str] = Field(default_factory=dict)
+    """Qualitative value -> LIS word, for this test"""
+    action: Literal["send", "drop", "hold"] | None = None
+    """None: drop_tests/hold_tests decide, else send"""
 
 
 class TrafficWindow(_Model):
     """A window of the week, in the instrument's local time, in which it sends at least every ``every_s``."""
 
-    days: str = "mon-sun"  # "mon-fri", "sat,sun", "mon,wed-fri"
-    hours: str = "00:00-24:00"  # "07:00-19:00"; "22:00-06:00" crosses midnight (the night of the days named)
+    days: str = "mon-sun"
+    """For example "mon-fri", "sat,sun", "mon,wed-fri"."""
+    hours: str = "00:00-24:00"
+    """For example "07:00-19:00"; "22:00-06:00" crosses midnight (the night of the days named)"""
     every_s: Seconds
+    """In this window, a message at least every this many seconds."""
 
     @field_validator("days")
     @classmethod
@@ -262,64 +321,89 @@ TRAFFIC_TAGS = frozenset({"every-seconds", "every-windows"})
 
 class InstrumentConfig(_Model):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
+    """The instrument's id (logs, dashboard, API, store), unique in the node."""
     site: str
+    """The id of its site (from [[sites]])."""
     driver: str
+    """The driver that translates its messages (`labbridge drivers` lists those installed)."""
     name: str = ""
+    """Its name as the lab says it (shown beside the id)."""
     enabled: bool = True
+    """False: configured but not connected (its link is shown as planned)."""
     transport: Transport
+    """How it is reached: `tcp-server`, `tcp-client` or `serial`."""
     link: LinkConfig = LinkConfig()
-    # Its clock's time zone (IANA name). Absent: the node's `timezone` (check-config lists who relies on it).
+    """Its link protocol: framing, character set, dialect flags, timers, limits."""
     timezone: str = ""
-    timezone_from_node: bool = Field(default=False, exclude=True)  # set by Config, not by hand
-    # Instrument test code -> LIS test code. Codes not listed pass through unchanged, unless
-    # unmapped_tests = "dead-letter": then such results are held in the dead letters (naming the code)
-    # until the mapping is added and the dead letter retried.
+    """Its clock's time zone (IANA name). Absent: the node's `timezone` (check-config lists who relies on it)."""
+    timezone_from_node: bool = Field(default=False, exclude=True)
+    """Set by Config, not by hand"""
     test_map: dict[str, str] = Field(default_factory=dict)
+    """Instrument test code -> LIS test code. Codes not listed pass through unchanged, unless unmapped_tests = "dead-
+    letter": then such results are held in the dead letters (naming the code) until the mapping is added and the
+    dead letter retried.
+    """
     unmapped_tests: Literal["pass", "dead-letter"] = "pass"
-    # Result mapping, applied to every driver's output in one place (labbridge.mapping), after
-    # test_map. unit_map: the instrument's unit -> the LIS's unit. value_map: qualitative values
-    # ("POS", "+", "Reactive") -> the LIS's words (matched ignoring case and surrounding blanks).
+    """`pass`: a code without a mapping goes as sent; `dead-letter`: its results wait in the dead letters until the
+    mapping is added.
+    """
     unit_map: dict[str, str] = Field(default_factory=dict)
+    """The instrument's unit -> the LIS's unit, for every test (after test_map; the mapping is applied to every
+    driver's output in one place, labbridge.mapping).
+    """
     value_map: dict[str, str] = Field(default_factory=dict)
-    # Instrument test codes whose results are dropped (never stored as results; the raw message is
-    # kept), or held (stored and shown, not sent until an operator releases them: `outbox retry`).
+    """Qualitative values ("POS", "+", "Reactive") to the LIS's words, matched ignoring case and blanks."""
     drop_tests: list[str] = Field(default_factory=list)
+    """Instrument test codes whose results are dropped (never stored as results; the raw message is kept): instrument-
+    internal codes.
+    """
     hold_tests: list[str] = Field(default_factory=list)
-    # Per instrument test code: its LIS code, units and values (override the maps above), action.
+    """Instrument test codes whose results are stored and shown but held from the LIS until an operator releases them
+    (`outbox retry`).
+    """
     tests: dict[str, TestMapping] = Field(default_factory=dict)
-    # The sender name the analyzer puts in its header (ASTM H-5). If set, a message from another
-    # sender is not relayed: it goes to the dead letters as "unknown sender". Empty: any sender.
+    """Per instrument test code: its LIS code, units and values (override the maps above), action."""
     expected_sender: str = ""
-    # Identification when several instruments share one tcp-server listener (same host and port):
-    # first the peer's address (IP addresses or networks, e.g. "10.1.2.3" or "10.1.2.0/24"), then the
-    # sender name in the message (ASTM H-5 first component, HL7 MSH-3 or MSH-4), then the listener's
-    # default instrument (listener_default = true; at most one per listener).
+    """The sender name the analyzer puts in its header (ASTM H-5). If set, a message from another sender is not
+    relayed: it goes to the dead letters as "unknown sender". Empty: any sender.
+    """
     peer: list[str] = Field(default_factory=list)
+    """Its addresses (IP addresses or networks, e.g. "10.1.2.3" or "10.1.2.0/24"), to tell it apart on a shared tcp-
+    server listener: a message is attributed by the peer's address first, then by sender name (`sender`), then to
+    the listener's default (`listener_default`).
+    """
     sender: list[str] = Field(default_factory=list)
+    """Its sender names (ASTM H-5, HL7 MSH-3 or MSH-4), to tell it apart on a shared listener."""
     listener_default: bool = False
-    # Connected but silent for longer than this: the link is shown as idle (when its traffic is neither
-    # configured in expect_message_every nor learned from the store yet).
+    """On a shared listener: the instrument a message nothing else attributes goes to (one per listener)."""
     idle_after_s: Seconds = 1800.0
-    # Its stage in the reconnection campaign when the store has none yet (then the store keeps it; see
-    # labbridge.campaign.stages). Until live, its results are stored but held from the LIS.
+    """Connected but silent for longer than this: the link is shown as idle (when its traffic is neither configured in
+    expect_message_every nor learned from the store yet).
+    """
     stage: Stage = "live"
-    # Its expected traffic: a message at least every N seconds, or windows of the week (local time), e.g.
-    # [{days = "mon-fri", hours = "07:00-19:00", every_s = 300}]; outside every window nothing is expected.
-    # Absent: learned per hour of the week from the store's history ([health] learn_days).
+    """Its stage in the reconnection campaign when the store has none yet (then the store keeps it; see
+    labbridge.campaign.stages). Until live, its results are stored but held from the LIS.
+    """
     expect_message_every: ExpectedTraffic | None = None
-    # Bytes keep arriving but none forms a frame or message for this long (wrong baud rate or parity,
-    # missing framing): the link is shown degraded.
+    """Its expected traffic: a message at least every N seconds, or windows of the week (local time), e.g. [{days =
+    "mon-fri", hours = "07:00-19:00", every_s = 300}]; outside every window nothing is expected. Absent: learned per
+    hour of the week from the store's history ([health] learn_days).
+    """
     undecoded_after_s: Seconds = 120.0
-    # ---- issue 20, part 5: where the generic ASTM driver finds the test code ----
-    # The component of R-3 (universal test ID, ``^^^code``) that holds the test code, counted from 1.
-    # LIS2-A2 says the 4th; many analyzers put the code in the 1st and a letter or nothing in the 4th.
-    # Absent: the driver's own setting, else per message the component that varies across its results
-    # (`labbridge replay` warns when a sample's results all share one code). Drivers with a profile
-    # (profile.toml test_code) say where the code is themselves and ignore this.
+    """Bytes keep arriving but none forms a frame or message for this long (wrong baud rate or parity, missing
+    framing): the link is shown degraded.
+    """
     test_code_component: Annotated[int, Field(ge=1, le=16)] | None = None
-    # The component of R-3 that holds the analyzer's name for the test (sent to the LIS as OBX-3's text),
-    # counted from 1. Absent: the 2nd (LIS2-A2's test name); a component holding the code is never the name.
+    """The component of R-3 (universal
+    test ID, ``^^^code``) that holds the test code, counted from 1. LIS2-A2 says the 4th; many analyzers put the
+    code in the 1st and a letter or nothing in the 4th. Absent: the driver's own setting, else per message the
+    component that varies across its results (`labbridge replay` warns when a sample's results all share one code).
+    Drivers with a profile (profile.toml test_code) say where the code is themselves and ignore this.
+    """
     test_name_component: Annotated[int, Field(ge=1, le=16)] | None = None
+    """The component of R-3 that holds the analyzer's name for the test (sent to the LIS as OBX-3's text), counted from
+    1. Absent: the 2nd (LIS2-A2's test name); a component holding the code is never the name.
+    """
 
     @field_validator("peer")
     @classmethod
@@ -355,42 +439,53 @@ class _Destination(_Model):
     """What every LIS destination shares: the outbox semantics."""
 
     id: Annotated[str, Field(pattern=ID_PATTERN)]
-    # Retry with exponential backoff and full jitter, capped: an overnight outage costs at most
-    # backoff_max_s of extra delay once the LIS is back.
+    """The destination's id (outbox, dead letters, metrics)."""
     backoff_initial_s: Seconds = 1.0
+    """Retry with exponential backoff and full jitter, capped: an overnight outage costs at most backoff_max_s of extra
+    delay once the LIS is back.
+    """
     backoff_max_s: Seconds = 300.0
-    # A result still undelivered after this long goes to the dead letters for a person to look at.
+    """The longest wait between two tries of one result (the cap of the exponential backoff)."""
     give_up_after_s: Seconds = 3 * 24 * 3600.0
-    # Backlog items (old results an analyzer resends) are sent at most this often; live ones first.
+    """A result still undelivered after this long goes to the dead letters for a person to look at."""
     backlog_per_minute: Annotated[float, Field(gt=0)] = 60.0
-    # Used by the HL7 rendering (MLLP, and file drops in HL7 format).
+    """Backlog items (old results an analyzer resends) are sent at most this often; live ones first."""
     sending_application: str = "LABBRIDGE"
+    """Used by the HL7 rendering (MLLP, and file drops in HL7 format)."""
     sending_facility: str = ""
+    """MSH-4 of the HL7 messages labbridge sends."""
     receiving_application: str = "LIS"
+    """MSH-5 of the HL7 messages labbridge sends."""
     receiving_facility: str = ""
-    # Results of an instrument not yet live (validating): held until sign-off, or sent at once flagged
-    # as test results (HL7 MSH-11 "T", JSON "test": true) that the LIS keeps out of patient records.
+    """MSH-6 of the HL7 messages labbridge sends."""
     validating: GateMode = "hold"
+    """Results of an instrument not yet live (validating): held until sign-off, or sent at once flagged as test results
+    (HL7 MSH-11 "T", JSON "test": true) that the LIS keeps out of patient records.
+    """
 
-    # ---- What the LIS receives (issue 20, parts 1 and 2; docs/lis-output.md) ----------------------------
-    # QC results (a control sample, as the driver recognises it): "hold" (stored, shown as held, sent only
-    # when an operator releases them: `labbridge outbox retry`), "send-marked" (sent, marked as QC: HL7
-    # SPM-11 "Q", ASTM O-12 "Q", JSON "kind": "qc"), "drop" (stored and shown, never sent here). Default
-    # "hold": a LIS that does not read the QC mark would file a control as a patient's result.
     qc: Literal["hold", "send-marked", "drop"] = "hold"
-    # Which results this destination takes: "all" (patient results, and QC as `qc` says) or "qc" (QC only:
-    # a QC system's feed; `qc` then defaults to "send-marked").
+    """QC results
+    (a control sample, as the driver recognises it): "hold" (stored, shown as held, sent only when an operator
+    releases them: `labbridge outbox retry`), "send-marked" (sent, marked as QC: HL7 SPM-11 "Q", ASTM O-12 "Q", JSON
+    "kind": "qc"), "drop" (stored and shown, never sent here). Default "hold": a LIS that does not read the QC mark
+    would file a control as a patient's result.
+    """
     results: Literal["all", "qc"] = "all"
-    # HL7 OBX-3.3: the coding system of the LIS test codes (table 0396: "L" local, "LN" LOINC, "99xxx").
+    """Which results this destination takes: "all" (patient results, and QC as `qc` says) or "qc" (QC only: a QC
+    system's feed; `qc` then defaults to "send-marked").
+    """
     coding_system: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,20}$")] = "L"
-    # HL7: a required PID field (PID-3 patient ID, PID-5 name) the analyzer did not send: "null" sends
-    # "" (HL7's explicit null: strictly valid v2.5.1, what labbridge always sent), "empty" leaves it empty
-    # (not strictly valid: PID-3/PID-5 are required; for a LIS that updates patients from results and reads
-    # "" as "delete the stored name").
+    """HL7 OBX-3.3: the coding system of the LIS test codes (table 0396: "L" local, "LN" LOINC, "99xxx")."""
     missing_patient_fields: Literal["null", "empty"] = "null"
-    # HL7: when the analyzer sent no patient at all (no ID, no name, nothing): "omit" sends no PID (the
-    # patient group is optional in ORU^R01 and OUL^R22), "send" a PID with its required fields as above.
+    """HL7: a required PID field (PID-3 patient ID, PID-5 name) the analyzer did not send: "null" sends "" (HL7's
+    explicit null: strictly valid v2.5.1, what labbridge always sent), "empty" leaves it empty (not strictly valid:
+    PID-3/PID-5 are required; for a LIS that updates patients from results and reads "" as "delete the stored
+    name").
+    """
     pid_without_patient: Literal["omit", "send"] = "omit"
+    """HL7: when the analyzer sent no patient at all (no ID, no name, nothing): "omit" sends no PID (the patient group
+    is optional in ORU^R01 and OUL^R22), "send" a PID with its required fields as above.
+    """
 
     @model_validator(mode="before")
     @classmethod
@@ -417,39 +512,55 @@ class MllpDestination(_Destination):
     """A LIS that takes HL7 v2.5.1 results (ORU^R01 or OUL^R22) over MLLP and answers with an ACK."""
 
     kind: Literal["mllp"] = "mllp"
+    """A LIS that takes HL7 over MLLP (the default kind)."""
     host: str
+    """The LIS's address."""
     port: Port
-    # ORU^R01 (the default; what most LIS take) or OUL^R22 (IHE LAW shape), both HL7 v2.5.1.
+    """The LIS's MLLP port."""
     message_type: Literal["ORU^R01", "OUL^R22"] = "ORU^R01"
+    """ORU^R01 (the default; what most LIS take) or OUL^R22 (IHE LAW shape), both HL7 v2.5.1."""
     tls: TlsConfig | None = None
+    """TLS to the LIS (absent: plain TCP)."""
     connect_timeout_s: Seconds = 10.0
+    """A connection attempt that takes longer fails (the result is retried with backoff)."""
     ack_timeout_s: Seconds = 30.0
-    # MLLP connections open to this LIS at once, each with one message waiting for its ACK. 1 is HL7's
-    # original mode; more drain a backlog faster if the LIS takes several connections on its port. A
-    # sample's results always go over the same connection, in order.
+    """A message not acknowledged within this is sent again (the LIS recognises it by its control ID)."""
     connections: Annotated[int, Field(ge=1, le=16)] = 1
-    # ACK codes that go to the dead letters with the LIS's reason instead of being resent: AE/CE (the message
-    # has an error: fix it) and AR/CR (the LIS rejects it). A LIS that answers AR for a passing condition
-    # (busy, its database down) can be given ["AE", "CE"]: AR is then retried with backoff.
+    """MLLP connections open to this LIS at once, each with one message waiting for its ACK. 1 is HL7's original mode;
+    more drain a backlog faster if the LIS takes several connections on its port. A sample's results always go over
+    the same connection, in order.
+    """
     dead_letter_codes: list[str] = Field(default_factory=lambda: ["AE", "AR", "CE", "CR"])
+    """ACK codes that go to the dead letters with the LIS's reason instead of being resent: AE/CE (the message has an
+    error: fix it) and AR/CR (the LIS rejects it). A LIS that answers AR for a passing condition (busy, its database
+    down) can be given ["AE", "CE"]: AR is then retried with backoff.
+    """
 
 
 class FileDestination(_Destination):
     """A folder the LIS picks files up from: one file per message, named by its control ID, written atomically."""
 
     kind: Literal["file"]
+    """A folder the LIS picks files up from."""
     directory: str
+    """The folder (relative to the config file's folder); each file is written whole, then renamed."""
     format: Literal["hl7", "astm", "json"] = "hl7"
+    """`hl7` (ORU^R01), `astm` (E1394 records) or `json` (canonical JSON)."""
 
 
 class HttpDestination(_Destination):
     """An HTTP(S) endpoint that takes canonical JSON by POST (2xx delivered, 4xx refused, 5xx retried)."""
 
     kind: Literal["http"]
+    """An HTTP(S) endpoint that takes JSON by POST."""
     url: Annotated[str, Field(pattern=r"^https?://")]
+    """The endpoint (http:// or https://); credentials in it are never shown or logged."""
     timeout_s: Seconds = 30.0
+    """A POST not answered within this is retried with backoff."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Extra request headers (e.g. an API key the LIS asks for)."""
     verify_tls: bool = True
+    """Verify the endpoint's certificate (https); turning it off is a risky setting check-config warns about."""
 
 
 def _destination_kind(value: Any) -> str:
@@ -475,20 +586,31 @@ class LisOrdersConfig(_Model):
     """
 
     id: Annotated[str, Field(pattern=ID_PATTERN)]
+    """The listener's id."""
     host: str = "127.0.0.1"
+    """The address to listen on."""
     port: Port
+    """The MLLP port the LIS sends orders to."""
     instrument: str = ""
+    """The instrument an order goes to when MSH-5 names none."""
     site: str = ""
-    # The character set when MSH-18 is empty.
+    """Else, the site (any of its instruments that does the test)."""
     encoding: str = "utf-8"
+    """The character set when MSH-18 is empty."""
     tls: TlsConfig | None = None
-    # ---- what may connect and limits (docs/security.md) ----
-    # The LIS's addresses or networks; empty: any address. Others are closed at once, counted, logged, shown.
+    """TLS on this listener (absent: plain TCP)."""
     allow_peers: AllowPeers
-    max_connections: MaxConnections = 8  # open at once; more are closed at once
-    idle_timeout_s: Seconds | None = None  # a connection silent this long is closed; None: kept
+    """The LIS's addresses or networks; empty: any address.
+    Others are closed at once, counted, logged, shown.
+    """
+    max_connections: MaxConnections = 8
+    """Open at once; more are closed at once"""
+    idle_timeout_s: Seconds | None = None
+    """A connection silent this long is closed; None: kept"""
     max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    """A bigger HL7 message is refused (AR with the reason) and kept for inspection."""
     max_bytes_per_s: Annotated[float, Field(gt=0)] = 1024.0 * 1024.0
+    """Sustained bytes per second read from one connection; over it, reading is slowed."""
 
     @field_validator("allow_peers")
     @classmethod
@@ -498,54 +620,72 @@ class LisOrdersConfig(_Model):
 
 class StoreConfig(_Model):
     path: str = "labbridge.db"
-    # A cap on the database file: past it, commits fail as on a full disk (analyzers are not
-    # acknowledged and retry) instead of filling a disk other software needs. None: no cap.
+    """The SQLite file (relative to the config file's folder); its folder must not be world-writable."""
     max_size_mb: Annotated[float, Field(gt=0)] | None = None
-    # Patient data (docs/security.md): the store's files are 0600; with a group name here, 0640 and owned by
-    # that group (a backup agent's, say). Its folder must not be writable by everyone.
+    """A cap on the database file: past it, commits fail as on a full disk (analyzers are not acknowledged and retry)
+    instead of filling a disk other software needs. None: no cap.
+    """
     group: str | None = None
+    """The store's files are 0600; with a group name here, 0640 and owned by that
+    group (a backup agent's, say). Its folder must not be writable by everyone.
+    """
 
 
 class RetentionConfig(_Model):
     """How long the store keeps what no longer waits for anyone. Pending and dead items are never pruned."""
 
     raw_messages_days: Annotated[float, Field(gt=0)] = 90.0
-    delivered_days: Annotated[float, Field(gt=0)] = 90.0  # delivered outbox items and their results
-    incomplete_days: Annotated[float, Field(gt=0)] = 30.0  # transmissions that never became a message
-    history_days: Annotated[float, Field(gt=0)] = 90.0  # link state changes and daily figures per instrument
+    """Raw messages as received (kept for re-decoding and inspection)."""
+    delivered_days: Annotated[float, Field(gt=0)] = 90.0
+    """Delivered outbox items and their results"""
+    incomplete_days: Annotated[float, Field(gt=0)] = 30.0
+    """Transmissions that never became a message"""
+    history_days: Annotated[float, Field(gt=0)] = 90.0
+    """Link state changes and daily figures per instrument"""
     prune_interval_s: Seconds = 3600.0
+    """How often the store is pruned."""
 
 
 class HistoryConfig(_Model):
-    # How often every instrument's shown state and counters are sampled into the store's link history
-    # (labbridge.health.history); explicit state changes are caught at once, idle/degraded when sampled.
     sample_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """How often every instrument's shown state and counters are sampled into the store's link history
+    (labbridge.health.history); explicit state changes are caught at once, idle/degraded when sampled.
+    """
 
 
 class BacklogConfig(_Model):
-    # A result measured longer than this before it reached labbridge is backlog (an analyzer resending
-    # what it kept during an outage): labelled, and paced per destination (backlog_per_minute).
     older_than_s: Seconds = 2 * 3600.0
+    """A result measured longer than this before it reached labbridge is backlog (an analyzer resending what it kept
+    during an outage): labelled, and paced per destination (backlog_per_minute).
+    """
 
 
 class HttpConfig(_Model):
     enabled: bool = True
+    """Serve the HTTP API, the dashboard and /metrics."""
     host: str = "127.0.0.1"
+    """The address to listen on (beyond loopback, authentication is required)."""
     port: Port = 8470
-    # ---- security (issue 18, parts 1 and 5; docs/security.md) ------------------------------------------
-    # Who may use the API and dashboard. auto: required whenever `host` is not a loopback address, off on
-    # loopback (local tools and tests); required: always; off: nobody is asked (refused beyond loopback).
+    """The TCP port of the API and dashboard."""
     auth: Literal["auto", "required", "off"] = "auto"
-    # Host names (or addresses) besides the listening host, localhost, 127.0.0.1 and ::1 that a request's
-    # Host and Origin may name, e.g. the name a lab PC's browser uses (DNS-rebinding protection).
+    """Who may use
+    the API and dashboard. auto: required whenever `host` is not a loopback address, off on loopback (local tools
+    and tests); required: always; off: nobody is asked (refused beyond loopback).
+    """
     allowed_hosts: list[str] = Field(default_factory=list)
-    # TLS for the API (paths relative to the config file's folder): certificate chain and key, both or neither;
-    # client_ca: require a client certificate signed by this CA (in addition to a login or token).
+    """Host names (or addresses) besides the listening host, localhost, 127.0.0.1 and ::1 that a request's Host and
+    Origin may name, e.g. the name a lab PC's browser uses (DNS-rebinding protection).
+    """
     tls_cert: str | None = None
+    """TLS for the API (paths relative to the config file's folder): certificate chain and key, both or neither;
+    client_ca: require a client certificate signed by this CA (in addition to a login or token).
+    """
     tls_key: str | None = None
+    """The private key of `tls_cert` (PEM)."""
     client_ca: str | None = None
-    # A dashboard session ends after this long without a request (log in again).
+    """Require client certificates signed by this CA (PEM) for the API."""
     session_idle_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 8 * 3600.0
+    """A dashboard session ends after this long without a request (log in again)."""
 
     @property
     def loopback(self) -> bool:
@@ -583,24 +723,31 @@ def is_loopback(host: str) -> bool:
 class DashboardConfig(_Model):
     """What the dashboard's pages show (labbridge.web.instrument_page)."""
 
-    # Recent messages on an instrument's page show patients' identifiers (patient ids; sample ids of patient
-    # samples) only when this is true; by default they are masked (a wall screen is seen by passers-by).
     show_patient_identifiers: bool = False
+    """Recent messages on an instrument's page show patients' identifiers (patient ids; sample ids of patient samples)
+    only when this is true; by default they are masked (a wall screen is seen by passers-by).
+    """
 # ---- end dashboard ----
 
 
 class HealthConfig(_Model):
     """How link health is judged from the store (labbridge.health): read off the links' path, periodically."""
 
-    check_interval_s: Seconds = 5.0  # each link's shown state is judged (and a change logged) this often
-    refresh_interval_s: Seconds = 30.0  # LIS backlog, dead letters, last message and delivery per instrument
-    learn_interval_s: Seconds = 3600.0  # expected traffic learned again from the messages
-    learn_days: Annotated[int, Field(ge=7, le=365)] = 28  # of history (at most the messages retention keeps)
-    lis_backlog_after_s: Seconds = 600.0  # an instrument's results waiting this long for the LIS: degraded
+    check_interval_s: Seconds = 5.0
+    """Each link's shown state is judged (and a change logged) this often"""
+    refresh_interval_s: Seconds = 30.0
+    """LIS backlog, dead letters, last message and delivery per instrument"""
+    learn_interval_s: Seconds = 3600.0
+    """Expected traffic learned again from the messages"""
+    learn_days: Annotated[int, Field(ge=7, le=365)] = 28
+    """Of history (at most the messages retention keeps)"""
+    lis_backlog_after_s: Seconds = 600.0
+    """An instrument's results waiting this long for the LIS: degraded"""
 
 
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least level written: debug, info, warning or error."""
 
 
 # ---- [mqtt]: health published to a broker for the fleet view (labbridge.fleet, docs/mqtt.md) ----------------
@@ -615,7 +762,9 @@ class MqttConfig(_Model):
     node: Annotated[str, Field(pattern=r"^$|" + ID_PATTERN,
                                description="the node's name in the topics (empty: the config's `node`)")] = ""
     username: str = ""
-    password: str = ""  # prefer password_file: the config file is often readable by more people
+    """The broker's user name (absent: anonymous)."""
+    password: str = ""
+    """Prefer password_file: the config file is often readable by more people"""
     password_file: str = Field(default="", description="a file whose first line is the password")
     tls: TlsConfig | None = Field(default=None, description="CA and client certificate for mqtts:// (paths "
                                                             "relative to the config file)")
@@ -644,25 +793,41 @@ class MqttConfig(_Model):
 
 class Config(_Model):
     node: Annotated[str, Field(pattern=ID_PATTERN)] = "labbridge"
-    # The site's time zone (IANA name, e.g. "Europe/Brussels"), for instruments without their own. Absent:
-    # this machine's zone; nothing falls back to one city's zone unsaid (check-config reports where it came from).
+    """This node's name (one per clean zone): in logs, MQTT topics and the dashboard's title."""
     timezone: str = ""
-    timezone_from_machine: bool = Field(default=False, exclude=True)  # set by the validator, not by hand
-    # auto: uvloop where installed (several times less CPU per frame), else asyncio's loop (labbridge.aio)
+    """The site's time zone (IANA name, e.g. "Europe/Brussels"), for instruments without their own. Absent: this
+    machine's zone; nothing falls back to one city's zone unsaid (check-config reports where it came from).
+    """
+    timezone_from_machine: bool = Field(default=False, exclude=True)
+    """Set by the validator, not by hand"""
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """Auto: uvloop where installed (several times less CPU per frame), else asyncio's loop (labbridge.aio)"""
     store: StoreConfig = StoreConfig()
+    """The SQLite store: every message is committed to it before the analyzer's final ACK."""
     http: HttpConfig = HttpConfig()
+    """The HTTP API, the dashboard and /metrics."""
     log: LogConfig = LogConfig()
+    """Logging (JSON lines on stderr when it is not a terminal)."""
     retention: RetentionConfig = RetentionConfig()
+    """How long the store keeps what no longer waits for anyone."""
     history: HistoryConfig = HistoryConfig()
+    """Sampling of every link's state and counters into the store's link history."""
     backlog: BacklogConfig = BacklogConfig()
+    """What counts as backlog: old results an analyzer resends after an outage."""
     health: HealthConfig = HealthConfig()
+    """How link health is judged."""
     sites: list[SiteConfig] = Field(default_factory=list)
+    """The sites this node serves (their instruments name them by id)."""
     instruments: list[InstrumentConfig] = Field(default_factory=list)
+    """The analyzers: one table each, with its driver, transport and link."""
     lis: list[Destination] = Field(default_factory=list)
+    """The LIS destinations results are relayed to (MLLP, a folder of files, or HTTP)."""
     lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
-    mqtt: MqttConfig | None = None  # [mqtt]: health to a broker (labbridge.fleet)
-    dashboard: DashboardConfig = DashboardConfig()  # dashboard (issue 17, part 1)
+    """MLLP listeners where the LIS sends orders for the analyzers."""
+    mqtt: MqttConfig | None = None
+    """Health published to an MQTT broker for the fleet view (docs/mqtt.md); absent: nothing is published."""
+    dashboard: DashboardConfig = DashboardConfig()
+    """What the dashboard shows (patient identifiers are masked unless allowed)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -122,6 +122,7 @@ def _default(field: FieldInfo) -> str:
 
 
 def _cell(text: str) -> str:
+    text = text.replace("-\n", "-")  # a word wrapped at its hyphen ("dead-" / "letter") is one word
     return " ".join(text.split()).replace("|", "\\|")
 
 

@@ -280,3 +280,14 @@ def test_a_qc_feed_sends_its_qc_marked_and_refuses_to_drop_it(tmp_path: Path) ->
         load_config(write(tmp_path, GOOD + 'qc = "later"\n'))
     with pytest.raises(ConfigError, match="coding_system"):
         load_config(write(tmp_path, GOOD + 'coding_system = "L N"\n'))
+
+
+def test_docs_config_md_is_generated_from_the_models_and_every_key_says_what_it_means(repo: Path) -> None:
+    """docs/config.md cannot drift: it is labbridge.config_docs' output, and every key has a description."""
+    from labbridge.config_docs import generate, undocumented
+
+    assert undocumented() == []
+    shipped = (repo / "docs" / "config.md").read_text(encoding="utf-8")
+    assert shipped == generate(), "docs/config.md is stale: python -m labbridge.config_docs > docs/config.md"
+    for key in ("allow_peers", "test_code_component", "qc", "auth", "url", "show_patient_identifiers"):
+        assert f"| `{key}` |" in shipped

@@ -408,12 +408,7 @@ class InstrumentConfig(_Model):
     @field_validator("peer")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"an IP address or network (e.g. '10.1.2.3', '10.1.2.0/24'); got {item!r}") from None
-        return value
+        return _check_networks(value)
 
     def lis_test_map(self) -> dict[str, str]:
         """Instrument test code -> LIS code: test_map, then each [tests] entry with a code."""
@@ -898,14 +893,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     """The config models an annotation can hold (through Annotated, unions, lists and dict values)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     args = get_args(annotation)
     if get_origin(annotation) is Annotated:
         args = args[:1]
-    return [m for arg in args for m in _models_in(arg)]
+    return [m for arg in args for m in models_in(arg)]
 
 
 def keys_at(loc: tuple[int | str, ...]) -> set[str]:
@@ -926,7 +921,7 @@ def keys_at(loc: tuple[int | str, ...]) -> set[str]:
         if not fields:
             return set()
         key_of_dict = any(get_origin(f.annotation) is dict for f in fields)
-        models = [m for f in fields for m in _models_in(f.annotation)]
+        models = [m for f in fields for m in models_in(f.annotation)]
     return {name for m in models for name, f in m.model_fields.items() if not f.exclude}
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from labbridge.config import Config
+from labbridge.config import Config, models_in
 
 INTRO = """# Configuration reference
 
@@ -34,15 +34,6 @@ and a test fails when it differs from them. `config/example.toml` is a commented
 or site. Numbers and booleans are written without quotes: `"4001"` is refused where a port is expected.
 Relative paths (the store, TLS files, file destinations) are taken relative to the config file's folder.
 """
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    args = get_args(annotation)
-    if get_origin(annotation) is Annotated:
-        args = args[:1]
-    return [m for arg in args for m in _models_in(arg)]
 
 
 def _in_list(annotation: Any, model: type[BaseModel], listed: bool = False) -> bool:
@@ -155,7 +146,7 @@ def _sections(model: type[BaseModel], table: str, array: bool, tag: str | None,
         annotation = field.annotation if not field.metadata else Annotated[(field.annotation, *field.metadata)]
         rows.append(f"| `{name}` | {_cell(_type(annotation))} | {_default(field)} | "
                     f"{_cell(field.description or '')} |")
-        members = _models_in(field.annotation)
+        members = models_in(field.annotation)
         nested += [(name, field, member, len(members) > 1) for member in members]
     yield "| key | type | default | meaning |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     for name, field, member, union in nested:
@@ -188,7 +179,7 @@ def undocumented() -> list[str]:
         for name, field in model.model_fields.items():
             if not field.exclude and not (field.description or "").strip():
                 out.append(f"{model.__name__}.{name}")
-            todo += _models_in(field.annotation)
+            todo += models_in(field.annotation)
     return sorted(out)
 
 

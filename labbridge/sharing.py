@@ -15,23 +15,16 @@ attributed to a guess. Pure: no I/O.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
-from labbridge.config import InstrumentConfig
+from labbridge.config import InstrumentConfig, peer_allowed
 from labbridge.errors import RemoteProtocolError
 from labbridge.protocols.e1394 import parse_records
 from labbridge.protocols.hl7_parse import Hl7Message
 
 
 def _contains(cfg: InstrumentConfig, address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(p, strict=False) for p in cfg.peer)
+    return bool(cfg.peer) and peer_allowed(cfg.peer, address)
 
 
 class SenderRouter:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import campaign, commands
+from labbridge.cli import bundle, campaign, commands
 from labbridge.cli import reload as reload_command
 
 DEFAULT_URL = "http://127.0.0.1:8470"
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target(q)
 
     campaign.add_commands(sub, _command, _target)
+    bundle.add_commands(sub, _command)  # signed bundles between zones (issue 18)
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

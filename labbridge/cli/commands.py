@@ -24,6 +24,7 @@ from labbridge.errors import ConfigError, LabbridgeError
 
 if TYPE_CHECKING:  # the client module is imported by the commands that use it (it loads the store and aiohttp)
     from labbridge.cli.client import OperatorClient
+    from labbridge.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,6 +51,21 @@ def check_config(args: argparse.Namespace) -> int:
     origin = "this machine's zone: set `timezone` in the config" if config.timezone_from_machine else "the config"
     print(f"time zone {config.timezone} (from {origin})"
           + (f"; instruments without their own: {', '.join(relying)}" if relying else ""))
+    return _risky_settings(args.config, config)
+
+
+def _risky_settings(path: str, config: Config) -> int:
+    """List the config's risky settings (:mod:`labbridge.risky`); the severe ones fail the check."""
+    from labbridge.risky import risky_settings
+
+    risks = risky_settings(config)
+    refused = [r for r in risks if r.severity == "refuse"]
+    for risk in risks:
+        label = "REFUSED" if risk.severity == "refuse" else "warning"
+        print(f"{path}: {label}: {risk.key}: {risk.reason}\n  do: {risk.fix}", file=sys.stderr)
+    if refused:
+        print(f"{path}: refused: {len(refused)} risky setting(s) must be fixed first", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

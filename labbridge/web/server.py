@@ -403,10 +403,12 @@ def _bad_request(problems: list[str]) -> web.Response:
 
 
 def _int_id(request: web.Request) -> int | None:
+    """The path's numeric id; None (404) when it is not one a store row can have (SQLite: 64-bit signed)."""
     try:
-        return int(request.match_info["id"])
+        value = int(request.match_info["id"])
     except ValueError:
         return None
+    return value if -(1 << 63) <= value < (1 << 63) else None
 
 
 ORDER_FIELDS = frozenset({"sample_id", "test_codes", "instrument", "site", "priority", "patient_id", "source"})

@@ -45,6 +45,7 @@ FILES = "files/"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_NAME_LENGTH = 255
 _CHUNK = 1 << 16
+TrustedKeys = dict[str, Ed25519PublicKey]  # by key id
 _SKIPPED_DIRS = frozenset({"__pycache__"})  # bytecode the interpreter writes: not part of what is carried
 
 
@@ -123,9 +124,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
+def load_public_keys(paths: Iterable[Path]) -> TrustedKeys:
     """Trusted keys by key id, from PEM files (each may hold several keys, one after another)."""
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: TrustedKeys = {}
     for path in paths:
         text = path.read_bytes()
         blocks = [b"-----BEGIN PUBLIC KEY-----" + part for part in text.split(b"-----BEGIN PUBLIC KEY-----")[1:]]
@@ -289,7 +290,7 @@ def _open(bundle: Path) -> tarfile.TarFile:
         raise BundleError(str(bundle), [f"not a bundle (tar archive): {exc}"]) from None
 
 
-def verify(bundle: Path, trusted: dict[str, Ed25519PublicKey]) -> Manifest:
+def verify(bundle: Path, trusted: TrustedKeys) -> Manifest:
     """The bundle's manifest if every check holds; else :class:`BundleError` naming each failure."""
     with _open(bundle) as tar:
         manifest, _ = _verified(tar, str(bundle), trusted)
@@ -297,7 +298,7 @@ def verify(bundle: Path, trusted: dict[str, Ed25519PublicKey]) -> Manifest:
 
 
 def _verified(tar: tarfile.TarFile, where: str,
-              trusted: dict[str, Ed25519PublicKey]) -> tuple[Manifest, dict[str, tarfile.TarInfo]]:
+              trusted: TrustedKeys) -> tuple[Manifest, dict[str, tarfile.TarInfo]]:
     problems: list[str] = []
     members: dict[str, tarfile.TarInfo] = {}
     try:
@@ -352,7 +353,7 @@ def _verified(tar: tarfile.TarFile, where: str,
     return manifest, files
 
 
-def extract(bundle: Path, trusted: dict[str, Ed25519PublicKey], dest: Path) -> Manifest:
+def extract(bundle: Path, trusted: TrustedKeys, dest: Path) -> Manifest:
     """Verify ``bundle``, then write its files under ``dest`` (a folder created here, or an empty one).
 
     Each file is hashed again as it is written; on any mismatch everything written is removed.

@@ -416,6 +416,15 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# ---- signed bundles between zones (issue 18: labbridge.bundles, `labbridge bundle verify|extract -c`) ----
+class BundlesConfig(_Model):
+    """Public keys (PEM files, paths relative to the config file's folder) whose signed bundles this node
+    accepts: ``labbridge bundle verify|extract -c CONFIG`` trusts them (with any ``--trusted`` given)."""
+
+    trusted_keys: list[str] = Field(default_factory=list)
+# ---- end of signed bundles ----
+
+
 class Config(_Model):
     node: Annotated[str, Field(pattern=ID_PATTERN)] = "labbridge"
     # The site's time zone (IANA name, e.g. "Europe/Brussels"), for instruments without their own. Absent:
@@ -435,6 +444,7 @@ class Config(_Model):
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     lis: list[Destination] = Field(default_factory=list)
     lis_orders: list[LisOrdersConfig] = Field(default_factory=list)
+    bundles: BundlesConfig = BundlesConfig()  # signed bundles between zones (issue 18)
 
     @model_validator(mode="before")
     @classmethod
@@ -687,7 +697,9 @@ def load_config(path: str | Path) -> Config:
            if isinstance(d, FileDestination) and not Path(d.directory).is_absolute() else d for d in config.lis]
     if lis != config.lis:
         config = config.model_copy(update={"lis": lis})
-    return _resolve_tls_paths(config, path.parent)
+    config = _resolve_tls_paths(config, path.parent)
+    keys = [str((path.parent / k).resolve()) for k in config.bundles.trusted_keys]  # signed bundles (issue 18)
+    return config.model_copy(update={"bundles": config.bundles.model_copy(update={"trusted_keys": keys})})
 
 
 def _resolve_tls_paths(config: Config, base: Path) -> Config:

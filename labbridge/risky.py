@@ -2,10 +2,11 @@
 one-line reason and what to do. ``labbridge check-config`` lists them; the severe ones make it fail.
 
 Severe (``refuse``): a store folder or store file everyone may write (anyone on the machine can replace or
-delete the results); a private key file (any config key named ``key``, ``*_key``, ``*key_file``,
-``*key_path``) everyone may read. Warnings: the HTTP API on a non-loopback address without authentication;
-TLS verification switched off (``verify_tls = false``, ``check_hostname = false`` or any other ``verify*``
-setting that is false); a store file everyone may read (patients' results).
+delete the results); a trusted bundle key everyone may write (``[bundles] trusted_keys``); a private key
+file (any config key named ``key``, ``*_key``, ``*key_file``, ``*key_path``) everyone may read. Warnings:
+the HTTP API on a non-loopback address without authentication; TLS verification switched off
+(``verify_tls = false``, ``check_hostname = false`` or any other ``verify*`` setting that is false); a store
+file everyone may read (patients' results); a trusted bundle key that cannot be read.
 
 Keys are found by walking the validated config, so a section added later is covered by the same rules.
 """
@@ -36,7 +37,7 @@ class Risk:
 
 def risky_settings(config: Config) -> list[Risk]:
     """Every risky setting of ``config`` (loaded by :func:`labbridge.config.load_config`: paths resolved)."""
-    return [*_http(config), *_store(config), *_walk_keys(config)]
+    return [*_http(config), *_store(config), *_walk_keys(config), *_trusted_keys(config)]
 
 
 def is_loopback(host: str) -> bool:
@@ -87,6 +88,18 @@ def _store(config: Config) -> Iterator[Risk]:
         yield Risk("warn", "store.path", f"the store {store} is readable by everyone "
                    f"(mode {stat.S_IMODE(file_mode):o}): patients' results are open to every local user",
                    f"chmod 600 {store}")
+
+
+def _trusted_keys(config: Config) -> Iterator[Risk]:
+    for i, key in enumerate(config.bundles.trusted_keys):
+        mode = _mode(Path(key))
+        where = f"bundles.trusted_keys[{i}]"
+        if mode is None:
+            yield Risk("warn", where, f"the trusted key {key} cannot be read: bundles cannot be verified with it",
+                       "copy the signer's public key there, or remove the entry")
+        elif mode & stat.S_IWOTH:
+            yield Risk("refuse", where, f"the trusted key {key} is writable by everyone (mode {stat.S_IMODE(mode):o}): "
+                       "anyone on this machine can add their key and have their bundles accepted", f"chmod 644 {key}")
 
 
 def _is_private_key_field(name: str) -> bool:

@@ -245,3 +245,17 @@ def test_trusted_key_files_may_hold_several_keys(tmp_path: Path) -> None:
     both = tmp_path / "trusted.pem"
     both.write_bytes(b"".join(bundles.public_pem(k) for k in keys))
     assert set(bundles.load_public_keys([both])) == {bundles.key_id(k) for k in keys}
+
+
+def test_the_config_s_trusted_keys_verify_a_bundle(lab: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """``-c CONFIG`` trusts ``[bundles] trusted_keys`` (relative to the config's folder); no key at all is refused."""
+    config = lab["tmp"] / "labbridge.toml"
+    config.write_text('timezone = "UTC"\n[bundles]\ntrusted_keys = ["keys/it.key.pub"]\n')
+    assert main(["bundle", "verify", str(lab["bundle"]), "-c", str(config)]) == 0
+    dest = lab["tmp"] / "in"
+    assert main(["bundle", "extract", str(lab["bundle"]), "-c", str(config), "--to", str(dest)]) == 0
+    assert (dest / "labbridge.toml").exists()
+    config.write_text('timezone = "UTC"\n')
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(lab["bundle"]), "-c", str(config)]) == 1
+    assert "no trusted key" in capsys.readouterr().err

@@ -125,3 +125,20 @@ def test_the_http_api_beyond_loopback_without_auth_is_warned(tmp_path: Path, cap
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"])
 def test_loopback_addresses_are_recognised(host: str) -> None:
     assert is_loopback(host)
+
+
+def test_a_trusted_bundle_key_everyone_may_write_is_refused(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, '\n[bundles]\ntrusted_keys = ["it.pub"]\n')
+    rc, err = _check(path, capsys)
+    assert rc == 0
+    assert "warning: bundles.trusted_keys[0]: the trusted key" in err
+    assert "cannot be read" in err
+    (tmp_path / "it.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
+    os.chmod(tmp_path / "it.pub", 0o666)
+    rc, err = _check(path, capsys)
+    assert rc == 2
+    assert "REFUSED: bundles.trusted_keys[0]" in err
+    assert "have their bundles accepted" in err
+    os.chmod(tmp_path / "it.pub", 0o644)
+    assert _check(path, capsys) == (0, "")

@@ -35,14 +35,16 @@ def add_commands(sub: Any, command: Command) -> None:
     q.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files and folders to carry")
     for name, func, text, examples in (
         ("verify", verify, "check a bundle's signature and every file against trusted keys (exit 1 if refused)",
-         ("bundle verify arlon-2026-12.tar --trusted arlon-it.pub",)),
+         ("bundle verify arlon-2026-12.tar --trusted arlon-it.pub",
+          "bundle verify arlon-2026-12.tar -c /etc/labbridge/labbridge.toml   # its [bundles] trusted_keys")),
         ("extract", extract, "verify a bundle, then unpack it into a new folder (nothing is written if refused)",
          ("bundle extract arlon-2026-12.tar --trusted arlon-it.pub --to /etc/labbridge/incoming/2026-12",)),
     ):
         q = command(actions, name, text, func, *examples)
         q.add_argument("bundle", type=Path)
-        q.add_argument("--trusted", required=True, action="append", type=Path, metavar="PUBKEY",
+        q.add_argument("--trusted", action="append", default=[], type=Path, metavar="PUBKEY",
                        help="a trusted public key file (repeat for several)")
+        q.add_argument("-c", "--config", help="also trust the config's [bundles] trusted_keys")
         if name == "extract":
             q.add_argument("--to", required=True, type=Path, help="the folder to create (or an empty one)")
 
@@ -64,6 +66,19 @@ def create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _trusted(args: argparse.Namespace) -> bundles.TrustedKeys:
+    """The keys given with ``--trusted`` and those of the config's ``[bundles] trusted_keys``."""
+    paths: list[Path] = list(args.trusted)
+    if args.config:
+        from labbridge.config import load_config
+
+        paths += [Path(p) for p in load_config(args.config).bundles.trusted_keys]
+    if not paths:
+        raise bundles.BundleError(str(args.bundle), ["no trusted key: give --trusted PUBKEY, or -c CONFIG with "
+                                                      "[bundles] trusted_keys"])
+    return bundles.load_public_keys(paths)
+
+
 def _refused(exc: bundles.BundleError) -> int:
     print(f"{exc.what}: REFUSED ({len(exc.problems)} problem(s))", file=sys.stderr)
     for problem in exc.problems:
@@ -73,7 +88,7 @@ def _refused(exc: bundles.BundleError) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     try:
-        manifest = bundles.verify(args.bundle, bundles.load_public_keys(args.trusted))
+        manifest = bundles.verify(args.bundle, _trusted(args))
     except bundles.BundleError as exc:
         return _refused(exc)
     print(f"{args.bundle}: OK, signed by key {manifest.signer} at {manifest.created}; {len(manifest.files)} file(s)")
@@ -84,7 +99,7 @@ def verify(args: argparse.Namespace) -> int:
 
 def extract(args: argparse.Namespace) -> int:
     try:
-        manifest = bundles.extract(args.bundle, bundles.load_public_keys(args.trusted), args.to)
+        manifest = bundles.extract(args.bundle, _trusted(args), args.to)
     except bundles.BundleError as exc:
         return _refused(exc)
     print(f"{args.bundle}: verified (key {manifest.signer}); {len(manifest.files)} file(s) written to {args.to}")

@@ -155,10 +155,14 @@ class RawLink:
     def _end_of_stream(self, reason: str) -> None:
         tail = bytes(self._inbuf)
         self._inbuf.clear()
-        self._skipping = False
-        if tail.strip(b"\r\n"):
-            # The last record lacks its terminator: take it as it is (an L completes the message).
-            self._record(tail + self._split)
+        if self._skipping:
+            # The end of an over-long record already dropped: junk too, whatever it starts with.
+            self._skipping = False
+            self._junk(len(tail))
+        elif tail.strip(b"\r\n"):
+            # The last record lacks its terminator: take it as it is (an L completes the message), its bytes
+            # as they came (no terminator is added to the raw message or to a junk count).
+            self._record(tail)
         if self._records:
             self._abandon(reason)
 

@@ -95,7 +95,7 @@ def test_what_follows_an_overlong_frame_in_the_same_read_is_not_lost() -> None:
 @FUZZ
 @given(terminator=st.sampled_from([b"\r", b"\n", b"\r\n"]), data=stream(TOKENS), cut=cuts)
 def test_raw_records_survive_any_bytes_in_any_chunking(terminator: bytes, data: bytes, cut: list[int]) -> None:
-    profile = RawProfile(record_terminator=terminator, max_record_bytes=256, max_message_bytes=1024)
+    profile = RawProfile(record_terminator=terminator, max_record_bytes=64, max_message_bytes=512)
 
     def make() -> RawLink:
         return RawLink(profile)
@@ -106,6 +106,23 @@ def test_raw_records_survive_any_bytes_in_any_chunking(terminator: bytes, data: 
     for event in whole.events:
         if isinstance(event, e1381.MessageReceived):
             assert len(event.raw) <= profile.max_message_bytes + profile.max_record_bytes
+
+
+def test_the_end_of_an_overlong_record_is_junk_whenever_it_comes() -> None:
+    """Found by the atheris run: a record over ``max_record_bytes`` is dropped up to its terminator, but when the
+    connection closed before that terminator, the part of it read since the drop was taken as a record of its
+    own (an ``H...`` there began a message), and a terminator that never came was added to the junk count."""
+    profile = RawProfile(max_record_bytes=256)
+    data = b"A" * 300 + b"H|\\^&|||"
+    for chunks in ([data], [data[:280], data[280:]]):
+        run = drive(lambda: RawLink(profile), chunks)
+        assert run.events == [e1381.JunkDiscarded(len(data))]
+
+
+def test_a_last_record_without_terminator_is_kept_as_it_came() -> None:
+    data = b"H|\\^&\rP|1\rL|1|N"  # the stream closes before the CR after L
+    run = drive(RawLink, [data])
+    assert run.events == [e1381.MessageReceived((b"H|\\^&", b"P|1", b"L|1|N"), data)]
 
 
 @FUZZ

@@ -119,6 +119,18 @@ def test_the_end_of_an_overlong_record_is_junk_whenever_it_comes() -> None:
         assert run.events == [e1381.JunkDiscarded(len(data))]
 
 
+def test_a_record_over_the_bound_is_dropped_even_when_it_comes_whole() -> None:
+    """Found by the atheris run: ``max_record_bytes`` was enforced only on a record still waiting for its
+    terminator, so one over the bound that came whole in one read was taken, and the same bytes in two reads
+    were not."""
+    profile = RawProfile(max_record_bytes=64)
+    data = b"H|\\^&\rP|1|" + b"x" * 100 + b"\rL|1|N\r"
+    for chunks in ([data], [data[:40], data[40:]]):
+        run = drive(lambda: RawLink(profile), chunks)
+        assert run.events == [e1381.IncompleteMessage((b"H|\\^&",), b"H|\\^&\r", "record longer than 64 bytes"),
+                              e1381.JunkDiscarded(len(data) - len(b"H|\\^&\r"))]
+
+
 def test_a_last_record_without_terminator_is_kept_as_it_came() -> None:
     data = b"H|\\^&\rP|1\rL|1|N"  # the stream closes before the CR after L
     run = drive(RawLink, [data])

@@ -126,6 +126,10 @@ def main() -> None:
     for pattern in seeds:
         for seed in ROOT.glob(pattern):
             shutil.copy(seed, corpus / seed.name)
+            if sys.argv[1] == "hl7":  # the parser takes a block's payload: the captures' messages, unframed
+                for i, event in enumerate(mllp.MllpDecoder().receive_data(seed.read_bytes())):
+                    if isinstance(event, mllp.MllpMessage):
+                        (corpus / f"{seed.name}.{i}").write_bytes(event.payload)
     atheris.instrument_all()  # every Python function loaded so far: labbridge's decoders and config
     try:
         atheris.Setup([sys.argv[0], *sys.argv[2:], str(corpus)], target)

@@ -786,6 +786,16 @@ class MqttConfig(_Model):
 # ---- end [mqtt] -------------------------------------------------------------------------------------------------
 
 
+# ---- signed bundles between zones (issue 18: labbridge.bundles, `labbridge bundle verify|extract -c`) ----
+class BundlesConfig(_Model):
+    """Public keys (PEM files, paths relative to the config file's folder) whose signed bundles this node
+    accepts: ``labbridge bundle verify|extract -c CONFIG`` trusts them (with any ``--trusted`` given)."""
+
+    trusted_keys: list[str] = Field(default_factory=list)
+    """Public key files (PEM, `labbridge bundle keygen`) a bundle must be signed with to be accepted here."""
+# ---- end of signed bundles ----
+
+
 class Config(_Model):
     node: Annotated[str, Field(pattern=ID_PATTERN)] = "labbridge"
     """This node's name (one per clean zone): in logs, MQTT topics and the dashboard's title."""
@@ -823,6 +833,8 @@ class Config(_Model):
     """Health published to an MQTT broker for the fleet view (docs/mqtt.md); absent: nothing is published."""
     dashboard: DashboardConfig = DashboardConfig()
     """What the dashboard shows (patient identifiers are masked unless allowed)."""
+    bundles: BundlesConfig = BundlesConfig()
+    """Signed bundles between zones: the public keys a bundle must be signed with (docs/security.md)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -1221,7 +1233,9 @@ def load_config(path: str | Path) -> Config:
     if lis != config.lis:
         config = config.model_copy(update={"lis": lis})
     config = _resolve_mqtt_paths(config, path.parent)  # [mqtt]
-    return _resolve_tls_paths(config, path.parent)
+    config = _resolve_tls_paths(config, path.parent)
+    keys = [str((path.parent / k).resolve()) for k in config.bundles.trusted_keys]  # signed bundles (issue 18)
+    return config.model_copy(update={"bundles": config.bundles.model_copy(update={"trusted_keys": keys})})
 
 
 def _resolve_tls_paths(config: Config, base: Path) -> Config:

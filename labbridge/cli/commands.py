@@ -53,6 +53,21 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"time zone {config.timezone} (from {origin})"
           + (f"; instruments without their own: {', '.join(relying)}" if relying else ""))
     _print_destinations(config)
+    return _risky_settings(args.config, config)
+
+
+def _risky_settings(path: str, config: Config) -> int:
+    """List the config's risky settings (:mod:`labbridge.risky`); the severe ones fail the check."""
+    from labbridge.risky import risky_settings
+
+    risks = risky_settings(config)
+    refused = [r for r in risks if r.severity == "refuse"]
+    for risk in risks:
+        label = "REFUSED" if risk.severity == "refuse" else "warning"
+        print(f"{path}: {label}: {risk.key}: {risk.reason}\n  do: {risk.fix}", file=sys.stderr)
+    if refused:
+        print(f"{path}: refused: {len(refused)} risky setting(s) must be fixed first", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labbridge import __version__
-from labbridge.cli import campaign, commands, fleet, security
+from labbridge.cli import bundle, campaign, commands, fleet, security
 from labbridge.cli import reload as reload_command
 from labbridge.cli.security import http_credentials
 
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- [mqtt]: the fleet view (labbridge.cli.fleet; docs/mqtt.md) ----
     fleet.add_commands(sub, _command)
     # ---- end [mqtt] ----
+    bundle.add_commands(sub, _command)  # signed bundles between zones (issue 18)
 
     p = _command(sub, "simulate", "run a simulated analyzer (ASTM or HL7), ASTM host, or LIS", commands.simulate,
                  "simulate lis --port 2575", "simulate analyzer --help")

@@ -563,8 +563,10 @@ class E1381Link:
             return True
         if term_at < 0:
             if len(buf) >= limit:
+                # Only the frame's first ``limit`` bytes go: the rest of it is skipped as junk up to the next
+                # STX, EOT or ENQ, which is acted on whether it came in this read or a later one.
                 self._reject(now, f"frame longer than {limit} bytes")
-                buf.clear()
+                del buf[:limit]
                 return True
             return False
         profile = self.profile

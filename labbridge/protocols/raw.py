@@ -113,20 +113,30 @@ class RawLink:
             if end < 0:
                 break
             piece = bytes(buf[start:end + 1])
+            overlong = end - start > self.profile.max_record_bytes
             start = end + 1
             if self._skipping:
                 self._skipping = False
+                self._junk(len(piece))
+                continue
+            if overlong:
+                # Too long for a record, though it came whole in one read: dropped as when it comes in pieces.
+                self._drop_overlong()
                 self._junk(len(piece))
                 continue
             self._record(piece)
         del buf[:start]
         if len(buf) > self.profile.max_record_bytes:
             # One record cannot be this long: drop it (and the rest of it, up to its terminator).
-            if self._records:
-                self._abandon(f"record longer than {self.profile.max_record_bytes} bytes")
+            self._drop_overlong()
             self._junk(len(buf))
             buf.clear()
             self._skipping = True
+
+    def _drop_overlong(self) -> None:
+        """A record over ``max_record_bytes``: the message it is part of cannot be whole."""
+        if self._records:
+            self._abandon(f"record longer than {self.profile.max_record_bytes} bytes")
 
     def _record(self, piece: bytes) -> None:
         record = piece.strip(self._strip + self._split)
@@ -160,10 +170,14 @@ class RawLink:
     def _end_of_stream(self, reason: str) -> None:
         tail = bytes(self._inbuf)
         self._inbuf.clear()
-        self._skipping = False
-        if tail.strip(b"\r\n"):
-            # The last record lacks its terminator: take it as it is (an L completes the message).
-            self._record(tail + self._split)
+        if self._skipping:
+            # The end of an over-long record already dropped: junk too, whatever it starts with.
+            self._skipping = False
+            self._junk(len(tail))
+        elif tail.strip(b"\r\n"):
+            # The last record lacks its terminator: take it as it is (an L completes the message), its bytes
+            # as they came (no terminator is added to the raw message or to a junk count).
+            self._record(tail)
         if self._records:
             self._abandon(reason)
 

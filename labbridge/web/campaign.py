@@ -6,6 +6,7 @@ reason a technician can act on, an unknown instrument 404."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +33,7 @@ async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]
     body = await json_object(request)
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise web.HTTPBadRequest(text=f'{{"error": "unknown field(s): {", ".join(unknown)}"}}',
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"unknown field(s): {', '.join(unknown)}"}),
                                  content_type="application/json")
     for key in ("by", "reason", "stage", "held"):
         if key in body and not isinstance(body[key], str):

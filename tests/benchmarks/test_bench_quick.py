@@ -28,7 +28,8 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
     names = {f["name"] for f in data["figures"]}
     # The peers are really measured beside labbridge.
     for peer in ("chem20 ASTM python-astm codec", "cbc25 ASTM python-astm frame path",
-                 "chem20 HL7 ORU^R01 python-hl7 hl7.parse", "cbc25 HL7 OUL^R22 hl7apy parse_message",
+                 "chem20 HL7 ORU^R01 python-hl7 hl7.parse", "cbc25 HL7 OUL^R22 labbridge parser (hl7_parse)",
+                 "cbc25 HL7 OUL^R22 hl7apy parse_message",
                  "2 links: bare ACK server (ceiling)", "2 links: python-astm server (ACK + decode, no store)"):
         assert peer in names
     # Nothing lost, and every message the analyzers sent was acknowledged and delivered.

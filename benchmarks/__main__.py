@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import procs
 from benchmarks.common import RESULTS_DIR, Figure, Ratio, event_loop, print_table, write_json
+from benchmarks.targets import evaluate, print_targets
 
 SECTIONS = ("parse", "e2e", "scale", "mqtt")  # mqtt: bench_mqtt (issue 19)
 
@@ -108,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         print_table("MQTT publisher (real Mosquitto on loopback)", f, r)
     for note in notes:
         print(f"note: {note}")
+    targets = evaluate(figures)  # issue 15's targets, met or missed, from this run's figures only
+    print_targets(targets)
     settings = {"only": only, "quick": q, "parse_runs": parse_runs, "runs": runs, "seconds": seconds,
                 "links": links, "e2e_messages": e2e_messages, "scale_links": scale_links, "backlog": backlog,
                 "busy_interval": args.busy_interval, "busy_messages": args.busy_messages,
                 "lis_connections": args.lis_connections,
                 "elapsed_s": round(time.monotonic() - started, 1)}
-    path = write_json(args.json, settings, figures, ratios, notes)
+    path = write_json(args.json, settings, figures, ratios, notes,
+                      [{**asdict(t), "met": t.met} for t in targets])
     print(f"\nwrote {path} ({settings['elapsed_s']} s)")
     lost = [f for f in figures if "lost" in f.name and f.max > 0]
     if lost:

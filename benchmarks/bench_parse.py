@@ -14,8 +14,10 @@ ASTM, for a generated 20-test chemistry message and a 25-result CBC:
 - python-astm codec: ``astm.codec.decode`` of the message's records (fields, components, repeats);
 - plain split baseline: strip the frames, split records on CR and fields on '|'.
 HL7, the same content as ORU^R01 (labbridge's builder) and OUL^R22 (with SPM):
-- labbridge path: a plain split over segments and fields that reads each result (sample, code, value,
-  units) — what labbridge's HL7 receive path does until the HL7 analyzer branch lands;
+- labbridge parser: ``labbridge.protocols.hl7_parse.parse_message`` (what an HL7 link runs on each message)
+  and each result read from it (sample, code, value, units); the target's ratio;
+- split baseline: a plain split over segments and fields reading the same (what rounds 1-6 and issue 15's
+  first run measured as "labbridge path (split)", from before labbridge had an HL7 parser);
 - python-hl7 ``hl7.parse``; hl7apy ``parse_message`` (default: tolerant validation, groups found).
 """
 
@@ -29,13 +31,14 @@ from benchmarks.common import PANELS, Figure, Ratio, one_message, print_table, r
 from labbridge.driver import AstmDriver, DecodeContext, load_driver
 from labbridge.protocols import e1381, e1394
 from labbridge.protocols.hl7 import Party, build_oru_r01
+from labbridge.protocols.hl7_parse import parse_message as parse_hl7
 
 SECTION = "parse"
 
-# The issue's targets for parse speed (same machine, same run).
-TARGET_ASTM_CODEC = 5.0  # labbridge decode >= 5x python-astm's codec
-TARGET_ASTM_FRAMES = 8.0  # >= 8x python-astm's frame path (checksum, join, decode)
-TARGET_HL7 = 10.0  # HL7 parse >= 10x python-hl7's hl7.parse
+# Issue 15's targets for parse speed (same machine, same run; benchmarks/targets.py lists them all).
+TARGET_ASTM_DECODE = 4.0  # labbridge codec + driver >= 4x python-astm's codec
+TARGET_ASTM_FRAMES = 5.0  # E1381 frame path, frame by frame, >= 5x python-astm's frame path (checksum, join, decode)
+TARGET_HL7 = 100.0  # HL7 parse >= 100x python-hl7's hl7.parse
 
 
 def _oul_r22(oru: bytes) -> bytes:
@@ -68,6 +71,22 @@ def hl7_split_results(payload: bytes) -> list[tuple[str, str, str, str]]:
         elif seg[:3] in ("OBR", "SPM"):
             f = seg.split(sep)
             sample = f[2] or sample
+    return out
+
+
+def hl7_parse_results(payload: bytes) -> list[tuple[str, str, str, str]]:
+    """labbridge's HL7 parser (``labbridge.protocols.hl7_parse.parse_message``: character set, separators,
+    segments, checks), then (sample, code, value, units) read per OBX through ``Hl7Message.value``."""
+    message = parse_hl7(payload)
+    sample = ""
+    out: list[tuple[str, str, str, str]] = []
+    for seg in message.segments:
+        name = seg.name
+        if name == "OBX":
+            code = message.value(seg, 3, 4) or message.value(seg, 3, 1)
+            out.append((sample, code, message.value(seg, 5, 0), message.value(seg, 6, 1)))
+        elif name in ("OBR", "SPM"):
+            sample = message.value(seg, 2, 1) or sample
     return out
 
 
@@ -160,13 +179,15 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
     hl7_text = {"ORU^R01": oru.decode("utf-8"), "OUL^R22": oul.decode("utf-8")}
     for kind, payload in (("ORU^R01", oru), ("OUL^R22", oul)):
         assert len(hl7_split_results(payload)) == n_results, kind
+        assert hl7_parse_results(payload) == hl7_split_results(payload), kind
         assert len(hl7.parse(hl7_text[kind]).segments("OBX")) == n_results
         parse_message(hl7_text[kind])
 
     def make_hl7(kind: str, payload: bytes) -> dict[str, Callable[[], int]]:
         text = hl7_text[kind]
         return {
-            f"HL7 {kind} labbridge path (split)": lambda: 1 if hl7_split_results(payload) else 0,
+            f"HL7 {kind} labbridge parser (hl7_parse)": lambda: 1 if hl7_parse_results(payload) else 0,
+            f"HL7 {kind} split baseline": lambda: 1 if hl7_split_results(payload) else 0,
             f"HL7 {kind} python-hl7 hl7.parse": lambda: 1 if hl7.parse(text) else 0,
             f"HL7 {kind} hl7apy parse_message": lambda: 1 if parse_message(text) is not None else 0,
         }
@@ -202,10 +223,9 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
     def ratio(name: str, a: str, b: str, target: float | None = None) -> None:
         ratios.append(Ratio(SECTION, f"{panel}: {name}", medians[a] / medians[b], target))
 
-    ratio("labbridge codec / python-astm codec", "ASTM labbridge codec (E1394)", "ASTM python-astm codec",
-          TARGET_ASTM_CODEC)
+    ratio("labbridge codec / python-astm codec", "ASTM labbridge codec (E1394)", "ASTM python-astm codec")
     ratio("labbridge codec+driver / python-astm codec", "ASTM labbridge codec + driver",
-          "ASTM python-astm codec")
+          "ASTM python-astm codec", TARGET_ASTM_DECODE)
     ratio("labbridge frame path / python-astm frame path", "ASTM labbridge frame path (E1381), frame by frame",
           "ASTM python-astm frame path", TARGET_ASTM_FRAMES)
     ratio("labbridge frame path, whole transfer in one call / python-astm frame path",
@@ -214,9 +234,11 @@ def _run_panel(panel: str, seconds: float, runs: int, driver: AstmDriver,
           "ASTM python-astm frame path")
     ratio("labbridge full path / plain split", "ASTM labbridge E1381+E1394+driver", "ASTM plain split baseline")
     for kind in ("ORU^R01", "OUL^R22"):
-        ratio(f"HL7 {kind} labbridge / hl7.parse", f"HL7 {kind} labbridge path (split)",
+        ratio(f"HL7 {kind} labbridge parser / hl7.parse", f"HL7 {kind} labbridge parser (hl7_parse)",
               f"HL7 {kind} python-hl7 hl7.parse", TARGET_HL7)
-        ratio(f"HL7 {kind} labbridge / hl7apy", f"HL7 {kind} labbridge path (split)",
+        ratio(f"HL7 {kind} split baseline / hl7.parse", f"HL7 {kind} split baseline",
+              f"HL7 {kind} python-hl7 hl7.parse")
+        ratio(f"HL7 {kind} labbridge parser / hl7apy", f"HL7 {kind} labbridge parser (hl7_parse)",
               f"HL7 {kind} hl7apy parse_message")
     return figures, ratios
 

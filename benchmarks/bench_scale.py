@@ -38,6 +38,7 @@ def memory_run(links: int, interval: float, messages: int) -> dict[str, Any]:
             base = procs.start_daemon(folder / "base", instruments=0, lis_port=lis.ready["port"])
             time.sleep(0.5)
             base_rss = base.memory()["VmRSS"]
+            base_once = base.memory_once()
             base_start = base.ready_at - base.started_at
             base.stop()
             daemon = procs.start_daemon(folder, instruments=links, lis_port=lis.ready["port"])
@@ -54,7 +55,8 @@ def memory_run(links: int, interval: float, messages: int) -> dict[str, Any]:
                 daemon.stop()
         finally:
             lis.stop()
-    return {"base_rss_mib": base_rss / MIB, "idle_rss_mib": idle_rss / MIB, "busy_rss_mib": busy_rss / MIB,
+    return {"base_rss_mib": base_rss / MIB, "base_once_mib": base_once / MIB, "idle_rss_mib": idle_rss / MIB,
+            "busy_rss_mib": busy_rss / MIB,
             "idle_once_mib": idle_once / MIB, "busy_once_mib": peak.peak_once / MIB,
             "idle_kib_per_link": (idle_rss - base_rss) / 1024 / links,
             "busy_kib_per_link": (busy_rss - base_rss) / 1024 / links, "bring_up_s": bring_up,
@@ -106,6 +108,7 @@ def run(links: int, interval: float, busy_messages: int, analyzers: int, results
         figures.append(Figure.of(SECTION, name, unit, [v[key] for v in values], higher_is_better=False))
 
     fig("daemon RSS, no instrument (baseline)", "MiB", "base_rss_mib", mem)
+    fig("daemon memory, shared pages once, no instrument", "MiB", "base_once_mib", mem)
     fig(f"daemon RSS, {links} links idle", "MiB", "idle_rss_mib", mem)
     fig(f"daemon peak RSS, {links} links busy", "MiB", "busy_rss_mib", mem)
     fig(f"daemon memory, shared pages once, {links} links idle", "MiB", "idle_once_mib", mem)

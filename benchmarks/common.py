@@ -153,13 +153,13 @@ def event_loop() -> str:
 
 
 def write_json(path: Path | None, args: dict[str, Any], figures: Sequence[Figure], ratios: Sequence[Ratio],
-               notes: Sequence[str]) -> Path:
+               notes: Sequence[str], targets: Sequence[dict[str, Any]] = ()) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if path is None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"bench-{stamp}.json"
     data = {"when": stamp, "machine": machine(), "args": args, "figures": [asdict(f) for f in figures],
-            "ratios": [{**asdict(r), "met": r.met} for r in ratios], "notes": list(notes)}
+            "ratios": [{**asdict(r), "met": r.met} for r in ratios], "targets": list(targets), "notes": list(notes)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path

@@ -17,10 +17,28 @@ their own reading of the values; pure (no I/O).
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 
 from labbridge.model import Patient, Result
 from labbridge.protocols.e1394 import Record
+
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
+_RESULT_STATE = operator.attrgetter(*_RESULT_FIELDS)
+_PATIENT_AT = _RESULT_FIELDS.index("patient")
+_ORDER_COMMENTS_AT = _RESULT_FIELDS.index("order_comments")
+_COMMENTS_AT = _RESULT_FIELDS.index("comments")
+
+
+def _with_context(result: Result, patient: Patient | None, order_comments: tuple[str, ...],
+                  comments: tuple[str, ...]) -> Result:
+    """``dataclasses.replace(result, patient=..., order_comments=..., comments=...)``, at half its cost (it
+    runs for every result of a message that carries a patient)."""
+    values = list(_RESULT_STATE(result))
+    values[_PATIENT_AT] = patient
+    values[_ORDER_COMMENTS_AT] = order_comments
+    values[_COMMENTS_AT] = comments
+    return Result(*values)
 
 
 def patient_from(rec: Record) -> Patient | None:
@@ -49,7 +67,8 @@ class Comments:
     them on the results (:meth:`apply`). The driver calls ``patient``/``order``/``result``/``comment`` for
     each P, O, R (kept or not) and C record, in order."""
 
-    __slots__ = ("_last", "_message", "_orders", "_owners", "_patients", "_results")
+    __slots__ = ("_last", "_message", "_orders", "_orders_done", "_owners", "_patients", "_patients_done",
+                 "_results")
 
     def __init__(self) -> None:
         self._patients: list[tuple[Record, list[str]]] = []
@@ -58,6 +77,9 @@ class Comments:
         self._owners: dict[int, tuple[int, int]] = {}  # index in the driver's results -> (patient, order)
         self._message: list[str] = []  # comments before any P
         self._last: tuple[str, int] = ("H", -1)
+        # Filled by about() once every record is read: each order's comments, each patient (None: nothing).
+        self._orders_done: list[tuple[str, ...]] | None = None
+        self._patients_done: dict[int, Patient | None] = {}
 
     def patient(self, rec: Record) -> None:
         self._patients.append((rec, []))
@@ -91,22 +113,35 @@ class Comments:
 
     def apply(self, results: Sequence[Result]) -> list[Result]:
         """The results with their comments and patient; unchanged (the same objects) when there are none."""
-        patients: dict[int, Patient | None] = {}
-        orders = [tuple(self._message + notes) for notes in self._orders]
         out = list(results)
         for i, result in enumerate(results):
-            owner = self._owners.get(i)
-            if owner is None:
-                continue  # a result a driver's hook made from another record: no P/O/R of its own
-            p, o = owner
-            if p not in patients:
-                patients[p] = self._patient(p, result.patient_id) if p >= 0 else None
-            patient = patients[p]
-            order = orders[o] if o >= 0 else ()
-            mine = tuple(self._results.get(i, ()))
-            if patient is not None or order or mine:
-                out[i] = dataclasses.replace(result, patient=patient, order_comments=order, comments=mine)
+            extra = self.about(i, result.patient_id)
+            if extra is not None:
+                out[i] = _with_context(result, *extra)
         return out
+
+    def about(self, index: int, patient_id: str) -> tuple[Patient | None, tuple[str, ...], tuple[str, ...]] | None:
+        """What the message says about result ``index`` besides its R record, once every record is read:
+        ``(patient, order comments, comments)``, or None when it says nothing (or the result has no P/O/R of
+        its own: a driver's hook made it from another record). ``patient_id`` is the result's
+        ``Result.patient_id`` (an ID the driver took from P-4 or P-5 is not repeated in the patient).
+        :meth:`apply` puts these on built results; a driver may pass them to ``Result`` itself instead, which
+        builds each result once."""
+        owner = self._owners.get(index)
+        if owner is None:
+            return None
+        p, o = owner
+        if self._orders_done is None:
+            self._orders_done = [tuple(self._message + notes) for notes in self._orders]
+        patients = self._patients_done
+        if p not in patients:
+            patients[p] = self._patient(p, patient_id) if p >= 0 else None
+        patient = patients[p]
+        order = self._orders_done[o] if o >= 0 else ()
+        mine = tuple(self._results.get(index, ()))
+        if patient is not None or order or mine:
+            return patient, order, mine
+        return None
 
     def _patient(self, index: int, patient_id: str) -> Patient | None:
         """Patient ``index``'s fields; an ID the driver took as the patient ID (P-4 or P-5) is not repeated."""

@@ -30,7 +30,7 @@ naming labbridge as sender and an L whose L-3 is ``N``, or ``I`` when nothing wa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from labbridge.astm_content import Comments
 from labbridge.astm_orders import PRIORITY_CODES, REPORT_TYPES, AstmOrders, decode_query
@@ -80,6 +80,18 @@ def result_code(comps: Sequence[str]) -> str:
     return next((c for c in comps if c), "")
 
 
+_NOTHING_MORE: tuple[None, tuple[str, ...], tuple[str, ...]] = (None, (), ())  # no patient, no comments
+
+
+def _first_set(components: Sequence[str]) -> str:
+    """The first component that says anything, stripped ('' if none)."""
+    for c in components:
+        text = c.strip()
+        if text:
+            return text
+    return ""
+
+
 class GenericAstmDriver(AstmOrders, AstmDriver):
     name = "astm-generic"
     vendor = "generic"
@@ -106,6 +118,11 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
         qc_order = False
         have_order = False
         comments = Comments()
+        # Each result's fields from its R record: sample, code, value, units, range, flags, status, time,
+        # kind, patient ID, test name, operator, equipment ID.
+        pending: list[tuple[Any, ...]] = []
+        last_when: str | None = None
+        measured_at: str | None = None
         for index, rec in enumerate(parsed):
             kind = rec.type
             if kind == "H":
@@ -125,7 +142,8 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
                     raise DecodeError("result (R) record without a preceding order (O) record",
                                       record_index=index)
                 comps = rec.components(3)
-                code = rec.component(3, component) if component is not None else result_code(comps)
+                code = (comps[component - 1] if 0 < component <= len(comps) else "") if component is not None \
+                    else result_code(comps)
                 if not code and component is not None and component == (context.test_code_component
                                                                          or self.test_code_component):
                     raise DecodeError(f"result (R) record without a test code in R-3 component {component} "
@@ -135,30 +153,33 @@ class GenericAstmDriver(AstmOrders, AstmDriver):
                     raise DecodeError("result (R) record without a test code in R-3", record_index=index)
                 if not sample_id:
                     raise DecodeError("order (O) record without a specimen ID", record_index=index)
-                status = STATUS_CODES.get(rec.field(9).upper()[:1], "final")
-                out.results.append(Result(
-                    instrument=context.instrument,
-                    sample_id=sample_id,
-                    test_code=context.map_test(code),
-                    instrument_test_code=code,
-                    value=rec.component(4, 1),
-                    units=rec.component(5, 1),
-                    reference_range=rec.field(6),
-                    flags=tuple(f for f in rec.repeats(7) if f and f != "N"),
-                    status=status,
-                    measured_at=context.timestamp(rec.field(13)),
-                    kind="qc" if (qc_message or qc_order) else "patient",
-                    patient_id=patient_id,
-                    test_name=_test_name(comps, context.test_name_component, component),
-                    operator=next((c.strip() for c in rec.components(11) if c.strip()), ""),
-                    equipment_id=rec.component(14, 1).strip(),
+                when = rec.field(13)
+                if when != last_when:  # every result of a message tends to carry the same R-13
+                    last_when, measured_at = when, context.timestamp(when)
+                # Built once every record is read (below): the C records after it may still add comments.
+                pending.append((
+                    sample_id, code, rec.component(4, 1), rec.component(5, 1), rec.field(6),
+                    tuple([f for f in rec.repeats(7) if f and f != "N"]),
+                    STATUS_CODES.get(rec.field(9).upper()[:1], "final"), measured_at,
+                    "qc" if (qc_message or qc_order) else "patient", patient_id,
+                    _test_name(comps, context.test_name_component, component), _first_set(rec.components(11)),
+                    rec.component(14, 1).strip(),
                 ))
-                comments.result(len(out.results) - 1)
+                comments.result(len(pending) - 1)
             elif kind == "C":
                 comments.comment(rec)
             elif kind == "Q":
                 out.queries.append(decode_query(rec, context, index))
-        out.results = comments.apply(out.results)
+        for i, (sample, code, value, units, reference_range, flags, status, measured_at, result_kind, patient,
+                test_name, operator, equipment_id) in enumerate(pending):
+            person, order_comments, notes = comments.about(i, patient) or _NOTHING_MORE
+            out.results.append(Result(
+                instrument=context.instrument, sample_id=sample, test_code=context.map_test(code),
+                instrument_test_code=code, value=value, units=units, reference_range=reference_range, flags=flags,
+                status=status, measured_at=measured_at, kind=result_kind, patient_id=patient, test_name=test_name,
+                operator=operator, equipment_id=equipment_id, patient=person, order_comments=order_comments,
+                comments=notes,
+            ))
         return out
 
 

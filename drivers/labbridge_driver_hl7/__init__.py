@@ -24,7 +24,7 @@ what they need.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from labbridge.driver import DecodeContext, Hl7Driver
 from labbridge.errors import DecodeError
@@ -80,7 +80,7 @@ class GenericHl7Driver(Hl7Driver):
 
     def results(self, message: Hl7Message, context: DecodeContext) -> list[Result]:
         """Every result of the message, with its comments and patient (see the module's docstring)."""
-        results: list[Result] = []
+        results: list[dict[str, Any]] = []  # each result's fields from its OBX
         patient: Patient | None = None
         patient_notes: list[str] = []
         message_notes: list[str] = []
@@ -135,23 +135,24 @@ class GenericHl7Driver(Hl7Driver):
                                       record_index=index)
                 status = STATUS_CODES.get(message.value(seg, 11).upper()[:1], "final")
                 when = message.value(seg, 19, 1) or message.value(seg, 14, 1) or order_time
-                results.append(Result(
-                    instrument=context.instrument,
-                    sample_id=sample_id,
-                    test_code=context.map_test(code),
-                    instrument_test_code=code,
-                    value=self.value(message, seg),
-                    units=message.value(seg, 6, 1),
-                    reference_range=message.value(seg, 7, 0),
-                    flags=tuple(f for f in message.repeats(seg, 8) if f and f != "N"),
-                    status=status,
-                    measured_at=context.hl7_timestamp(when),
-                    kind="qc" if qc else "patient",
-                    patient_id=patient_id,
-                    test_name=message.value(seg, 3, 2).strip(),
-                    operator=next((v.strip() for v in (message.value(seg, 16, c) for c in (1, 2)) if v.strip()), ""),
-                    equipment_id=message.value(seg, 18, 1).strip(),
-                ))
+                # Built in _with_notes, once the NTE after it are read: each result is built once.
+                results.append({
+                    "instrument": context.instrument,
+                    "sample_id": sample_id,
+                    "test_code": context.map_test(code),
+                    "instrument_test_code": code,
+                    "value": self.value(message, seg),
+                    "units": message.value(seg, 6, 1),
+                    "reference_range": message.value(seg, 7, 0),
+                    "flags": tuple(f for f in message.repeats(seg, 8) if f and f != "N"),
+                    "status": status,
+                    "measured_at": context.hl7_timestamp(when),
+                    "kind": "qc" if qc else "patient",
+                    "patient_id": patient_id,
+                    "test_name": message.value(seg, 3, 2).strip(),
+                    "operator": next((v.strip() for v in (message.value(seg, 16, c) for c in (1, 2)) if v.strip()), ""),
+                    "equipment_id": message.value(seg, 18, 1).strip(),
+                })
                 orders.append(order_notes)
                 patients.append((patient, patient_notes))
                 last = "OBX"
@@ -160,13 +161,14 @@ class GenericHl7Driver(Hl7Driver):
         return _with_notes(results, orders, patients, result_notes, message_notes)
 
 
-def _with_notes(results: list[Result], orders: list[list[str]], patients: list[tuple[Patient | None, list[str]]],
-                result_notes: dict[int, list[str]], message_notes: list[str]) -> list[Result]:
-    """The results with their comments and patient; the same objects when there are none."""
+def _with_notes(results: list[dict[str, Any]], orders: list[list[str]],
+                patients: list[tuple[Patient | None, list[str]]], result_notes: dict[int, list[str]],
+                message_notes: list[str]) -> list[Result]:
+    """The results, built from their OBX fields with their comments and patient."""
     shared: dict[int, Patient | None] = {}  # one object per patient, one tuple per order: shared, not copied
     order_tuples: dict[int, tuple[str, ...]] = {}
     out = []
-    for i, result in enumerate(results):
+    for i, fields in enumerate(results):
         patient, notes = patients[i]
         key = id(notes)
         if key not in shared:
@@ -174,8 +176,6 @@ def _with_notes(results: list[Result], orders: list[list[str]], patients: list[t
         order = order_tuples.get(id(orders[i]))
         if order is None:
             order = order_tuples[id(orders[i])] = tuple(message_notes + orders[i])
-        mine = tuple(result_notes.get(i, ()))
-        changed = shared[key] is not None or order or mine
-        out.append(dataclasses.replace(result, patient=shared[key], order_comments=order, comments=mine)
-                   if changed else result)
+        out.append(Result(**fields, patient=shared[key], order_comments=order,
+                          comments=tuple(result_notes.get(i, ()))))
     return out

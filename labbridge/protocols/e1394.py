@@ -98,12 +98,15 @@ def escape(text: str, d: Delimiters) -> str:
 class Record:
     """One record, fields kept raw (escaped) until asked for."""
 
-    __slots__ = ("_components", "delimiters", "raw_fields", "type")
+    __slots__ = ("_components", "_plain", "delimiters", "raw_fields", "type")
 
     def __init__(self, text: str, delimiters: Delimiters) -> None:
         self.delimiters = delimiters
         self.raw_fields = text.split(delimiters.field)
         self.type = self.raw_fields[0][:1].upper()  # R-B2: case-insensitive type ID
+        # No escape and no repeat delimiter anywhere in the record (most R records): a field is its raw text
+        # and its components one split of it, read without the cache below (same values, less work).
+        self._plain = delimiters.escape not in text and delimiters.repeat not in text
         # (field, repeat) -> its unescaped components: a driver reads several components of one field,
         # and splitting it again for each was the driver's main cost.
         self._components: dict[tuple[int, int], tuple[str, ...]] | None = None  # made on first use
@@ -114,10 +117,15 @@ class Record:
         return self.raw_fields[idx] if 0 <= idx < len(self.raw_fields) else ""
 
     def field(self, number: int) -> str:
+        if self._plain:
+            idx = number - 1
+            return self.raw_fields[idx] if 0 <= idx < len(self.raw_fields) else ""
         return unescape(self.raw(number), self.delimiters)
 
     def repeats(self, number: int) -> list[str]:
         raw = self.raw(number)
+        if self._plain:
+            return [raw] if raw else []
         if self.type == "H" and number == 2:
             return [raw]  # the delimiter definition itself
         return [unescape(r, self.delimiters) for r in raw.split(self.delimiters.repeat)] if raw else []
@@ -146,10 +154,18 @@ class Record:
         return comps
 
     def components(self, number: int, repeat: int = 0) -> list[str]:
+        if self._plain and not repeat:
+            raw = self.raw(number)
+            return raw.split(self.delimiters.component) if raw else []
         return list(self._split(number, repeat))
 
     def component(self, number: int, index: int, repeat: int = 0) -> str:
         """Component ``index`` (1-based) of field ``number``; '' if absent."""
+        if self._plain and not repeat:
+            idx = number - 1
+            if index == 1:  # the common case: the text before the first component delimiter
+                return self.raw_fields[idx].partition(self.delimiters.component)[0] if 0 <= idx < len(
+                    self.raw_fields) else ""
         comps = self._split(number, repeat)
         return comps[index - 1] if 0 < index <= len(comps) else ""
 

@@ -28,7 +28,8 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
     names = {f["name"] for f in data["figures"]}
     # The peers are really measured beside labbridge.
     for peer in ("chem20 ASTM python-astm codec", "cbc25 ASTM python-astm frame path",
-                 "chem20 HL7 ORU^R01 python-hl7 hl7.parse", "cbc25 HL7 OUL^R22 hl7apy parse_message",
+                 "chem20 HL7 ORU^R01 python-hl7 hl7.parse", "cbc25 HL7 OUL^R22 labbridge parser (hl7_parse)",
+                 "cbc25 HL7 OUL^R22 hl7apy parse_message",
                  "2 links: bare ACK server (ceiling)", "2 links: python-astm server (ACK + decode, no store)"):
         assert peer in names
     # Nothing lost, and every message the analyzers sent was acknowledged and delivered.
@@ -52,6 +53,18 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
         assert 0 < once < by_name[f"{tag}: daemon peak RSS"]["median"]
     assert 0 < by_name["daemon peak memory, shared pages once, 3 links busy"]["median"] < by_name[
         "daemon peak RSS, 3 links busy"]["median"]
+    assert 0 < by_name["daemon memory, shared pages once, no instrument"]["median"] <= by_name[
+        "daemon RSS, no instrument (baseline)"]["median"]
+    # Issue 15's targets: every numbered item listed, judged from this run's figures (met or missed where
+    # measured: the parse ratios and the memory with no instrument; the rest, at 10, 100 and 1,000 links,
+    # are not run at these sizes and say so), and printed.
+    targets = data["targets"]
+    assert {t["item"] for t in targets} == {1, 2, 3, 4, 5}
+    measured = {t["name"] for t in targets if t["met"] is not None}
+    assert "chem20: codec + driver / python-astm codec" in measured
+    assert "no instrument: memory, shared pages once" in measured
+    assert all((t["met"] is None) == (t["value"] is None) for t in targets)
+    assert "== issue 15 targets" in proc.stdout and "not measured" in proc.stdout
     # [mqtt]: the publisher's runs published every change (its health and an event) to the real broker.
     per_change = [f for f in data["figures"] if f["section"] == "mqtt" and "per change" in f["name"]]
     assert per_change and all(f["min"] >= 2 for f in per_change)

@@ -8,6 +8,7 @@ from labbridge.errors import RemoteProtocolError
 from labbridge.protocols.e1394 import (
     DEFAULT_DELIMITERS,
     Delimiters,
+    Record,
     delimiters_from_header,
     encode_record,
     escape,
@@ -70,3 +71,31 @@ def test_encode_record_builds_what_parse_reads() -> None:
     assert rec.field(4) == "5|4"
     assert rec.repeats(7) == ["H", "A"]
     assert encode_record("H", ["", "", ["Sim", "1"]]) == b"H|\\^&|||Sim^1"
+
+
+# Pieces of record text: the delimiters of the three headers below, escape sequences written with '&' and
+# with '%', and plain text.
+_RECORD_TEXT = st.lists(st.sampled_from(["|", "\\", "^", "&", "!", "~", "*", "%", "@", "&F&", "&S&", "&R&", "&E&",
+                                         "&X41&", "&H&", "%F%", "%S%", "%X41%", "A", "1", " ", "N", "."]),
+                        max_size=16).map("".join)
+
+
+@given(body=_RECORD_TEXT, header=st.sampled_from(["H|\\^&", "H!~*%", "H|@^&"]))
+def test_a_plain_record_reads_as_the_general_path_reads_it(body: str, header: str) -> None:
+    """A record with no escape and no repeat delimiter is read without the component cache (a fast path,
+    performance issue 15); every field, repeat and component must read as the general path reads it. The
+    general path is the same record with the fast path turned off. Bodies with escapes, repeats, empty
+    fields and foreign delimiters are generated, so both sides of the guard are exercised."""
+    d = delimiters_from_header(header)
+    text = "R" + d.field + body.replace("|", d.field)
+    fast = Record(text, d)
+    general = Record(text, d)
+    general._plain = False
+    for number in range(8):
+        assert fast.field(number) == general.field(number)
+        assert fast.repeats(number) == general.repeats(number)
+        assert fast.components(number) == general.components(number)
+        for repeat in range(3):
+            assert fast.components(number, repeat) == general.components(number, repeat)
+            for index in range(5):
+                assert fast.component(number, index, repeat) == general.component(number, index, repeat)

@@ -924,7 +924,8 @@ def keys_at(loc: tuple[int | str, ...]) -> set[str]:
             key_of_dict = False
             continue
         if part in TRANSPORT_KINDS or part in DESTINATION_KINDS:  # the tag of a tagged union: that member
-            tagged = [m for m in models if part in get_args(m.model_fields["kind"].annotation)]
+            tagged = [m for m in models if "kind" in m.model_fields
+                      and part in get_args(m.model_fields["kind"].annotation)]
             models = tagged or models
             continue
         if part in TRAFFIC_TAGS:

@@ -260,6 +260,7 @@ def test_suggested_keys_follow_the_table_they_are_in() -> None:
     assert "units" in keys_at(("instruments", 0, "tests", "GLU"))
     assert "message_type" in keys_at(("lis", 0, "mllp"))
     assert keys_at(("nowhere",)) == set()
+    assert "path" in keys_at(("store", "serial"))  # a key named like a tag where no union is (found by fuzzing)
 
 
 # ---- issue 20: what the LIS receives (QC per destination, PID policy, coding system) ---------------------

@@ -117,13 +117,15 @@ def test_the_daemon_still_answers_after_the_fuzzing(base: tuple[str, int]) -> No
     assert json.loads(payload)
 
 
-def test_an_id_beyond_what_the_store_can_hold_is_not_found(base: tuple[str, int]) -> None:
-    """Found by this fuzzing: an order id past SQLite's 64-bit integers was a 500 (OverflowError)."""
+def test_an_id_beyond_what_the_store_can_hold_is_refused(base: tuple[str, int]) -> None:
+    """Found by this fuzzing: an order id past SQLite's 64-bit integers was a 500 (OverflowError); it is a 400
+    naming the parameter, as every API input out of its bounds (labbridge.web.params)."""
     for method, path in (("GET", "/api/orders/99999999999999999999"),
                          ("POST", "/api/orders/-99999999999999999999/cancel")):
         status, _, payload = _request(base, method, path, b"{}", "application/json")
-        assert status == 404
-        assert "no order" in json.loads(payload)["error"]
+        assert status == 400
+        answer = json.loads(payload)
+        assert answer["parameter"] == "id" and "id must be" in answer["error"]
 
 
 def test_an_unknown_field_with_a_quote_is_named_in_valid_json(base: tuple[str, int]) -> None:

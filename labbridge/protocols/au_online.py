@@ -65,7 +65,7 @@ from labbridge.protocols.e1381 import (
     TransferEnded,
     TransferStarted,
 )
-from labbridge.protocols.link import Answer
+from labbridge.protocols.link import Answer, Outbox
 
 STX = 0x02
 ETX = 0x03
@@ -112,7 +112,7 @@ class _Block:
     raw: bytes  # as received, STX through the BCC
 
 
-class AuLink:
+class AuLink(Outbox[Event]):
     """Receiver of AU online texts (the host's end). See the module docstring."""
 
     def __init__(self, profile: AuProfile | None = None) -> None:
@@ -141,19 +141,6 @@ class AuLink:
         self._now = now
         self._inbuf += data
         self._process()
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
-
-    def events(self) -> list[Event]:
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     def get_timer(self) -> float | None:
         return self._deadline

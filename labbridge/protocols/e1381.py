@@ -60,7 +60,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from labbridge.protocols.link import Answer
+from labbridge.protocols.link import Answer, Outbox
 
 # Control characters (PROTOCOLS.md "Control characters").
 STX = 0x02
@@ -316,7 +316,7 @@ class _Snapshot:
     raw: bytes
 
 
-class E1381Link:
+class E1381Link(Outbox[Event]):
     """One end of an E1381 link. See the module docstring for the theory of operation."""
 
     def __init__(self, role: Role, profile: LinkProfile | None = None) -> None:
@@ -355,19 +355,6 @@ class E1381Link:
     def receive_data(self, data: bytes, now: float) -> None:
         self._inbuf += data
         self._process(now)
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
-
-    def events(self) -> list[Event]:
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     def get_timer(self) -> float | None:
         """The next deadline at which :meth:`handle_timer` must be called, or None."""

@@ -21,9 +21,10 @@ No I/O, no clock and no asyncio here: time is always an argument.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 E_co = TypeVar("E_co", covariant=True)
 
@@ -84,3 +85,28 @@ _OVER_LIMIT = ("longer than", "more than", "larger than the limit")
 def over_limit(reason: str) -> bool:
     """Whether a core's reason for refusing or abandoning input is a configured limit."""
     return any(words in reason for words in _OVER_LIMIT)
+
+
+E = TypeVar("E")
+
+
+class Outbox(Generic[E]):
+    """What the receivers share of the :class:`Link` interface: the events they queue for the shell, taken one
+    at a time or all at once, and the bytes they owe the peer (``_out``; a receiver that answers nothing, as
+    raw framing, leaves it empty)."""
+
+    _events: deque[E]
+    _out: bytearray
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> E | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[E]:
+        out = list(self._events)
+        self._events.clear()
+        return out

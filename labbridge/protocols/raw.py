@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from labbridge.protocols.e1381 import Event, FrameRejected, IncompleteMessage, JunkDiscarded, MessageReceived
-from labbridge.protocols.link import Answer
+from labbridge.protocols.link import Answer, Outbox
 
 T_RAW_IDLE = 30.0  # like LIS1-A's receiver timer: 30 s without a byte ends an unfinished message
 
@@ -40,7 +40,7 @@ class RawProfile:
     max_records: int = 10_000  # records in one message; over it the message is kept as incomplete
 
 
-class RawLink:
+class RawLink(Outbox[Event]):
     """Receiver of bare E1394 records. See the module docstring."""
 
     def __init__(self, profile: RawProfile | None = None) -> None:
@@ -51,6 +51,7 @@ class RawLink:
         self._records: list[bytes] = []
         self._raw = bytearray()
         self._events: deque[Event] = deque()
+        self._out = bytearray()  # raw framing acknowledges nothing: always empty
         self._deadline: float | None = None
         self._skipping = False  # discarding an over-long record up to its terminator
 
@@ -62,17 +63,6 @@ class RawLink:
         self._inbuf += data
         self._process()
         self._deadline = now + self.profile.idle_timeout if (self._records or self._inbuf) else None
-
-    def data_to_send(self) -> bytes:
-        return b""  # raw framing acknowledges nothing
-
-    def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
-
-    def events(self) -> list[Event]:
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     def get_timer(self) -> float | None:
         return self._deadline

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ from labbridge.runtime.reload import (
     load_checked,
     plan_reload,
 )
+from labbridge.store import audit
 from labbridge.store.db import Store, wall_clock
 from labbridge.store.orders import SqliteOrderSource
 
@@ -291,11 +293,15 @@ class Daemon:
         task.add_done_callback(self._reloads.discard)
 
     def reload_soon(self, by: str = "SIGHUP") -> None:
-        """Reload in the background (for a signal handler); the outcome is logged as ``config_reloaded``."""
+        """Reload in the background (for a signal handler); the outcome is logged as ``config_reloaded`` and
+        goes to the audit trail, as a reload through the API does (the actor: ``local:SIGHUP``, whoever on this
+        machine could signal the daemon)."""
         async def reload() -> None:
             await self.started.wait()
             try:
-                await self.reload(by=by)
+                report = await self.reload(by=by)
+                await self.store.write(audit.record, at=time.time(), actor=f"local:{by}", action="reload",
+                                       target="config", reason="", detail={"outcome": report.outcome.value})
             except Exception:
                 log.exception("config_reload_failed", by=by)
 

@@ -257,6 +257,14 @@ def test_sighup_reloads_a_daemon_process(tmp_path: Path) -> None:
     events = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
     reloads = [e for e in events if e["event"] == "config_reloaded"]
     assert [(e["outcome"], e["by"], e["started"]) for e in reloads] == [("applied", "SIGHUP", ["instrument:an-2"])]
+    # Audited as a reload through the API is, under the one who could signal it: someone on this machine.
+    audit = subprocess.run([sys.executable, "-m", "labbridge.cli", "audit", "export", "--format", "jsonl", "--store",
+                            data["store"]["path"]], capture_output=True, text=True, timeout=30, check=True)
+    entries = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert [(e["actor"], e["action"], e["target"]) for e in entries] == [("local:SIGHUP", "reload", "config")]
+    verify = subprocess.run([sys.executable, "-m", "labbridge.cli", "audit", "verify", "--store",
+                             data["store"]["path"]], capture_output=True, text=True, timeout=30, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_a_shared_listener_restarts_as_one_on_its_port_and_is_left_alone_otherwise(tmp_path: Path) -> None:

@@ -155,8 +155,10 @@ def status(args: argparse.Namespace) -> int:
 
     async def fetch() -> dict[str, Any]:
         async with contextlib.aclosing(HttpOperatorClient(url, credentials)) as daemon:
+            health = await daemon.read("/api/health")
             return {"sites": await daemon.read("/api/sites"), "instruments": await daemon.read("/api/instruments"),
-                    "outbox": await daemon.read("/api/outbox")}
+                    "outbox": await daemon.read("/api/outbox"),
+                    "uplinks": health.get("uplinks", []) if isinstance(health, dict) else []}
 
     async def main() -> int:
         while True:
@@ -166,7 +168,7 @@ def status(args: argparse.Namespace) -> int:
                 print(f"{exc} (is the daemon running? `labbridge run -c CONFIG`)", file=sys.stderr)
                 code = EXIT_UNREACHABLE
             else:
-                seen["attention"] = output.needs_attention(seen["instruments"], seen["outbox"])
+                seen["attention"] = output.needs_attention(seen["instruments"], seen["outbox"], seen["uplinks"])
                 if args.watch:
                     print("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", end="")
                 output.show(args.json, seen, output.status_by_site)

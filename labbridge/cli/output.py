@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -46,10 +46,13 @@ def _paint(state: str, width: int) -> str:
     return f"\x1b[{_COLORS[state]}m{text}\x1b[0m"
 
 
-def needs_attention(instruments: list[dict[str, Any]], outbox: dict[str, Any]) -> list[str]:
+def needs_attention(instruments: list[dict[str, Any]], outbox: dict[str, Any],
+                    uplinks: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Why a person should look, one line each: links neither up nor idle, LIS destinations not up, dead
-    letters. Empty when all is well."""
+    letters, an MQTT broker the node cannot publish to. Empty when all is well."""
     why = [f"{i['id']} is {i['state']}: {i['reason']}" for i in instruments if i["state"] not in _FINE]
+    why += [f"MQTT broker {u.get('broker', '')} is {u['state']}: {u['reason']} (the fleet view does not see this "
+            "node's health; the data path goes on)" for u in uplinks if u["state"] != "up"]
     for d in outbox["destinations"]:
         if d["state"] == "down":
             why.append(f"LIS {d['id']} is {d['state']}: {d['reason']}")
@@ -74,6 +77,9 @@ def status_by_site(seen: dict[str, Any]) -> None:
     for d in outbox["destinations"]:
         print(f"LIS {d['id']:<18} {_paint(d['state'], 8)} {d['pending']} pending ({d['backlog_pending']} backlog), "
               f"{d['delivered']} delivered, {d['dead']} dead  {d['reason']}")
+    for u in seen.get("uplinks", []):
+        print(f"MQTT {u.get('broker', ''):<17} {_paint(u['state'], 8)} {u.get('published', 0)} published  "
+              f"{u['reason']}")
     attention = seen["attention"]
     print(f"\n{len(attention)} thing(s) need attention:" if attention else "\nall links up or idle, no dead letter")
     for line_ in attention:

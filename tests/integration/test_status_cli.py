@@ -46,3 +46,26 @@ def test_status_exit_codes_say_whether_someone_must_look(tmp_path: Path) -> None
     url = run(body(), timeout=90)
     code, _, err = run(labbridge("status", "--url", url))  # the daemon is gone
     assert code == 2 and "cannot reach the labbridge daemon" in err
+
+
+def test_status_shows_the_mqtt_broker_link_and_a_broker_down_needs_attention(tmp_path: Path) -> None:
+    """A node whose broker does not answer (a closed loopback port) goes on with its data path; `status`
+    shows the broker's link and says it needs attention (the fleet view does not see this node)."""
+    from tests.fleet.broker import free_port
+
+    async def body() -> None:
+        mqtt = {"mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}", "node": "site-a"}}
+        async with running_lab(tmp_path, instruments=1, http=True, extra=mqtt) as lab:
+            assert lab.daemon.http_address is not None
+            url = "http://{}:{}".format(*lab.daemon.http_address)
+            await eventually(lambda: lab.daemon.uplinks_json()[0]["state"] == "down", what="the broker link down")
+            code, out, err = await labbridge("status", "--url", url)
+            assert code == 1, err
+            assert "MQTT mqtt://127.0.0.1:" in out and "down" in out
+            assert any(line.strip().startswith("- MQTT broker") for line in out.splitlines())
+            code, out, _ = await labbridge("status", "--url", url, "--json")
+            seen = json.loads(out)
+            assert seen["uplinks"][0]["state"] == "down"
+            assert any("MQTT broker" in line for line in seen["attention"])
+
+    run(body(), timeout=90)

@@ -24,14 +24,15 @@ def _iso(ts: float) -> str:
 def _reconciliation(progress: Json) -> Json:
     waiting = progress["held"] + progress["pending"] + progress["dead"]
     return {"reconciled": waiting == 0, "held": progress["held"], "pending": progress["pending"],
-            "dead": progress["dead"], "delivered": progress["delivered"], "discarded": progress["discarded"]}
+            "dead": progress["dead"], "delivered": progress["delivered"], "discarded": progress["discarded"],
+            "qc_held": progress.get("qc_held", 0)}
 
 
 def build_report(status: Json, *, node: str, generated_at: float, group: bool) -> Json:
     """The report's content (the JSON format), from the campaign status."""
     sites = []
     totals: Json = {"instruments": 0, "live": 0, "validating": 0, "blocked": 0, "held": 0, "pending": 0, "dead": 0,
-                    "delivered": 0, "discarded": 0}
+                    "delivered": 0, "discarded": 0, "qc_held": 0}
     for site in status["sites"]:
         rows = site["instruments"]
         prog = site["progress"]
@@ -72,10 +73,11 @@ def _validation_text(v: Json | None) -> str:
 
 
 def _backlog_text(b: Json) -> str:
+    qc = f"; {b['qc_held']} QC result(s) held from the LIS by its qc setting" if b.get("qc_held") else ""
     if b["reconciled"]:
-        return f"reconciled: {b['delivered']} result(s) delivered, nothing waiting"
+        return f"reconciled: {b['delivered']} result(s) delivered, nothing waiting{qc}"
     return (f"not reconciled: {b['held']} held by validation, {b['pending']} waiting for the LIS, {b['dead']} in the"
-            f" dead letters ({b['delivered']} delivered, {b['discarded']} discarded)")
+            f" dead letters ({b['delivered']} delivered, {b['discarded']} discarded){qc}")
 
 
 def _md_escape(text: str) -> str:

@@ -160,7 +160,7 @@ class Campaign:
         row: Json = {"id": ident, "name": name, "stage": books.pop("stage"),
                      "state": known[0] if known else None, "state_reason": known[1] if known else None}
         for key in ("held", "delivered", "pending", "discarded", "dead", "sent_as_test", "backlog_pending",
-                    "backlog_delivered", "references"):
+                    "backlog_delivered", "references", "qc_held"):
             row[key] = int(books.pop(key, 0) or 0)
         row["stage_since"] = _iso(books.pop("stage_since", None))
         row["live_since"] = _iso(books.pop("live_since", None)) if row["stage"] == "live" else None
@@ -205,7 +205,7 @@ def progress(rows: Sequence[Json]) -> Json:
             "stages": stages, "blocked": sum(1 for r in rows if r["blocked"]),
             "held": sum(r["held"] for r in rows), "pending": sum(r["pending"] for r in rows),
             "delivered": sum(r["delivered"] for r in rows), "dead": sum(r["dead"] for r in rows),
-            "discarded": sum(r["discarded"] for r in rows)}
+            "discarded": sum(r["discarded"] for r in rows), "qc_held": sum(r["qc_held"] for r in rows)}
 
 
 LINK_UP_POLL_S = 5.0  # also looks without a wakeup: a shared listener's connections, a stage set back by hand

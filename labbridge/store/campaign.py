@@ -38,6 +38,7 @@ from labbridge.campaign.stages import (
 )
 from labbridge.campaign.validation import Reference, compare
 from labbridge.model import Result
+from labbridge.outbox import QC_HOLD_REASON
 from labbridge.store import audit
 
 HELD = "held"
@@ -258,6 +259,9 @@ def import_references(conn: sqlite3.Connection, instrument: str, refs: Sequence[
     return {"instrument": instrument, **detail}
 
 
+QC_HELD_LIKE = QC_HOLD_REASON.split("{", 1)[0] + "%"  # the reason every QC hold starts with
+
+
 def campaign_rows(conn: sqlite3.Connection) -> dict[str, Any]:
     """Every instrument's stage with its result books, for views: results held, delivered (to the LIS as patient
     results), pending, discarded, dead, sent_as_test (delivered flagged as test results)."""
@@ -266,6 +270,7 @@ def campaign_rows(conn: sqlite3.Connection) -> dict[str, Any]:
             "SELECT instrument, stage, since, actor, reason FROM campaign_stages"):
         out[instrument] = {"stage": stage, "stage_since": since, "stage_by": actor, "stage_reason": reason,
                            "held": 0, "delivered": 0, "pending": 0, "discarded": 0, "dead": 0, "sent_as_test": 0,
+                           "qc_held": 0,
                            "live_since": None, "references": 0}
     # Results, not items: each item names its results (result_ids is a JSON list).
     for instrument, state, test, n in conn.execute(
@@ -275,6 +280,14 @@ def campaign_rows(conn: sqlite3.Connection) -> dict[str, Any]:
             books = out[instrument]
             key = "sent_as_test" if test and state == "delivered" else state
             books[key] = books.get(key, 0) + int(n or 0)
+    # QC results a destination holds (its qc = "hold", labbridge.outbox.QC_HOLD_REASON) are kept by design, as
+    # a control is never taken for a patient's result: counted apart from the dead letters a person must act on.
+    for instrument, n in conn.execute(
+            "SELECT instrument, SUM(json_array_length(result_ids)) FROM outbox WHERE state = 'dead'"
+            " AND dead_kind = 'held' AND last_error LIKE ? GROUP BY instrument", (QC_HELD_LIKE,)):
+        if instrument in out:
+            out[instrument]["dead"] -= int(n or 0)
+            out[instrument]["qc_held"] = int(n or 0)
     for instrument, state, n in conn.execute(
             "SELECT instrument, state, SUM(json_array_length(result_ids)) FROM outbox WHERE backlog = 1"
             " GROUP BY instrument, state"):

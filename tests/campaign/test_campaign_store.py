@@ -226,3 +226,34 @@ def test_results_queued_by_a_redecode_meet_the_gate_too(tmp_path: Path) -> None:
             assert (await store.due_items("lis", now=3000.0))[0] == []
 
     run(body())
+
+
+def test_qc_held_by_the_destination_is_counted_apart_and_blocks_nothing(tmp_path: Path) -> None:
+    """A live instrument's QC results, held by the LIS destination's qc = "hold" (the default), are kept by
+    design: the campaign counts them as qc_held, not as dead letters a person must act on, and neither blocks
+    the instrument nor leaves its results unreconciled; a real dead letter still does."""
+    from labbridge.campaign.report import build_report
+
+    cfg = config(tmp_path, stages={"chem-1": ""})
+    qc = Result(instrument="chem-1", sample_id="QC-1", test_code="GLU", instrument_test_code="GLU", value="5.0",
+                measured_at="2026-11-23T10:00:00+01:00", kind="qc")
+
+    async def body() -> None:
+        async with Store(cfg.store.path) as store:
+            campaign = Campaign(store, cfg)
+            await campaign.start()
+            await store_message(store, "chem-1", qc)
+            status = await campaign.status()
+            row = status["sites"][0]["instruments"][0]
+            assert (row["qc_held"], row["dead"], row["blocked"]) == (1, 0, None)
+            assert status["sites"][0]["progress"]["qc_held"] == 1
+            report = build_report(status, node="n", generated_at=0.0, group=True)
+            backlog = report["sites"][0]["backlog"]
+            assert backlog["reconciled"] and backlog["qc_held"] == 1
+            await store.commit_message(instrument="chem-1", protocol="astm", raw=b"raw", received_at=1000.0,
+                                       results=[], held_results=[result("chem-1", "S9", "NA", "140")],
+                                       hold_reason="held: NA (hold_tests)", destinations=["lis"])
+            row = (await campaign.status())["sites"][0]["instruments"][0]
+            assert (row["qc_held"], row["dead"]) == (1, 1) and "dead letters" in (row["blocked"] or "")
+
+    run(body())

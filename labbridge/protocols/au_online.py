@@ -65,7 +65,7 @@ from labbridge.protocols.e1381 import (
     TransferEnded,
     TransferStarted,
 )
-from labbridge.protocols.link import Answer, Outbox
+from labbridge.protocols.link import Answer, ReceiverQueues
 
 STX = 0x02
 ETX = 0x03
@@ -112,7 +112,7 @@ class _Block:
     raw: bytes  # as received, STX through the BCC
 
 
-class AuLink(Outbox[Event]):
+class AuLink(ReceiverQueues[Event]):
     """Receiver of AU online texts (the host's end). See the module docstring."""
 
     def __init__(self, profile: AuProfile | None = None) -> None:

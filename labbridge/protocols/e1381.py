@@ -60,7 +60,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from labbridge.protocols.link import Answer, Outbox
+from labbridge.protocols.link import Answer, ReceiverQueues
 
 # Control characters (PROTOCOLS.md "Control characters").
 STX = 0x02
@@ -316,7 +316,7 @@ class _Snapshot:
     raw: bytes
 
 
-class E1381Link(Outbox[Event]):
+class E1381Link(ReceiverQueues[Event]):
     """One end of an E1381 link. See the module docstring for the theory of operation."""
 
     def __init__(self, role: Role, profile: LinkProfile | None = None) -> None:

@@ -90,7 +90,7 @@ def over_limit(reason: str) -> bool:
 E = TypeVar("E")
 
 
-class Outbox(Generic[E]):
+class ReceiverQueues(Generic[E]):
     """What the receivers share of the :class:`Link` interface: the events they queue for the shell, taken one
     at a time or all at once, and the bytes they owe the peer (``_out``; a receiver that answers nothing, as
     raw framing, leaves it empty)."""

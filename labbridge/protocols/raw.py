@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from labbridge.protocols.e1381 import Event, FrameRejected, IncompleteMessage, JunkDiscarded, MessageReceived
-from labbridge.protocols.link import Answer, Outbox
+from labbridge.protocols.link import Answer, ReceiverQueues
 
 T_RAW_IDLE = 30.0  # like LIS1-A's receiver timer: 30 s without a byte ends an unfinished message
 
@@ -40,7 +40,7 @@ class RawProfile:
     max_records: int = 10_000  # records in one message; over it the message is kept as incomplete
 
 
-class RawLink(Outbox[Event]):
+class RawLink(ReceiverQueues[Event]):
     """Receiver of bare E1394 records. See the module docstring."""
 
     def __init__(self, profile: RawProfile | None = None) -> None:

@@ -49,7 +49,7 @@ from labbridge.web.audit import audit_routes
 from labbridge.web.auth import Guard, actor_of
 from labbridge.web.body import json_object
 from labbridge.web.campaign import campaign_routes
-from labbridge.web.events import EventHub, event_routes  # dashboard (issue 17, part 1)
+from labbridge.web.events import EventHub, event_routes, lis_destinations  # dashboard (issue 17, part 1)
 from labbridge.web.instrument_page import page_routes  # dashboard (issue 17, part 1)
 
 
@@ -294,15 +294,13 @@ class WebServer:
         store = self.api.store
         counts = await store.counts()
         size = store.size()
-        empty = {"pending": 0, "delivered": 0, "dead": 0, "backlog_pending": 0, "backlog_delivered": 0}
         return web.json_response({
             "store": {**{k: v for k, v in counts.items() if k != "outbox"},
                       "path": store.path, "file_bytes": size.file_bytes, "wal_bytes": size.wal_bytes,
                       "size_bytes": size.total_bytes, "commits": store.commits,
                       "commit_failures": store.commit_failures, "last_commit_error": store.last_commit_error,
                       "writer_restarts": store.writer_restarts},
-            "destinations": [{**dest, "dead_kinds": {}, **counts["outbox"].get(dest["id"], empty)}
-                             for dest in self.api.destinations_json()],
+            "destinations": await lis_destinations(self.api, counts),
             "lis_orders": [{"id": h.id, "listening": h.listening, "counters": dict(vars(h.counters)),
                             "notices": h.notices(time.time())} for h in self.api.listener_health()],
         })

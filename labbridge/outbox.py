@@ -7,6 +7,7 @@ in :mod:`labbridge.store.schema`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from labbridge.model import Result, positional_pickle
@@ -52,12 +53,30 @@ QC_HOLD_REASON = ("QC result held for destination {destination} (qc = \"hold\": 
 
 @positional_pickle
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """An outbox item a commit queued to go now (pending, live, past the gate), told back to the caller so the
+    relay can send it without reading it back (:meth:`labbridge.relay.relay.Relay.offer`).
+
+    ``results`` are positions in the ``results`` the caller committed, in the order the store keeps them (an
+    item read back lists its results by row id: the same order).
+    """
+
+    id: int
+    destination: str
+    control_id: str
+    results: tuple[int, ...]
+    test: bool = False
+
+
+@positional_pickle
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     message_id: int
     new_results: int
     duplicate_results: int
     outbox_ids: tuple[int, ...]
     duplicate: bool = False  # the same message (sender's ID and content) was already stored: nothing new
+    queued: tuple[Queued, ...] = ()  # the items of outbox_ids that may go now and are not backlog (see Queued)
 
 
 @positional_pickle
@@ -73,6 +92,14 @@ class OutboxItem:
     results: tuple[Result, ...]
     backlog: bool = False
     test: bool = False  # sent flagged as a test result (an instrument being validated; see labbridge.campaign)
+
+
+def handed_off(stored: StoredMessage, *, instrument: str, received_at: float,
+               results: Sequence[Result]) -> list[OutboxItem]:
+    """The items a commit queued to go now (``stored.queued``) as the relay would read them back, built from the
+    ``results`` committed (their ``message_id`` not filled in: only a JSON rendering shows it)."""
+    return [OutboxItem(q.id, q.destination, q.control_id, instrument, stored.message_id, 0, received_at,
+                       tuple([results[i] for i in q.results]), False, q.test) for q in stored.queued]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import asyncio
 import errno
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +28,7 @@ from labbridge.links.session import Limits, LinkSession, Wakeup
 from labbridge.links.sink import MessageSink
 from labbridge.logs import get_logger
 from labbridge.orders import OrderSource
-from labbridge.outbox import Route
+from labbridge.outbox import OutboxItem, Route
 from labbridge.protocols.hl7_ack import Hl7Receiver
 from labbridge.store.db import Store
 from labbridge.transports import serial as serial_transport
@@ -105,7 +105,7 @@ def _transport_label(cfg: InstrumentConfig) -> str:
 
 class InstrumentRunner:
     def __init__(self, cfg: InstrumentConfig, *, driver: AstmDriver | Hl7Driver | None, driver_error: str | None,
-                 store: Store, destinations: list[str | Route], on_stored: Callable[[], None],
+                 store: Store, destinations: list[str | Route], on_stored: Callable[[Sequence[OutboxItem]], None],
                  orders: OrderSource | None = None, host_name: str = "labbridge",
                  backlog_after_s: float | None = None) -> None:
         self.cfg = cfg

@@ -15,7 +15,7 @@ data. The store keeps the full text next to the raw message.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -25,7 +25,7 @@ from labbridge.health.instrument import InstrumentHealth
 from labbridge.links.intake import InstrumentDecoder, Intake
 from labbridge.logs import get_logger
 from labbridge.model import HostQuery
-from labbridge.outbox import Route
+from labbridge.outbox import OutboxItem, Route, handed_off
 from labbridge.protocols.hl7_ack import Hl7Received
 from labbridge.protocols.hl7_parse import ERR_INTERNAL, ERR_UNSUPPORTED_MESSAGE_TYPE
 from labbridge.protocols.link import Answer, Link, Outcome
@@ -71,7 +71,9 @@ class MessageSink:
     decoder: InstrumentDecoder
     destinations: list[str | Route]  # a Route per LIS destination (which results it takes)
     where: Counted
-    on_stored: Callable[[], None] | None = None
+    # Called after a commit that queued or held something, with the items it queued to go now (the relay
+    # sends these without reading them back; see labbridge.outbox.Queued).
+    on_stored: Callable[[Sequence[OutboxItem]], None] | None = None
     backlog_after_s: float | None = None
     # On a shared listener: the health of the instrument a message was attributed to.
     attribute: Callable[[str], InstrumentHealth] | None = None
@@ -147,9 +149,10 @@ class MessageSink:
                       text: str = "", error_code: str = "", relay: bool = True, count: bool = True) -> Decision:
         health = self.health
         counters = health.counters
+        received_at = time.time()
         try:
             stored = await self.store.commit_message(
-                instrument=health.id, protocol=protocol, raw=raw, received_at=time.time(),
+                instrument=health.id, protocol=protocol, raw=raw, received_at=received_at,
                 results=intake.results, destinations=self.destinations if relay else [], error=error,
                 sender_id=sender_id, held=intake.held, held_results=intake.held_results,
                 hold_reason=intake.hold_reason, backlog_after_s=self.backlog_after_s)
@@ -177,6 +180,6 @@ class MessageSink:
             log.info("message_stored", instrument=health.id, message_id=stored.message_id,
                      results=stored.new_results, duplicates=stored.duplicate_results)
         if self.on_stored is not None and (stored.outbox_ids or intake.held or error):
-            self.on_stored()
+            self.on_stored(handed_off(stored, instrument=health.id, received_at=received_at, results=intake.results))
         return Decision(True, Answer(outcome, datetime.now(UTC), text, error_code), tuple(intake.queries),
                         stored.duplicate)

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Literal
 
 from labbridge.model import Result, order_comments
-from labbridge.protocols.hl7_parse import DEFAULT_SEPARATORS, escape
+from labbridge.protocols.hl7_parse import DEFAULT_SEPARATORS, escape, plain
 
 __all__ = ["DEFAULT_OPTIONS", "ENCODING_CHARS", "AckInfo", "Hl7Options", "Party", "build_oru_r01", "build_oul_r22",
            "escape", "hl7_timestamp", "parse_ack"]
@@ -119,14 +119,16 @@ def _obx(results: Sequence[Result], opts: Hl7Options) -> list[str]:
     """Each result's OBX, then its NTE: the analyzer's comments, and its dilution when it is one."""
     out = []
     for i, r in enumerate(results, start=1):
+        # Most results have nothing to escape: one scan of them all, then `str` (the value itself) for escape.
+        esc = str if plain("".join((r.test_code, r.test_name, r.instrument_test_code, r.instrument, r.equipment_id,
+                                    r.value, r.units, r.reference_range, r.operator, *r.flags))) else escape
         value_type = "NM" if r.numeric_value is not None else "ST"
-        code = (f"{escape(r.test_code)}^{escape(r.test_name)}^{opts.coding_system}"
-                f"^{escape(r.instrument_test_code)}^^99INST")
-        flags = "~".join(escape(f) for f in r.flags)
-        equipment = escape(r.instrument) + (f"~{escape(r.equipment_id)}" if r.equipment_id else "")
-        out.append("|".join(["OBX", str(i), value_type, code, "", escape(r.value), escape(r.units),
-                             escape(r.reference_range), flags, "", "", _STATUS.get(r.status, "F"),
-                             "", "", hl7_timestamp(r.measured_at), "", escape(r.operator), "", equipment]))
+        code = f"{esc(r.test_code)}^{esc(r.test_name)}^{opts.coding_system}^{esc(r.instrument_test_code)}^^99INST"
+        flags = "~".join([esc(f) for f in r.flags])
+        equipment = esc(r.instrument) + (f"~{esc(r.equipment_id)}" if r.equipment_id else "")
+        out.append("|".join(["OBX", str(i), value_type, code, "", esc(r.value), esc(r.units),
+                             esc(r.reference_range), flags, "", "", _STATUS.get(r.status, "F"),
+                             "", "", hl7_timestamp(r.measured_at), "", esc(r.operator), "", equipment]))
         if r.comments:
             out += _nte(r.comments)
         if r.dilution.strip().upper() not in _NO_DILUTION:

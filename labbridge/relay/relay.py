@@ -16,6 +16,16 @@ drop (written atomically, always accepted once on disk) or an HTTP POST (2xx acc
 Backlog items (results measured long before they arrived: an analyzer resending what it kept during an
 outage) are paced: live items always go first, and at most ``backlog_per_minute`` backlog items are sent.
 
+Handed off, not read back: a commit tells the relay which items it queued to go now, with their results
+(:meth:`Relay.offer`), and while the relay is caught up (its last read of the outbox found nothing due,
+and nothing has gone wrong since) it sends those straight away instead of reading them back from the
+store. Any doubt sends it back to reading: an item the LIS did not accept, the LIS unreachable, more
+handed-off items than it keeps (``MAX_HANDED_OFF``), an operator's change (:meth:`Relay.poke`), a
+scheduled retry or paced backlog falling due, and every ``IDLE_POLL_S`` in any case. An item is never
+sent both ways: the read that makes the relay caught up tells the highest outbox id it saw, and only
+items queued after it (higher ids) are taken from the hand-off; items read from the store are never
+taken from it. Nothing is lost if the hand-off is dropped: the items are in the store.
+
 An MLLP destination may take several connections at once (``connections``, default 1): each read of due
 items is shared out over them by sample (a sample's items always go over the same connection, in the
 order read, and every item of a read is handed over before the next read), so the LIS still gets one
@@ -28,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import time
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from labbridge.backoff import backoff_delay
@@ -53,9 +65,10 @@ if TYPE_CHECKING:
 
 log = get_logger("labbridge.relay")
 
-IDLE_POLL_S = 5.0
-BATCH_ITEMS = 64  # due items fetched in one read
+IDLE_POLL_S = 5.0  # the outbox is read at least this often, even while handed-off items keep coming
+BATCH_ITEMS = 64  # due items fetched in one read (and handed-off items sent before looking again)
 MAX_UNCOMMITTED = 256  # items the LIS accepted whose "delivered" mark is not committed yet
+MAX_HANDED_OFF = 1024  # items handed off and not yet sent: beyond, the relay reads them back from the store
 
 
 # Stored -> accepted by the LIS, seconds: the buckets of the delivery latency histogram (/metrics).
@@ -153,9 +166,47 @@ class Relay:
         # for before sending the next one. Until that commit lands the item is excluded from reads, so it is
         # never sent twice by a running relay; after a crash it may be sent again, under the same control
         # ID (MSH-10), which the LIS treats as the same message.
+        # The marks are written in batches: one write for every item accepted while the last one committed.
         self._marking: set[int] = set()
-        self._mark_tasks: set[asyncio.Task[None]] = set()
+        self._to_mark: list[tuple[OutboxItem, float]] = []  # accepted, their mark not sent to the store yet
+        self._marker: asyncio.Task[None] | None = None
+        self._marked = asyncio.Event()  # a batch of marks committed (or failed): room for more
         self._mark_error: Exception | None = None  # a mark's commit failed: the run fails (and is restarted)
+        # The hand-off (see the module's docstring): items committed to go now, sent without a read while
+        # caught up; above_id: the highest outbox id of the read that made it so; read_by: when to read anyway.
+        self._handed: collections.deque[OutboxItem] = collections.deque()
+        self._handed_drops = 0  # times the hand-off overflowed (a read in flight then cannot make it caught up)
+        self._caught_up = False
+        self._above_id = 0
+        self._read_by = 0.0
+        self._json = isinstance(dest, HttpDestination) or (isinstance(dest, FileDestination) and dest.format == "json")
+
+    def offer(self, items: Sequence[OutboxItem]) -> None:
+        """Items a commit just queued for this destination to go now (pending, live, past the gate), with
+        their results; wakes the relay in any case."""
+        if items:
+            if self._json:  # the only rendering that shows each result's message ID (read back, it is set)
+                items = [replace(item, results=tuple([replace(r, message_id=item.message_id) for r in item.results]))
+                         for item in items]
+            if len(self._handed) + len(items) > MAX_HANDED_OFF:
+                self._handed.clear()  # in the store: read back from there
+                self._handed_drops += 1
+                self._caught_up = False
+            else:
+                if self._caught_up and items[0].id <= self._above_id:  # cannot tell: read (ids only grow)
+                    self._caught_up = False
+                self._handed.extend(items)
+        self.wakeup.set()
+
+    @property
+    def handed(self) -> tuple[OutboxItem, ...]:
+        """The handed-off items not sent yet, as they will be rendered."""
+        return tuple(self._handed)
+
+    def poke(self) -> None:
+        """The outbox changed otherwise (items released or retried, a relay started): read it now."""
+        self._caught_up = False
+        self.wakeup.set()
 
     def render(self, item: OutboxItem) -> bytes:
         dest = self.dest
@@ -199,6 +250,7 @@ class Relay:
             await self.http.close()
 
     async def run(self) -> None:
+        self._caught_up = False  # a restart (after a failed mark) reads first
         try:
             while True:
                 if self._mark_error is not None:  # as before pipelining: the supervisor backs off and restarts us
@@ -206,54 +258,81 @@ class Relay:
                     raise error
                 self.wakeup.clear()
                 now = time.time()
-                backlog_ok = now >= self._backlog_next_at
-                # A copy, taken before the read: the read runs on the store's reader thread while marks land.
-                # An id still in the copy is skipped; an id gone from it was committed before the read began,
-                # so the read sees it delivered. (Passing the live set let a landing mark un-exclude an item
-                # the read's snapshot still showed pending: it was sent twice.)
-                items, next_at = await self.store.due_items(self.dest.id, now, include_backlog=backlog_ok,
-                                                            limit=BATCH_ITEMS, exclude=frozenset(self._marking))
-                if not items:
-                    wake = [IDLE_POLL_S]
-                    if next_at is not None:
-                        wake.append(next_at - now)
-                    if not backlog_ok:
-                        wake.append(self._backlog_next_at - now)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(0.0, min(wake))):
-                            await self.wakeup.wait()
+                if self._caught_up and now < self._read_by:
+                    batch = [self._handed.popleft() for _ in range(min(BATCH_ITEMS, len(self._handed)))]
+                    if not batch:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self._read_by - now):
+                                await self.wakeup.wait()
+                        continue
+                    await self._deliver_batch(batch)
                     continue
-                batch: list[OutboxItem] = []
-                for item in items:
-                    if item.backlog:
-                        now = time.time()
-                        if now < self._backlog_next_at or self.wakeup.is_set():
-                            break  # paced, or new live items may have come: read again, live items first
-                        self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
-                    batch.append(item)
-                if not batch:
-                    continue
-                lanes = self._lanes(batch)
-                self._down = False
-                if len(lanes) == 1:
-                    await self._deliver_lane(*lanes[0])
-                else:
-                    # Every lane is over before the run goes on (or fails: the supervisor restarts it), so
-                    # no send of this run is still in flight when the next run reads due items.
-                    outcomes = await asyncio.gather(*(self._deliver_lane(lane, queue) for lane, queue in lanes),
-                                                    return_exceptions=True)
-                    for outcome in outcomes:
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                if self._down:  # unreachable: the items not handed over keep their place; back off, read again
-                    delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s,
-                                          self.dest.backoff_max_s)
-                    self._outage_attempts += 1
-                    await asyncio.sleep(delay)
+                batch = await self._read(now)
+                if batch:
+                    await self._deliver_batch(batch)
         finally:
-            if self._mark_tasks:
-                await asyncio.gather(*self._mark_tasks, return_exceptions=True)
+            if self._to_mark or self._marker is not None:
+                await self._flush_marks()
             await self.close()
+
+    async def _read(self, now: float) -> list[OutboxItem]:
+        """Read the items due now from the store (live first; backlog paced); with none, the relay is caught
+        up: it sends handed-off items until ``_read_by``."""
+        backlog_ok = now >= self._backlog_next_at
+        drops = self._handed_drops
+        # A copy, taken before the read: the read runs in the store's writer while marks land. An id still
+        # in the copy is skipped; an id gone from it was committed before the read began, so the read sees
+        # it delivered. (Passing the live set let a landing mark un-exclude an item the read's snapshot
+        # still showed pending: it was sent twice.)
+        items, next_at, above_id = await self.store.due_items_above(
+            self.dest.id, now, include_backlog=backlog_ok, limit=BATCH_ITEMS, exclude=frozenset(self._marking))
+        if not items:
+            wake = [IDLE_POLL_S]
+            if next_at is not None:
+                wake.append(next_at - now)
+            if not backlog_ok:
+                wake.append(self._backlog_next_at - now)
+            self._read_by = now + max(0.0, min(wake))
+            # Every item handed off up to above_id was in this read's view, and none was due: drop them. Those
+            # above it were queued after the read: they are sent from the hand-off. If the hand-off overflowed
+            # meanwhile, what it dropped may be among them: read again instead.
+            while self._handed and self._handed[0].id <= above_id:
+                self._handed.popleft()
+            if any(item.id <= above_id for item in self._handed):  # not in id order (several writers' commits)
+                self._handed = collections.deque(item for item in self._handed if item.id > above_id)
+            self._above_id = above_id
+            self._caught_up = drops == self._handed_drops
+            return []
+        self._caught_up = False
+        batch: list[OutboxItem] = []
+        for item in items:
+            if item.backlog:
+                now = time.time()
+                if now < self._backlog_next_at or self.wakeup.is_set():
+                    break  # paced, or new live items may have come: read again, live items first
+                self._backlog_next_at = now + 60.0 / self.dest.backlog_per_minute
+            batch.append(item)
+        return batch
+
+    async def _deliver_batch(self, batch: list[OutboxItem]) -> None:
+        """Hand a batch over, lane by lane; back off if the destination was found unreachable."""
+        lanes = self._lanes(batch)
+        self._down = False
+        if len(lanes) == 1:
+            await self._deliver_lane(*lanes[0])
+        else:
+            # Every lane is over before the run goes on (or fails: the supervisor restarts it), so no send
+            # of this batch is still in flight when the next read begins.
+            outcomes = await asyncio.gather(*(self._deliver_lane(lane, queue) for lane, queue in lanes),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        if self._down:  # unreachable: the items not handed over keep their place; back off, read again
+            self._caught_up = False
+            delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
+            self._outage_attempts += 1
+            await asyncio.sleep(delay)
 
     def _lanes(self, items: list[OutboxItem]) -> list[tuple[int, list[OutboxItem]]]:
         """The items per connection, in the order read; a sample's items all on one connection."""
@@ -278,36 +357,62 @@ class Relay:
                 self._down = True  # the store failed under this lane: the others stop after their item too
                 raise
 
-    async def _mark_delivered(self, item: OutboxItem, at: float) -> None:
+    def _mark(self, item: OutboxItem, at: float) -> None:
+        """Book an item the LIS accepted: marked delivered by the next batch of marks (one write for all the
+        items accepted while the previous batch committed)."""
+        self._marking.add(item.id)
+        self._to_mark.append((item, at))
+        if self._marker is None:
+            self._marker = asyncio.create_task(self._write_marks())
+
+    async def _write_marks(self) -> None:
         try:
-            await self.store.mark_delivered(item.id, at)
-        except Exception as exc:  # the commit failed: the item stays pending and goes again, same control ID
-            log.error("mark_delivered_failed", destination=self.dest.id, outbox_id=item.id,
-                      error=type(exc).__name__)
-            self._mark_error = exc
-            self.wakeup.set()
-        else:  # counted once the store says so, so the health and the store's counts agree
-            self.health.delivered += 1
-            self.health.delivered_after(at - item.created_at)
-            if item.backlog:
-                self.health.backlog_delivered += 1
+            while self._to_mark:
+                batch, self._to_mark = self._to_mark, []
+                try:
+                    await self.store.mark_delivered_many([(item.id, at) for item, at in batch])
+                except Exception as exc:  # not committed: the items stay pending and go again, same control IDs
+                    log.error("mark_delivered_failed", destination=self.dest.id, items=len(batch),
+                              error=type(exc).__name__)
+                    self._mark_error = exc
+                    self._to_mark.clear()  # sent again after the restart (still pending in the store)
+                    self._marking.clear()
+                    self.wakeup.set()
+                    return
+                for item, at in batch:  # counted once the store says so: the health and the store's counts agree
+                    self.health.delivered += 1
+                    self.health.delivered_after(at - item.created_at)
+                    if item.backlog:
+                        self.health.backlog_delivered += 1
+                    self._marking.discard(item.id)
+                self._marked.set()
         finally:
-            self._marking.discard(item.id)
+            self._marker = None
+            self._marked.set()
+
+    async def _flush_marks(self) -> None:
+        """Wait for every mark booked so far to be committed (or to fail)."""
+        while self._marker is not None:
+            self._marked.clear()
+            await self._marked.wait()
 
     async def _deliver(self, item: OutboxItem, lane: int) -> None:
         """Hand one item over and book the outcome; sets ``_down`` if the destination is unreachable."""
         now = time.time()
         if not item.results:
+            self._caught_up = False
             await self.store.dead_letter(item.id, "no results left to send (store inconsistency)", DEAD_UNDELIVERED)
             return
         try:
             outcome = await self.hand_over(item, lane)
         except UnicodeEncodeError as exc:  # e.g. a Greek name for an ASTM file (latin-1): resending cannot help
+            self._caught_up = False
             await self._dead(item, f"not sent: a value has characters that this destination's format cannot carry "
                                    f"(character set {exc.encoding}); change its format, then retry", DEAD_UNDELIVERED)
             return
         except TransientLinkError as exc:
             self._down = True
+            self._caught_up = False
             reason = str(exc)
             self.health.last_error = reason
             self.health.set_state("down", f"{reason}; results wait in the store and are sent when it is back")
@@ -322,14 +427,13 @@ class Relay:
         self._outage_attempts = 0
         self.health.set_state("up", "the LIS acknowledges results")
         if outcome.accepted:
-            self._marking.add(item.id)
             self.health.last_delivery_at = time.time()
-            task = asyncio.create_task(self._mark_delivered(item, self.health.last_delivery_at))
-            self._mark_tasks.add(task)
-            task.add_done_callback(self._mark_tasks.discard)
-            while len(self._marking) >= MAX_UNCOMMITTED and self._mark_tasks:  # bounded: wait for the writer
-                await asyncio.wait(self._mark_tasks, return_when=asyncio.FIRST_COMPLETED)
+            self._mark(item, self.health.last_delivery_at)
+            while len(self._marking) >= MAX_UNCOMMITTED and self._marker is not None:  # bounded: wait for the writer
+                self._marked.clear()
+                await self._marked.wait()
             return
+        self._caught_up = False  # refused: read the outbox again before taking handed-off items
         reason = f"LIS answered {outcome.code}" + (f": {outcome.text}" if outcome.text else "")
         self.health.last_error = reason
         if outcome.dead or now - item.created_at > self.dest.give_up_after_s:

@@ -36,7 +36,7 @@ from labbridge.links.shared import SharedListener
 from labbridge.logs import configure as configure_logs
 from labbridge.logs import get_logger
 from labbridge.orders import NewOrder, Order, complete_order, order_problems
-from labbridge.outbox import Retention, Route
+from labbridge.outbox import OutboxItem, Retention, Route
 from labbridge.relay.operations import Operations
 from labbridge.relay.relay import Relay
 from labbridge.runtime import systemd
@@ -109,7 +109,7 @@ class Daemon:
     def _runner(self, inst: InstrumentConfig) -> InstrumentRunner:
         driver, driver_error = load_instrument_driver(inst)
         runner = InstrumentRunner(inst, driver=driver, driver_error=driver_error, store=self.store,
-                                  destinations=self.destinations, on_stored=self._wake_relays, orders=self.orders,
+                                  destinations=self.destinations, on_stored=self._stored, orders=self.orders,
                                   backlog_after_s=self.config.backlog.older_than_s)
         runner.on_connected = self.campaign_wakeup.set
         return runner
@@ -119,9 +119,14 @@ class Daemon:
         return next((d.route() for d in self.config.lis if d.id == destination), None)
 
     def _wake_relays(self) -> None:
-        """New outbox items were committed: every relay looks at its queue now."""
+        """The outbox changed (items released, retried, a relay started): every relay reads its queue now."""
         for relay in self.relays:
-            relay.wakeup.set()
+            relay.poke()
+
+    def _stored(self, queued: Sequence[OutboxItem]) -> None:
+        """A message was committed: each relay is handed the items it queued for it to go now."""
+        for relay in self.relays:
+            relay.offer([item for item in queued if item.destination == relay.dest.id])
 
     def order_problems(self, order: NewOrder) -> list[str]:
         return order_problems(self.config, order)

@@ -127,18 +127,19 @@ def _gate(conn: sqlite3.Connection, item_ids: Sequence[int]) -> list[int]:
 
 
 def gate_new_items(conn: sqlite3.Connection, instrument: str, item_ids: Sequence[int], at: float, *,
-                   message: bool) -> list[int]:
+                   message: bool) -> tuple[list[int], bool]:
     """Called by the commit of a message (``message``) or a re-decode, in its transaction: the items it queued
-    that may go now. An instrument with no stage recorded is live (configs from before the campaign).
+    that may go now, and whether they go flagged as test results (the instrument is not live: a destination
+    in ``send-test`` mode). An instrument with no stage recorded is live (configs from before the campaign).
 
     A stored message also advances an instrument not yet at ``first-message`` (its first message)."""
     stage = _stage(conn, instrument)
     if not holds(stage):
-        return list(item_ids)
+        return list(item_ids), False
     assert stage is not None
     if message and stage in AUTOMATIC["first-message"]:
         _move(conn, instrument, stage, "first-message", at=at, actor=DAEMON_ACTOR, reason="first message stored")
-    return _gate(conn, item_ids)
+    return _gate(conn, item_ids), True
 
 
 def init_stages(conn: sqlite3.Connection, stages: Mapping[str, str], gate_modes: Mapping[str, str],

@@ -401,6 +401,10 @@ class Store:
         """Mark an item the LIS accepted; a relaxed write (see :mod:`labbridge.store.writer`)."""
         await self._submit(RELAXED, sql.mark_delivered, item_id, at)
 
+    async def mark_delivered_many(self, marks: Sequence[tuple[int, float]]) -> None:
+        """Mark items the LIS accepted, ``(item id, when)`` each, in one relaxed write."""
+        await self._submit(RELAXED, sql.mark_delivered_many, list(marks))
+
     async def schedule_retry(self, item_id: int, next_attempt_at: float | None, error: str) -> None:
         """A failed attempt; ``next_attempt_at`` None: the item keeps its place (the destination was down)."""
         await self.write(sql.schedule_retry, item_id, next_attempt_at, error)
@@ -485,6 +489,13 @@ class Store:
         """
         return await self._submit(READ, sql.due_items, destination, now, include_backlog=include_backlog, limit=limit,
                                   exclude=exclude)
+
+    async def due_items_above(self, destination: str, now: float, *, include_backlog: bool = True, limit: int = 64,
+                              exclude: Collection[int] = ()) -> tuple[list[OutboxItem], float | None, int]:
+        """:meth:`due_items`, and the highest outbox id when it was read (the relay's read: every item queued
+        after it has a higher id)."""
+        return await self._submit(READ, sql.due_items_above, destination, now, include_backlog=include_backlog,
+                                  limit=limit, exclude=exclude)
 
     async def backlog_waiting(self, destination: str) -> int:
         return int(await self.read(lambda conn: conn.execute(

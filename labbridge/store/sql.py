@@ -25,6 +25,7 @@ from labbridge.outbox import (
     REDECODE_KINDS,
     Held,
     OutboxItem,
+    Queued,
     Retention,
     Route,
     StoredMessage,
@@ -135,14 +136,19 @@ def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, 
     return new, duplicates
 
 
+# What _queue_groups tells of each live item it queued pending: outbox id -> (destination, control ID, result ids).
+Live = dict[int, tuple[str, str, list[int]]]
+
+
 def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str,
                   rows: Sequence[tuple[int, Result]], received_at: float,
                   backlog_after_s: float | None, hold: Held | None = None,
-                  keys: dict[int, str] | None = None) -> list[int]:
+                  keys: dict[int, str] | None = None, live: Live | None = None) -> list[int]:
     """One outbox item per sample; the same group of results (same key) is never queued twice.
 
     With ``hold``, the items start in the dead letters with its kind and reason (released by a retry).
     ``keys``: the rows' content keys as :func:`_insert_results` collected them (else they are computed).
+    ``live``, if given, gets each item queued pending that is not backlog (see :class:`Live`).
     """
     ids: list[int] = []
     for group in _group_by_sample(rows).values():
@@ -162,6 +168,8 @@ def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int
         if cur.rowcount == 1 and cur.lastrowid is not None:
             if hold is None:
                 ids.append(cur.lastrowid)
+                if live is not None and not backlog:
+                    live[cur.lastrowid] = (destination, control_id_for(group_key), result_ids)
             if backlog:
                 marks = ",".join("?" * len(result_ids))
                 conn.execute(f"UPDATE results SET backlog = 1 WHERE id IN ({marks})", result_ids)
@@ -189,13 +197,13 @@ def _routed(route: Route, rows: Rows) -> tuple[list[tuple[int, Result]], list[tu
 
 def _queue_routed(conn: sqlite3.Connection, route: Route, *, message_id: int, instrument: str, rows: Rows,
                   received_at: float, backlog_after_s: float | None, held_rows: Rows = (), hold_reason: str = "",
-                  keys: dict[int, str] | None = None) -> list[int]:
+                  keys: dict[int, str] | None = None, live: Live | None = None) -> list[int]:
     """Queue a message's rows for one destination as its route says; ``held_rows`` (held by the instrument's
     mapping) start held whatever the route (QC among them still only where the route takes QC). Returns the
     ids of the items queued pending."""
     send, hold_qc = _routed(route, rows)
     ids = _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument, rows=send,
-                        received_at=received_at, backlog_after_s=backlog_after_s, keys=keys)
+                        received_at=received_at, backlog_after_s=backlog_after_s, keys=keys, live=live)
     if hold_qc:
         _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument, rows=hold_qc,
                       received_at=received_at, backlog_after_s=backlog_after_s, keys=keys,
@@ -251,22 +259,38 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
         conn.execute("INSERT INTO received_ids (instrument, control_id, digest, message_id)"
                      " VALUES (?, ?, ?, ?)", (instrument, *sender_id, message_id))
     outbox_ids: list[int] = []
+    live: Live = {}
     for destination in destinations:
         route = Route.of(destination)
         outbox_ids += _queue_routed(conn, route, message_id=message_id, instrument=instrument, rows=new,
                                     received_at=received_at, backlog_after_s=backlog_after_s, held_rows=new_held,
-                                    hold_reason=hold_reason, keys=keys)
+                                    hold_reason=hold_reason, keys=keys, live=live)
         for entry in dead:
             _insert_dead(conn, route.destination, message_id=message_id, instrument=instrument, entry=entry,
                          at=received_at)
     # The validation gate: held unless the instrument is live (labbridge.store.campaign).
-    outbox_ids = gate_new_items(conn, instrument, outbox_ids, received_at, message=True)
-    return StoredMessage(message_id, len(new), duplicates, tuple(outbox_ids))
+    outbox_ids, test = gate_new_items(conn, instrument, outbox_ids, received_at, message=True)
+    queued: tuple[Queued, ...] = ()
+    if live and outbox_ids:
+        # Told back so the relay can send them from the caller's results, without reading them back: each
+        # result by its position in `results` (row ids follow that order, as an item read back lists them).
+        position = {id(result): i for i, result in enumerate(results)}
+        row_position = {rid: position[id(result)] for rid, result in new}
+        queued = tuple(Queued(item, dest, control, tuple(row_position[rid] for rid in sorted(rids)), test)
+                       for item in outbox_ids if item in live
+                       for dest, control, rids in (live[item],))
+    return StoredMessage(message_id, len(new), duplicates, tuple(outbox_ids), queued=queued)
 
 
 def mark_delivered(conn: sqlite3.Connection, item_id: int, at: float) -> None:
     conn.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"
                  " last_error = NULL WHERE id = ?", (at, item_id))
+
+
+def mark_delivered_many(conn: sqlite3.Connection, marks: Sequence[tuple[int, float]]) -> None:
+    """:func:`mark_delivered` for several items, in one statement run per item (the relay's batch)."""
+    conn.executemany("UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"
+                     " last_error = NULL WHERE id = ?", [(at, item_id) for item_id, at in marks])
 
 
 def record_incomplete(conn: sqlite3.Connection, instrument: str, raw: bytes, reason: str, received_at: float) -> None:
@@ -349,7 +373,7 @@ def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[
                            received_at=created_at, backlog_after_s=backlog_after_s,
                            held_rows=not_yet_queued(held_results) if held_results else (),
                            hold_reason=hold_reason or "held")
-    gate_new_items(conn, instrument, queued, now, message=False)  # queued, but held if not live
+    gate_new_items(conn, instrument, queued, now, message=False)  # queued, but held if not live (read back)
     detail: dict[str, Any] = {"previous_error": last_error, "dead_kind": kind, "results": len(results),
                               "queued_items": queued}
     if held:
@@ -440,6 +464,15 @@ def due_items(conn: sqlite3.Connection, destination: str, now: float, *, include
                         tuple(data[rid] for rid in sorted(ids) if rid in data), bool(row[7]), bool(row[8]))
              for row, ids in zip(rows, id_lists, strict=True)]
     return items, None
+
+
+def due_items_above(conn: sqlite3.Connection, destination: str, now: float, *, include_backlog: bool, limit: int,
+                    exclude: Collection[int]) -> tuple[list[OutboxItem], float | None, int]:
+    """:func:`due_items`, and the highest outbox id at the time of the read: every item queued since has a
+    higher id (the writer is the only connection that writes, and nothing runs between the two reads)."""
+    high = conn.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
+    items, next_at = due_items(conn, destination, now, include_backlog=include_backlog, limit=limit, exclude=exclude)
+    return items, next_at, int(high or 0)
 
 
 OUTBOX_COLUMNS = ("id", "destination", "control_id", "instrument", "message_id", "state", "attempts",

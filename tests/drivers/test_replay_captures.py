@@ -20,6 +20,7 @@ from labbridge.capture import Deviation, frame_astm, read_capture
 from labbridge.cli import main
 from labbridge.config import load_config, with_link_defaults
 from labbridge.driver import driver_link_defaults, load_driver
+from labbridge.outbox import handed_off
 from labbridge.protocols import e1381, mllp
 from labbridge.protocols.e1381 import build_frames
 from labbridge.relay.relay import Relay
@@ -441,22 +442,26 @@ def test_render_is_what_the_daemons_store_and_relay_hand_the_destination(config:
     at = 1_795_000_000.0
     printed = render(result, cfg, instrument, dest, received_at=at).payloads
 
-    async def through_the_daemon() -> list[bytes]:
+    async def through_the_daemon() -> tuple[list[bytes], list[bytes]]:
         store = Store(tmp_path / "store.db")
         await store.open()
+        relay = Relay(dest, store, asyncio.Event())
         try:
             for message in result.decoded:
                 assert message.decoded is not None
-                await store.commit_message(instrument=instrument.id, protocol="astm", raw=b"\r".join(message.records),
-                                           received_at=at, results=message.decoded.results, destinations=[dest.id],
-                                           backlog_after_s=cfg.backlog.older_than_s)
+                stored = await store.commit_message(
+                    instrument=instrument.id, protocol="astm", raw=b"\r".join(message.records), received_at=at,
+                    results=message.decoded.results, destinations=[dest.id], backlog_after_s=cfg.backlog.older_than_s)
+                # What the sink hands the relay: sent as they are while it is caught up, not read back.
+                relay.offer(handed_off(stored, instrument=instrument.id, received_at=at,
+                                       results=message.decoded.results))
             items, _ = await store.due_items(dest.id, at + 1)
-            relay = Relay(dest, store, asyncio.Event())
-            return [relay.render(item) for item in items]
+            return [relay.render(item) for item in items], [relay.render(item) for item in relay.handed]
         finally:
             await store.close()
 
-    sent = run(through_the_daemon())
+    sent, handed = run(through_the_daemon())
+    assert handed == sent  # the same bytes, whether read back from the store or handed off by the commit
     assert len(sent) == len(printed) == 2
     if destination_format(dest) == "json":
         sent = [re.sub(rb'"message_id": \d+', b'"message_id": null', p) for p in sent]

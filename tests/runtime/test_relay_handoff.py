@@ -1,0 +1,204 @@
+"""The relay's hand-off (labbridge.relay.relay): items a commit queued are sent as handed over, without being
+read back from the store, while the relay is caught up; never twice, never lost, in the order stored.
+Real store, real sockets, the simulated LIS (python-hl7 parsing, books per control ID)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from labbridge_simulators.lis import SimulatedLis
+
+from labbridge.model import Result
+from labbridge.outbox import OutboxItem, handed_off
+from labbridge.relay import relay as relay_module
+from labbridge.relay.relay import Relay
+from labbridge.store.db import Store
+from tests.conftest import run
+from tests.integration.helpers import eventually, relaying
+
+
+def _result(sample: str, value: str) -> Result:
+    return Result(instrument="chem-1", sample_id=sample, test_code="GLU", instrument_test_code="GLU", value=value,
+                  measured_at="2026-11-23T10:00:00+01:00")
+
+
+async def _commit(store: Store, sample: str, value: str) -> list[OutboxItem]:
+    """Commit one result as a link's sink does; the items it hands the relay."""
+    results = [_result(sample, value)]
+    at = time.time()
+    stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"raw", received_at=at,
+                                        results=results, destinations=["lis"])
+    return handed_off(stored, instrument="chem-1", received_at=at, results=results)
+
+
+def _count_reads(store: Store) -> list[int]:
+    """Count the relay's reads of the outbox (each call of ``due_items_above``)."""
+    reads: list[int] = []
+    real = store.due_items_above
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return await real(*args, **kwargs)
+
+    store.due_items_above = counted  # type: ignore[method-assign]
+    return reads
+
+
+def _values_in_order(lis: SimulatedLis) -> list[str]:
+    return [value for booked in lis.booked.values() for _i, _s, _t, value in booked.results]
+
+
+def test_items_handed_off_go_to_the_lis_without_being_read_back(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
+
+    async def body() -> None:
+        lis = SimulatedLis()
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                reads = _count_reads(store)
+                async with relaying(store, lis.port) as relay:
+                    await eventually(lambda: len(reads) >= 1, what="the first read (nothing due: caught up)")
+                    for i in range(40):
+                        relay.offer(await _commit(store, "S1", str(i)))
+                    await eventually(lambda: relay.health.delivered == 40, what="all delivered")
+                    assert len(reads) <= 2  # the first read, at most one more (not one per item)
+                counts = await store.counts()
+        finally:
+            await lis.stop()
+        assert counts["outbox"]["lis"]["delivered"] == 40
+        assert lis.duplicates == 0 and lis.redeliveries == 0
+        assert _values_in_order(lis) == [str(i) for i in range(40)]  # in the order stored
+
+    run(body(), timeout=60)
+
+
+def test_an_item_handed_off_while_a_read_finds_it_is_sent_once(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit's answer can land while a read that sees its items is under way: the relay sends those
+    items from the read, and drops them from the hand-off."""
+    monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)  # the later ones go from the hand-off, not a poll
+
+    async def body() -> None:
+        lis = SimulatedLis()
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                relay_box: list[Relay] = []
+                real = store.due_items_above
+                late: list[list[OutboxItem]] = []
+
+                async def read_racing_a_commit(*args: Any, **kwargs: Any) -> Any:
+                    answer = await real(*args, **kwargs)
+                    for items in late:  # handed off after the read saw them (as a commit in the same group)
+                        relay_box[0].offer(items)
+                    late.clear()
+                    return answer
+
+                late.extend([await _commit(store, f"S{i}", "1") for i in range(10)])
+                store.due_items_above = read_racing_a_commit  # type: ignore[method-assign]
+                async with relaying(store, lis.port) as relay:
+                    relay_box.append(relay)
+                    await eventually(lambda: relay.health.delivered == 10, what="all delivered")
+                    for i in range(10, 15):  # and then the hand-off carries on, alone
+                        relay.offer(await _commit(store, f"S{i}", "1"))
+                    await eventually(lambda: relay.health.delivered == 15, what="the later ones delivered")
+                    await asyncio.sleep(0.2)
+                    assert relay.health.delivered == 15
+        finally:
+            await lis.stop()
+        assert len(lis.booked) == 15
+        assert lis.duplicates == 0 and lis.redeliveries == 0
+
+    run(body(), timeout=60)
+
+
+def test_more_handed_off_than_the_relay_keeps_are_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "MAX_HANDED_OFF", 4)
+    monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)  # not found by the periodic read: by the overflow's
+
+    async def body() -> None:
+        lis = SimulatedLis(delay=0.005)
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store, relaying(store, lis.port) as relay:
+                await asyncio.sleep(0.1)
+                batches = [await _commit(store, f"S{i}", "1") for i in range(30)]
+                for items in batches:  # all at once: the hand-off overflows, its items are in the store
+                    relay.offer(items)
+                await eventually(lambda: relay.health.delivered == 30, what="all delivered")
+                await asyncio.sleep(0.2)
+                assert relay.health.delivered == 30
+        finally:
+            await lis.stop()
+        assert len(lis.booked) == 30
+        assert lis.duplicates == 0 and lis.redeliveries == 0
+
+    run(body(), timeout=60)
+
+
+def test_an_outage_while_caught_up_loses_doubles_and_reorders_nothing(tmp_path: Path) -> None:
+    """The LIS goes away while items are being handed off: the relay goes back to reading, and every item
+    reaches the LIS once, in the order stored."""
+
+    async def body() -> None:
+        lis = SimulatedLis(delay=0.002)
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                async with relaying(store, lis.port) as relay:
+                    await asyncio.sleep(0.1)
+                    await _feed(relay, store, 0, 10)
+                    await eventually(lambda: relay.health.delivered == 10, what="the first ten")
+                    await lis.go_down()
+                    await _feed(relay, store, 10, 20)
+                    await eventually(lambda: relay.health.state == "down", what="the relay sees the outage")
+                    await lis.come_back()
+                    await _feed(relay, store, 20, 30)
+                    await eventually(lambda: relay.health.delivered == 30, what="all delivered", timeout=30)
+                counts = await store.counts()
+        finally:
+            await lis.stop()
+        assert counts["outbox"]["lis"]["delivered"] == 30
+        assert lis.duplicates == 0
+        assert _values_in_order(lis) == [str(i) for i in range(30)]
+
+    run(body(), timeout=90)
+
+
+def test_refused_items_go_to_the_dead_letters_and_the_hand_off_goes_on(tmp_path: Path) -> None:
+    async def body() -> None:
+        lis = SimulatedLis(delay=0.002)
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                async with relaying(store, lis.port) as relay:
+                    await asyncio.sleep(0.1)
+                    lis.mode = "AR"  # refused for good (AR is a dead-letter code by default)
+                    await _feed(relay, store, 0, 5)
+                    await eventually(lambda: relay.health.dead_lettered == 5, what="five refused")
+                    lis.mode = "AA"
+                    await _feed(relay, store, 5, 15)
+                    await eventually(lambda: relay.health.delivered == 10, what="the rest delivered")
+                    await asyncio.sleep(0.2)
+                    assert relay.health.delivered == 10 and relay.health.dead_lettered == 5
+                counts = await store.counts()
+        finally:
+            await lis.stop()
+        assert counts["outbox"]["lis"]["delivered"] == 10 and counts["outbox"]["lis"]["dead"] == 5
+        assert lis.rejected == 5 and lis.redeliveries == 0
+        assert _values_in_order(lis) == [str(i) for i in range(5, 15)]
+
+    run(body(), timeout=60)
+
+
+async def _feed(relay: Relay, store: Store, first: int, last: int) -> None:
+    """Sample S1's results ``first`` .. ``last - 1``, committed and handed off one after the other."""
+    for i in range(first, last):
+        relay.offer(await _commit(store, "S1", str(i)))
+        await asyncio.sleep(0.002)

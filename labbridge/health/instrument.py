@@ -233,13 +233,15 @@ class InstrumentHealth:
             self.set_state("down", reason)
 
     def frame_outcome(self, accepted: bool) -> None:
-        self._recent.append(accepted)
-        if len(self._recent) > RECENT_FRAMES:
-            del self._recent[0]
+        recent = self._recent
+        recent.append(accepted)
+        if len(recent) > RECENT_FRAMES:
+            del recent[0]
+        now = time.time()
         if accepted:
             self.counters.frames_accepted += 1
-            self.decoded()
-        self.last_frame_at = time.time()
+            self.decoded(now)
+        self.last_frame_at = now
 
     def received(self, data: bytes) -> None:
         """Bytes from the analyzer: counted, and the last SAMPLE_BYTES of them kept to read a cause from."""

@@ -412,11 +412,13 @@ class LinkSession(asyncio.Protocol, Generic[E]):
 
     def _spend(self, count: int) -> None:
         """``count`` bytes handed to the link: over the rate, reading pauses until it allows more."""
-        if self.limits.bytes_per_s is None or not self._can_pause:
+        rate = self.limits.bytes_per_s
+        if rate is None or not self._can_pause:
             return
-        self._rate_wait()
-        self._tokens -= count
-        wait = self._rate_wait()
+        now = self._loop.time()  # the bucket refilled, then spent (as _rate_wait, once per read)
+        self._tokens = tokens = min(rate, self._tokens + (now - self._tokens_at) * rate) - count
+        self._tokens_at = now
+        wait = -tokens / rate if tokens < 0 else 0.0
         if wait > 0 and "rate" not in self._holds:
             self.health.counters.throttled += 1
             self.health.notice("throttled", f"the analyzer sent faster than {self.limits.bytes_per_s:g} bytes/s "
@@ -450,8 +452,15 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self.abort()
 
     def _deadline(self) -> float | None:
-        deadlines = [d for d in (self.link.get_timer(), self.role.deadline(), self._idle_deadline()) if d is not None]
-        return min(deadlines) if deadlines else None
+        """The earliest of the link's, the role's and the idle deadline (per read: no list built)."""
+        deadline = self.link.get_timer()
+        role = self.role.deadline()
+        if role is not None and (deadline is None or role < deadline):
+            deadline = role
+        idle = self._idle_deadline()
+        if idle is not None and (deadline is None or idle < deadline):
+            deadline = idle
+        return deadline
 
     def _arm(self) -> None:
         if self._lost:

@@ -1,0 +1,154 @@
+"""Where a message's CPU goes: each pure-Python stage of a chem20 message timed alone, and the CPU of each
+process of an end-to-end load (the daemon, its store writer, the LIS).
+
+    .venv/bin/python -m benchmarks.breakdown                  # both parts (about 30 s)
+    .venv/bin/python -m benchmarks.breakdown --stages         # the stages only
+    .venv/bin/python -m benchmarks.breakdown --links 100 --messages 5000
+
+Stages (µs per message, best of --runs runs of --loops loops): the E1381 frame path fed frame by frame
+with the ACK taken after each; codec + driver; the results pickled to the writer and unpickled there; each
+result's stored form (``to_json``, the JSON encoding, the content key); the HL7 ORU^R01 rendering; one
+structlog line. Processes (µs of utime + stime per message, /proc): the same load as ``bench_e2e``'s,
+through ``benchmarks.procs``. What is not in the stages is the event loop, the system calls and wake-ups,
+and SQLite with its fsync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks import procs
+from benchmarks.common import one_message
+from benchmarks.loadclient import run_load
+from labbridge import aio, logs
+from labbridge.driver import AstmDriver, DecodeContext, load_driver
+from labbridge.protocols import e1381
+from labbridge.protocols.hl7 import Party, build_oru_r01
+from labbridge.store import sql
+
+
+def _best(fn: Callable[[], object], loops: int, runs: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / loops)
+    return best * 1e6
+
+
+def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
+    msg = one_message(panel)
+    driver = load_driver("astm-generic")
+    assert isinstance(driver, AstmDriver)
+    ctx = DecodeContext(instrument="bench")
+    frames = e1381.build_frames(msg.records)
+    results = driver.decode(msg.records, ctx).results
+
+    def frame_path() -> None:
+        link = e1381.E1381Link(e1381.Role.HOST)
+        link.receive_data(b"\x05", 0.0)
+        link.data_to_send()
+        for frame in frames:
+            link.receive_data(frame, 0.0)
+            for event in link.events():
+                if isinstance(event, e1381.MessageReceived):
+                    link.accept_message(0.0)
+            link.data_to_send()
+        link.receive_data(b"\x04", 0.0)
+
+    pickled = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+    encode = sql._compact_json.encode  # what the writer encodes each result's stored form with
+    forms = [r.to_json() for r in results]
+    created = datetime.now(UTC)
+    log = logs.get_logger("labbridge.bench")
+
+    def one_log_line() -> None:  # as the daemon logs each message stored: JSON, to a file (here /dev/null)
+        log.info("message_stored", instrument="bench", message_id=1, results=len(results), duplicates=0)
+
+    timed: dict[str, Callable[[], object]] = {
+        "E1381 frame path, frame by frame": frame_path,
+        "codec + driver": lambda: driver.decode(msg.records, ctx),
+        "results pickled (daemon)": lambda: pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL),
+        "results unpickled (writer)": lambda: pickle.loads(pickled),
+        "to_json (writer)": lambda: [r.to_json() for r in results],
+        "JSON encoding (writer)": lambda: [encode(f) for f in forms],
+        "content keys (writer)": lambda: [r.idempotency_key() for r in results],
+        "HL7 ORU^R01 rendering (relay)": lambda: build_oru_r01(
+            results, control_id="LB000000000000000001", created_at=created, sender=Party("LABBRIDGE"),
+            receiver=Party("LIS")),
+        "one log line (structlog)": one_log_line,
+    }
+    with open(os.devnull, "w", encoding="utf-8") as null, contextlib.redirect_stderr(null):
+        logs.configure("info", json=True)  # its logger is bound to the stderr of this moment: /dev/null
+        try:
+            return {name: _best(fn, loops, runs) for name, fn in timed.items()}
+        finally:
+            logs.configure("info")
+
+
+def _cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / procs.CLK_TCK
+
+
+def processes(links: int, messages: int, panel: str = "chem20") -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="lb-breakdown-") as tmp:
+        folder = Path(tmp)
+        lis = procs.start_acker(folder)
+        daemon = procs.start_daemon(folder, instruments=links, lis_port=lis.ready["port"])
+        try:
+            pids = daemon.pids()
+            if len(pids) < 2:
+                raise RuntimeError("the daemon's store writer process was not found")
+            before = {pid: _cpu(pid) for pid in (*pids[:2], lis.pid)}
+            load = aio.run(run_load(procs.targets(daemon), connections=links, messages=max(2, messages // links),
+                                    panel=panel))
+            deadline = time.monotonic() + 300
+            while procs.acker_progress(folder)["distinct"] < load["messages_acked"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            done = max(1, load["messages_acked"])
+            spent = {pid: 1e6 * (_cpu(pid) - t) / done for pid, t in before.items()}
+        finally:
+            daemon.stop()
+            lis.stop()
+    return {"daemon (event loop and its threads)": spent[pids[0]], "store writer process": spent[pids[1]],
+            "daemon + writer": spent[pids[0]] + spent[pids[1]], "the LIS (benchmarks.mllp_acker)": spent[lis.pid],
+            "stored, messages/s": load["messages_per_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", action="store_true", help="the stages only (no end-to-end load)")
+    parser.add_argument("--loops", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--links", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=3000)
+    args = parser.parse_args()
+    timed = stages(args.loops, args.runs)
+    print("== stages of one chem20 message, timed alone (best of runs), µs per message")
+    for name, us in timed.items():
+        print(f"  {name:40s} {us:9.1f}")
+    print(f"  {'sum':40s} {sum(timed.values()):9.1f}")
+    if not args.stages:
+        print(f"== CPU per message by process, {args.links} links, {args.messages} messages (utime + stime)")
+        for name, value in processes(args.links, args.messages).items():
+            unit = "" if "messages/s" in name else " µs"
+            print(f"  {name:40s} {value:9.0f}{unit}")
+
+
+if __name__ == "__main__":
+    main()

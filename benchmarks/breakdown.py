@@ -67,7 +67,7 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
         link.receive_data(b"\x04", 0.0)
 
     pickled = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-    encode = sql._compact_json.encode  # what the writer encodes each result's stored form with
+    encode = sql.stored_json  # what the writer encodes each result's stored form with
     forms = [r.to_json() for r in results]
     created = datetime.now(UTC)
     log = logs.get_logger("labbridge.bench")

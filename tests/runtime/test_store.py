@@ -381,3 +381,30 @@ def test_checkpoints_run_in_the_background_not_inside_a_commit(tmp_path: Path) -
             assert counts["messages"] == 700
 
     run(body())
+
+
+def test_a_result_reads_back_as_stored_whatever_its_characters_and_value(tmp_path: Path) -> None:
+    """The stored form (orjson, UTF-8 rather than \\u escapes; a value that parses as NaN or infinity) reads
+    back as the same result."""
+    from labbridge.model import Patient
+
+    patient = Patient(name=("Ζαχαρίου", "Élodie"), birth_date="19800101", sex="F", comments=("née Müller",))
+    sent = [dataclasses.replace(result("S1", "GLU", value), patient=patient, comments=("hémolysé ✓",),
+                                units="µmol/L", flags=("H", "↑"))
+            for value in ("NaN", "inf", "-Infinity", "5.5", "1e400", "<0.1")]
+
+    async def body() -> None:
+        async with Store(tmp_path / "s.db") as store:
+            stored = await store.commit_message(instrument="chem-1", protocol="astm", raw=b"raw", received_at=1.0,
+                                                results=[dataclasses.replace(r, test_code=f"T{i}",
+                                                                             instrument_test_code=f"T{i}")
+                                                         for i, r in enumerate(sent)],
+                                                destinations=["lis"])
+            items, _ = await store.due_items("lis", now=2.0)
+        assert len(items) == 1
+        got = [dataclasses.replace(r, message_id=None) for r in items[0].results]
+        assert got == [dataclasses.replace(r, test_code=f"T{i}", instrument_test_code=f"T{i}")
+                       for i, r in enumerate(sent)]
+        assert items[0].results[0].message_id == stored.message_id
+
+    run(body())

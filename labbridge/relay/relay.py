@@ -42,7 +42,7 @@ import collections
 import contextlib
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +180,9 @@ class Relay:
         self._above_id = 0
         self._read_by = 0.0
         self._json = isinstance(dest, HttpDestination) or (isinstance(dest, FileDestination) and dest.format == "json")
+        # While streaming (see _stream): each lane's handed-off items, and what wakes that lane alone.
+        self._lane_queues: list[collections.deque[OutboxItem]] = []
+        self._lane_wakeups: list[asyncio.Event] = []
 
     def offer(self, items: Sequence[OutboxItem]) -> None:
         """Items a commit just queued for this destination to go now (pending, live, past the gate), with
@@ -188,25 +191,46 @@ class Relay:
             if self._json:  # the only rendering that shows each result's message ID (read back, it is set)
                 items = [replace(item, results=tuple([replace(r, message_id=item.message_id) for r in item.results]))
                          for item in items]
-            if len(self._handed) + len(items) > MAX_HANDED_OFF:
+            lanes = self._lane_queues
+            if len(self._handed) + sum(map(len, lanes)) + len(items) > MAX_HANDED_OFF:
                 self._handed.clear()  # in the store: read back from there
+                for queue in lanes:
+                    queue.clear()
                 self._handed_drops += 1
                 self._caught_up = False
             else:
                 if self._caught_up and items[0].id <= self._above_id:  # cannot tell: read (ids only grow)
                     self._caught_up = False
+                if lanes and self._caught_up:  # streaming: straight to its lane, and only that lane woken
+                    for item in items:
+                        lane = self._lane_of(item, len(lanes))
+                        lanes[lane].append(item)
+                        self._lane_wakeups[lane].set()
+                    return
                 self._handed.extend(items)
+        self._wake()
+
+    def _wake(self) -> None:
+        """The run loop and every lane look again (a change of mode, new work, a failed mark)."""
         self.wakeup.set()
+        for event in self._lane_wakeups:
+            event.set()
 
     @property
     def handed(self) -> tuple[OutboxItem, ...]:
         """The handed-off items not sent yet, as they will be rendered."""
         return tuple(self._handed)
 
+    def _leave_caught_up(self) -> None:
+        """Something went wrong or changed: read the store before taking handed-off items again (every lane
+        stops after its item in hand)."""
+        self._caught_up = False
+        self._wake()
+
     def poke(self) -> None:
         """The outbox changed otherwise (items released or retried, a relay started): read it now."""
         self._caught_up = False
-        self.wakeup.set()
+        self._wake()
 
     def render(self, item: OutboxItem) -> bytes:
         dest = self.dest
@@ -259,13 +283,8 @@ class Relay:
                 self.wakeup.clear()
                 now = time.time()
                 if self._caught_up and now < self._read_by:
-                    batch = [self._handed.popleft() for _ in range(min(BATCH_ITEMS, len(self._handed)))]
-                    if not batch:
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(self._read_by - now):
-                                await self.wakeup.wait()
-                        continue
-                    await self._deliver_batch(batch)
+                    await self._stream()
+                    await self._after_sends()
                     continue
                 batch = await self._read(now)
                 if batch:
@@ -314,36 +333,89 @@ class Relay:
             batch.append(item)
         return batch
 
-    async def _deliver_batch(self, batch: list[OutboxItem]) -> None:
-        """Hand a batch over, lane by lane; back off if the destination was found unreachable."""
-        lanes = self._lanes(batch)
+    def _streaming(self) -> bool:
+        return (self._caught_up and not self._down and self._mark_error is None
+                and time.time() < self._read_by)
+
+    async def _stream(self) -> None:
+        """While caught up: each connection (lane) sends the handed-off items of its samples as they come, one
+        after the other, with no wait for the other lanes (a batch would hold every lane until its longest
+        was done); an item handed off now goes straight to its lane's queue and wakes that lane alone.
+        Returns once every lane has finished its item in hand and stopped: caught up no more (a refusal, the
+        LIS unreachable, an overflow, an operator's change) or time to read the store. Items not sent go
+        back to the hand-off, in their order (they are in the store: the next read finds them)."""
+        count = max(1, len(self.senders))
+        queues: list[collections.deque[OutboxItem]] = [collections.deque() for _ in range(count)]
+        wakeups = [asyncio.Event() for _ in range(count)]
+        while self._handed:
+            item = self._handed.popleft()
+            queues[self._lane_of(item, count)].append(item)
+        self._lane_queues, self._lane_wakeups = queues, wakeups
         self._down = False
+
+        async def lane(index: int) -> None:
+            queue, wakeup = queues[index], wakeups[index]
+            while self._streaming():
+                if queue:
+                    try:
+                        await self._deliver(queue.popleft(), index)
+                    except Exception:
+                        self._down = True  # the store failed under this lane: the others stop after their item
+                        self._wake()
+                        raise
+                    continue
+                wakeup.clear()  # nothing for this lane: wait for a commit to hand it more, or a change
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, self._read_by - time.time())):
+                        await wakeup.wait()
+
+        try:
+            await self._all_lanes([lane(index) for index in range(count)])
+        finally:
+            self._lane_queues, self._lane_wakeups = [], []
+            self._handed.extendleft(reversed([item for queue in queues for item in queue]))
+
+    async def _all_lanes(self, lanes: list[Coroutine[Any, Any, None]]) -> None:
+        """Run the lanes to their end; none is left in flight when this returns or raises."""
         if len(lanes) == 1:
-            await self._deliver_lane(*lanes[0])
-        else:
-            # Every lane is over before the run goes on (or fails: the supervisor restarts it), so no send
-            # of this batch is still in flight when the next read begins.
-            outcomes = await asyncio.gather(*(self._deliver_lane(lane, queue) for lane, queue in lanes),
-                                            return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            await lanes[0]
+            return
+        outcomes = await asyncio.gather(*lanes, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _deliver_batch(self, batch: list[OutboxItem]) -> None:
+        """Hand a batch read from the store over, lane by lane; back off if the destination was found
+        unreachable."""
+        self._down = False
+        # Every lane is over before the run goes on (or fails: the supervisor restarts it), so no send of this
+        # batch is still in flight when the next read begins.
+        await self._all_lanes([self._deliver_lane(lane, queue) for lane, queue in self._lanes(batch)])
+        await self._after_sends()
+
+    async def _after_sends(self) -> None:
         if self._down:  # unreachable: the items not handed over keep their place; back off, read again
-            self._caught_up = False
+            self._leave_caught_up()
             delay = backoff_delay(self._outage_attempts, self.dest.backoff_initial_s, self.dest.backoff_max_s)
             self._outage_attempts += 1
             await asyncio.sleep(delay)
 
+    @staticmethod
+    def _lane_of(item: OutboxItem, count: int) -> int:
+        """The connection a sample's items all go over (in the order stored)."""
+        if count <= 1:
+            return 0
+        sample = item.results[0].sample_id if item.results else ""
+        return zlib.crc32(sample.encode("utf-8")) % count
+
     def _lanes(self, items: list[OutboxItem]) -> list[tuple[int, list[OutboxItem]]]:
         """The items per connection, in the order read; a sample's items all on one connection."""
         count = len(self.senders)
-        if count <= 1:
-            return [(0, items)]
         lanes: dict[int, list[OutboxItem]] = {}
         for item in items:
-            sample = item.results[0].sample_id if item.results else ""
-            lanes.setdefault(zlib.crc32(sample.encode("utf-8")) % count, []).append(item)
-        return list(lanes.items())
+            lanes.setdefault(self._lane_of(item, count), []).append(item)
+        return list(lanes.items()) or [(0, [])]
 
     async def _deliver_lane(self, lane: int, items: list[OutboxItem]) -> None:
         """Hand items over in order on one connection; stop when the destination is found unreachable (by
@@ -377,7 +449,7 @@ class Relay:
                     self._mark_error = exc
                     self._to_mark.clear()  # sent again after the restart (still pending in the store)
                     self._marking.clear()
-                    self.wakeup.set()
+                    self._wake()
                     return
                 for item, at in batch:  # counted once the store says so: the health and the store's counts agree
                     self.health.delivered += 1
@@ -400,19 +472,19 @@ class Relay:
         """Hand one item over and book the outcome; sets ``_down`` if the destination is unreachable."""
         now = time.time()
         if not item.results:
-            self._caught_up = False
+            self._leave_caught_up()
             await self.store.dead_letter(item.id, "no results left to send (store inconsistency)", DEAD_UNDELIVERED)
             return
         try:
             outcome = await self.hand_over(item, lane)
         except UnicodeEncodeError as exc:  # e.g. a Greek name for an ASTM file (latin-1): resending cannot help
-            self._caught_up = False
+            self._leave_caught_up()
             await self._dead(item, f"not sent: a value has characters that this destination's format cannot carry "
                                    f"(character set {exc.encoding}); change its format, then retry", DEAD_UNDELIVERED)
             return
         except TransientLinkError as exc:
             self._down = True
-            self._caught_up = False
+            self._leave_caught_up()
             reason = str(exc)
             self.health.last_error = reason
             self.health.set_state("down", f"{reason}; results wait in the store and are sent when it is back")
@@ -433,7 +505,7 @@ class Relay:
                 self._marked.clear()
                 await self._marked.wait()
             return
-        self._caught_up = False  # refused: read the outbox again before taking handed-off items
+        self._leave_caught_up()  # refused: read the outbox again before taking handed-off items
         reason = f"LIS answered {outcome.code}" + (f": {outcome.text}" if outcome.text else "")
         self.health.last_error = reason
         if outcome.dead or now - item.created_at > self.dest.give_up_after_s:

@@ -171,20 +171,26 @@ def test_an_outage_while_caught_up_loses_doubles_and_reorders_nothing(tmp_path: 
     run(body(), timeout=90)
 
 
-def test_refused_items_go_to_the_dead_letters_and_the_hand_off_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("connections", [1, 4])
+def test_refused_items_go_to_the_dead_letters_and_the_hand_off_goes_on(tmp_path: Path, connections: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal sends the relay back to reading the store; every connection stops and goes on at once (not
+    at the next periodic read)."""
+    monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
+
     async def body() -> None:
         lis = SimulatedLis(delay=0.002)
         await lis.start()
         try:
             async with Store(tmp_path / "s.db") as store:
-                async with relaying(store, lis.port) as relay:
+                async with relaying(store, lis.port, connections=connections) as relay:
                     await asyncio.sleep(0.1)
                     lis.mode = "AR"  # refused for good (AR is a dead-letter code by default)
                     await _feed(relay, store, 0, 5)
                     await eventually(lambda: relay.health.dead_lettered == 5, what="five refused")
                     lis.mode = "AA"
                     await _feed(relay, store, 5, 15)
-                    await eventually(lambda: relay.health.delivered == 10, what="the rest delivered")
+                    await eventually(lambda: relay.health.delivered == 10, what="the rest delivered", timeout=5)
                     await asyncio.sleep(0.2)
                     assert relay.health.delivered == 10 and relay.health.dead_lettered == 5
                 counts = await store.counts()
@@ -197,8 +203,72 @@ def test_refused_items_go_to_the_dead_letters_and_the_hand_off_goes_on(tmp_path:
     run(body(), timeout=60)
 
 
+def test_an_outage_met_by_one_connection_stops_them_all_at_once(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One item meets the outage on its connection while the others wait for work: they all stop, the relay
+    backs off and reads the store, and the item goes once the LIS is back (not at the next periodic read)."""
+    monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
+
+    async def body() -> None:
+        lis = SimulatedLis()
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                reads = _count_reads(store)
+                async with relaying(store, lis.port, connections=4) as relay:
+                    await _feed(relay, store, 0, 4)
+                    await eventually(lambda: relay.health.delivered == 4, what="the first ones", timeout=5)
+                    await lis.go_down()
+                    await _feed(relay, store, 4, 5)  # one item, nothing after it
+                    await eventually(lambda: relay.health.state == "down", what="the outage seen", timeout=5)
+                    await lis.come_back()
+                    await eventually(lambda: relay.health.delivered == 5, what="the item delivered", timeout=5)
+                    assert len(reads) >= 2  # it went back to reading the store
+        finally:
+            await lis.stop()
+        assert _values_in_order(lis) == [str(i) for i in range(5)]
+
+    run(body(), timeout=60)
+
+
 async def _feed(relay: Relay, store: Store, first: int, last: int) -> None:
     """Sample S1's results ``first`` .. ``last - 1``, committed and handed off one after the other."""
     for i in range(first, last):
         relay.offer(await _commit(store, "S1", str(i)))
         await asyncio.sleep(0.002)
+
+
+def test_handed_off_items_go_over_every_connection_each_sample_in_order(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several connections: each takes its samples' handed-off items as they come, without waiting for the
+    others; a sample's items all go over one connection, in the order stored."""
+    monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
+
+    async def body() -> None:
+        lis = SimulatedLis(delay=0.005)
+        await lis.start()
+        try:
+            async with Store(tmp_path / "s.db") as store:
+                reads = _count_reads(store)
+                async with relaying(store, lis.port, connections=4) as relay:
+                    await eventually(lambda: len(reads) >= 1, what="the first read (nothing due: caught up)")
+                    for rerun in range(3):
+                        for i in range(25):
+                            relay.offer(await _commit(store, f"S{i:02d}", str(rerun)))
+                    await eventually(lambda: relay.health.delivered == 75, what="all delivered")
+                    assert len(reads) <= 2
+        finally:
+            await lis.stop()
+        assert lis.duplicates == 0 and lis.redeliveries == 0
+        assert lis.most_in_flight >= 2  # the connections carried messages at the same time
+        per_sample: dict[str, list[tuple[str, int]]] = {}
+        for booked in lis.booked.values():
+            for _instrument, sample, _test, value in booked.results:
+                per_sample.setdefault(sample, []).append((value, booked.connection))
+        assert len(per_sample) == 25
+        for sample, bookings in per_sample.items():
+            assert [value for value, _ in bookings] == ["0", "1", "2"], sample
+            assert len({connection for _, connection in bookings}) == 1, sample
+        assert len({c for bookings in per_sample.values() for _, c in bookings}) == 4
+
+    run(body(), timeout=60)

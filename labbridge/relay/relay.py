@@ -218,7 +218,7 @@ class Relay:
 
     @property
     def handed(self) -> tuple[OutboxItem, ...]:
-        """The handed-off items not sent yet, as they will be rendered."""
+        """The handed-off items not yet taken by a connection, as they will be rendered."""
         return tuple(self._handed)
 
     def _leave_caught_up(self) -> None:
@@ -229,8 +229,7 @@ class Relay:
 
     def poke(self) -> None:
         """The outbox changed otherwise (items released or retried, a relay started): read it now."""
-        self._caught_up = False
-        self._wake()
+        self._leave_caught_up()
 
     def render(self, item: OutboxItem) -> bytes:
         dest = self.dest

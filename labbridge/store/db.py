@@ -24,12 +24,21 @@ whose analyzer waits for its ACK: measured, that was the whole p99 of the commit
 against 6.5 ms without). The writer still checkpoints by itself past ``WAL_BACKSTOP_PAGES`` (64 MiB), in
 case the background checkpoints cannot keep up.
 
+The WAL only starts again from its beginning when a write transaction begins with every frame copied.
+Under writes that never pause, a background checkpoint always ends behind the writer, so the WAL grew to
+the backstop, and the writer's own checkpoint there took 15-30 ms inside a commit, every ~16,000 pages
+(issue 15: all ten links' ACKs stalled together, the whole p99). So after each background checkpoint the
+writer is asked to checkpoint what was committed since (:func:`labbridge.store.sql.finish_checkpoint`,
+run as a read after its group's commit: a few hundred pages, about a millisecond), and its next write
+starts the WAL again.
+
 The tables and their migrations are in :mod:`labbridge.store.schema`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -181,7 +190,7 @@ class WriterClient(asyncio.Protocol):
                 await asyncio.to_thread(proc.wait)
 
 
-CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_INTERVAL_S = 0.5  # the WAL then holds half a second of writes at most (see the module's docstring)
 WAL_BACKSTOP_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer checkpoints itself past this (SQLite's default is 1,000)
 
 
@@ -197,6 +206,8 @@ class Store:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_stop = threading.Event()
         self.checkpoints = 0  # background checkpoints run
+        self.wal_restarts_asked = 0  # the writer's checkpoints after them (each lets the WAL start again)
+        self._finishing: set[asyncio.Future[int]] = set()
         self.checkpoint_seconds = 0.0
         self.last_checkpoint_error: str | None = None
         self._writer: WriterClient | None = None
@@ -245,6 +256,7 @@ class Store:
         await self._start_writer()
         self._read_conn = await asyncio.get_running_loop().run_in_executor(self._reader, self._connect)
         self._checkpoint_stop.clear()
+        self._loop = asyncio.get_running_loop()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="labbridge-store-checkpoint",
                                               daemon=True)
         self._checkpointer.start()
@@ -281,12 +293,29 @@ class Store:
             return
         try:
             while not self._checkpoint_stop.wait(self.checkpoint_interval_s):
-                self._checkpoint(conn)
+                if self._checkpoint(conn):
+                    with contextlib.suppress(RuntimeError):  # the loop is closing: the store with it
+                        self._loop.call_soon_threadsafe(self._finish_checkpoint)
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """One PASSIVE checkpoint on ``conn`` (the checkpointer's connection); errors are counted, not raised."""
+    def _finish_checkpoint(self) -> None:
+        """On the loop, after a background checkpoint: the writer copies what was committed since, so its next
+        write starts the WAL again (see the module's docstring). Best effort: a failure is the next one's to mend."""
+        if self._writer is None:
+            return
+        task = asyncio.ensure_future(self._submit(READ, sql.finish_checkpoint))
+        self._finishing.add(task)
+        task.add_done_callback(self._finished_checkpoint)
+
+    def _finished_checkpoint(self, task: asyncio.Future[int]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            self.wal_restarts_asked += 1
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """One PASSIVE checkpoint on ``conn`` (the checkpointer's connection); errors are counted, not raised.
+        True if it ran."""
         started = time.perf_counter()
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -294,10 +323,11 @@ class Store:
             if self.last_checkpoint_error != str(exc):
                 log.warning("checkpoint_failed", error=str(exc))
             self.last_checkpoint_error = str(exc)
-            return
+            return False
         self.checkpoints += 1
         self.checkpoint_seconds += time.perf_counter() - started
         self.last_checkpoint_error = None
+        return True
 
     # ---- the writer ----------------------------------------------------------------------------
 

@@ -297,6 +297,14 @@ def mark_delivered(conn: sqlite3.Connection, item_id: int, at: float) -> None:
                  " last_error = NULL WHERE id = ?", (at, item_id))
 
 
+def finish_checkpoint(conn: sqlite3.Connection) -> int:
+    """The writer's checkpoint after a background one (labbridge.store.db): only what was committed since is
+    left to copy; once it is, the next write transaction starts the WAL from its beginning. Returns the
+    frames in the WAL (-1 if another checkpoint was running)."""
+    busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return -1 if busy else int(frames)
+
+
 def mark_delivered_many(conn: sqlite3.Connection, marks: Sequence[tuple[int, float]]) -> None:
     """:func:`mark_delivered` for several items, in one statement run per item (the relay's batch)."""
     conn.executemany("UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"

@@ -408,3 +408,48 @@ def test_a_result_reads_back_as_stored_whatever_its_characters_and_value(tmp_pat
         assert items[0].results[0].message_id == stored.message_id
 
     run(body())
+
+
+def test_the_wal_starts_again_under_writes_that_never_pause(tmp_path: Path) -> None:
+    """With the writer never idle, a background checkpoint always ends behind it, and the WAL would grow to
+    the backstop and be checkpointed inside a commit. After each background checkpoint the writer copies
+    the rest, and the WAL starts again from its beginning (its header's salt changes each time)."""
+    import struct
+    import time
+
+    wal = tmp_path / "s.db-wal"
+
+    def salt() -> int | None:
+        try:
+            with wal.open("rb") as f:
+                header = f.read(32)
+        except OSError:
+            return None
+        return struct.unpack(">I", header[16:20])[0] if len(header) == 32 else None
+
+    async def body() -> tuple[int, int]:
+        salts: set[int] = set()
+        async with Store(tmp_path / "s.db", checkpoint_interval_s=0.05) as store:
+            stop = time.monotonic() + 1.5
+
+            async def commit_forever(worker: int) -> None:
+                n = 0
+                while time.monotonic() < stop:
+                    n += 1
+                    await store.commit_message(
+                        instrument="chem-1", protocol="astm", raw=b"x" * 2000, received_at=1.0,
+                        results=[result(f"W{worker}-{n}", f"T{i}", f"{i}.5") for i in range(20)], destinations=["lis"])
+
+            async def watch() -> None:
+                while time.monotonic() < stop:
+                    if (value := salt()) is not None:
+                        salts.add(value)
+                    await asyncio.sleep(0.01)
+
+            await asyncio.gather(watch(), *(commit_forever(w) for w in range(16)))
+            asked = store.wal_restarts_asked
+        return len(salts), asked
+
+    restarts, asked = run(body(), timeout=60)
+    assert asked >= 8
+    assert restarts >= 8  # the WAL started again many times (without the follow-up: 3, those of opening)

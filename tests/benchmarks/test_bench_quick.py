@@ -73,7 +73,7 @@ def test_benchmark_command_runs_every_section_and_writes_json(tmp_path: Path) ->
 def test_the_breakdown_times_each_stage_and_each_process() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.breakdown", "--loops", "3", "--runs", "1", "--links", "2",
-         "--messages", "10"], cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+         "--messages", "300"], cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
     for stage in ("E1381 frame path, frame by frame", "codec + driver", "results unpickled (writer)",
@@ -81,5 +81,6 @@ def test_the_breakdown_times_each_stage_and_each_process() -> None:
                   "daemon + writer"):
         row = next((r for r in rows if r.startswith(stage + " ")), None)
         assert row is not None, proc.stdout
-        assert float(row.split()[-2 if row.endswith("µs") else -1]) > 0  # measured
+        if stage != "store writer process":  # CPU is counted in clock ticks (10 ms): a short run may show 0
+            assert float(row.split()[-2 if row.endswith("µs") else -1]) > 0, row  # measured
     assert '"event"' not in proc.stdout  # the timed log lines went to /dev/null, not into the table

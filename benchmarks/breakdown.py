@@ -67,7 +67,9 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
         link.receive_data(b"\x04", 0.0)
 
     pickled = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-    encode = sql.stored_json  # what the writer encodes each result's stored form with
+    # What the writer encodes each result's stored form with (a tree from before stored_json: its encoder, so
+    # that the script measures an older checkout too, run as a file with PYTHONPATH on it).
+    encode = getattr(sql, "stored_json", None) or sql._compact_json.encode
     forms = [r.to_json() for r in results]
     created = datetime.now(UTC)
     log = logs.get_logger("labbridge.bench")

@@ -84,3 +84,13 @@ def test_the_breakdown_times_each_stage_and_each_process() -> None:
         if stage != "store writer process":  # CPU is counted in clock ticks (10 ms): a short run may show 0
             assert float(row.split()[-2 if row.endswith("µs") else -1]) > 0, row  # measured
     assert '"event"' not in proc.stdout  # the timed log lines went to /dev/null, not into the table
+
+
+def test_the_commit_tail_runs_the_store_alone() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.commit_tail", "--committers", "2", "--seconds", "0.5"], cwd=ROOT,
+        capture_output=True, text=True, timeout=110, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    commits = next(line for line in proc.stdout.splitlines() if line.strip().startswith("commits "))
+    assert int(commits.split()[1]) > 0, proc.stdout
+    assert "WAL high-water" in proc.stdout

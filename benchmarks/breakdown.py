@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import procs
+from benchmarks.bench_parse import feed_frame_by_frame
 from benchmarks.common import one_message
 from benchmarks.loadclient import run_load
 from labbridge import aio, logs
@@ -54,18 +55,6 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
     frames = e1381.build_frames(msg.records)
     results = driver.decode(msg.records, ctx).results
 
-    def frame_path() -> None:
-        link = e1381.E1381Link(e1381.Role.HOST)
-        link.receive_data(b"\x05", 0.0)
-        link.data_to_send()
-        for frame in frames:
-            link.receive_data(frame, 0.0)
-            for event in link.events():
-                if isinstance(event, e1381.MessageReceived):
-                    link.accept_message(0.0)
-            link.data_to_send()
-        link.receive_data(b"\x04", 0.0)
-
     pickled = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
     # What the writer encodes each result's stored form with (a tree from before stored_json: its encoder, so
     # that the script measures an older checkout too, run as a file with PYTHONPATH on it).
@@ -78,7 +67,7 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
         log.info("message_stored", instrument="bench", message_id=1, results=len(results), duplicates=0)
 
     timed: dict[str, Callable[[], object]] = {
-        "E1381 frame path, frame by frame": frame_path,
+        "E1381 frame path, frame by frame": lambda: feed_frame_by_frame(frames),
         "codec + driver": lambda: driver.decode(msg.records, ctx),
         "results pickled (daemon)": lambda: pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL),
         "results unpickled (writer)": lambda: pickle.loads(pickled),

@@ -30,7 +30,8 @@ from labbridge.store.db import Store
 FRAME_BYTES = 4096 + 24  # a WAL frame: its header and one page
 
 
-def _salt(wal: Path) -> int | None:
+def wal_salt(wal: Path) -> int | None:
+    """Salt-1 of a WAL file's header: SQLite changes it each time the WAL starts again from its beginning."""
     try:
         with wal.open("rb") as f:
             header = f.read(32)
@@ -64,7 +65,7 @@ async def _run(folder: Path, committers: int, seconds: float, slow_s: float) -> 
         async def watch() -> None:
             nonlocal high
             while time.monotonic() < stop:
-                if (salt := _salt(wal)) is not None:
+                if (salt := wal_salt(wal)) is not None:
                     salts.add(salt)
                 high = max(high, wal.stat().st_size // FRAME_BYTES if wal.exists() else 0)
                 await asyncio.sleep(0.01)

@@ -5,7 +5,9 @@ Real store, real sockets, the simulated LIS (python-hl7 parsing, books per contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,18 @@ from labbridge.relay.relay import Relay
 from labbridge.store.db import Store
 from tests.conftest import run
 from tests.integration.helpers import eventually, relaying
+
+
+@contextlib.asynccontextmanager
+async def _lis_and_store(tmp_path: Path, **lis_options: Any) -> AsyncIterator[tuple[SimulatedLis, Store]]:
+    """The simulated LIS listening and a store on disk (the LIS stopped on the way out)."""
+    lis = SimulatedLis(**lis_options)
+    await lis.start()
+    try:
+        async with Store(tmp_path / "s.db") as store:
+            yield lis, store
+    finally:
+        await lis.stop()
 
 
 def _result(sample: str, value: str) -> Result:
@@ -57,20 +71,15 @@ def test_items_handed_off_go_to_the_lis_without_being_read_back(tmp_path: Path,
     monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
 
     async def body() -> None:
-        lis = SimulatedLis()
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                reads = _count_reads(store)
-                async with relaying(store, lis.port) as relay:
-                    await eventually(lambda: len(reads) >= 1, what="the first read (nothing due: caught up)")
-                    for i in range(40):
-                        relay.offer(await _commit(store, "S1", str(i)))
-                    await eventually(lambda: relay.health.delivered == 40, what="all delivered")
-                    assert len(reads) <= 2  # the first read, at most one more (not one per item)
-                counts = await store.counts()
-        finally:
-            await lis.stop()
+        async with _lis_and_store(tmp_path) as (lis, store):
+            reads = _count_reads(store)
+            async with relaying(store, lis.port) as relay:
+                await eventually(lambda: len(reads) >= 1, what="the first read (nothing due: caught up)")
+                for i in range(40):
+                    relay.offer(await _commit(store, "S1", str(i)))
+                await eventually(lambda: relay.health.delivered == 40, what="all delivered")
+                assert len(reads) <= 2  # the first read, at most one more (not one per item)
+            counts = await store.counts()
         assert counts["outbox"]["lis"]["delivered"] == 40
         assert lis.duplicates == 0 and lis.redeliveries == 0
         assert _values_in_order(lis) == [str(i) for i in range(40)]  # in the order stored
@@ -85,33 +94,28 @@ def test_an_item_handed_off_while_a_read_finds_it_is_sent_once(tmp_path: Path,
     monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)  # the later ones go from the hand-off, not a poll
 
     async def body() -> None:
-        lis = SimulatedLis()
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                relay_box: list[Relay] = []
-                real = store.due_items_above
-                late: list[list[OutboxItem]] = []
+        async with _lis_and_store(tmp_path) as (lis, store):
+            relay_box: list[Relay] = []
+            real = store.due_items_above
+            late: list[list[OutboxItem]] = []
 
-                async def read_racing_a_commit(*args: Any, **kwargs: Any) -> Any:
-                    answer = await real(*args, **kwargs)
-                    for items in late:  # handed off after the read saw them (as a commit in the same group)
-                        relay_box[0].offer(items)
-                    late.clear()
-                    return answer
+            async def read_racing_a_commit(*args: Any, **kwargs: Any) -> Any:
+                answer = await real(*args, **kwargs)
+                for items in late:  # handed off after the read saw them (as a commit in the same group)
+                    relay_box[0].offer(items)
+                late.clear()
+                return answer
 
-                late.extend([await _commit(store, f"S{i}", "1") for i in range(10)])
-                store.due_items_above = read_racing_a_commit  # type: ignore[method-assign]
-                async with relaying(store, lis.port) as relay:
-                    relay_box.append(relay)
-                    await eventually(lambda: relay.health.delivered == 10, what="all delivered")
-                    for i in range(10, 15):  # and then the hand-off carries on, alone
-                        relay.offer(await _commit(store, f"S{i}", "1"))
-                    await eventually(lambda: relay.health.delivered == 15, what="the later ones delivered")
-                    await asyncio.sleep(0.2)
-                    assert relay.health.delivered == 15
-        finally:
-            await lis.stop()
+            late.extend([await _commit(store, f"S{i}", "1") for i in range(10)])
+            store.due_items_above = read_racing_a_commit  # type: ignore[method-assign]
+            async with relaying(store, lis.port) as relay:
+                relay_box.append(relay)
+                await eventually(lambda: relay.health.delivered == 10, what="all delivered")
+                for i in range(10, 15):  # and then the hand-off carries on, alone
+                    relay.offer(await _commit(store, f"S{i}", "1"))
+                await eventually(lambda: relay.health.delivered == 15, what="the later ones delivered")
+                await asyncio.sleep(0.2)
+                assert relay.health.delivered == 15
         assert len(lis.booked) == 15
         assert lis.duplicates == 0 and lis.redeliveries == 0
 
@@ -123,19 +127,14 @@ def test_more_handed_off_than_the_relay_keeps_are_read_back(tmp_path: Path, monk
     monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)  # not found by the periodic read: by the overflow's
 
     async def body() -> None:
-        lis = SimulatedLis(delay=0.005)
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store, relaying(store, lis.port) as relay:
-                await asyncio.sleep(0.1)
-                batches = [await _commit(store, f"S{i}", "1") for i in range(30)]
-                for items in batches:  # all at once: the hand-off overflows, its items are in the store
-                    relay.offer(items)
-                await eventually(lambda: relay.health.delivered == 30, what="all delivered")
-                await asyncio.sleep(0.2)
-                assert relay.health.delivered == 30
-        finally:
-            await lis.stop()
+        async with _lis_and_store(tmp_path, delay=0.005) as (lis, store), relaying(store, lis.port) as relay:
+            await asyncio.sleep(0.1)
+            batches = [await _commit(store, f"S{i}", "1") for i in range(30)]
+            for items in batches:  # all at once: the hand-off overflows, its items are in the store
+                relay.offer(items)
+            await eventually(lambda: relay.health.delivered == 30, what="all delivered")
+            await asyncio.sleep(0.2)
+            assert relay.health.delivered == 30
         assert len(lis.booked) == 30
         assert lis.duplicates == 0 and lis.redeliveries == 0
 
@@ -147,23 +146,18 @@ def test_an_outage_while_caught_up_loses_doubles_and_reorders_nothing(tmp_path: 
     reaches the LIS once, in the order stored."""
 
     async def body() -> None:
-        lis = SimulatedLis(delay=0.002)
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                async with relaying(store, lis.port) as relay:
-                    await asyncio.sleep(0.1)
-                    await _feed(relay, store, 0, 10)
-                    await eventually(lambda: relay.health.delivered == 10, what="the first ten")
-                    await lis.go_down()
-                    await _feed(relay, store, 10, 20)
-                    await eventually(lambda: relay.health.state == "down", what="the relay sees the outage")
-                    await lis.come_back()
-                    await _feed(relay, store, 20, 30)
-                    await eventually(lambda: relay.health.delivered == 30, what="all delivered", timeout=30)
-                counts = await store.counts()
-        finally:
-            await lis.stop()
+        async with _lis_and_store(tmp_path, delay=0.002) as (lis, store):
+            async with relaying(store, lis.port) as relay:
+                await asyncio.sleep(0.1)
+                await _feed(relay, store, 0, 10)
+                await eventually(lambda: relay.health.delivered == 10, what="the first ten")
+                await lis.go_down()
+                await _feed(relay, store, 10, 20)
+                await eventually(lambda: relay.health.state == "down", what="the relay sees the outage")
+                await lis.come_back()
+                await _feed(relay, store, 20, 30)
+                await eventually(lambda: relay.health.delivered == 30, what="all delivered", timeout=30)
+            counts = await store.counts()
         assert counts["outbox"]["lis"]["delivered"] == 30
         assert lis.duplicates == 0
         assert _values_in_order(lis) == [str(i) for i in range(30)]
@@ -179,23 +173,18 @@ def test_refused_items_go_to_the_dead_letters_and_the_hand_off_goes_on(tmp_path:
     monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
 
     async def body() -> None:
-        lis = SimulatedLis(delay=0.002)
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                async with relaying(store, lis.port, connections=connections) as relay:
-                    await asyncio.sleep(0.1)
-                    lis.mode = "AR"  # refused for good (AR is a dead-letter code by default)
-                    await _feed(relay, store, 0, 5)
-                    await eventually(lambda: relay.health.dead_lettered == 5, what="five refused")
-                    lis.mode = "AA"
-                    await _feed(relay, store, 5, 15)
-                    await eventually(lambda: relay.health.delivered == 10, what="the rest delivered", timeout=5)
-                    await asyncio.sleep(0.2)
-                    assert relay.health.delivered == 10 and relay.health.dead_lettered == 5
-                counts = await store.counts()
-        finally:
-            await lis.stop()
+        async with _lis_and_store(tmp_path, delay=0.002) as (lis, store):
+            async with relaying(store, lis.port, connections=connections) as relay:
+                await asyncio.sleep(0.1)
+                lis.mode = "AR"  # refused for good (AR is a dead-letter code by default)
+                await _feed(relay, store, 0, 5)
+                await eventually(lambda: relay.health.dead_lettered == 5, what="five refused")
+                lis.mode = "AA"
+                await _feed(relay, store, 5, 15)
+                await eventually(lambda: relay.health.delivered == 10, what="the rest delivered", timeout=5)
+                await asyncio.sleep(0.2)
+                assert relay.health.delivered == 10 and relay.health.dead_lettered == 5
+            counts = await store.counts()
         assert counts["outbox"]["lis"]["delivered"] == 10 and counts["outbox"]["lis"]["dead"] == 5
         assert lis.rejected == 5 and lis.redeliveries == 0
         assert _values_in_order(lis) == [str(i) for i in range(5, 15)]
@@ -210,22 +199,17 @@ def test_an_outage_met_by_one_connection_stops_them_all_at_once(tmp_path: Path,
     monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
 
     async def body() -> None:
-        lis = SimulatedLis()
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                reads = _count_reads(store)
-                async with relaying(store, lis.port, connections=4) as relay:
-                    await _feed(relay, store, 0, 4)
-                    await eventually(lambda: relay.health.delivered == 4, what="the first ones", timeout=5)
-                    await lis.go_down()
-                    await _feed(relay, store, 4, 5)  # one item, nothing after it
-                    await eventually(lambda: relay.health.state == "down", what="the outage seen", timeout=5)
-                    await lis.come_back()
-                    await eventually(lambda: relay.health.delivered == 5, what="the item delivered", timeout=5)
-                    assert len(reads) >= 2  # it went back to reading the store
-        finally:
-            await lis.stop()
+        async with _lis_and_store(tmp_path) as (lis, store):
+            reads = _count_reads(store)
+            async with relaying(store, lis.port, connections=4) as relay:
+                await _feed(relay, store, 0, 4)
+                await eventually(lambda: relay.health.delivered == 4, what="the first ones", timeout=5)
+                await lis.go_down()
+                await _feed(relay, store, 4, 5)  # one item, nothing after it
+                await eventually(lambda: relay.health.state == "down", what="the outage seen", timeout=5)
+                await lis.come_back()
+                await eventually(lambda: relay.health.delivered == 5, what="the item delivered", timeout=5)
+                assert len(reads) >= 2  # it went back to reading the store
         assert _values_in_order(lis) == [str(i) for i in range(5)]
 
     run(body(), timeout=60)
@@ -245,20 +229,15 @@ def test_handed_off_items_go_over_every_connection_each_sample_in_order(tmp_path
     monkeypatch.setattr(relay_module, "IDLE_POLL_S", 60.0)
 
     async def body() -> None:
-        lis = SimulatedLis(delay=0.005)
-        await lis.start()
-        try:
-            async with Store(tmp_path / "s.db") as store:
-                reads = _count_reads(store)
-                async with relaying(store, lis.port, connections=4) as relay:
-                    await eventually(lambda: len(reads) >= 1, what="the first read (nothing due: caught up)")
-                    for rerun in range(3):
-                        for i in range(25):
-                            relay.offer(await _commit(store, f"S{i:02d}", str(rerun)))
-                    await eventually(lambda: relay.health.delivered == 75, what="all delivered")
-                    assert len(reads) <= 2
-        finally:
-            await lis.stop()
+        async with _lis_and_store(tmp_path, delay=0.005) as (lis, store):
+            reads = _count_reads(store)
+            async with relaying(store, lis.port, connections=4) as relay:
+                await eventually(lambda: len(reads) >= 1, what="the first read (nothing due: caught up)")
+                for rerun in range(3):
+                    for i in range(25):
+                        relay.offer(await _commit(store, f"S{i:02d}", str(rerun)))
+                await eventually(lambda: relay.health.delivered == 75, what="all delivered")
+                assert len(reads) <= 2
         assert lis.duplicates == 0 and lis.redeliveries == 0
         assert lis.most_in_flight >= 2  # the connections carried messages at the same time
         per_sample: dict[str, list[tuple[str, int]]] = {}

@@ -414,18 +414,11 @@ def test_the_wal_starts_again_under_writes_that_never_pause(tmp_path: Path) -> N
     """With the writer never idle, a background checkpoint always ends behind it, and the WAL would grow to
     the backstop and be checkpointed inside a commit. After each background checkpoint the writer copies
     the rest, and the WAL starts again from its beginning (its header's salt changes each time)."""
-    import struct
     import time
 
-    wal = tmp_path / "s.db-wal"
+    from benchmarks.commit_tail import wal_salt
 
-    def salt() -> int | None:
-        try:
-            with wal.open("rb") as f:
-                header = f.read(32)
-        except OSError:
-            return None
-        return struct.unpack(">I", header[16:20])[0] if len(header) == 32 else None
+    wal = tmp_path / "s.db-wal"
 
     async def body() -> tuple[int, int]:
         salts: set[int] = set()
@@ -442,7 +435,7 @@ def test_the_wal_starts_again_under_writes_that_never_pause(tmp_path: Path) -> N
 
             async def watch() -> None:
                 while time.monotonic() < stop:
-                    if (value := salt()) is not None:
+                    if (value := wal_salt(wal)) is not None:
                         salts.add(value)
                     await asyncio.sleep(0.01)
 

@@ -62,6 +62,17 @@ def _count_reads(store: Store) -> list[int]:
     return reads
 
 
+async def _delivered_and_no_more(relay: Relay, count: int, timeout: float = 20.0) -> None:
+    await eventually(lambda: relay.health.delivered == count, what=f"{count} delivered", timeout=timeout)
+    await asyncio.sleep(0.2)
+    assert relay.health.delivered == count  # nothing sent twice meanwhile
+
+
+def _booked_once(lis: SimulatedLis, count: int) -> None:
+    assert len(lis.booked) == count
+    assert lis.duplicates == 0 and lis.redeliveries == 0
+
+
 def _values_in_order(lis: SimulatedLis) -> list[str]:
     return [value for booked in lis.booked.values() for _i, _s, _t, value in booked.results]
 
@@ -113,11 +124,8 @@ def test_an_item_handed_off_while_a_read_finds_it_is_sent_once(tmp_path: Path,
                 await eventually(lambda: relay.health.delivered == 10, what="all delivered")
                 for i in range(10, 15):  # and then the hand-off carries on, alone
                     relay.offer(await _commit(store, f"S{i}", "1"))
-                await eventually(lambda: relay.health.delivered == 15, what="the later ones delivered")
-                await asyncio.sleep(0.2)
-                assert relay.health.delivered == 15
-        assert len(lis.booked) == 15
-        assert lis.duplicates == 0 and lis.redeliveries == 0
+                await _delivered_and_no_more(relay, 15)
+        _booked_once(lis, 15)
 
     run(body(), timeout=60)
 
@@ -132,11 +140,8 @@ def test_more_handed_off_than_the_relay_keeps_are_read_back(tmp_path: Path, monk
             batches = [await _commit(store, f"S{i}", "1") for i in range(30)]
             for items in batches:  # all at once: the hand-off overflows, its items are in the store
                 relay.offer(items)
-            await eventually(lambda: relay.health.delivered == 30, what="all delivered")
-            await asyncio.sleep(0.2)
-            assert relay.health.delivered == 30
-        assert len(lis.booked) == 30
-        assert lis.duplicates == 0 and lis.redeliveries == 0
+            await _delivered_and_no_more(relay, 30, timeout=5)
+        _booked_once(lis, 30)
 
     run(body(), timeout=60)
 

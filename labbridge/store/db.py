@@ -190,7 +190,7 @@ class WriterClient(asyncio.Protocol):
                 await asyncio.to_thread(proc.wait)
 
 
-CHECKPOINT_INTERVAL_S = 0.5  # the WAL then holds half a second of writes at most (see the module's docstring)
+CHECKPOINT_INTERVAL_S = 0.5  # with the writer's follow-up, the WAL starts again about this often (module docstring)
 WAL_BACKSTOP_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer checkpoints itself past this (SQLite's default is 1,000)
 
 

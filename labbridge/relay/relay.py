@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 log = get_logger("labbridge.relay")
 
 IDLE_POLL_S = 5.0  # the outbox is read at least this often, even while handed-off items keep coming
-BATCH_ITEMS = 64  # due items fetched in one read (and handed-off items sent before looking again)
+BATCH_ITEMS = 64  # due items fetched in one read
 MAX_UNCOMMITTED = 256  # items the LIS accepted whose "delivered" mark is not committed yet
 MAX_HANDED_OFF = 1024  # items handed off and not yet sent: beyond, the relay reads them back from the store
 
@@ -314,10 +314,7 @@ class Relay:
             # Every item handed off up to above_id was in this read's view, and none was due: drop them. Those
             # above it were queued after the read: they are sent from the hand-off. If the hand-off overflowed
             # meanwhile, what it dropped may be among them: read again instead.
-            while self._handed and self._handed[0].id <= above_id:
-                self._handed.popleft()
-            if any(item.id <= above_id for item in self._handed):  # not in id order (several writers' commits)
-                self._handed = collections.deque(item for item in self._handed if item.id > above_id)
+            self._handed = collections.deque(item for item in self._handed if item.id > above_id)
             self._above_id = above_id
             self._caught_up = drops == self._handed_drops
             return []
@@ -414,7 +411,7 @@ class Relay:
         lanes: dict[int, list[OutboxItem]] = {}
         for item in items:
             lanes.setdefault(self._lane_of(item, count), []).append(item)
-        return list(lanes.items()) or [(0, [])]
+        return list(lanes.items())
 
     async def _deliver_lane(self, lane: int, items: list[OutboxItem]) -> None:
         """Hand items over in order on one connection; stop when the destination is found unreachable (by

@@ -293,8 +293,7 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
 
 
 def mark_delivered(conn: sqlite3.Connection, item_id: int, at: float) -> None:
-    conn.execute("UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"
-                 " last_error = NULL WHERE id = ?", (at, item_id))
+    mark_delivered_many(conn, [(item_id, at)])
 
 
 def finish_checkpoint(conn: sqlite3.Connection) -> int:

@@ -242,16 +242,20 @@ def test_each_rule_catches_a_planted_break(tmp_path: Path) -> None:
 
 def test_a_daemon_without_http_imports_no_web_stack() -> None:
     """Import only what the configured features need: the daemon and the `run` command, with [http] off, load
-    neither aiohttp nor the Prometheus client (~12 MiB of a small site PC)."""
+    neither aiohttp nor the Prometheus client (~12 MiB of a small site PC), nor what only the `bundle` commands
+    use (cryptography and tarfile: ~8 MiB), though the command line that starts the daemon registers them."""
     code = """
 import sys
 import labbridge.cli.commands, labbridge.runtime.daemon
+from labbridge.cli.parser import build_parser
+build_parser().parse_args(["run", "-c", "x.toml"])
 from labbridge.config import parse_config
 from labbridge.web import surfaces_for
 config = parse_config({"node": "n", "store": {"path": "x.db"}, "http": {"enabled": False},
                        "sites": [{"id": "s", "name": "S"}]})
 assert surfaces_for(config) == []
-print(sorted(m for m in ("aiohttp", "prometheus_client") if m in sys.modules))
+print(sorted(m for m in ("aiohttp", "prometheus_client", "cryptography", "tarfile", "labbridge.bundles")
+             if m in sys.modules))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,10 +8,16 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from labbridge import bundles
 from labbridge.cli.commands import EXIT_FAILURE, EXIT_OK
+
+if TYPE_CHECKING:
+    from labbridge import bundles
+
+# labbridge.bundles (tarfile, and cryptography's ~8 MiB of RSS) is imported by each command when it runs: the
+# parser registers these commands in every labbridge process, the daemon's included (issue 15: import only
+# what the configured features need).
 
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -50,6 +56,8 @@ def add_commands(sub: Any, command: Command) -> None:
 
 
 def keygen(args: argparse.Namespace) -> int:
+    from labbridge import bundles
+
     public_path: Path = args.pub or args.out.with_name(args.out.name + ".pub")
     public = bundles.keygen(args.out, public_path)
     print(f"private key {args.out} (mode 0600: keep it offline, with IT)")
@@ -59,6 +67,8 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def create(args: argparse.Namespace) -> int:
+    from labbridge import bundles
+
     manifest = bundles.create(bundles.load_private_key(args.key), args.files, args.out)
     print(f"{args.out}: {len(manifest.files)} file(s) signed by key {manifest.signer} at {manifest.created}")
     for entry in manifest.files:
@@ -68,6 +78,8 @@ def create(args: argparse.Namespace) -> int:
 
 def _trusted(args: argparse.Namespace) -> bundles.TrustedKeys:
     """The keys given with ``--trusted`` and those of the config's ``[bundles] trusted_keys``."""
+    from labbridge import bundles
+
     paths: list[Path] = list(args.trusted)
     if args.config:
         from labbridge.config import load_config
@@ -87,6 +99,8 @@ def _refused(exc: bundles.BundleError) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    from labbridge import bundles
+
     try:
         manifest = bundles.verify(args.bundle, _trusted(args))
     except bundles.BundleError as exc:
@@ -98,6 +112,8 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def extract(args: argparse.Namespace) -> int:
+    from labbridge import bundles
+
     try:
         manifest = bundles.extract(args.bundle, _trusted(args), args.to)
     except bundles.BundleError as exc:

@@ -87,13 +87,14 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
             logs.configure("info")
 
 
-def _cpu(pid: int) -> float:
+def _cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process so far."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / procs.CLK_TCK
+        return 0.0, 0.0
+    return int(fields[11]) / procs.CLK_TCK, int(fields[12]) / procs.CLK_TCK
 
 
 def processes(links: int, messages: int, panel: str = "chem20") -> dict[str, float]:
@@ -112,13 +113,25 @@ def processes(links: int, messages: int, panel: str = "chem20") -> dict[str, flo
             while procs.acker_progress(folder)["distinct"] < load["messages_acked"] and time.monotonic() < deadline:
                 time.sleep(0.05)
             done = max(1, load["messages_acked"])
-            spent = {pid: 1e6 * (_cpu(pid) - t) / done for pid, t in before.items()}
+            after = {pid: _cpu(pid) for pid in before}
         finally:
             daemon.stop()
             lis.stop()
-    return {"daemon (event loop and its threads)": spent[pids[0]], "store writer process": spent[pids[1]],
-            "daemon + writer": spent[pids[0]] + spent[pids[1]], "the LIS (benchmarks.mllp_acker)": spent[lis.pid],
-            "stored, messages/s": load["messages_per_s"]}
+
+    def per_message(pid: int, part: int | None = None) -> float:
+        (u0, s0), (u1, s1) = before[pid], after[pid]
+        spent = (u1 - u0, s1 - s0)
+        return 1e6 * (sum(spent) if part is None else spent[part]) / done
+
+    out: dict[str, float] = {}
+    for name, pid in (("daemon (event loop and its threads)", pids[0]), ("store writer process", pids[1])):
+        out[name] = per_message(pid)
+        out[f"  {name.split()[0]}: user"] = per_message(pid, 0)
+        out[f"  {name.split()[0]}: system (kernel)"] = per_message(pid, 1)
+    out["daemon + writer"] = per_message(pids[0]) + per_message(pids[1])
+    out["the LIS (benchmarks.mllp_acker)"] = per_message(lis.pid)
+    out["stored, messages/s"] = load["messages_per_s"]
+    return out
 
 
 def main() -> None:

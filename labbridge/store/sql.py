@@ -34,6 +34,7 @@ from labbridge.outbox import (
 )
 from labbridge.store import audit, history
 from labbridge.store.campaign import gate_new_items, regate
+from labbridge.store.writer import journal_in_memory
 
 
 def control_id_for(key: str) -> str:
@@ -241,6 +242,7 @@ def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, targ
     audit.record(conn, at=at, actor=actor, action=action, target=target, reason=reason, detail=detail)
 
 
+@journal_in_memory
 def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
                     results: Sequence[Result], destinations: Sequence[str | Route], error: str | None,
                     sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
@@ -292,6 +294,7 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
     return StoredMessage(message_id, len(new), duplicates, tuple(outbox_ids), queued=queued)
 
 
+@journal_in_memory
 def mark_delivered(conn: sqlite3.Connection, item_id: int, at: float) -> None:
     mark_delivered_many(conn, [(item_id, at)])
 
@@ -304,23 +307,27 @@ def finish_checkpoint(conn: sqlite3.Connection) -> int:
     return -1 if busy else int(frames)
 
 
+@journal_in_memory
 def mark_delivered_many(conn: sqlite3.Connection, marks: Sequence[tuple[int, float]]) -> None:
     """:func:`mark_delivered` for several items, in one statement run per item (the relay's batch)."""
     conn.executemany("UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"
                      " last_error = NULL WHERE id = ?", [(at, item_id) for item_id, at in marks])
 
 
+@journal_in_memory
 def record_incomplete(conn: sqlite3.Connection, instrument: str, raw: bytes, reason: str, received_at: float) -> None:
     conn.execute("INSERT INTO incomplete (instrument, received_at, raw, reason) VALUES (?, ?, ?, ?)",
                  (instrument, received_at, raw, reason))
 
 
+@journal_in_memory
 def schedule_retry(conn: sqlite3.Connection, item_id: int, next_attempt_at: float | None, error: str) -> None:
     """Count a failed attempt; ``next_attempt_at`` None keeps the item's place in line (due order)."""
     conn.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = COALESCE(?, next_attempt_at),"
                  " last_error = ? WHERE id = ? AND state = 'pending'", (next_attempt_at, error, item_id))
 
 
+@journal_in_memory
 def dead_letter(conn: sqlite3.Connection, item_id: int, reason: str, kind: str) -> None:
     conn.execute("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, dead_kind = ?"
                  " WHERE id = ?", (reason, kind, item_id))

@@ -65,6 +65,29 @@ READ = "read"  # after the COMMIT, outside the transaction: sees every write of 
 # commit with synchronous=NORMAL is in the operating system's hands at once (a crash of labbridge loses
 # nothing) and on disk with the next fsync, which the next durable commit or checkpoint does anyway.
 
+# Where SQLite keeps a request's statement journal (the pages its SAVEPOINT may have to restore). SQLite keeps
+# it in memory up to 64 KiB, then spills it to a temporary file, created and deleted in every transaction;
+# one chem20 message's commit modifies ~20 pages (80 KiB), so every group paid for a temporary file (strace:
+# an open, close, unlink, stat and access and six writes more per commit) and its outbox INSERT, the statement
+# that crossed the 64 KiB, took ~80 µs instead of ~15 (docs/performance.md, issue 15 sprint 3). A function
+# marked with :func:`journal_in_memory` modifies a bounded number of pages (one message, one batch of marks):
+# a group of only such writes keeps the journal in memory (PRAGMA temp_store=MEMORY); any other group, which
+# may modify an unbounded number (a prune, an operator's purge), keeps the temporary file, so the writer's
+# memory stays bounded.
+_IN_MEMORY = "_labbridge_journal_in_memory"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def journal_in_memory(fn: F) -> F:
+    """Mark a write function whose statement journal stays small (see ``_IN_MEMORY``'s comment)."""
+    setattr(fn, _IN_MEMORY, True)
+    return fn
+
+
+def journals_in_memory(fn: Callable[..., Any]) -> bool:
+    return bool(getattr(fn, _IN_MEMORY, False))
+
+
 Request = tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]  # kind, function, args, kwargs
 Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
 K = TypeVar("K")  # how the caller of run_group tells its requests apart
@@ -110,6 +133,9 @@ def run_writes(conn: sqlite3.Connection, requests: Sequence[Request],
     error: str | None = None
     durable = any(kind == WRITE for kind, *_ in requests)
     try:
+        # Set between transactions (SQLite refuses it inside one); a no-op when it is already so.
+        in_memory = all(journals_in_memory(fn) for _, fn, _, _ in requests)
+        conn.execute("PRAGMA temp_store=MEMORY" if in_memory else "PRAGMA temp_store=DEFAULT")
         if not durable:
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")

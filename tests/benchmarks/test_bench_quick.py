@@ -78,7 +78,7 @@ def test_the_breakdown_times_each_stage_and_each_process() -> None:
     rows = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
     for stage in ("E1381 frame path, frame by frame", "codec + driver", "results unpickled (writer)",
                   "JSON encoding (writer)", "HL7 ORU^R01 rendering (relay)", "store writer process",
-                  "daemon + writer"):
+                  "daemon + writer", "daemon: user", "store: system (kernel)"):
         row = next((r for r in rows if r.startswith(stage + " ")), None)
         assert row is not None, proc.stdout
         if stage != "store writer process":  # CPU is counted in clock ticks (10 ms): a short run may show 0

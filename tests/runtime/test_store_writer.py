@@ -16,8 +16,10 @@ import pytest
 
 from labbridge.errors import StoreError
 from labbridge.model import Result
+from labbridge.store import sql
 from labbridge.store.db import Store
-from labbridge.store.writer import FrameBuffer, frame
+from labbridge.store.schema import migrate
+from labbridge.store.writer import WRITE, FrameBuffer, connect_writer, frame, journal_in_memory, run_writes
 from tests.conftest import run
 
 
@@ -131,6 +133,59 @@ def test_a_failing_request_rolls_back_alone(tmp_path: Path) -> None:
                 await store.write(_fails)
             assert await store.write(_incomplete_rows) == 0  # its insert was rolled back with it
             assert await _commit(store, "S1") == 1
+
+    run(body())
+
+
+@journal_in_memory
+def _temp_store_marked(conn: sqlite3.Connection) -> object:
+    return _pragma(conn, "temp_store")
+
+
+@journal_in_memory
+def _fails_after_many_pages(conn: sqlite3.Connection) -> None:
+    """Writes ~100 pages (far past the 64 KiB SQLite keeps in memory by default), then fails."""
+    conn.executemany("INSERT INTO incomplete (instrument, received_at, raw, reason) VALUES ('x', 1, ?, 'big')",
+                     [(bytes(4000),) for _ in range(100)])
+    raise ValueError("this request fails after writing")
+
+
+def test_bounded_writes_keep_their_statement_journal_in_memory_and_the_others_a_file(tmp_path: Path) -> None:
+    """A group of only bounded writes (a message's commit, delivered marks) journals in memory; a group with
+    any other write (a prune, a purge: unbounded) keeps SQLite's temporary file, which bounds the writer's
+    memory. temp_store: 2 MEMORY, 0 DEFAULT (a file past 64 KiB)."""
+    conn = connect_writer(str(tmp_path / "s.db"), 1000)
+    migrate(conn, str(tmp_path / "s.db"))
+
+    def group(*fns: object) -> list[object]:
+        outcomes, stats = run_writes(conn, [(WRITE, fn, (), {}) for fn in fns])  # type: ignore[misc]
+        assert stats.committed
+        return [value for ok, value in outcomes if ok]
+
+    assert group(_temp_store_marked) == [2]
+    assert group(_incomplete_rows) == [0]
+    assert group(_temp_store_marked, _incomplete_rows) == [0, 0]
+    assert group(_temp_store_marked, _temp_store_marked) == [2, 2]
+    for fn in (sql.commit_message, sql.mark_delivered, sql.mark_delivered_many, sql.record_incomplete,
+               sql.schedule_retry, sql.dead_letter):
+        assert getattr(fn, "_labbridge_journal_in_memory", False), fn.__name__
+    for fn in (sql.prune, sql.purge, sql.retry_dead, sql.apply_redecode, sql.set_size_limit):
+        assert not getattr(fn, "_labbridge_journal_in_memory", False), fn.__name__
+    conn.close()
+
+
+def test_a_failing_request_rolls_back_alone_from_an_in_memory_journal(tmp_path: Path) -> None:
+    """The SAVEPOINT of a request journalled in memory still undoes its ~100 pages, and only them."""
+
+    async def body() -> None:
+        async with Store(tmp_path / "s.db") as store:
+            await store.record_incomplete(instrument="x", raw=b"kept", reason="before", received_at=1.0)
+            for _ in range(3):
+                with pytest.raises(ValueError, match="fails after writing"):
+                    await store.write(_fails_after_many_pages)
+                assert await store.write(_incomplete_rows) == 1
+            assert await _commit(store, "S1") == 1
+            assert await store.write(_incomplete_rows) == 1
 
     run(body())
 

@@ -56,7 +56,7 @@ Dialects are flags on :class:`LinkProfile` (PROTOCOLS.md "Common vendor deviatio
 from __future__ import annotations
 
 import enum
-import re
+import zlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -173,6 +173,9 @@ class FrameAccepted:
     frame_number: int
 
 
+_FRAME_ACCEPTED = tuple(FrameAccepted(fn) for fn in range(8))  # immutable: one per frame number, shared
+
+
 @dataclass(frozen=True, slots=True)
 class FrameRetransmitted:
     """The peer repeated the last accepted frame (our ACK was lost): ACKed and discarded."""
@@ -279,10 +282,11 @@ _TERMINATORS = (ETX, ETB)
 _WHITESPACE = (CR, LF)
 _RESTARTS = (STX, EOT, ENQ)
 _TERMINATOR_RECORD = (b"L", b"l")
-# A whole, well-formed frame of the standard layout at the start of the buffer: STX, FN, text free of
-# terminators and of the bytes that restart a transfer, ETX or ETB, two hex digits, CR LF. One C-level match
-# in place of the general path's scans; whatever it does not match takes the general path.
-_PLAIN_FRAME = re.compile(rb"\x02[0-7][^\x02\x03\x04\x05\x17]*[\x03\x17]([0-9A-Fa-f]{2})\r\n")
+# The plain-frame path (E1381Link._take_plain_frame) takes a whole, well-formed frame of the standard layout
+# at the start of the buffer: STX, FN, text free of terminators and of the bytes that restart a transfer, ETX
+# or ETB, two hex digits, CR LF; whatever else takes the general path.
+_FRAME_CONTROLS = bytes((STX, ETX, EOT, ENQ, ETB))  # never inside a frame's text
+_adler32 = zlib.adler32
 # The value of each two-digit checksum, either case ("0a" and "0A" alike).
 _HEX_VALUE = {b"%02X" % v: v for v in range(256)} | {b"%02x" % v: v for v in range(256)} | {
     b"%X%x" % (v >> 4, v & 15): v for v in range(256)} | {b"%x%X" % (v >> 4, v & 15): v for v in range(256)}
@@ -616,20 +620,29 @@ class E1381Link(ReceiverQueues[Event]):
         :meth:`_accept_frame`. Both paths give the same ACKs, events and state (tests/protocols).
         """
         buf = self._inbuf
-        m = _PLAIN_FRAME.match(buf)
-        if m is None:
-            return False
-        end = m.end()
-        sum_at = end - 4
-        fn = self._expected_fn
         profile = self.profile
-        if (end > profile.max_frame_bytes or buf[1] - 0x30 != fn or self._refusing is not None
-                or (sum(buf[1:sum_at]) & 0xFF) != _HEX_VALUE[m.group(1)]):
+        # The frame ends at the first CR LF (the checksum's); a CR LF inside the text, or no CR LF within the
+        # profile's frame size, is the general path's to handle.
+        end = buf.find(b"\r\n", 2, profile.max_frame_bytes) + 2
+        if end < 7:  # not found (or shorter than STX FN ETX C1 C2 CR LF)
             return False
         frame = bytes(buf[:end])
+        sum_at = end - 4
+        term = frame[sum_at - 1]
+        fn = self._expected_fn
+        if term not in _TERMINATORS or frame[1] - 0x30 != fn or self._refusing is not None:
+            return False
+        summed = frame[1:sum_at]  # FN, text, ETX/ETB: what the checksum covers
+        # No byte of the text may end or restart a frame (only the terminator goes when those are deleted). The
+        # sum modulo 256: over at most 256 bytes the sum stays below Adler-32's modulus (65521), so Adler-32's
+        # low half, less its initial 1, is that sum (C, not a Python loop); a longer frame is summed in Python.
+        if (len(summed.translate(None, _FRAME_CONTROLS)) != sum_at - 2
+                or (((_adler32(summed) & 0xFFFF) - 1 if sum_at <= 257 else sum(summed)) & 0xFF)
+                != _HEX_VALUE.get(frame[sum_at:sum_at + 2])):
+            return False
         del buf[:end]
         text = frame[2:sum_at - 1]
-        final = frame[sum_at - 1] == ETX
+        final = term == ETX
         if (not final or self._partial or text.find(b"\r") != len(text) - 1 or len(text) < 2
                 or text[0] in _SPECIAL_RECORD_START or text[-2] == LF
                 or len(self._raw) + end > profile.max_message_bytes or len(self._records) >= profile.max_records):
@@ -640,7 +653,7 @@ class E1381Link(ReceiverQueues[Event]):
         self._raw += frame
         self._records.append(text[:-1])
         self._out.append(ACK)
-        self._events.append(FrameAccepted(fn))
+        self._events.append(_FRAME_ACCEPTED[fn])
         self._last_fn = fn
         self._expected_fn = (fn + 1) & 7
         self._deadline = now + profile.receive_timeout
@@ -652,7 +665,7 @@ class E1381Link(ReceiverQueues[Event]):
         self._events.append(FrameRejected(reason))
 
     def _accepted_frame(self) -> None:
-        self._events.append(FrameAccepted(self._expected_fn))
+        self._events.append(_FRAME_ACCEPTED[self._expected_fn])
         self._last_fn = self._expected_fn
         self._expected_fn = (self._expected_fn + 1) % 8
 

@@ -6,11 +6,12 @@ import dataclasses
 import itertools
 import random
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from labbridge.protocols import e1381
-from labbridge.protocols.e1381 import ACK, ENQ, EOT, E1381Link, LinkProfile, Role, build_frames
+from labbridge.protocols.e1381 import ACK, ENQ, EOT, NAK, E1381Link, LinkProfile, Role, build_frames
 
 MESSAGE = (b"H|\\^&|||Sim^1", b"P|1||PAT1", b"O|1|S0001||^^^GLU", b"R|1|^^^GLU|5.4|mmol/L||N||F",
            b"R|2|^^^NA|" + b"1" * 300, b"L|1|N")
@@ -288,6 +289,25 @@ def test_the_plain_frame_path_gives_what_the_general_path_gives(stream: bytes, c
     stream = bytes([ENQ]) + stream
     assert _host_run(stream, chunk, profile, plain=True, accept=accept) == _host_run(
         stream, chunk, profile, plain=False, accept=accept)
+
+
+@pytest.mark.parametrize("covered", [256, 257, 258, 259, 260, 261, 300])
+def test_the_plain_frame_path_checks_the_exact_sum_of_long_frames(covered: int) -> None:
+    """The plain path sums a frame through Adler-32 where that is exact (at most 256 bytes covered: FN, text,
+    ETX); from 260 bytes, most of them 0xFF, the sum passes Adler-32's modulus. A frame whose checksum is the value a
+    wrapped Adler-32 sum would give is NAKed, the right checksum ACKed, at every length around that bound."""
+    text = b"\xff" * (covered - 3) + b"\r"  # an ordinary record (not H or L) of high bytes
+    body = b"2" + text + b"\x03"
+    assert len(body) == covered
+    right = sum(body) & 0xFF
+    wrapped = (sum(body) - 65521) & 0xFF  # Adler-32's low half less 1, were the sum past its modulus
+    assert (sum(body) + 1 >= 65521) == (covered >= 260)  # where Adler-32 alone would be wrong
+    for checksum, answer in ((wrapped, NAK), (right, ACK)):
+        link = E1381Link(Role.HOST)
+        link.receive_data(bytes([ENQ]) + _frame(1, b"H|\\^&\r", 0x03), 0.0)
+        assert link.data_to_send() == bytes([ACK, ACK])
+        link.receive_data(b"\x02" + body + b"%02X" % checksum + b"\r\n", 0.0)
+        assert link.data_to_send() == bytes([answer]), (covered, checksum)
 
 
 def test_the_plain_frame_path_takes_ordinary_record_frames() -> None:

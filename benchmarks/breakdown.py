@@ -55,11 +55,6 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
     frames = e1381.build_frames(msg.records)
     results = driver.decode(msg.records, ctx).results
 
-    pickled = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-    # What the writer encodes each result's stored form with (a tree from before stored_json: its encoder, so
-    # that the script measures an older checkout too, run as a file with PYTHONPATH on it).
-    encode = getattr(sql, "stored_json", None) or sql._compact_json.encode
-    forms = [r.to_json() for r in results]
     created = datetime.now(UTC)
     log = logs.get_logger("labbridge.bench")
 
@@ -69,11 +64,31 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
     timed: dict[str, Callable[[], object]] = {
         "E1381 frame path, frame by frame": lambda: feed_frame_by_frame(frames),
         "codec + driver": lambda: driver.decode(msg.records, ctx),
-        "results pickled (daemon)": lambda: pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL),
-        "results unpickled (writer)": lambda: pickle.loads(pickled),
-        "to_json (writer)": lambda: [r.to_json() for r in results],
-        "JSON encoding (writer)": lambda: [encode(f) for f in forms],
-        "content keys (writer)": lambda: [r.idempotency_key() for r in results],
+    }
+    stored_result = getattr(sql, "stored_result", None)
+    if stored_result is not None:
+        # From issue 15 sprint 3 the daemon makes each result's stored form (its JSON and content key) and the
+        # writer gets those strings.
+        rows = [stored_result(r) for r in results]
+        pickled = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        timed |= {
+            "stored forms: to_json, JSON, keys (daemon)": lambda: [stored_result(r) for r in results],
+            "results pickled (daemon)": lambda: pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL),
+            "results unpickled (writer)": lambda: pickle.loads(pickled),
+            "stored JSON with its message ID (writer)": lambda: [sql.stored_data(1, row) for row in rows],
+        }
+    else:  # an older checkout (run as a file with PYTHONPATH on it): Result objects to the writer
+        pickled = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+        encode = getattr(sql, "stored_json", None) or sql._compact_json.encode
+        forms = [r.to_json() for r in results]
+        timed |= {
+            "results pickled (daemon)": lambda: pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL),
+            "results unpickled (writer)": lambda: pickle.loads(pickled),
+            "to_json (writer)": lambda: [r.to_json() for r in results],
+            "JSON encoding (writer)": lambda: [encode(f) for f in forms],
+            "content keys (writer)": lambda: [r.idempotency_key() for r in results],
+        }
+    timed |= {
         "HL7 ORU^R01 rendering (relay)": lambda: build_oru_r01(
             results, control_id="LB000000000000000001", created_at=created, sender=Party("LABBRIDGE"),
             receiver=Party("LIS")),

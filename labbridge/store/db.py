@@ -419,10 +419,12 @@ class Store:
         if error is not None:
             dead.insert(0, Held(DEAD_UNDECODABLE, f"no driver could decode this message: {error}"))
 
+        stored = sql.stored_result  # made here: the writer gets strings, not Result objects to rebuild
         return await self.write(sql.commit_message, instrument=instrument, protocol=protocol, raw=raw,
-                                 received_at=received_at, results=results, destinations=destinations, error=error,
-                                 sender_id=sender_id, dead=dead, backlog_after_s=backlog_after_s,
-                                 held_results=held_results, hold_reason=hold_reason)
+                                 received_at=received_at, results=[stored(r) for r in results],
+                                 destinations=destinations, error=error, sender_id=sender_id, dead=dead,
+                                 backlog_after_s=backlog_after_s, held_results=[stored(r) for r in held_results],
+                                 hold_reason=hold_reason)
 
     async def record_incomplete(self, *, instrument: str, raw: bytes, reason: str, received_at: float) -> None:
         await self.write(sql.record_incomplete, instrument, raw, reason, received_at)

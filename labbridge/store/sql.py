@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -53,9 +53,13 @@ def _epoch(iso: str | None) -> float | None:
 
 def is_backlog(results: Sequence[Result], received_at: float, threshold_s: float | None) -> bool:
     """Every result was measured more than ``threshold_s`` before it reached us (an analyzer's resent backlog)."""
-    if threshold_s is None or not results:
+    return _measured_before([r.measured_at for r in results], received_at, threshold_s)
+
+
+def _measured_before(measured_at: Sequence[str | None], received_at: float, threshold_s: float | None) -> bool:
+    if threshold_s is None or not measured_at:
         return False
-    times = [_epoch(r.measured_at) for r in results]
+    times = [_epoch(at) for at in measured_at]
     return all(t is not None and received_at - t > threshold_s for t in times)
 
 
@@ -67,21 +71,41 @@ def _group_key(result_keys: list[str]) -> str:
     return hashlib.sha256("".join(sorted(result_keys)).encode()).hexdigest()
 
 
-def _group_by_sample(results: Sequence[tuple[int, Result]]) -> dict[str, list[tuple[int, Result]]]:
-    groups: dict[str, list[tuple[int, Result]]] = {}
-    for row in results:
-        groups.setdefault(row[1].sample_id, []).append(row)
+# A result as the writer stores and queues it: (sample ID, content key, its JSON without "message_id", kind,
+# measured at). Made on the daemon's side (labbridge.store.db.Store.commit_message) from each Result, so the
+# writer process unpickles strings in plain tuples rather than rebuilding Result objects, which cost it ~27 %
+# of its instructions per message (docs/performance.md, issue 15 sprint 3). Plain tuples, not a NamedTuple:
+# they pickle and unpickle without a Python call each.
+StoredResult = tuple[str, str, str, str, str | None]
+SAMPLE: Final = 0
+KEY: Final = 1
+DATA: Final = 2
+KIND: Final = 3
+MEASURED_AT: Final = 4
+Row = tuple[int, StoredResult]  # results.id and the result
+
+
+def stored_result(result: Result) -> StoredResult:
+    """A result's stored form. ``results.data`` is compact JSON (:func:`stored_data`) written by orjson: ~10x
+    the standard library's encoder on these dicts. The same JSON as ``json.dumps(result.to_json())``, but
+    characters beyond ASCII are written as UTF-8 rather than ``\\u`` escapes, a ``numeric_value`` that is not
+    finite (a value of "NaN") as null, and ``message_id`` first: read back, a result is the same."""
+    data = result.to_json()
+    del data["message_id"]
+    return (result.sample_id, result.idempotency_key(), orjson.dumps(data).decode("utf-8"), result.kind,
+            result.measured_at)
+
+
+def stored_data(message_id: int, result: StoredResult) -> str:
+    """``results.data`` of a stored result: its JSON with the ``message_id`` it was stored under, first."""
+    return f'{{"message_id":{message_id},{result[DATA][1:]}'
+
+
+def _group_by_sample(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(row[1][SAMPLE], []).append(row)
     return groups
-
-
-
-
-def stored_json(data: dict[str, Any]) -> str:
-    """A result's stored form (``results.data``) as compact JSON text. orjson: ~10x the standard library's
-    encoder on these dicts, which was the store writer's largest cost per message (docs/performance.md, issue 15
-    sprint 2). The same JSON, but characters beyond ASCII are written as UTF-8 rather than ``\\u`` escapes, and a
-    ``numeric_value`` that is not finite (a value of "NaN") as null: read back, a result is the same."""
-    return orjson.dumps(data).decode("utf-8")
 
 
 
@@ -98,52 +122,39 @@ def _insert_results_sql(rows: int) -> str:
     return _INSERT_RESULT + ",".join(["(?, ?, ?, ?, ?, ?)"] * rows) + " RETURNING id, key"
 
 
-def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[Result],
-                    received_at: float, *, keys: dict[int, str] | None = None) -> tuple[list[tuple[int, Result]], int]:
+def _insert_results(conn: sqlite3.Connection, message_id: int, instrument: str, results: Sequence[StoredResult],
+                    received_at: float) -> tuple[list[Row], int]:
     """Insert results not yet stored for this instrument; returns the new ones (with ids) and the duplicates.
 
     A result whose content key is already stored for this instrument (or repeated within ``results``) is
-    a duplicate. ``keys``, if given, gets each new row's content key (row id -> key), so that queueing
-    does not hash the results again. The returned results are the caller's (``message_id`` not filled in).
+    a duplicate. The returned results are the caller's objects, in its order.
     """
-    new: list[tuple[int, Result]] = []
+    new: list[Row] = []
     duplicates = 0
-    dumps = stored_json
     if not _MULTI_ROW_INSERT:
         for result in results:
-            data = result.to_json()
-            data["message_id"] = message_id
-            key = result.idempotency_key()
-            cur = conn.execute(_INSERT_RESULT + "(?, ?, ?, ?, ?, ?)", (message_id, instrument, result.sample_id, key,
-                                                                        received_at, dumps(data)))
+            cur = conn.execute(_INSERT_RESULT + "(?, ?, ?, ?, ?, ?)", (
+                message_id, instrument, result[SAMPLE], result[KEY], received_at, stored_data(message_id, result)))
             rowid = cur.lastrowid
             if cur.rowcount == 1 and rowid is not None:
                 new.append((rowid, result))
-                if keys is not None:
-                    keys[rowid] = key
             else:
                 duplicates += 1
         return new, duplicates
     for start in range(0, len(results), _ROWS_PER_INSERT):
         chunk = results[start:start + _ROWS_PER_INSERT]
         params: list[object] = []
-        chunk_keys: list[str] = []
         for result in chunk:
-            data = result.to_json()
-            data["message_id"] = message_id
-            key = result.idempotency_key()
-            params += (message_id, instrument, result.sample_id, key, received_at, dumps(data))
-            chunk_keys.append(key)
+            params += (message_id, instrument, result[SAMPLE], result[KEY], received_at,
+                       stored_data(message_id, result))
         # RETURNING lists the rows actually inserted (not the ignored ones), in no set order: by key.
         inserted = {key: rowid for rowid, key in conn.execute(_insert_results_sql(len(chunk)), params).fetchall()}
-        for result, key in zip(chunk, chunk_keys, strict=True):
-            rowid = inserted.pop(key, None)  # popped: the same key twice in one message is one new row
+        for result in chunk:
+            rowid = inserted.pop(result[KEY], None)  # popped: the same key twice in one message is one new row
             if rowid is None:
                 duplicates += 1
                 continue
             new.append((rowid, result))
-            if keys is not None:
-                keys[rowid] = key
     return new, duplicates
 
 
@@ -152,22 +163,17 @@ Live = dict[int, tuple[str, str, list[int]]]
 
 
 def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int, instrument: str,
-                  rows: Sequence[tuple[int, Result]], received_at: float,
-                  backlog_after_s: float | None, hold: Held | None = None,
-                  keys: dict[int, str] | None = None, live: Live | None = None) -> list[int]:
+                  rows: Sequence[Row], received_at: float, backlog_after_s: float | None,
+                  hold: Held | None = None, live: Live | None = None) -> list[int]:
     """One outbox item per sample; the same group of results (same key) is never queued twice.
 
     With ``hold``, the items start in the dead letters with its kind and reason (released by a retry).
-    ``keys``: the rows' content keys as :func:`_insert_results` collected them (else they are computed).
     ``live``, if given, gets each item queued pending that is not backlog (see :class:`Live`).
     """
     ids: list[int] = []
     for group in _group_by_sample(rows).values():
-        if keys is not None:
-            group_key = _group_key([keys[rid] for rid, _ in group])
-        else:
-            group_key = group_key_for([r for _, r in group])
-        backlog = is_backlog([r for _, r in group], received_at, backlog_after_s)
+        group_key = _group_key([r[KEY] for _, r in group])
+        backlog = _measured_before([r[MEASURED_AT] for _, r in group], received_at, backlog_after_s)
         result_ids = [rid for rid, _ in group]
         cur = conn.execute(
             "INSERT OR IGNORE INTO outbox (destination, key, control_id, message_id, instrument,"
@@ -187,18 +193,18 @@ def _queue_groups(conn: sqlite3.Connection, destination: str, *, message_id: int
     return ids
 
 
-Rows = Sequence[tuple[int, Result]]
+Rows = Sequence[Row]
 
 
-def _routed(route: Route, rows: Rows) -> tuple[list[tuple[int, Result]], list[tuple[int, Result]]]:
+def _routed(route: Route, rows: Rows) -> tuple[list[Row], list[Row]]:
     """The rows one destination takes: (to queue, QC to queue held). QC is held, sent marked or not
     queued per ``route.qc``; a QC-only destination takes no patient result."""
-    if route.results == "all" and not any(r.kind == "qc" for _, r in rows):
+    if route.results == "all" and not any(r[KIND] == "qc" for _, r in rows):
         return list(rows), []  # the usual case: every row, no second pass
-    send: list[tuple[int, Result]] = []
-    hold: list[tuple[int, Result]] = []
+    send: list[Row] = []
+    hold: list[Row] = []
     for row in rows:
-        if row[1].kind == "qc":
+        if row[1][KIND] == "qc":
             if route.qc != "drop":
                 (hold if route.qc == "hold" else send).append(row)
         elif route.results != "qc":
@@ -208,22 +214,22 @@ def _routed(route: Route, rows: Rows) -> tuple[list[tuple[int, Result]], list[tu
 
 def _queue_routed(conn: sqlite3.Connection, route: Route, *, message_id: int, instrument: str, rows: Rows,
                   received_at: float, backlog_after_s: float | None, held_rows: Rows = (), hold_reason: str = "",
-                  keys: dict[int, str] | None = None, live: Live | None = None) -> list[int]:
+                  live: Live | None = None) -> list[int]:
     """Queue a message's rows for one destination as its route says; ``held_rows`` (held by the instrument's
     mapping) start held whatever the route (QC among them still only where the route takes QC). Returns the
     ids of the items queued pending."""
     send, hold_qc = _routed(route, rows)
     ids = _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument, rows=send,
-                        received_at=received_at, backlog_after_s=backlog_after_s, keys=keys, live=live)
+                        received_at=received_at, backlog_after_s=backlog_after_s, live=live)
     if hold_qc:
         _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument, rows=hold_qc,
-                      received_at=received_at, backlog_after_s=backlog_after_s, keys=keys,
+                      received_at=received_at, backlog_after_s=backlog_after_s,
                       hold=Held(DEAD_HELD, QC_HOLD_REASON.format(destination=route.destination)))
     if held_rows:
         mapped_send, mapped_qc = _routed(route, held_rows)
         _queue_groups(conn, route.destination, message_id=message_id, instrument=instrument,
                       rows=[*mapped_send, *mapped_qc], received_at=received_at, backlog_after_s=backlog_after_s,
-                      hold=Held(DEAD_HELD, hold_reason or "held by configuration"), keys=keys)
+                      hold=Held(DEAD_HELD, hold_reason or "held by configuration"))
     return ids
 
 
@@ -244,9 +250,10 @@ def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, targ
 
 @journal_in_memory
 def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
-                    results: Sequence[Result], destinations: Sequence[str | Route], error: str | None,
+                    results: Sequence[StoredResult], destinations: Sequence[str | Route], error: str | None,
                     sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
-                    held_results: Sequence[Result], hold_reason: str) -> StoredMessage:
+                    held_results: Sequence[StoredResult], hold_reason: str) -> StoredMessage:
+    """Store one message and its results (:func:`stored_result`), queue them (see Store.commit_message)."""
     if sender_id is not None:
         row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
                            " AND digest = ?", (instrument, *sender_id)).fetchone()
@@ -258,12 +265,10 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
         "VALUES (?, ?, ?, ?, ?, ?)", (instrument, protocol, received_at, raw, status, error))
     message_id = cur.lastrowid
     assert message_id is not None
-    keys: dict[int, str] = {}
-    new, duplicates = _insert_results(conn, message_id, instrument, results, received_at, keys=keys)
-    new_held: Sequence[tuple[int, Result]] = ()
+    new, duplicates = _insert_results(conn, message_id, instrument, results, received_at)
+    new_held: Sequence[Row] = ()
     if held_results:
-        new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at,
-                                                    keys=keys)
+        new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at)
         duplicates += held_duplicates
     conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
                  (len(new) + len(new_held), duplicates, message_id))
@@ -276,7 +281,7 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
         route = Route.of(destination)
         outbox_ids += _queue_routed(conn, route, message_id=message_id, instrument=instrument, rows=new,
                                     received_at=received_at, backlog_after_s=backlog_after_s, held_rows=new_held,
-                                    hold_reason=hold_reason, keys=keys, live=live)
+                                    hold_reason=hold_reason, live=live)
         for entry in dead:
             _insert_dead(conn, route.destination, message_id=message_id, instrument=instrument, entry=entry,
                          at=received_at)
@@ -378,17 +383,18 @@ def apply_redecode(conn: sqlite3.Connection, item_id: int, *, results: Sequence[
     destination, message_id, instrument, state, kind, last_error, created_at = row
     if state != "dead" or kind not in REDECODE_KINDS:
         return {"id": item_id, "outcome": f"not-a-redecode-dead-letter ({state}, {kind})"}
-    def not_yet_queued(batch: Sequence[Result]) -> list[tuple[int, Result]]:
-        _insert_results(conn, message_id, instrument, batch, created_at)
-        rows: list[tuple[int, Result]] = []
-        for result in batch:
+    def not_yet_queued(batch: Sequence[Result]) -> list[Row]:
+        stored = [stored_result(result) for result in batch]
+        _insert_results(conn, message_id, instrument, stored, created_at)
+        rows: list[Row] = []
+        for result in stored:
             rid, data = conn.execute("SELECT id, data FROM results WHERE instrument = ? AND sample = ? AND key = ?",
-                                     (instrument, result.sample_id, result.idempotency_key())).fetchone()
+                                     (instrument, result[SAMPLE], result[KEY])).fetchone()
             already = conn.execute(
                 "SELECT 1 FROM outbox o, json_each(o.result_ids) j WHERE o.destination = ?"
                 " AND o.instrument = ? AND j.value = ? LIMIT 1", (destination, instrument, rid)).fetchone()
-            if already is None:
-                rows.append((rid, Result.from_json(json.loads(data))))
+            if already is None:  # queued as stored (an earlier message's copy of it, say)
+                rows.append((rid, stored_result(Result.from_json(json.loads(data)))))
         return rows
 
     if route is None or route.destination != destination:

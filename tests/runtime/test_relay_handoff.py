@@ -50,13 +50,17 @@ async def _commit(store: Store, sample: str, value: str) -> list[OutboxItem]:
 
 
 def _count_reads(store: Store) -> list[int]:
-    """Count the relay's reads of the outbox (each call of ``due_items_above``)."""
+    """Count the relay's reads of the outbox (each ``due_items_above`` once it returned: a test that waits for
+    the first read then commits must not commit while that read is under way, or the read may see the item
+    not yet due, and the relay rightly reads again)."""
     reads: list[int] = []
     real = store.due_items_above
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
-        reads.append(1)
-        return await real(*args, **kwargs)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            reads.append(1)
 
     store.due_items_above = counted  # type: ignore[method-assign]
     return reads

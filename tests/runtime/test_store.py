@@ -325,9 +325,9 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
     try:
         def commit(raw: bytes, received_at: float, results: list[Result]) -> StoredMessage:
             return store_sql.commit_message(
-                conn, instrument="chem-1", protocol="astm", raw=raw, received_at=received_at, results=results,
-                destinations=["lis"], error=None, sender_id=None, dead=[], backlog_after_s=None, held_results=(),
-                hold_reason="")
+                conn, instrument="chem-1", protocol="astm", raw=raw, received_at=received_at,
+                results=[store_sql.stored_result(r) for r in results], destinations=["lis"], error=None,
+                sender_id=None, dead=[], backlog_after_s=None, held_results=(), hold_reason="")
 
         commit(b"first", 1.0, [result("S0", "T0", "0")])
         many = [result(f"S{i % 5}", f"T{i}", str(i)) for i in range(250)]

@@ -105,6 +105,10 @@ class _Snapshot(Collector):
                                   value=store.checkpoints)
         yield CounterMetricFamily("labbridge_store_checkpoint_seconds", "Time spent in background checkpoints",
                                   value=store.checkpoint_seconds)
+        yield CounterMetricFamily("labbridge_store_wal_restarts",
+                                  "Writer checkpoints after a background one (each lets the WAL start again from its "
+                                  "beginning: a WAL that never does grows and slows commits)",
+                                  value=store.wal_restarts_asked)
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, n in zip(GROUP_SIZE_BUCKETS, store.group_sizes, strict=True):

@@ -28,6 +28,7 @@ DEAD_HELD = "held"
 REDECODE_KINDS = frozenset({DEAD_UNDECODABLE, DEAD_UNMAPPED, DEAD_UNKNOWN_SENDER})
 
 
+@positional_pickle  # sent to the store's writer with every message
 @dataclass(frozen=True, slots=True)
 class Route:
     """Which results one LIS destination takes (issue 20, part 2), decided when they are stored.
@@ -102,6 +103,7 @@ def handed_off(stored: StoredMessage, *, instrument: str, received_at: float,
                        tuple([results[i] for i in q.results]), False, q.test) for q in stored.queued]
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class Held:
     """Part of a message kept out of the LIS for a person to fix: one dead letter per destination."""

@@ -57,7 +57,8 @@ def test_results_and_outbox_items_pickle_field_for_field() -> None:
     them default, comes back, so a field added to the dataclass can never be dropped on the way."""
     import pickle
 
-    from labbridge.outbox import OutboxItem, StoredMessage
+    from labbridge.outbox import Held, OutboxItem, Queued, Route, StoredMessage
+    from labbridge.store.writer import BatchStats
 
     result = Result(instrument="an1", sample_id="S1", test_code="GLU", instrument_test_code="1", value="5.2",
                     units="mmol/L", reference_range="3.9-5.8", flags=("H", "A"), status="correction",
@@ -66,7 +67,10 @@ def test_results_and_outbox_items_pickle_field_for_field() -> None:
                     equipment_id="M1", patient=Patient(name=("DOE",), comments=("p",)))
     item = OutboxItem(id=7, destination="lis", control_id="LBX", instrument="an1", message_id=42, attempts=3,
                       created_at=12.5, results=(result,), backlog=True)
-    stored = StoredMessage(message_id=42, new_results=1, duplicate_results=2, outbox_ids=(7, 8), duplicate=True)
-    for value in (result, item, stored, result.patient):
+    stored = StoredMessage(message_id=42, new_results=1, duplicate_results=2, outbox_ids=(7, 8), duplicate=True,
+                           queued=(Queued(7, "lis", "LBX", (0, 1), True),))
+    others = (Route("lis", qc="send-marked", results="qc"), Held("unmapped", "GLU2 is not mapped"),
+              BatchStats(True, 0.25, "disk full", 3))
+    for value in (result, item, stored, result.patient, *stored.queued, *others):
         assert pickle.loads(pickle.dumps(value, protocol=5)) == value
         assert type(value).__reduce__ is not object.__reduce__  # the fast path, not dataclasses' default

@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from labbridge.errors import StoreError
+from labbridge.model import positional_pickle
 from labbridge.store.failure import store_error
 
 MAX_MESSAGE = 1 << 30  # one request's or answer's pickle: far above any real one, a guard against corruption
 GROUP_COMMIT_MAX = 512  # requests folded into one group at most
 
 
+@positional_pickle  # sent back with every group's answer
 @dataclass(frozen=True, slots=True)
 class BatchStats:
     """What one group did, for the store's counters (a group of reads only commits nothing)."""

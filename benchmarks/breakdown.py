@@ -29,7 +29,7 @@ from benchmarks import procs
 from benchmarks.bench_parse import feed_frame_by_frame
 from benchmarks.common import one_message
 from benchmarks.loadclient import run_load
-from labbridge import aio, logs
+from labbridge import aio, logs, model
 from labbridge.driver import AstmDriver, DecodeContext, load_driver
 from labbridge.protocols import e1381
 from labbridge.protocols.hl7 import Party, build_oru_r01
@@ -65,16 +65,19 @@ def stages(loops: int, runs: int, panel: str = "chem20") -> dict[str, float]:
         "E1381 frame path, frame by frame": lambda: feed_frame_by_frame(frames),
         "codec + driver": lambda: driver.decode(msg.records, ctx),
     }
-    stored_result = getattr(sql, "stored_result", None)
-    if stored_result is not None:
-        # From issue 15 sprint 3 the daemon makes each result's stored form (its JSON and content key) and the
-        # writer gets those strings.
-        rows = [stored_result(r) for r in results]
-        pickled = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    result_values = getattr(model, "result_values", None)
+    if result_values is not None:
+        # From issue 15 sprint 3 each result crosses to the writer as its values (a plain tuple), from which the
+        # writer makes its stored form (JSON and content key).
+        values = [result_values(r) for r in results]
+        rows = [sql.stored_result(model.ResultValues._make(v)) for v in values]
+        pickled = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
         timed |= {
-            "stored forms: to_json, JSON, keys (daemon)": lambda: [stored_result(r) for r in results],
-            "results pickled (daemon)": lambda: pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL),
+            "results as values (daemon)": lambda: [result_values(r) for r in results],
+            "results pickled (daemon)": lambda: pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL),
             "results unpickled (writer)": lambda: pickle.loads(pickled),
+            "stored forms: to_json, JSON, keys (writer)": lambda: [
+                sql.stored_result(model.ResultValues._make(v)) for v in values],
             "stored JSON with its message ID (writer)": lambda: [sql.stored_data(1, row) for row in rows],
         }
     else:  # an older checkout (run as a file with PYTHONPATH on it): Result objects to the writer

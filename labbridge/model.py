@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 ResultStatus = Literal["final", "preliminary", "correction", "cancelled"]
 ResultKind = Literal["patient", "qc"]
@@ -105,10 +105,7 @@ class Result:
 
     @property
     def numeric_value(self) -> float | None:
-        try:
-            return float(self.value)
-        except ValueError:
-            return None
+        return _numeric(self.value)
 
     def idempotency_key(self) -> str:
         """Content-derived key: the same result sent again gets the same key.
@@ -116,34 +113,10 @@ class Result:
         Built from instrument, sample, test, result time and value (DESIGN §1, relay). The message it
         arrived in is deliberately not part of it.
         """
-        parts = (self.instrument, self.sample_id, self.instrument_test_code, self.measured_at or "",
-                 self.value, self.status)
-        return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+        return result_key(self)
 
     def to_json(self) -> dict[str, Any]:
-        # Built field by field: dataclasses.asdict deep-copies through generic recursion, and this runs
-        # for every result stored (the store writer's hot path). Same keys, same order as asdict.
-        # The issue-20 fields only when sent: a result without them is stored (and replayed) as before.
-        data: dict[str, Any] = {"instrument": self.instrument, "sample_id": self.sample_id, "test_code": self.test_code,
-                "instrument_test_code": self.instrument_test_code, "value": self.value, "units": self.units,
-                "reference_range": self.reference_range, "flags": list(self.flags), "status": self.status,
-                "measured_at": self.measured_at, "kind": self.kind, "patient_id": self.patient_id,
-                "message_id": self.message_id, "numeric_value": self.numeric_value}
-        if self.test_name:
-            data["test_name"] = self.test_name
-        if self.comments:
-            data["comments"] = list(self.comments)
-        if self.order_comments:
-            data["order_comments"] = list(self.order_comments)
-        if self.dilution:
-            data["dilution"] = self.dilution
-        if self.operator:
-            data["operator"] = self.operator
-        if self.equipment_id:
-            data["equipment_id"] = self.equipment_id
-        if self.patient is not None:
-            data["patient"] = self.patient.to_json()
-        return data
+        return result_json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:
@@ -157,6 +130,85 @@ class Result:
         if patient is not None:
             fields["patient"] = Patient.from_json(patient)
         return cls(**fields)
+
+
+class ResultValues(NamedTuple):
+    """A :class:`Result`'s fields as a tuple, in the same order (:func:`result_values` makes the plain tuple).
+
+    The store's writer process gets each result this way: plain tuples pickle and unpickle without a Python call,
+    where rebuilding a frozen 20-field Result cost the writer ~27 % of its instructions per message
+    (docs/performance.md, issue 15 sprint 3). :func:`result_json` and :func:`result_key` read either.
+    ``tests/test_model.py`` checks that the fields are Result's.
+    """
+
+    instrument: str
+    sample_id: str
+    test_code: str
+    instrument_test_code: str
+    value: str
+    units: str
+    reference_range: str
+    flags: tuple[str, ...]
+    status: ResultStatus
+    measured_at: str | None
+    kind: ResultKind
+    patient_id: str
+    message_id: int | None
+    test_name: str
+    comments: tuple[str, ...]
+    order_comments: tuple[str, ...]
+    dilution: str
+    operator: str
+    equipment_id: str
+    patient: Patient | None
+
+    @property
+    def numeric_value(self) -> float | None:
+        return _numeric(self.value)
+
+
+result_values: Callable[[Result], tuple[Any, ...]] = operator.attrgetter(*ResultValues._fields)
+"""A result's field values as a plain tuple (``ResultValues._make`` of it is its ResultValues)."""
+
+
+def _numeric(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def result_key(r: Result | ResultValues) -> str:
+    """:meth:`Result.idempotency_key`, of a Result or its values."""
+    parts = (r.instrument, r.sample_id, r.instrument_test_code, r.measured_at or "", r.value, r.status)
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+
+
+def result_json(r: Result | ResultValues) -> dict[str, Any]:
+    """:meth:`Result.to_json`, of a Result or its values."""
+    # Built field by field: dataclasses.asdict deep-copies through generic recursion, and this runs
+    # for every result stored (the store writer's hot path). Same keys, same order as asdict.
+    # The issue-20 fields only when sent: a result without them is stored (and replayed) as before.
+    data: dict[str, Any] = {"instrument": r.instrument, "sample_id": r.sample_id, "test_code": r.test_code,
+                            "instrument_test_code": r.instrument_test_code, "value": r.value, "units": r.units,
+                            "reference_range": r.reference_range, "flags": list(r.flags), "status": r.status,
+                            "measured_at": r.measured_at, "kind": r.kind, "patient_id": r.patient_id,
+                            "message_id": r.message_id, "numeric_value": r.numeric_value}
+    if r.test_name:
+        data["test_name"] = r.test_name
+    if r.comments:
+        data["comments"] = list(r.comments)
+    if r.order_comments:
+        data["order_comments"] = list(r.order_comments)
+    if r.dilution:
+        data["dilution"] = r.dilution
+    if r.operator:
+        data["operator"] = r.operator
+    if r.equipment_id:
+        data["equipment_id"] = r.equipment_id
+    if r.patient is not None:
+        data["patient"] = r.patient.to_json()
+    return data
 
 
 def order_comments(results: Sequence[Result]) -> tuple[str, ...]:

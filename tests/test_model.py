@@ -74,3 +74,26 @@ def test_results_and_outbox_items_pickle_field_for_field() -> None:
     for value in (result, item, stored, result.patient, *stored.queued, *others):
         assert pickle.loads(pickle.dumps(value, protocol=5)) == value
         assert type(value).__reduce__ is not object.__reduce__  # the fast path, not dataclasses' default
+
+
+def test_a_results_values_make_the_same_json_and_key_as_the_result() -> None:
+    """The store's writer gets each result as its values (ResultValues): the same fields, in the same order, and
+    the same stored JSON and content key as the Result itself gives."""
+    import dataclasses
+    import pickle
+
+    from labbridge.model import ResultValues, result_json, result_key, result_values
+
+    assert ResultValues._fields == tuple(f.name for f in dataclasses.fields(Result))
+    full = Result(instrument="an1", sample_id="S1", test_code="GLU", instrument_test_code="1", value="5.2",
+                  units="mmol/L", reference_range="3.9-5.8", flags=("H",), status="correction",
+                  measured_at="2026-11-23T10:00:00+01:00", kind="qc", patient_id="P9", message_id=42,
+                  test_name="Glucose", comments=("c",), order_comments=("o",), dilution="1:2", operator="op",
+                  equipment_id="M1", patient=Patient(name=("DOE",), comments=("p",)))
+    bare = Result(instrument="an1", sample_id="S2", test_code="K", instrument_test_code="K", value="<0.1")
+    for result in (full, bare):
+        values = pickle.loads(pickle.dumps(result_values(result), protocol=5))
+        assert type(values) is tuple
+        as_values = ResultValues._make(values)
+        assert result_json(as_values) == result.to_json() and result_key(as_values) == result.idempotency_key()
+        assert Result(*as_values) == result

@@ -54,7 +54,7 @@ from typing import Any, TypeVar, cast
 
 from labbridge.errors import StoreError
 from labbridge.logs import get_logger
-from labbridge.model import Result
+from labbridge.model import Result, result_values
 from labbridge.outbox import (
     DEAD_LIS_REJECTED,
     DEAD_UNDECODABLE,
@@ -419,11 +419,11 @@ class Store:
         if error is not None:
             dead.insert(0, Held(DEAD_UNDECODABLE, f"no driver could decode this message: {error}"))
 
-        stored = sql.stored_result  # made here: the writer gets strings, not Result objects to rebuild
+        # Each result as its values, a plain tuple: the writer process unpickles it without rebuilding a Result.
         return await self.write(sql.commit_message, instrument=instrument, protocol=protocol, raw=raw,
-                                 received_at=received_at, results=[stored(r) for r in results],
+                                 received_at=received_at, results=[result_values(r) for r in results],
                                  destinations=destinations, error=error, sender_id=sender_id, dead=dead,
-                                 backlog_after_s=backlog_after_s, held_results=[stored(r) for r in held_results],
+                                 backlog_after_s=backlog_after_s, held_results=[result_values(r) for r in held_results],
                                  hold_reason=hold_reason)
 
     async def record_incomplete(self, *, instrument: str, raw: bytes, reason: str, received_at: float) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from labbridge.model import Result
+from labbridge.model import Result, ResultValues, result_json, result_key
 from labbridge.outbox import (
     DEAD_HELD,
     DEAD_UNDECODABLE,
@@ -72,10 +72,8 @@ def _group_key(result_keys: list[str]) -> str:
 
 
 # A result as the writer stores and queues it: (sample ID, content key, its JSON without "message_id", kind,
-# measured at). Made on the daemon's side (labbridge.store.db.Store.commit_message) from each Result, so the
-# writer process unpickles strings in plain tuples rather than rebuilding Result objects, which cost it ~27 %
-# of its instructions per message (docs/performance.md, issue 15 sprint 3). Plain tuples, not a NamedTuple:
-# they pickle and unpickle without a Python call each.
+# measured at), made once (stored_result) from each result's values (labbridge.model.ResultValues), which is
+# how the writer gets them (Store.commit_message).
 StoredResult = tuple[str, str, str, str, str | None]
 SAMPLE: Final = 0
 KEY: Final = 1
@@ -85,14 +83,14 @@ MEASURED_AT: Final = 4
 Row = tuple[int, StoredResult]  # results.id and the result
 
 
-def stored_result(result: Result) -> StoredResult:
+def stored_result(result: Result | ResultValues) -> StoredResult:
     """A result's stored form. ``results.data`` is compact JSON (:func:`stored_data`) written by orjson: ~10x
     the standard library's encoder on these dicts. The same JSON as ``json.dumps(result.to_json())``, but
     characters beyond ASCII are written as UTF-8 rather than ``\\u`` escapes, a ``numeric_value`` that is not
     finite (a value of "NaN") as null, and ``message_id`` first: read back, a result is the same."""
-    data = result.to_json()
+    data = result_json(result)
     del data["message_id"]
-    return (result.sample_id, result.idempotency_key(), orjson.dumps(data).decode("utf-8"), result.kind,
+    return (result.sample_id, result_key(result), orjson.dumps(data).decode("utf-8"), result.kind,
             result.measured_at)
 
 
@@ -250,10 +248,22 @@ def _audit(conn: sqlite3.Connection, *, at: float, actor: str, action: str, targ
 
 @journal_in_memory
 def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
-                    results: Sequence[StoredResult], destinations: Sequence[str | Route], error: str | None,
+                    results: Sequence[tuple[Any, ...]], destinations: Sequence[str | Route], error: str | None,
                     sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
-                    held_results: Sequence[StoredResult], hold_reason: str) -> StoredMessage:
-    """Store one message and its results (:func:`stored_result`), queue them (see Store.commit_message)."""
+                    held_results: Sequence[tuple[Any, ...]], hold_reason: str) -> StoredMessage:
+    """Store one message and its results, queue them (see Store.commit_message). Each result comes as its
+    values (:func:`labbridge.model.result_values`)."""
+    make = ResultValues._make
+    return _commit_rows(conn, instrument=instrument, protocol=protocol, raw=raw, received_at=received_at,
+                        results=[stored_result(make(v)) for v in results], destinations=destinations, error=error,
+                        sender_id=sender_id, dead=dead, backlog_after_s=backlog_after_s,
+                        held_results=[stored_result(make(v)) for v in held_results], hold_reason=hold_reason)
+
+
+def _commit_rows(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
+                 results: Sequence[StoredResult], destinations: Sequence[str | Route], error: str | None,
+                 sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
+                 held_results: Sequence[StoredResult], hold_reason: str) -> StoredMessage:
     if sender_id is not None:
         row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
                            " AND digest = ?", (instrument, *sender_id)).fetchone()

@@ -77,7 +77,7 @@ def test_the_breakdown_times_each_stage_and_each_process() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
     for stage in ("E1381 frame path, frame by frame", "codec + driver", "results unpickled (writer)",
-                  "stored forms: to_json, JSON, keys (daemon)", "HL7 ORU^R01 rendering (relay)", "store writer process",
+                  "stored forms: to_json, JSON, keys (writer)", "HL7 ORU^R01 rendering (relay)", "store writer process",
                   "daemon + writer", "daemon: user", "store: system (kernel)"):
         row = next((r for r in rows if r.startswith(stage + " ")), None)
         assert row is not None, proc.stdout

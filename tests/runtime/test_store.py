@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from labbridge.errors import StoreError
-from labbridge.model import Result
+from labbridge.model import Result, result_values
 from labbridge.store.db import Store
 from labbridge.store.schema import SCHEMA_VERSION
 from tests.conftest import run
@@ -326,7 +326,7 @@ def test_each_outbox_item_points_at_its_own_results_with_repeats_and_many_rows(
         def commit(raw: bytes, received_at: float, results: list[Result]) -> StoredMessage:
             return store_sql.commit_message(
                 conn, instrument="chem-1", protocol="astm", raw=raw, received_at=received_at,
-                results=[store_sql.stored_result(r) for r in results], destinations=["lis"], error=None,
+                results=[result_values(r) for r in results], destinations=["lis"], error=None,
                 sender_id=None, dead=[], backlog_after_s=None, held_results=(), hold_reason="")
 
         commit(b"first", 1.0, [result("S0", "T0", "0")])

@@ -19,7 +19,15 @@ from labbridge.model import Result
 from labbridge.store import sql
 from labbridge.store.db import Store
 from labbridge.store.schema import migrate
-from labbridge.store.writer import WRITE, FrameBuffer, connect_writer, frame, journal_in_memory, run_writes
+from labbridge.store.writer import (
+    WRITE,
+    FrameBuffer,
+    connect_writer,
+    frame,
+    journal_in_memory,
+    journals_in_memory,
+    run_writes,
+)
 from tests.conftest import run
 
 
@@ -168,9 +176,9 @@ def test_bounded_writes_keep_their_statement_journal_in_memory_and_the_others_a_
     assert group(_temp_store_marked, _temp_store_marked) == [2, 2]
     for fn in (sql.commit_message, sql.mark_delivered, sql.mark_delivered_many, sql.record_incomplete,
                sql.schedule_retry, sql.dead_letter):
-        assert getattr(fn, "_labbridge_journal_in_memory", False), fn.__name__
+        assert journals_in_memory(fn), fn.__name__
     for fn in (sql.prune, sql.purge, sql.retry_dead, sql.apply_redecode, sql.set_size_limit):
-        assert not getattr(fn, "_labbridge_journal_in_memory", False), fn.__name__
+        assert not journals_in_memory(fn), fn.__name__
     conn.close()
 
 

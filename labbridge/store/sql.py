@@ -253,17 +253,6 @@ def commit_message(conn: sqlite3.Connection, *, instrument: str, protocol: str, 
                     held_results: Sequence[tuple[Any, ...]], hold_reason: str) -> StoredMessage:
     """Store one message and its results, queue them (see Store.commit_message). Each result comes as its
     values (:func:`labbridge.model.result_values`)."""
-    make = ResultValues._make
-    return _commit_rows(conn, instrument=instrument, protocol=protocol, raw=raw, received_at=received_at,
-                        results=[stored_result(make(v)) for v in results], destinations=destinations, error=error,
-                        sender_id=sender_id, dead=dead, backlog_after_s=backlog_after_s,
-                        held_results=[stored_result(make(v)) for v in held_results], hold_reason=hold_reason)
-
-
-def _commit_rows(conn: sqlite3.Connection, *, instrument: str, protocol: str, raw: bytes, received_at: float,
-                 results: Sequence[StoredResult], destinations: Sequence[str | Route], error: str | None,
-                 sender_id: tuple[str, str] | None, dead: Sequence[Held], backlog_after_s: float | None,
-                 held_results: Sequence[StoredResult], hold_reason: str) -> StoredMessage:
     if sender_id is not None:
         row = conn.execute("SELECT message_id FROM received_ids WHERE instrument = ? AND control_id = ?"
                            " AND digest = ?", (instrument, *sender_id)).fetchone()
@@ -275,10 +264,13 @@ def _commit_rows(conn: sqlite3.Connection, *, instrument: str, protocol: str, ra
         "VALUES (?, ?, ?, ?, ?, ?)", (instrument, protocol, received_at, raw, status, error))
     message_id = cur.lastrowid
     assert message_id is not None
-    new, duplicates = _insert_results(conn, message_id, instrument, results, received_at)
+    make = ResultValues._make
+    stored = [stored_result(make(v)) for v in results]
+    stored_held = [stored_result(make(v)) for v in held_results]
+    new, duplicates = _insert_results(conn, message_id, instrument, stored, received_at)
     new_held: Sequence[Row] = ()
-    if held_results:
-        new_held, held_duplicates = _insert_results(conn, message_id, instrument, held_results, received_at)
+    if stored_held:
+        new_held, held_duplicates = _insert_results(conn, message_id, instrument, stored_held, received_at)
         duplicates += held_duplicates
     conn.execute("UPDATE messages SET result_count = ?, duplicate_count = ? WHERE id = ?",
                  (len(new) + len(new_held), duplicates, message_id))
@@ -301,7 +293,7 @@ def _commit_rows(conn: sqlite3.Connection, *, instrument: str, protocol: str, ra
     if live and outbox_ids:
         # Told back so the relay can send them from the caller's results, without reading them back: each
         # result by its position in `results` (row ids follow that order, as an item read back lists them).
-        position = {id(result): i for i, result in enumerate(results)}
+        position = {id(result): i for i, result in enumerate(stored)}
         row_position = {rid: position[id(result)] for rid, result in new}
         queued = tuple(Queued(item, dest, control, tuple(row_position[rid] for rid in sorted(rids)), test)
                        for item in outbox_ids if item in live

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,8 +166,8 @@ def test_bounded_writes_keep_their_statement_journal_in_memory_and_the_others_a_
     conn = connect_writer(str(tmp_path / "s.db"), 1000)
     migrate(conn, str(tmp_path / "s.db"))
 
-    def group(*fns: object) -> list[object]:
-        outcomes, stats = run_writes(conn, [(WRITE, fn, (), {}) for fn in fns])  # type: ignore[misc]
+    def group(*fns: Callable[[sqlite3.Connection], object]) -> list[object]:
+        outcomes, stats = run_writes(conn, [(WRITE, fn, (), {}) for fn in fns])
         assert stats.committed
         return [value for ok, value in outcomes if ok]
 

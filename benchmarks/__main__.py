@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import labbridge
 from benchmarks import procs
 from benchmarks.common import RESULTS_DIR, Figure, Ratio, event_loop, print_table, write_json
 from benchmarks.targets import evaluate, print_targets
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     started = time.monotonic()
     print(f"event loop: {event_loop()} (labbridge, the LIS, the bare server and the load client alike)")
+    print(f"labbridge's protocol cores: {labbridge.BUILD.describe()} (LABBRIDGE_PURE_PYTHON=1: the sources)")
     if "parse" in only:
         from benchmarks import bench_parse
 

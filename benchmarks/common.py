@@ -18,6 +18,7 @@ from typing import Any
 
 from labbridge_simulators.astm_analyzer import Analyte, MessageFactory, SimMessage
 
+import labbridge
 from labbridge import aio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +145,8 @@ def machine() -> dict[str, Any]:
         load = (0.0, 0.0, 0.0)
     return {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_start": load,
-            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE), "event_loop": event_loop()}
+            "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE), "event_loop": event_loop(),
+            "labbridge_cores": labbridge.BUILD.describe()}
 
 
 def event_loop() -> str:

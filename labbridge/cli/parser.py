@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from labbridge import __version__
+from labbridge import BUILD, __version__
 from labbridge.cli import bundle, campaign, commands, fleet, security
 from labbridge.cli import reload as reload_command
 from labbridge.cli.security import http_credentials
@@ -46,7 +46,8 @@ def _audited(q: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labbridge", description="Lab instrument middleware.")
-    parser.add_argument("--version", action="version", version=f"labbridge {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"labbridge {__version__} (protocol cores: {BUILD.describe()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _command(sub, "run", "run the daemon", commands.run,

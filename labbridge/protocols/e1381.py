@@ -59,19 +59,20 @@ import enum
 import zlib
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
 from labbridge.protocols.link import Answer, ReceiverQueues
 
 # Control characters (PROTOCOLS.md "Control characters").
-STX = 0x02
-ETX = 0x03
-EOT = 0x04
-ENQ = 0x05
-ACK = 0x06
-LF = 0x0A
-CR = 0x0D
-NAK = 0x15
-ETB = 0x17
+STX: Final = 0x02
+ETX: Final = 0x03
+EOT: Final = 0x04
+ENQ: Final = 0x05
+ACK: Final = 0x06
+LF: Final = 0x0A
+CR: Final = 0x0D
+NAK: Final = 0x15
+ETB: Final = 0x17
 
 # Timers, in seconds (PROTOCOLS.md timers table): the standard's values, the defaults of the LinkProfile fields
 # the link reads (reply_timeout, receive_timeout, busy_wait, contention_wait_*, interrupt_wait).
@@ -173,7 +174,7 @@ class FrameAccepted:
     frame_number: int
 
 
-_FRAME_ACCEPTED = tuple(FrameAccepted(fn) for fn in range(8))  # immutable: one per frame number, shared
+_FRAME_ACCEPTED: Final = tuple(FrameAccepted(fn) for fn in range(8))  # immutable: one per frame number, shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,20 +279,25 @@ def split_records(text: bytes, terminator: bytes = b"\r") -> list[bytes]:
 
 
 _DEFAULT_PROFILE = LinkProfile()
-_TERMINATORS = (ETX, ETB)
-_WHITESPACE = (CR, LF)
-_RESTARTS = (STX, EOT, ENQ)
-_TERMINATOR_RECORD = (b"L", b"l")
+_TERMINATORS: Final = (ETX, ETB)
+_WHITESPACE: Final = (CR, LF)
+
+
+def _count_except(buf: bytearray, skipped: tuple[int, ...], end: int) -> int:
+    """How many of ``buf[:end]``'s bytes are not one of ``skipped`` (junk counted, keep-alives not)."""
+    return end - sum([buf.count(b, 0, end) for b in skipped])
+_RESTARTS: Final = (STX, EOT, ENQ)
+_TERMINATOR_RECORD: Final = (b"L", b"l")
 # The plain-frame path (E1381Link._take_plain_frame) takes a whole, well-formed frame of the standard layout
 # at the start of the buffer: STX, FN, text free of terminators and of the bytes that restart a transfer, ETX
 # or ETB, two hex digits, CR LF; whatever else takes the general path.
-_FRAME_CONTROLS = bytes((STX, ETX, EOT, ENQ, ETB))  # never inside a frame's text
+_FRAME_CONTROLS: Final = bytes((STX, ETX, EOT, ENQ, ETB))  # never inside a frame's text
 _adler32 = zlib.adler32
 # The value of each two-digit checksum, either case ("0a" and "0A" alike).
-_HEX_VALUE = {b"%02X" % v: v for v in range(256)} | {b"%02x" % v: v for v in range(256)} | {
+_HEX_VALUE: Final = {b"%02X" % v: v for v in range(256)} | {b"%02x" % v: v for v in range(256)} | {
     b"%X%x" % (v >> 4, v & 15): v for v in range(256)} | {b"%x%X" % (v >> 4, v & 15): v for v in range(256)}
 # First bytes of a record that the general path must see: a header or terminator record, or stray LF.
-_SPECIAL_RECORD_START = frozenset(b"HhLl\n")
+_SPECIAL_RECORD_START: Final = frozenset(b"HhLl\n")
 
 
 def _first_of(buf: bytearray, values: tuple[int, ...], start: int, end: int) -> int:
@@ -488,10 +494,10 @@ class E1381Link(ReceiverQueues[Event]):
         ignored = (EOT, *_WHITESPACE) if self.profile.skips_whitespace else (EOT,)
         if idx < 0:
             # R-A1: outside a transfer everything but ENQ is ignored. A lone EOT is a common keep-alive.
-            self._junk(sum(1 for b in buf if b not in ignored))
+            self._junk(_count_except(buf, ignored, len(buf)))
             buf.clear()
             return
-        self._junk(sum(1 for b in buf[:idx] if b not in ignored))
+        self._junk(_count_except(buf, ignored, idx))
         del buf[:idx + 1]
         self._start_receiving(now)
 
@@ -534,7 +540,7 @@ class E1381Link(ReceiverQueues[Event]):
             if end < 0:
                 end = len(buf)
             if self.profile.skips_whitespace:
-                self._junk(sum(1 for b in buf[:end] if b not in _WHITESPACE))
+                self._junk(_count_except(buf, _WHITESPACE, end))
             else:
                 self._junk(end)
             del buf[:end]

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labbridge import aio
+from labbridge import BUILD, aio
 from labbridge.backoff import backoff_delay
 from labbridge.campaign.service import Campaign, watch_links
 from labbridge.config import Config, InstrumentConfig, with_link_defaults
@@ -209,6 +209,7 @@ class Daemon:
             self.started.set()
             log.info("daemon_started", node=self.config.node, instruments=len(self.runners),
                      destinations=len(self.relays), event_loop=aio.loop_name(asyncio.get_running_loop()),
+                     cores=BUILD.describe(),
                      http=f"http://{self.http_address[0]}:{self.http_address[1]}/" if self.http_address else None)
             await stop.wait()
         finally:

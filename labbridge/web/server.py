@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from labbridge import __version__
+from labbridge import BUILD, __version__
 from labbridge.config import HttpConfig
 from labbridge.errors import LabbridgeError, StoreError
 from labbridge.health.history import MAX_HISTORY_DAYS
@@ -193,9 +193,10 @@ def _uplinks(uplinks: list[dict[str, Any]]) -> Iterator[Metric]:
 
 
 def _build_info() -> Metric:
-    info = GaugeMetricFamily("labbridge_build_info", "labbridge's version (the value is 1)",
-                             labels=["version", "python"])
-    info.add_metric([__version__, platform.python_version()], 1.0)
+    info = GaugeMetricFamily("labbridge_build_info", "labbridge's version, Python's, and whether the protocol "
+                             "cores run compiled or as pure Python (the value is 1)",
+                             labels=["version", "python", "cores"])
+    info.add_metric([__version__, platform.python_version(), "compiled" if BUILD.compiled else "pure"], 1.0)
     return info
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from labbridge import __version__
+from labbridge import BUILD, __version__
 from labbridge.health.instrument import COUNTER_NAMES
 from tests.conftest import run
 from tests.integration.helpers import eventually, running_lab
@@ -63,6 +63,7 @@ def test_metrics_name_every_counter_and_the_delivery_figures(tmp_path: Path) -> 
             assert samples["labbridge_outbox_items", (("destination", "lis"), ("state", "dead"))] == 1.0
             [info] = [k for k in samples if k[0] == "labbridge_build_info"]
             assert dict(info[1])["version"] == __version__
+            assert dict(info[1])["cores"] == ("compiled" if BUILD.compiled else "pure")
             # the shipped alert rules and Grafana dashboard use only metrics this scrape has
             exposed = {name for name, _ in samples}
             assert len(used) >= 10 and used <= exposed, used - exposed

@@ -310,6 +310,9 @@ def test_the_plain_frame_path_checks_the_exact_sum_of_long_frames(covered: int) 
         assert link.data_to_send() == bytes([answer]), (covered, checksum)
 
 
+@pytest.mark.skipif(not e1381.__file__.endswith(".py"),
+                    reason="counts calls by replacing a method, which compiled code calls directly: the suite's "
+                           "run on the pure-Python sources (LABBRIDGE_PURE_PYTHON=1) checks this same code")
 def test_the_plain_frame_path_takes_ordinary_record_frames() -> None:
     """The differential test above would pass with the plain path never taken: check it is taken."""
     link = E1381Link(Role.HOST)

@@ -275,7 +275,8 @@ def split_records(text: bytes, terminator: bytes = b"\r") -> list[bytes]:
         pieces, strip = text.split(b"\r"), b"\n"
     else:
         pieces, strip = text.split(b"\n"), b"\r"
-    return [r for r in (p.strip(strip) for p in pieces) if r]
+    stripped = [p.strip(strip) for p in pieces]
+    return [r for r in stripped if r]
 
 
 _DEFAULT_PROFILE = LinkProfile()

@@ -50,15 +50,29 @@ class BuildCompiled(build_ext):
     """build_ext that writes the manifest after the build, and falls back to pure Python when the C compiler
     fails (the compiled files it made are removed: never a partial build)."""
 
+    def _outputs(self) -> list[Path]:
+        """Where this build puts each extension: the build folder, and the source tree for an in-place build
+        (setuptools builds in the one and copies to the other, and is left pointing at the first on failure)."""
+        inplace = self.inplace
+        paths: list[Path] = []
+        for mode in (0, 1):
+            self.inplace = mode
+            paths += [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
+        self.inplace = inplace
+        return paths
+
     def run(self) -> None:
+        target = Path(self.get_ext_fullpath(GROUP + "__mypyc")).parent / MANIFEST.name
+        target.unlink(missing_ok=True)  # an earlier build's manifest never outlives its extensions
+        if not self.extensions:  # nothing to compile (LABBRIDGE_COMPILE=0, or no mypyc): no manifest
+            return
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - distutils' compiler errors have no common base but Exception
+        except Exception as exc:  # distutils' compiler errors have no common base but Exception
             say(f"compiling failed ({type(exc).__name__}: {exc}); installing the pure-Python sources")
-            for ext in self.extensions:
-                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            for path in self._outputs():
+                path.unlink(missing_ok=True)
             return
-        target = Path(self.get_ext_fullpath(GROUP + "__mypyc")).parent / MANIFEST.name
         modules = {module_of(source): hashlib.sha256((HERE / source).read_bytes()).hexdigest()
                    for source in SOURCES}
         target.write_text(json.dumps({"group": GROUP, "modules": modules}, indent=1, sort_keys=True) + "\n",

@@ -129,3 +129,63 @@ def test_a_process_asking_for_the_sources_gets_them_all() -> None:
         compiled, files = json.loads(out)
         assert compiled is not pure
         assert all(f.endswith(".py") is pure for f in files), files
+
+
+def _copy_for_build(tmp_path: Path) -> Path:
+    """What setup.py needs to build labbridge: its pyproject.toml, setup.py and the package's sources."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    shutil.copytree(REPO / "labbridge", tree / "labbridge",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", _build.MANIFEST))
+    return tree
+
+
+def _stale_build(package: Path) -> list[Path]:
+    """Files an earlier compiled build left in the tree: a manifest and an extension per compiled module."""
+    made = [package / _build.MANIFEST]
+    made[0].write_text(json.dumps({"group": "labbridge._compiled", "modules": {}}))
+    for module in _compiled_list():
+        parts = module.split(".")[1:]
+        path = package.joinpath(*parts[:-1]) / f"{parts[-1]}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+        path.write_bytes(b"not an extension")
+        made.append(path)
+    return made
+
+
+def _build_state(tree: Path) -> str:
+    out = subprocess.run([sys.executable, "-c", "import labbridge; print(labbridge.BUILD.describe())"],
+                         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+                         check=True, timeout=60)
+    return out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_build_whose_compiler_fails_installs_the_sources_alone(tmp_path: Path) -> None:
+    """No working C compiler (here: one that always fails): the build says so, leaves no compiled file of this
+    or an earlier build behind, and labbridge runs from its sources."""
+    pytest.importorskip("mypyc")
+    tree = _copy_for_build(tmp_path)
+    stale = _stale_build(tree / "labbridge")
+    env = {k: v for k, v in os.environ.items() if k != "LABBRIDGE_COMPILE"} | {"CC": "/bin/false"}
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], check=False, cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "labbridge build: compiling failed" in done.stderr
+    assert not [p for p in stale if p.exists()]
+    assert _build_state(tree).startswith("pure Python (not compiled")
+
+
+@pytest.mark.slow
+def test_a_build_told_not_to_compile_removes_an_earlier_build(tmp_path: Path) -> None:
+    tree = _copy_for_build(tmp_path)
+    stale = _stale_build(tree / "labbridge")
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], check=False, cwd=tree,
+                          env={**os.environ, "LABBRIDGE_COMPILE": "0"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LABBRIDGE_COMPILE=0" in done.stderr
+    assert not [p for p in stale if p.exists()]
+    assert _build_state(tree).startswith("pure Python (not compiled")

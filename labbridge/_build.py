@@ -96,14 +96,17 @@ def inspect(package_dir: Path, environ: Mapping[str, str] | None = None) -> Buil
 
 
 class _SourcesFirst(importlib.abc.MetaPathFinder):
-    """Finds labbridge's modules from their ``.py`` files where a compiled file would shadow one."""
+    """Finds modules from their ``.py`` files where a compiled file would shadow one: the ``names`` given, or
+    (None: no readable manifest says which were compiled) every module under ``prefix``."""
 
-    def __init__(self, names: frozenset[str]) -> None:
+    def __init__(self, names: frozenset[str] | None, prefix: str = "labbridge.") -> None:
         self.names = names
+        self.prefix = prefix
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.names or not path:
+        wanted = fullname in self.names if self.names is not None else fullname.startswith(self.prefix)
+        if not wanted or not path:
             return None
         leaf = fullname.rpartition(".")[2]
         for entry in path:
@@ -117,6 +120,8 @@ def choose() -> BuildState:
     """Decide which build runs (labbridge's ``__init__`` calls this once, and keeps the answer as
     ``labbridge.BUILD``); install the finder that imports the sources when they are to run."""
     state = inspect(Path(__file__).parent)
-    if not state.compiled and state.modules:
-        sys.meta_path.insert(0, _SourcesFirst(frozenset(state.modules)))
+    if not state.compiled:
+        # Without a manifest (a pure build, or one whose manifest is gone or unreadable), any compiled file left
+        # in the tree is shadowed all the same: the sources run, as BUILD says.
+        sys.meta_path.insert(0, _SourcesFirst(frozenset(state.modules) if state.modules else None))
     return state

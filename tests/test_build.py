@@ -95,6 +95,12 @@ def test_the_finder_imports_a_source_where_an_extension_would_shadow_it(tmp_path
     assert spec is not None and spec.origin == str(package / "core.py")
     assert finder.find_spec("pkg_lb_finder.other", [str(package)]) is None
     assert finder.find_spec("pkg_lb_finder.core", None) is None
+    # No manifest to name the compiled modules: every module under the package comes from its source.
+    anywhere = _build._SourcesFirst(None, prefix="pkg_lb_finder.")
+    spec = anywhere.find_spec("pkg_lb_finder.core", [str(package)])
+    assert spec is not None and spec.origin == str(package / "core.py")
+    assert anywhere.find_spec("pkg_lb_finder.missing", [str(package)]) is None
+    assert anywhere.find_spec("other_pkg.core", [str(package)]) is None
 
 
 def test_the_build_that_runs_here_is_the_one_asked_for() -> None:
@@ -177,6 +183,21 @@ def test_a_build_whose_compiler_fails_installs_the_sources_alone(tmp_path: Path)
     assert "labbridge build: compiling failed" in done.stderr
     assert not [p for p in stale if p.exists()]
     assert _build_state(tree).startswith("pure Python (not compiled")
+
+
+def test_an_extension_left_without_its_manifest_does_not_run(tmp_path: Path) -> None:
+    """A compiled file in the tree but no manifest (deleted by hand, say): labbridge says it runs the sources,
+    and it does (the file here is not even a valid extension: importing it would fail)."""
+    tree = _copy_for_build(tmp_path)
+    stale = _stale_build(tree / "labbridge")
+    stale[0].unlink()  # the manifest
+    script = ("import importlib, json, sys, labbridge; "
+              "print(json.dumps([labbridge.BUILD.describe(), importlib.import_module(sys.argv[1]).__file__]))")
+    out = subprocess.run([sys.executable, "-c", script, "labbridge.protocols.e1381"], cwd=tree,
+                         env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    described, file = json.loads(out)
+    assert described.startswith("pure Python (not compiled") and file.endswith("e1381.py")
 
 
 @pytest.mark.slow

@@ -95,6 +95,10 @@ def extensions() -> list[Any]:
     os.chdir(HERE)  # mypycify takes paths relative to the project, and reads mypy's config from pyproject.toml
     try:
         return list(mypycify(SOURCES, opt_level="3", debug_level="0", group_name=GROUP))
+    except (Exception, SystemExit) as exc:  # a mypy that rejects the sources exits; never fail the install for it
+        say(f"mypyc could not compile the sources ({type(exc).__name__}: {exc}); installing the pure-Python sources")
+        remove_in_tree_build()
+        return []
     finally:
         os.chdir(cwd)
 

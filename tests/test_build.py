@@ -201,6 +201,22 @@ def test_an_extension_left_without_its_manifest_does_not_run(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_sources_mypyc_rejects_install_as_python(tmp_path: Path) -> None:
+    """A mypy (hence mypyc) that finds a type error in a compiled module (a newer mypy, say) exits: the install
+    goes on with the sources instead of failing."""
+    pytest.importorskip("mypyc")
+    tree = _copy_for_build(tmp_path)
+    with (tree / "labbridge" / "protocols" / "mllp.py").open("a", encoding="utf-8") as source:
+        source.write('\n_NOT_AN_INT: int = "a type error"\n')
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], check=False, cwd=tree,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "labbridge build: mypyc could not compile the sources" in done.stderr
+    assert not list((tree / "labbridge").rglob("*.so"))
+    assert _build_state(tree).startswith("pure Python (not compiled")
+
+
+@pytest.mark.slow
 def test_a_build_told_not_to_compile_removes_an_earlier_build(tmp_path: Path) -> None:
     tree = _copy_for_build(tmp_path)
     stale = _stale_build(tree / "labbridge")

@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 
+from labbridge import BUILD, __version__
 from labbridge.cli.parser import build_parser
 
 
@@ -44,3 +45,9 @@ def test_every_subcommand_has_examples_the_parser_accepts(path: tuple[str, ...],
         command = re.split(r"\s[|<>]", example.split("  #", 1)[0], maxsplit=1)[0]  # without a pipe or redirection
         argv = shlex.split(command, comments=True)[1:]
         build_parser().parse_args(argv)  # exits (SystemExit) if an example is wrong
+
+
+def test_version_says_which_build_of_the_protocol_cores_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"labbridge {__version__} (protocol cores: {BUILD.describe()})"

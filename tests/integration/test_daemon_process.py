@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import labbridge
 from tests.integration.helpers import lab_config
 from tests.integration.test_crash import write_toml
 
@@ -39,6 +40,8 @@ def test_run_logs_json_lines_and_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     events = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is JSON
     names = [e["event"] for e in events]
     assert "daemon_started" in names and names[-1] == "daemon_stopped"
+    [started] = [e for e in events if e["event"] == "daemon_started"]
+    assert started["cores"] == labbridge.BUILD.describe()  # the same build as this process (same environment)
     assert all({"timestamp", "level"} <= set(e) for e in events)
     assert not ready.exists()  # removed on a clean stop
 

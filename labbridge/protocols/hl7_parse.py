@@ -24,9 +24,10 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal, final
 
 from labbridge.errors import RemoteProtocolError
+from labbridge.readonly import read_only_from_source
 
 SEGMENT_TERMINATOR = "\r"  # R-C2 / R-C10
 
@@ -164,6 +165,13 @@ def unescape(value: str, seps: Separators = DEFAULT_SEPARATORS, charset: str = "
     return "".join(out)
 
 
+def _nth(text: str, sep: str, n: int) -> str:
+    """The ``n``-th piece (from 1) of ``text`` split on ``sep``, or "" when there are fewer; the rest of
+    ``text`` past that piece is not split."""
+    pieces = text.split(sep, n)
+    return pieces[n - 1] if 0 < n <= len(pieces) else ""
+
+
 class Hl7ParseError(RemoteProtocolError):
     """The bytes are not an HL7 message labbridge can read.
 
@@ -183,15 +191,20 @@ class Hl7ParseError(RemoteProtocolError):
         super().__init__(reason)
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class Segment:
-    """One segment's fields, still escaped. ``fields[n]`` is field n (for MSH too: ``fields[1]`` is MSH-1)."""
+    """One segment's fields, still escaped. ``fields[n]`` is field n (for MSH too: ``fields[1]`` is MSH-1).
 
-    fields: tuple[str, ...]
+    Read-only (:mod:`labbridge.readonly`): a plain class rather than a frozen dataclass so that the compiled
+    build makes one natively, a few dozen per message."""
 
-    @property
-    def name(self) -> str:
-        return self.fields[0]
+    __slots__ = ("fields", "name")
+    fields: Final[tuple[str, ...]]
+    name: Final[str]  # fields[0]
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        self.name = fields[0]
 
     def raw(self, n: int) -> str:
         return self.fields[n] if n < len(self.fields) else ""
@@ -199,13 +212,49 @@ class Segment:
     def __len__(self) -> int:
         return len(self.fields)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Segment) and self.fields == other.fields
 
-@dataclass(frozen=True, slots=True)
+    def __hash__(self) -> int:
+        return hash(self.fields)
+
+    def __repr__(self) -> str:
+        return f"Segment(fields={self.fields!r})"
+
+    def __reduce__(self) -> tuple[type[Segment], tuple[tuple[str, ...]]]:
+        return (Segment, (self.fields,))
+
+
+read_only_from_source(Segment, __file__)
+
+
+@final
 class Hl7Message:
-    segments: tuple[Segment, ...]
-    separators: Separators
-    charset: str  # the Python codec the message was decoded with
-    raw: bytes
+    """One parsed message: its segments, the separators and character set it was read with, its bytes.
+    Read-only, like :class:`Segment`."""
+
+    __slots__ = ("charset", "raw", "segments", "separators")
+    segments: Final[tuple[Segment, ...]]
+    separators: Final[Separators]
+    charset: Final[str]  # the Python codec the message was decoded with
+    raw: Final[bytes]
+
+    def __init__(self, segments: tuple[Segment, ...], separators: Separators, charset: str, raw: bytes) -> None:
+        self.segments = segments
+        self.separators = separators
+        self.charset = charset
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Hl7Message) and self.segments == other.segments
+                and self.separators == other.separators and self.charset == other.charset and self.raw == other.raw)
+
+    def __hash__(self) -> int:
+        return hash((self.segments, self.separators, self.charset, self.raw))
+
+    def __repr__(self) -> str:
+        return (f"Hl7Message(segments={self.segments!r}, separators={self.separators!r}, "
+                f"charset={self.charset!r}, raw={self.raw!r})")
 
     @property
     def header(self) -> Segment:
@@ -215,26 +264,32 @@ class Hl7Message:
               subcomponent: int = 0) -> str:
         """One value, unescaped: ``value(obx, 3, 1)`` is OBX-3.1 of the first repetition. ``component=0``
         returns the whole field (first repetition), escapes decoded."""
-        raw = segment.raw(field)
-        if segment.name == "MSH" and field <= 2:
+        fields = segment.fields
+        if field >= len(fields):
+            return ""
+        raw = fields[field]
+        if field <= 2 and segment.name == "MSH":
             return raw
-        seps = self.separators
         if not raw:
             return ""
-        reps = raw.split(seps.repetition)
-        if repeat > len(reps):
-            return ""
-        text = reps[repeat - 1]
+        seps = self.separators
+        # The first repetition and the first component (what most reads ask): found, not split off the rest.
+        if repeat == 1:
+            end = raw.find(seps.repetition)
+            text = raw if end < 0 else raw[:end]
+        else:
+            text = _nth(raw, seps.repetition, repeat)
         if component:
-            comps = text.split(seps.component)
-            if component > len(comps):
-                return ""
-            text = comps[component - 1]
+            if component == 1:
+                end = text.find(seps.component)
+                if end >= 0:
+                    text = text[:end]
+            else:
+                text = _nth(text, seps.component, component)
             if subcomponent:
-                subs = text.split(seps.subcomponent)
-                if subcomponent > len(subs):
-                    return ""
-                text = subs[subcomponent - 1]
+                text = _nth(text, seps.subcomponent, subcomponent)
+        if seps.escape not in text:
+            return text
         return unescape(text, seps, self.charset)
 
     def repeats(self, segment: Segment, field: int, component: int = 1) -> list[str]:
@@ -290,6 +345,9 @@ class Hl7Message:
         return h.hexdigest()
 
 
+read_only_from_source(Hl7Message, __file__)
+
+
 def codec_for(msh18: str, default: str) -> str:
     """Python codec for an MSH-18 value (its first repetition); raises LookupError if unknown."""
     name = msh18.strip().upper()
@@ -302,38 +360,67 @@ def codec_for(msh18: str, default: str) -> str:
     raise LookupError(f"unknown character set {msh18!r} in MSH-18")
 
 
+_SEPARATORS_SEEN: Final[dict[str, Separators]] = {}  # MSH-1 and MSH-2 as sent -> their separators (bounded)
+_NAMES_SEEN: Final[set[str]] = set()  # segment names found valid (bounded): one lookup per segment, not four tests
+_SEEN_MAX: Final = 256
+
+
 def _separators(head: str) -> Separators:
     if len(head) < 8 or not head.startswith("MSH"):
         raise Hl7ParseError("the message does not start with an MSH segment", ack_code="AE",
                             error_code=ERR_SEGMENT_SEQUENCE)
     field_sep = head[3]
     end = head.find(field_sep, 4)
-    enc = head[4:end] if end >= 0 else head[4:]
+    key = head[3:end] if end >= 0 else head[3:]
+    seen = _SEPARATORS_SEEN.get(key)
+    if seen is not None:
+        return seen
+    enc = key[1:]
     bad = (field_sep.isalnum() or field_sep in "\r\n " or len(enc) < 4
            or len(set(enc[:4] + field_sep)) != 5 or any(c.isalnum() or c in "\r\n " for c in enc[:4]))
     if bad:
         raise Hl7ParseError(f"bad encoding characters in MSH-1/MSH-2 ({(field_sep + enc)[:6]!r}): expected "
                             "a field separator and four distinct delimiters such as |^~\\&", ack_code="AE",
                             error_code=ERR_DATA_TYPE)
-    return Separators(field_sep, enc[0], enc[1], enc[2], enc[3])
+    seps = Separators(field_sep, enc[0], enc[1], enc[2], enc[3])
+    if len(_SEPARATORS_SEEN) < _SEEN_MAX:
+        _SEPARATORS_SEEN[key] = seps
+    return seps
+
+
+def _valid_name(name: str) -> bool:
+    """Three letters or digits, the first a letter (``OBX``, ``ZR1``)."""
+    if name in _NAMES_SEEN:
+        return True
+    if len(name) != 3 or not name.isascii() or not name.isalnum() or not name[0].isalpha():
+        return False
+    if len(_NAMES_SEEN) < _SEEN_MAX:
+        _NAMES_SEEN.add(name)
+    return True
 
 
 def _split(text: str, seps: Separators) -> list[Segment]:
     segments: list[Segment] = []
+    field_sep = seps.field
     for line in text.split(SEGMENT_TERMINATOR):
-        if not line.strip():
+        if not line or line.isspace():
             continue
-        fields = line.split(seps.field)
+        fields = line.split(field_sep)
         if line.startswith("MSH"):
-            fields = ["MSH", seps.field, *fields[1:]]
+            fields = ["MSH", field_sep, *fields[1:]]
         segments.append(Segment(tuple(fields)))
     return segments
 
 
 def parse_message(payload: bytes, *, default_charset: str = "latin-1") -> Hl7Message:
     """Split one MLLP payload into segments; raise :class:`Hl7ParseError` (only) when it cannot be read."""
-    data = payload.replace(b"\r\n", b"\r").replace(b"\n", b"\r").lstrip(b"\r \t")
-    head = data.split(b"\r", 1)[0].decode("latin-1")
+    data = payload
+    if b"\n" in data:
+        data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    if data[:1] in (b"\r", b" ", b"\t"):
+        data = data.lstrip(b"\r \t")
+    end = data.find(b"\r")
+    head = (data if end < 0 else data[:end]).decode("latin-1")
     seps = _separators(head)
     header = _split(head, seps)[0]
     charset_field = header.raw(18).split(seps.repetition)[0].split(seps.component)[0]
@@ -356,8 +443,7 @@ def parse_message(payload: bytes, *, default_charset: str = "latin-1") -> Hl7Mes
                             error_code=ERR_REQUIRED_FIELD_MISSING, header=header, separators=seps,
                             charset=charset)
     for index, seg in enumerate(segments):
-        name = seg.name
-        if len(name) != 3 or not name.isascii() or not name.isalnum() or not name[0].isalpha():
+        if not _valid_name(seg.name):
             raise Hl7ParseError(f"segment {index + 1} has no valid segment name (truncated or corrupted message)",
                                 ack_code="AE", error_code=ERR_SEGMENT_SEQUENCE, header=header, separators=seps,
                                 charset=charset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import pickle
 from datetime import UTC, datetime
 
 import hl7
@@ -14,7 +15,15 @@ from hypothesis import strategies as st
 from labbridge.errors import LocalProtocolError
 from labbridge.protocols import mllp
 from labbridge.protocols.hl7_ack import Hl7Received, Hl7Receiver, IncompleteBlock, Outcome, ack_codes, build_ack
-from labbridge.protocols.hl7_parse import Hl7ParseError, Separators, escape, parse_message, unescape
+from labbridge.protocols.hl7_parse import (
+    Hl7Message,
+    Hl7ParseError,
+    Segment,
+    Separators,
+    escape,
+    parse_message,
+    unescape,
+)
 from labbridge.protocols.link import Answer
 
 NOW = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
@@ -49,6 +58,59 @@ def test_escapes_decoded_as_python_hl7_decodes_them() -> None:
     assert unescape(raw) == "a|b^c&d~e\\fA\ng"
     assert hl7.parse(f"MSH|^~\\&|x\rOBX|1|ST|X||{raw}").unescape(raw).replace("\r", "\n") == unescape(raw)
     assert unescape("\\Zvendor\\ and \\unterminated") == "\\Zvendor\\ and \\unterminated"
+
+
+def _value_by_split(msg: Hl7Message, seg: Segment, field: int, component: int, repeat: int, sub: int) -> str:
+    """What ``Hl7Message.value`` means, by splitting everything (its first version)."""
+    raw = seg.raw(field)
+    if seg.name == "MSH" and field <= 2:
+        return raw
+    seps = msg.separators
+    reps = raw.split(seps.repetition) if raw else []
+    if repeat > len(reps):
+        return ""
+    text = reps[repeat - 1]
+    if component:
+        comps = text.split(seps.component)
+        if component > len(comps):
+            return ""
+        text = comps[component - 1]
+        if sub:
+            subs = text.split(seps.subcomponent)
+            if sub > len(subs):
+                return ""
+            text = subs[sub - 1]
+    return unescape(text, seps, msg.charset)
+
+
+@given(st.lists(st.text(alphabet="ab^~&\\FSX", max_size=12), min_size=1, max_size=6),
+       st.integers(1, 7), st.integers(0, 4), st.integers(1, 4), st.integers(0, 3))
+def test_a_value_read_is_the_piece_a_full_split_gives(fields: list[str], field: int, component: int, repeat: int,
+                                                      sub: int) -> None:
+    """``value`` finds the first repetition and component and splits no more than the piece asked: the same
+    piece as splitting every delimiter, escapes decoded, absent pieces empty."""
+    msg = parse_message(("MSH|^~\\&|A|B|C|D|20261123||ORU^R01|1|P|2.5\rOBX|" + "|".join(fields) + "\r").encode())
+    obx = msg.segments[1]
+    assert msg.value(obx, field, component, repeat, sub) == _value_by_split(msg, obx, field, component, repeat, sub)
+
+
+def test_parsed_segments_and_messages_are_read_only_values() -> None:
+    """A parsed message is shared by the driver, the acknowledgement and the capture: nothing may change it, on
+    the compiled build (native read-only attributes) and the pure-Python one (labbridge.readonly) alike."""
+    msg = parse_message(LAW.encode())
+    seg = msg.segments[1]
+    for obj, name, value in ((seg, "fields", ("ZZZ",)), (seg, "name", "ZZZ"), (msg, "charset", "ascii"),
+                             (msg, "segments", ())):
+        with pytest.raises(AttributeError):
+            setattr(obj, name, value)
+        with pytest.raises(AttributeError):
+            delattr(obj, name)
+    assert seg.name == "PID" and seg.fields[3] == "PAT1" and msg.charset == "utf-8"
+    again = parse_message(LAW.encode())
+    assert again == msg and hash(again) == hash(msg)
+    assert again.segments[1] == seg and hash(again.segments[1]) == hash(seg)
+    assert pickle.loads(pickle.dumps(seg)) == seg
+    assert seg != again.segments[2] and "PAT1" in repr(seg)
 
 
 def test_unicode_is_utf8_never_utf16_and_latin1_is_read_as_declared() -> None:

@@ -10,7 +10,7 @@ The rules:
 
 * no cycle between modules;
 * ``labbridge/protocols/`` (the sans-I/O cores) imports no I/O or clock module and nothing of
-  labbridge outside protocols/, errors and model;
+  labbridge outside protocols/, errors, model and readonly;
 * ``labbridge/runtime/`` (the daemon) imports neither the web surface nor the CLI: they are composed
   with the daemon by whoever runs it;
 * ``labbridge/store/`` imports nothing of the layers above it (links, relay, web, cli, runtime);
@@ -31,7 +31,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "labbridge"
 
 IO_AND_CLOCK = frozenset({"asyncio", "socket", "ssl", "selectors", "serial", "time", "threading", "subprocess",
                           "os", "sqlite3", "aiohttp"})
-PROTOCOLS_MAY_IMPORT = ("labbridge.protocols", "labbridge.errors", "labbridge.model")
+PROTOCOLS_MAY_IMPORT = ("labbridge.protocols", "labbridge.errors", "labbridge.model", "labbridge.readonly")
 ABOVE_THE_STORE = ("labbridge.links", "labbridge.relay", "labbridge.web", "labbridge.cli", "labbridge.runtime")
 
 Graph = dict[str, set[str]]
@@ -140,7 +140,7 @@ def layer_violations(graph: Graph, outside: dict[str, set[str]], package: str = 
         if _in(module, p + "protocols"):
             out += [f"{module}: I/O or clock module {name}" for name in sorted(outside[module] & IO_AND_CLOCK)]
             allowed = tuple(package + name.removeprefix("labbridge") for name in PROTOCOLS_MAY_IMPORT)
-            out += [f"{module}: {t} (protocols/ may import only protocols/, errors, model)"
+            out += [f"{module}: {t} (protocols/ may import only protocols/, errors, model, readonly)"
                     for t in sorted(targets) if not _in(t, *allowed)]
         if _in(module, p + "runtime"):
             out += [f"{module}: {t} (runtime sits below the surfaces and the CLI that compose it)"
@@ -228,7 +228,7 @@ def test_each_rule_catches_a_planted_break(tmp_path: Path) -> None:
     graph, outside = import_graph(root)
     assert layer_violations(graph, outside, package="fakepkg") == [
         "fakepkg.protocols.core: I/O or clock module time",
-        "fakepkg.protocols.core: fakepkg.store.db (protocols/ may import only protocols/, errors, model)",
+        "fakepkg.protocols.core: fakepkg.store.db (protocols/ may import only protocols/, errors, model, readonly)",
         "fakepkg.runtime.daemon: fakepkg.web.server (runtime sits below the surfaces and the CLI that compose it)",
         "fakepkg.store.db: fakepkg.relay.relay (the store sits below it)",
         "fakepkg.web.server: fakepkg.runtime.daemon (read the daemon through fakepkg.runtime.api)",

@@ -66,7 +66,7 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     bytes_received: int = 0
     frames_accepted: int = 0
@@ -99,6 +99,10 @@ class Counters:
     throttled: int = 0  # times the link went over link.max_bytes_per_s (reading slowed down)
     over_limit: int = 0  # frames, messages or connections refused for going over a configured limit
 
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name, in declaration order."""
+        return {name: getattr(self, name) for name in COUNTER_NAMES}
+
 
 @dataclass(frozen=True, slots=True)
 class StoreFacts:
@@ -118,18 +122,21 @@ class StoreFacts:
 
 
 class _Recent:
-    """Timestamps of one kind of trouble within a sliding window (bounded)."""
+    """Timestamps of one kind of trouble within a sliding window (bounded; nothing held until the first: a
+    deque takes half a kilobyte from the start, two per instrument)."""
 
     __slots__ = ("_at",)
 
     def __init__(self) -> None:
-        self._at: deque[float] = deque(maxlen=64)
+        self._at: deque[float] | None = None
 
     def add(self, at: float) -> None:
+        if self._at is None:
+            self._at = deque(maxlen=64)
         self._at.append(at)
 
     def count(self, now: float) -> int:
-        return sum(1 for at in self._at if now - at <= RECENT_WINDOW_S)
+        return 0 if self._at is None else sum(1 for at in self._at if now - at <= RECENT_WINDOW_S)
 
 
 COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Counters))  # every per-instrument counter
@@ -487,6 +494,6 @@ class InstrumentHealth:
             "dead_letters": facts.dead_letters if facts else None,
             "messages_received": self.counters.messages_received,
             "results_received": self.counters.results_received,
-            "counters": dict(vars(self.counters)),
+            "counters": self.counters.as_dict(),
             "notices": self.notices(now),
         }

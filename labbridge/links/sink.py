@@ -14,6 +14,7 @@ data. The store keeps the full text next to the raw message.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,11 +86,24 @@ class MessageSink:
 
     async def astm(self, records: tuple[bytes, ...], raw: bytes) -> Decision:
         """An ASTM message (E1381 or raw framing): stored decoded, or raw with the reason (still ACKed)."""
-        intake = self._attributed(self.decoder.decode_records(records))
-        return await self._commit("astm", raw, intake, error=intake.error)
+        async with self._in_flight():
+            intake = self._attributed(self.decoder.decode_records(records))
+            return await self._commit("astm", raw, intake, error=intake.error)
 
     async def hl7(self, received: Hl7Received, *, message_types: frozenset[str], driver: str) -> Decision:
         """An HL7 message: AA when stored and decoded; kept with AE/AR and the reason when it cannot be used."""
+        async with self._in_flight():
+            return await self._hl7(received, message_types=message_types, driver=driver)
+
+    def _in_flight(self) -> asyncio.Semaphore:
+        """A place among the store's messages in flight (decoded, not yet committed; bounded, labbridge.store.db
+        MESSAGES_IN_FLIGHT), taken before the decode and given back once the commit is answered."""
+        intake = self.store.intake
+        if intake.locked():
+            self.store.intake_waits += 1
+        return intake
+
+    async def _hl7(self, received: Hl7Received, *, message_types: frozenset[str], driver: str) -> Decision:
         msg = received.message
         if msg is None:
             assert received.error is not None

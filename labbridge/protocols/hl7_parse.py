@@ -69,19 +69,31 @@ CHARSETS: dict[str, str] = {
 UNSUPPORTED_CHARSETS = frozenset({"UNICODE UTF-16", "UNICODE UTF-32", "UTF-16", "UTF-32"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, slots=True, unsafe_hash=True)
 class Separators:
-    field: str = "|"
-    component: str = "^"
-    repetition: str = "~"
-    escape: str = "\\"
-    subcomponent: str = "&"
+    """MSH-1 and MSH-2: the field separator and the four encoding characters. Read-only and native like
+    :class:`Segment` (every read of a value looks at three of them)."""
+
+    field: Final[str]
+    component: Final[str]
+    repetition: Final[str]
+    escape: Final[str]
+    subcomponent: Final[str]
+
+    def __init__(self, field: str = "|", component: str = "^", repetition: str = "~", escape: str = "\\",
+                 subcomponent: str = "&") -> None:
+        self.field = field
+        self.component = component
+        self.repetition = repetition
+        self.escape = escape
+        self.subcomponent = subcomponent
 
     @property
     def encoding_characters(self) -> str:
         return self.component + self.repetition + self.escape + self.subcomponent
 
 
+read_only_from_source(Separators, __file__, init_stores_parameters=True)
 DEFAULT_SEPARATORS = Separators()
 
 

@@ -47,6 +47,8 @@ class StoreView(Protocol):
     def checkpoint_seconds(self) -> float: ...
     @property
     def wal_restarts_asked(self) -> int: ...  # the writer's checkpoints after background ones
+    @property
+    def intake_waits(self) -> int: ...  # messages that waited for a place among those in flight (MESSAGES_IN_FLIGHT)
 
     def size(self) -> StoreSize: ...
 

@@ -190,6 +190,11 @@ class WriterClient(asyncio.Protocol):
                 await asyncio.to_thread(proc.wait)
 
 
+# Messages decoded and not yet committed, all links together: past this, a link's next message waits, still
+# undecoded (its bytes only), for a commit to finish (MessageSink). A burst of a thousand analyzers ending their
+# messages at once then holds a thousand messages' bytes, not a thousand messages' results and requests; the
+# group commit still takes up to this many messages at a time, and an ACK waits for the commit anyway.
+MESSAGES_IN_FLIGHT = 128
 CHECKPOINT_INTERVAL_S = 0.5  # with the writer's follow-up, the WAL starts again about this often (module docstring)
 WAL_BACKSTOP_PAGES = 16384  # 64 MiB of 4 KiB pages: the writer checkpoints itself past this (SQLite's default is 1,000)
 
@@ -223,6 +228,8 @@ class Store:
         self.last_commit_error: str | None = None
         # Set by tests and by an operator's fault drill: the next commits fail as a full disk would.
         self.fail_commits = False
+        self.intake = asyncio.Semaphore(MESSAGES_IN_FLIGHT)  # held by a message from its decode to its commit
+        self.intake_waits = 0  # messages that waited for a place (MESSAGES_IN_FLIGHT were decoded, uncommitted)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 

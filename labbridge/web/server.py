@@ -109,6 +109,10 @@ class _Snapshot(Collector):
                                   "Writer checkpoints after a background one (each lets the WAL start again from its "
                                   "beginning: a WAL that never does grows and slows commits)",
                                   value=store.wal_restarts_asked)
+        yield CounterMetricFamily("labbridge_store_intake_waits",
+                                  "Messages that waited, undecoded, for one of the store's places for messages in "
+                                  "flight (decoded, not yet committed; a burst of analyzers, or a slow disk)",
+                                  value=store.intake_waits)
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, n in zip(GROUP_SIZE_BUCKETS, store.group_sizes, strict=True):
@@ -306,7 +310,7 @@ class WebServer:
                       "commit_failures": store.commit_failures, "last_commit_error": store.last_commit_error,
                       "writer_restarts": store.writer_restarts},
             "destinations": await lis_destinations(self.api, counts),
-            "lis_orders": [{"id": h.id, "listening": h.listening, "counters": dict(vars(h.counters)),
+            "lis_orders": [{"id": h.id, "listening": h.listening, "counters": h.counters.as_dict(),
                             "notices": h.notices(time.time())} for h in self.api.listener_health()],
         })
 

@@ -135,6 +135,7 @@ def test_operator_tools_against_a_running_daemon_and_the_lis_rejection_reason(tm
             assert "labbridge_store_checkpoints_total" in metrics
             assert "labbridge_store_checkpoint_seconds_total" in metrics
             assert "labbridge_store_wal_restarts_total" in metrics
+            assert "labbridge_store_intake_waits_total 0.0" in metrics
 
     run(body(), timeout=90)
 

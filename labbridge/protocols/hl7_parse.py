@@ -210,13 +210,15 @@ class Segment:
     Read-only (:mod:`labbridge.readonly`): a plain class rather than a frozen dataclass so that the compiled
     build makes one natively, a few dozen per message."""
 
-    __slots__ = ("fields", "name")
+    __slots__ = ("fields",)
     fields: Final[tuple[str, ...]]
-    name: Final[str]  # fields[0]
 
     def __init__(self, fields: tuple[str, ...]) -> None:
         self.fields = fields
-        self.name = fields[0]
+
+    @property
+    def name(self) -> str:
+        return self.fields[0]
 
     def raw(self, n: int) -> str:
         return self.fields[n] if n < len(self.fields) else ""
@@ -237,7 +239,7 @@ class Segment:
         return (Segment, (self.fields,))
 
 
-read_only_from_source(Segment, __file__)
+read_only_from_source(Segment, __file__, init_stores_parameters=True)
 
 
 @final

@@ -397,7 +397,7 @@ def _separators(head: str) -> Separators:
                             "a field separator and four distinct delimiters such as |^~\\&", ack_code="AE",
                             error_code=ERR_DATA_TYPE)
     seps = Separators(field_sep, enc[0], enc[1], enc[2], enc[3])
-    if len(_SEPARATORS_SEEN) < _SEEN_MAX:
+    if len(key) <= 8 and len(_SEPARATORS_SEEN) < _SEEN_MAX:  # an MSH-2 of a few characters (2.7 adds a fifth)
         _SEPARATORS_SEEN[key] = seps
     return seps
 

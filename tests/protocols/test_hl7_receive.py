@@ -94,6 +94,25 @@ def test_a_value_read_is_the_piece_a_full_split_gives(fields: list[str], field: 
     assert msg.value(obx, field, component, repeat, sub) == _value_by_split(msg, obx, field, component, repeat, sub)
 
 
+ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def test_the_separators_and_names_remembered_are_bounded() -> None:
+    """What the parser remembers of the messages it read (separators as declared, segment names found valid)
+    stays small whatever arrives: a few hundred entries of a few characters each."""
+    from labbridge.protocols import hl7_parse
+
+    for i in range(400):
+        enc = "^~\\&" + "#" * (i % 3) + "x" * (i // 3 % 40) * 100
+        with contextlib.suppress(Hl7ParseError):
+            name = "Z" + ALNUM[i // 36 % 36] + ALNUM[i % 36]  # 400 names, all valid
+            parse_message(f"MSH|{enc}|A|B|C|D|1||ORU^R01|{i}|P|2.5\r{name}|x\r".encode())
+    assert len(hl7_parse._SEPARATORS_SEEN) <= 256 and all(len(k) <= 8 for k in hl7_parse._SEPARATORS_SEEN)
+    assert len(hl7_parse._NAMES_SEEN) <= 256
+    msg = parse_message(b"MSH|^~\\&|A|B|C|D|1||ORU^R01|9|P|2.5\rOBX|1|NM|GLU||5.4\r")
+    assert msg.separators == Separators() and msg.value(msg.segments[1], 5) == "5.4"
+
+
 def test_parsed_segments_and_messages_are_read_only_values() -> None:
     """A parsed message is shared by the driver, the acknowledgement and the capture: nothing may change it, on
     the compiled build (native read-only attributes) and the pure-Python one (labbridge.readonly) alike."""

@@ -110,7 +110,8 @@ class Result:
     equipment_id: Final[str]  # the analyzer's own identifier of the instrument or module: ASTM R-14, HL7 OBX-18
     patient: Final[Patient | None]  # what else the analyzer sent about the patient (shared by its results)
 
-    def __init__(self, instrument: str, sample_id: str, test_code: str, instrument_test_code: str, value: str,  # noqa: PLR0917 - a dataclass's signature, positional in field order (unpickling)
+    # A dataclass's signature: positional in field order (unpickling, ResultValues), with its defaults.
+    def __init__(self, instrument: str, sample_id: str, test_code: str, instrument_test_code: str, value: str,  # noqa: PLR0917
                  units: str = "", reference_range: str = "", flags: tuple[str, ...] = (),
                  status: ResultStatus = "final", measured_at: str | None = None, kind: ResultKind = "patient",
                  patient_id: str = "", message_id: int | None = None, test_name: str = "",
@@ -170,7 +171,7 @@ class Result:
         return cls(**fields)
 
 
-read_only_from_source(Result, __file__, init_stores_parameters=True)
+read_only_from_source(Result, __file__)
 
 
 class ResultValues(NamedTuple):

@@ -6,6 +6,8 @@ getter and no setter, and builds the object natively (a frozen dataclass stays a
 its generated ``__init__`` some twenty times slower than a native one). :func:`read_only_from_source` gives the
 same class run from its source (the pure-Python fallback) the same rule: once made, an object's attributes
 are never set again nor deleted. ``mypy --strict`` rejects any assignment to a ``Final`` attribute on both.
+Such a class's ``__init__`` only stores each parameter in the attribute of its name (anything derived is a
+property), so that from the source it can be replaced by one generated from its signature.
 """
 
 from __future__ import annotations
@@ -18,12 +20,6 @@ from typing import Any
 
 def _refuse(self: Any, name: str, value: object) -> None:
     raise AttributeError(f"{type(self).__name__}.{name} is read-only")
-
-
-def _set_once(self: Any, name: str, value: object) -> None:
-    if hasattr(self, name):
-        _refuse(self, name, value)
-    object.__setattr__(self, name, value)
 
 
 def _no_delete(self: Any, name: str) -> None:
@@ -47,17 +43,12 @@ def _storing_init(cls: type) -> Callable[..., None]:
     return functools.update_wrapper(init, original)
 
 
-def read_only_from_source(cls: type, module_file: str, *, init_stores_parameters: bool = False) -> None:
+def read_only_from_source(cls: type, module_file: str) -> None:
     """When ``cls``'s module runs from source (``module_file`` ends in ``.py``), refuse to set or delete its
-    attributes once set. ``init_stores_parameters``: its ``__init__`` only stores each parameter in the attribute
-    of the same name, so it is replaced by one that does so past the refusal (as fast as a frozen dataclass's);
-    otherwise each attribute may be set once, by ``__init__``. Nothing for a compiled module: its ``Final``
-    attributes are read-only already."""
+    attributes, and make it with an ``__init__`` that stores its parameters past the refusal (as fast as a
+    frozen dataclass's). Nothing for a compiled module: its ``Final`` attributes are read-only already."""
     if not module_file.endswith(".py"):
         return
-    if init_stores_parameters:
-        setattr(cls, "__init__", _storing_init(cls))  # noqa: B010 - on a class the type checker sees as compiled
-        setattr(cls, "__setattr__", _refuse)  # noqa: B010
-    else:
-        setattr(cls, "__setattr__", _set_once)  # noqa: B010
+    setattr(cls, "__init__", _storing_init(cls))  # noqa: B010 - on a class the type checker sees as compiled
+    setattr(cls, "__setattr__", _refuse)  # noqa: B010
     setattr(cls, "__delattr__", _no_delete)  # noqa: B010

@@ -98,10 +98,10 @@ class MessageSink:
     def _in_flight(self) -> asyncio.Semaphore:
         """A place among the store's messages in flight (decoded, not yet committed; bounded, labbridge.store.db
         MESSAGES_IN_FLIGHT), taken before the decode and given back once the commit is answered."""
-        intake = self.store.intake
-        if intake.locked():
+        places = self.store.intake
+        if places.locked():  # every place taken: this message waits for one, undecoded
             self.store.intake_waits += 1
-        return intake
+        return places
 
     async def _hl7(self, received: Hl7Received, *, message_types: frozenset[str], driver: str) -> Decision:
         msg = received.message

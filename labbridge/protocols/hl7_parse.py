@@ -93,7 +93,7 @@ class Separators:
         return self.component + self.repetition + self.escape + self.subcomponent
 
 
-read_only_from_source(Separators, __file__, init_stores_parameters=True)
+read_only_from_source(Separators, __file__)
 DEFAULT_SEPARATORS = Separators()
 
 
@@ -239,7 +239,7 @@ class Segment:
         return (Segment, (self.fields,))
 
 
-read_only_from_source(Segment, __file__, init_stores_parameters=True)
+read_only_from_source(Segment, __file__)
 
 
 @final

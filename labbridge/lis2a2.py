@@ -142,11 +142,12 @@ def decode(records: Sequence[bytes], context: DecodeContext, driver_component: i
             comments.comment(rec)
         elif kind == "Q":
             out.queries.append(decode_query(rec, context, index))
+    test_map = context.test_map  # context.map_test's lookup, without a call into Python per result
     for i, (sample, code, value, units, reference_range, flags, status, measured_at, result_kind, patient,
             test_name, operator, equipment_id) in enumerate(pending):
         person, order_comments, notes = comments.about(i, patient) or _NOTHING_MORE
         out.results.append(Result(
-            instrument=context.instrument, sample_id=sample, test_code=context.map_test(code),
+            instrument=context.instrument, sample_id=sample, test_code=test_map.get(code, code),
             instrument_test_code=code, value=value, units=units, reference_range=reference_range, flags=flags,
             status=status, measured_at=measured_at, kind=result_kind, patient_id=patient, test_name=test_name,
             operator=operator, equipment_id=equipment_id, patient=person, order_comments=order_comments,

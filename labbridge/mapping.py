@@ -55,6 +55,8 @@ class ResultMapper:
         self.test_units = {code: dict(t.units) for code, t in tests.items() if t.units}
         self.test_values = {code: _fold(t.values) for code, t in tests.items() if t.values}
         self.unmapped_tests = unmapped_tests
+        # Nothing configured that changes a code, unit or value: results pass as they are (no lookups per result).
+        self._identity = not (self.test_map or self.unit_map or self.value_map or self.test_units or self.test_values)
 
     @classmethod
     def from_config(cls, cfg: InstrumentConfig) -> ResultMapper:
@@ -85,7 +87,7 @@ class ResultMapper:
             if self.unmapped_tests == "dead-letter" and code not in self.test_map:
                 unmapped.add(code)
                 continue
-            mapped = self.map_one(result)
+            mapped = result if self._identity else self.map_one(result)
             (out.held if action == "hold" else out.results).append(mapped)
         out.unmapped = sorted(unmapped)
         return out

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from labbridge.config import ConfigError, parse_config
-from labbridge.health.instrument import InstrumentHealth, StoreFacts
+from labbridge.health.instrument import RECENT_FRAMES, InstrumentHealth, StoreFacts
 from labbridge.health.traffic import LEARNED_FLOOR_S, ConfiguredTraffic, Window, learn, parse_days, parse_hours
 from labbridge.links.health_settings import configured_traffic
 
@@ -144,6 +144,19 @@ def test_reject_ratio_degrades() -> None:
         h.frame_outcome(False)
     state, reason = h.effective_state(MONDAY_9 + 1)
     assert state == "degraded" and "frames rejected" in reason and "baud rate" in reason
+
+
+def test_reject_ratio_is_over_the_last_frames_only() -> None:
+    """The ratio looks at the last RECENT_FRAMES outcomes whatever is held between trims, and what is held
+    stays bounded."""
+    h = _health()
+    for _ in range(RECENT_FRAMES):
+        h.frame_outcome(False, MONDAY_9)
+    for n in range(1, 3 * RECENT_FRAMES):
+        h.frame_outcome(True, MONDAY_9)
+        assert h.reject_ratio() == max(0, RECENT_FRAMES - n) / RECENT_FRAMES
+        assert len(h._recent) <= 2 * RECENT_FRAMES
+    assert h.last_frame_at == MONDAY_9
 
 
 def test_changes_log_once_warning_to_down_info_on_recovery() -> None:

@@ -91,9 +91,27 @@ def test_the_sample_is_the_last_bytes_and_bounded() -> None:
         h.received(GARBLED)
     h.received(BARE)
     assert h.counters.bytes_received == 100 * len(GARBLED) + len(BARE)
-    assert len(h._recent_bytes) == SAMPLE_BYTES and h._recent_bytes.endswith(BARE)
+    sample = h.recent_bytes()
+    assert len(sample) == SAMPLE_BYTES and sample.endswith(BARE)
+    assert sample == (b"".join([GARBLED] * 100) + BARE)[-SAMPLE_BYTES:]
     h.received(bytes(5 * SAMPLE_BYTES))  # a chunk larger than the sample
-    assert h._recent_bytes == bytes(SAMPLE_BYTES)
+    assert h.recent_bytes() == bytes(SAMPLE_BYTES)
+
+
+def test_what_is_kept_of_the_bytes_stays_bounded_read_by_read() -> None:
+    """Small reads (an ACK-per-frame analyzer's frames, a byte at a time) are trimmed now and then, not at every
+    read: what is held never passes the sample by more than a read's worth of slack, and the sample is exact."""
+    h = health()
+    h.connected("x", now=0.0)
+    sent = bytearray()
+    for i in range(3000):
+        chunk = bytes([65 + i % 26]) * (1 + i % 97)
+        h.received(chunk)
+        sent += chunk
+        assert len(h._recent_bytes) <= SAMPLE_BYTES + 512
+        if i % 101 == 0:
+            assert h.recent_bytes() == bytes(sent[-SAMPLE_BYTES:])
+    assert h.recent_bytes() == bytes(sent[-SAMPLE_BYTES:])
 
 
 def test_noise_on_a_serial_line_names_its_settings_and_on_tcp_the_converter() -> None:

@@ -50,6 +50,8 @@ _ALARMS: frozenset[str] = frozenset({"down", "failed", "degraded"})  # a change 
 # A link with more than this share of rejected frames over its recent frames is degraded.
 DEGRADED_REJECT_RATIO = 0.2
 RECENT_FRAMES = 50
+_TRIM_SLACK = 50  # the recent frames' outcomes are trimmed back to RECENT_FRAMES past this many more
+_BYTES_SLACK = 512  # likewise the bytes kept past SAMPLE_BYTES
 # Bytes with no decoded frame or message: at least this many, for at least undecoded_after_s.
 UNFRAMED_MIN_BYTES = 8
 # Frames accepted with no message completed: at least this many, for at least undecoded_after_s.
@@ -239,25 +241,35 @@ class InstrumentHealth:
         else:
             self.set_state("down", reason)
 
-    def frame_outcome(self, accepted: bool) -> None:
+    def frame_outcome(self, accepted: bool, now: float | None = None) -> None:
+        """A frame accepted or rejected (``now``: when its bytes came, as given to :meth:`received`)."""
         recent = self._recent
         recent.append(accepted)
-        if len(recent) > RECENT_FRAMES:
-            del recent[0]
-        now = time.time()
+        if len(recent) > RECENT_FRAMES + _TRIM_SLACK:  # trimmed now and then, not at every frame
+            del recent[:-RECENT_FRAMES]
+        now = time.time() if now is None else now
         if accepted:
             self.counters.frames_accepted += 1
-            self.decoded(now)
+            self._decoded_bytes = self.counters.bytes_received  # as decoded(now), without the call per frame
+            self._decoded_at = now
         self.last_frame_at = now
 
-    def received(self, data: bytes) -> None:
-        """Bytes from the analyzer: counted, and the last SAMPLE_BYTES of them kept to read a cause from."""
+    def received(self, data: bytes, now: float | None = None) -> None:
+        """Bytes from the analyzer at ``now`` (wall clock; read if not given): counted, and the last
+        SAMPLE_BYTES of them kept to read a cause from (:meth:`recent_bytes`)."""
         self.counters.bytes_received += len(data)
-        self.last_byte_at = time.time()
+        self.last_byte_at = time.time() if now is None else now
         recent = self._recent_bytes
-        recent += data[-SAMPLE_BYTES:]
-        if len(recent) > SAMPLE_BYTES:
-            del recent[:len(recent) - SAMPLE_BYTES]
+        if len(data) >= SAMPLE_BYTES:
+            recent[:] = data[-SAMPLE_BYTES:]
+        else:
+            recent += data
+            if len(recent) > SAMPLE_BYTES + _BYTES_SLACK:  # one move every few reads, not a move per read
+                del recent[:-SAMPLE_BYTES]
+
+    def recent_bytes(self) -> bytes:
+        """The last SAMPLE_BYTES bytes received (fewer before that many came)."""
+        return bytes(self._recent_bytes[-SAMPLE_BYTES:])
 
     def decoded(self, now: float | None = None) -> None:
         """The bytes so far made sense (a frame, a message, a keep-alive)."""
@@ -293,9 +305,10 @@ class InstrumentHealth:
         return [f"{text} (last at {self.clock(at, now)})" for at, text in recent]
 
     def reject_ratio(self) -> float:
-        if not self._recent:
+        recent = self._recent[-RECENT_FRAMES:]
+        if not recent:
             return 0.0
-        return self._recent.count(False) / len(self._recent)
+        return recent.count(False) / len(recent)
 
     # ---- judging ----------------------------------------------------------------------------------
 
@@ -401,7 +414,7 @@ class InstrumentHealth:
         return out
 
     def _diagnosis(self) -> Diagnosis | None:
-        return diagnose(bytes(self._recent_bytes), framing=self.framing, frame_numbers=self.frame_numbers,
+        return diagnose(self.recent_bytes(), framing=self.framing, frame_numbers=self.frame_numbers,
                         checksums=self.checksums, record_terminator=self.record_terminator)
 
     def _unframed_check(self) -> str:

@@ -81,8 +81,9 @@ class AstmRole:
         """Count an event (True), or leave it to :meth:`handle` (False)."""
         health = self.session.health
         counters = health.counters
+        # A frame's outcome is known in the read that brought its last byte: timed as that read.
         if isinstance(event, e1381.FrameAccepted):
-            health.frame_outcome(True)
+            health.frame_outcome(True, health.last_byte_at)
         elif isinstance(event, e1381.FrameRejected):
             if event.by_peer:
                 health.count_nak_received()
@@ -90,7 +91,7 @@ class AstmRole:
                 counters.frames_rejected += 1
                 if event.reason.startswith("checksum"):
                     counters.checksum_errors += 1
-                health.frame_outcome(False)
+                health.frame_outcome(False, health.last_byte_at)
         elif isinstance(event, e1381.FrameRetransmitted):
             counters.retransmissions += 1
         elif isinstance(event, e1381.JunkDiscarded):
@@ -144,7 +145,7 @@ class AstmRole:
             await self.sink.incomplete(event.raw, event.reason)
 
     def deadline(self) -> float | None:
-        if not self._link_idle():
+        if self.link.in_transfer or not self._link_idle():  # asked after every read: the common case first
             return None
         if self._reply is not None:
             return 0.0  # an answer is waiting for the line: now

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -173,16 +174,17 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self.wake()  # the role's first look for work of its own
 
     def data_received(self, data: bytes) -> None:
-        self._last_in = self._loop.time()
-        health = self.health
-        health.received(data)  # counted; the last bytes kept to diagnose (labbridge.health.unframed)
+        self._last_in = now = self._loop.time()
+        # Counted; the last bytes kept to diagnose (labbridge.health.unframed); the read's wall-clock time.
+        self.health.received(data, time.time())
         if self._inbox or len(data) > self.limits.read_budget:
             self._inbox += data
             self._hold("backlog")
             self._drain_later(0.0)
             return
-        self._feed(data)
-        self._spend(len(data))
+        self._feed(data, now)
+        if self.limits.bytes_per_s is not None:
+            self._spend(len(data), now)
 
     def pause_writing(self) -> None:
         """The peer does not read what we send: read no more from it until it does."""
@@ -191,18 +193,23 @@ class LinkSession(asyncio.Protocol, Generic[E]):
     def resume_writing(self) -> None:
         self._release("write")
 
-    def _feed(self, data: bytes) -> None:
-        """Hand bytes to the link (the fast path of the module's docstring)."""
+    def _feed(self, data: bytes, now: float | None = None) -> None:
+        """Hand bytes to the link (the fast path of the module's docstring; ``now``: the loop's time of the read).
+        Once per read, so :meth:`flush` and :meth:`_close_if_idle` are written out here."""
         try:
-            self.link.receive_data(data, self._loop.time())
-            self.flush()
+            link = self.link
+            link.receive_data(data, self._loop.time() if now is None else now)
+            out = link.data_to_send()
+            if out:
+                self.send(out)
             if self._task is None:
                 event = self._take_event()
                 if event is not None:
                     self._pending = event
                     self._start()
             self._arm()
-            self._close_if_idle()
+            if self._retiring:
+                self._close_if_idle()
         except Exception as exc:  # isolation: this connection ends, nothing else
             self._crashed(exc)
 
@@ -410,12 +417,15 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self._tokens_at = now
         return -self._tokens / rate if self._tokens < 0 else 0.0
 
-    def _spend(self, count: int) -> None:
-        """``count`` bytes handed to the link: over the rate, reading pauses until it allows more."""
+    def _spend(self, count: int, now: float | None = None) -> None:
+        """``count`` bytes handed to the link (``now``: the loop's time of the read): over the rate, reading
+        pauses until it allows more."""
         rate = self.limits.bytes_per_s
         if rate is None or not self._can_pause:
             return
-        now = self._loop.time()  # the bucket refilled, then spent (as _rate_wait, once per read)
+        if now is None:
+            now = self._loop.time()
+        # The bucket refilled, then spent (as _rate_wait, once per read).
         self._tokens = tokens = min(rate, self._tokens + (now - self._tokens_at) * rate) - count
         self._tokens_at = now
         wait = -tokens / rate if tokens < 0 else 0.0
@@ -451,21 +461,20 @@ class LinkSession(asyncio.Protocol, Generic[E]):
         self.health.set_state("down", self.failure)
         self.abort()
 
-    def _deadline(self) -> float | None:
-        """The earliest of the link's, the role's and the idle deadline (per read: no list built)."""
+    def _arm(self) -> None:
+        """Arm the timer for the earliest of the link's, the role's and the idle deadline, if it comes before
+        the armed one (once per read: the idle deadline's rule is written out here, no list is built)."""
+        if self._lost:
+            return
         deadline = self.link.get_timer()
         role = self.role.deadline()
         if role is not None and (deadline is None or role < deadline):
             deadline = role
-        idle = self._idle_deadline()
-        if idle is not None and (deadline is None or idle < deadline):
-            deadline = idle
-        return deadline
-
-    def _arm(self) -> None:
-        if self._lost:
-            return
-        deadline = self._deadline()
+        idle_s = self.limits.idle_timeout_s
+        if idle_s is not None and not self.in_transfer:  # as _idle_deadline
+            idle = self._last_in + idle_s
+            if deadline is None or idle < deadline:
+                deadline = idle
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()

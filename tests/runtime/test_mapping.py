@@ -94,3 +94,25 @@ def test_stored_hl7_messages_are_re_decoded_with_the_current_mapping() -> None:
     assert not after.held and len(after.results) == 3 and len(after.held_results) == 1
     broken = decoder(GenericHl7Driver()).decode_raw("hl7", b"not hl7")
     assert broken.error is not None and broken.log_reason == "raw bytes not HL7"
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, ("GLU", "mg/dL", "90")),
+    ({"test_map": {"GLU": "GLUC"}}, ("GLUC", "mg/dL", "90")),
+    ({"unit_map": {"mg/dL": "mg/dl"}}, ("GLU", "mg/dl", "90")),
+    ({"value_map": {"90": "ninety"}}, ("GLU", "mg/dL", "ninety")),
+    ({"tests": {"GLU": {"units": {"mg/dL": "mg/dL (plasma)"}}}}, ("GLU", "mg/dL (plasma)", "90")),
+    ({"tests": {"GLU": {"values": {"90": "ninety"}}}}, ("GLU", "mg/dL", "ninety")),
+    ({"tests": {"GLU": {"code": "GLUC"}}}, ("GLUC", "mg/dL", "90")),
+    ({"drop_tests": ["TSH"]}, ("GLU", "mg/dL", "90")),
+], ids=["none", "test_map", "unit_map", "value_map", "test-units", "test-values", "test-code", "actions-only"])
+def test_each_kind_of_mapping_alone_applies_and_none_passes_results_as_decoded(settings: dict[str, Any],
+                                                                            expected: tuple[str, str, str]) -> None:
+    """With nothing configured that changes a code, unit or value, results pass untouched (no lookups); any one
+    kind of mapping alone is enough to apply it."""
+    plain = GenericAstmDriver().decode(ASTM, decoder(GenericAstmDriver()).context).results
+    got = astm(**settings).results
+    glu = next(r for r in got if r.instrument_test_code == "GLU")
+    assert (glu.test_code, glu.units, glu.value) == expected
+    if not settings:
+        assert got == plain  # the driver's results as it decoded them

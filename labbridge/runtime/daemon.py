@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import time
@@ -61,6 +62,17 @@ if TYPE_CHECKING:  # [mqtt] (labbridge.fleet): imported only when configured
 log = get_logger("labbridge.daemon")
 
 READY_TIMEOUT_S = 15.0
+
+
+def _set_startup_apart() -> None:
+    """What starting made (modules, the configuration's models and validators, drivers, the parts) lives as
+    long as the daemon: once started, it is collected and then set apart from the cycle collector (``gc.freeze``),
+    so that the collector's full passes, which stop the event loop, go over what the links made since, not over
+    all of that again (one full pass during a 10-link load stopped the loop for ~19 ms, its ACKs with it).
+    Objects set apart are still freed when no longer referenced; only a cycle among them would stay until the
+    daemon stops (then they are given back to the collector)."""
+    gc.collect()
+    gc.freeze()
 
 
 class Daemon:
@@ -203,6 +215,7 @@ class Daemon:
                 async with asyncio.timeout(READY_TIMEOUT_S):
                     await asyncio.gather(*(r.ready.wait() for r in self.runners.values()),
                                          *(lo.ready.wait() for lo in self.lis_orders))
+            _set_startup_apart()
             self._write_ready_file()
             systemd.notify("READY=1")
             tasks.append(asyncio.create_task(systemd.keep_watchdog(self.store.writer_alive)))
@@ -213,6 +226,7 @@ class Daemon:
                      http=f"http://{self.http_address[0]}:{self.http_address[1]}/" if self.http_address else None)
             await stop.wait()
         finally:
+            gc.unfreeze()  # what was set apart at the start is collected as usual again (a process running others)
             log.info("daemon_stopping")
             systemd.stopping()
             for reload in tuple(self._reloads):  # a reload under way stops first: then the parts are as it left them

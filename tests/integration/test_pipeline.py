@@ -232,3 +232,33 @@ def test_a_driver_exception_quoting_patient_data_stays_out_of_the_logs(tmp_path:
         assert "DUPONT" not in repr(logs)
 
     run(body())
+
+
+def test_what_starting_made_is_set_apart_from_the_collector_while_the_daemon_runs(tmp_path: Path) -> None:
+    """The daemon's startup objects are frozen (gc.freeze) once it has started, so the collector's full passes
+    during traffic look only at what the links made; they are given back when it stops."""
+    import gc
+
+    from labbridge_simulators.lis import SimulatedLis
+
+    from labbridge.config import parse_config
+    from labbridge.runtime.daemon import Daemon
+    from tests.integration.helpers import lab_config
+
+    async def body() -> None:
+        gc.unfreeze()
+        lis = SimulatedLis()
+        await lis.start()
+        daemon = Daemon(parse_config(lab_config(tmp_path, instruments=1, lis_port=lis.port)))
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            await asyncio.wait_for(daemon.started.wait(), 10)
+            assert gc.get_freeze_count() > 1000  # the modules, the configuration's models, the parts
+        finally:
+            stop.set()
+            await task
+            await lis.stop()
+        assert gc.get_freeze_count() == 0
+
+    run(body())

@@ -292,7 +292,6 @@ _TERMINATOR_RECORD: Final = (b"L", b"l")
 # The plain-frame path (E1381Link._take_plain_frame) takes a whole, well-formed frame of the standard layout
 # at the start of the buffer: STX, FN, text free of terminators and of the bytes that restart a transfer, ETX
 # or ETB, two hex digits, CR LF; whatever else takes the general path.
-_FRAME_CONTROLS: Final = bytes((STX, ETX, EOT, ENQ, ETB))  # never inside a frame's text
 _adler32 = zlib.adler32
 # The value of each two-digit checksum, either case ("0a" and "0A" alike).
 _HEX_VALUE: Final = {b"%02X" % v: v for v in range(256)} | {b"%02x" % v: v for v in range(256)} | {
@@ -629,28 +628,34 @@ class E1381Link(ReceiverQueues[Event]):
         buf = self._inbuf
         profile = self.profile
         # The frame ends at the first CR LF (the checksum's); a CR LF inside the text, or no CR LF within the
-        # profile's frame size, is the general path's to handle.
-        end = buf.find(b"\r\n", 2, profile.max_frame_bytes) + 2
+        # profile's frame size, is the general path's to handle. (Most reads hold one frame: then the search
+        # needs no bounds, and the frame is the whole buffer.)
+        size = len(buf)
+        limit = profile.max_frame_bytes
+        end = (buf.find(b"\r\n") if size <= limit else buf.find(b"\r\n", 0, limit)) + 2
         if end < 7:  # not found (or shorter than STX FN ETX C1 C2 CR LF)
             return False
-        frame = bytes(buf[:end])
+        frame = bytes(buf) if end == size else bytes(buf[:end])
         sum_at = end - 4
         term = frame[sum_at - 1]
         fn = self._expected_fn
         if term not in _TERMINATORS or frame[1] - 0x30 != fn or self._refusing is not None:
             return False
         summed = frame[1:sum_at]  # FN, text, ETX/ETB: what the checksum covers
-        # No byte of the text may end or restart a frame (only the terminator goes when those are deleted). The
-        # sum modulo 256: over at most 256 bytes the sum stays below Adler-32's modulus (65521), so Adler-32's
-        # low half, less its initial 1, is that sum (C, not a Python loop); a longer frame is summed in Python.
-        if (len(summed.translate(None, _FRAME_CONTROLS)) != sum_at - 2
+        text = frame[2:sum_at - 1]
+        # No byte of the text may end or restart a frame (STX ETX ETB EOT ENQ; FN is a digit, checked above): an
+        # int `in` bytes is one memchr, no method call. The sum modulo 256: over at most 256 bytes the sum stays
+        # below Adler-32's modulus (65521), so Adler-32's low half, less its initial 1, is that sum (C, not a
+        # Python loop); a longer frame is summed in Python.
+        if (STX in text or ETX in text or ETB in text or EOT in text or ENQ in text
                 or (((_adler32(summed) & 0xFFFF) - 1 if sum_at <= 257 else sum(summed)) & 0xFF)
                 != _HEX_VALUE.get(frame[sum_at:sum_at + 2])):
             return False
         del buf[:end]
-        text = frame[2:sum_at - 1]
         final = term == ETX
-        if (not final or self._partial or text.find(b"\r") != len(text) - 1 or len(text) < 2
+        record = text[:-1]
+        # An ordinary record ends the text with its CR, the only CR in it (else the general path splits it).
+        if (not final or self._partial or len(text) < 2 or text[-1] != CR or CR in record
                 or text[0] in _SPECIAL_RECORD_START or text[-2] == LF
                 or len(self._raw) + end > profile.max_message_bytes or len(self._records) >= profile.max_records):
             self._accept_frame(frame, text, final=final, now=now)
@@ -658,7 +663,7 @@ class E1381Link(ReceiverQueues[Event]):
         # One ordinary record, whole in this frame: what _accept_frame would do for it, without its checks.
         self._frames_in_transfer += 1
         self._raw += frame
-        self._records.append(text[:-1])
+        self._records.append(record)
         self._out.append(ACK)
         self._events.append(_FRAME_ACCEPTED[fn])
         self._last_fn = fn

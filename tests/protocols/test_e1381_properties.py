@@ -291,6 +291,21 @@ def test_the_plain_frame_path_gives_what_the_general_path_gives(stream: bytes, c
         stream, chunk, profile, plain=False, accept=accept)
 
 
+@pytest.mark.parametrize("control", [0x02, 0x03, 0x17, 0x04, 0x05], ids=["STX", "ETX", "ETB", "EOT", "ENQ"])
+@pytest.mark.parametrize("at", [0, 5, -1])
+def test_a_control_byte_inside_the_text_leaves_the_frame_to_the_general_path(control: int, at: int) -> None:
+    """A frame whose text holds a byte that ends or restarts a frame, with a checksum that matches it all, is
+    not taken by the plain path: the general path gives its answer (each of the five, at the text's start, in
+    its middle, before its CR), fed whole and byte by byte."""
+    record = bytearray(_RECORDS[3])
+    record.insert(at if at >= 0 else len(record), control)
+    stream = bytes([ENQ]) + _frame(1, bytes(record) + b"\r", 0x03) + _frame(2, _RECORDS[4] + b"\r", 0x03)
+    for chunk in (100_000, 1):
+        plain = _host_run(stream, chunk, LinkProfile(), plain=True, accept=True)
+        assert plain == _host_run(stream, chunk, LinkProfile(), plain=False, accept=True)
+        assert not any(isinstance(e, e1381.MessageReceived) and bytes(record) in e.records for e in plain[0])
+
+
 @pytest.mark.parametrize("covered", [256, 257, 258, 259, 260, 261, 300])
 def test_the_plain_frame_path_checks_the_exact_sum_of_long_frames(covered: int) -> None:
     """The plain path sums a frame through Adler-32 where that is exact (at most 256 bytes covered: FN, text,

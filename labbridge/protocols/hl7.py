@@ -119,16 +119,24 @@ def _obx(results: Sequence[Result], opts: Hl7Options) -> list[str]:
     """Each result's OBX, then its NTE: the analyzer's comments, and its dilution when it is one."""
     out = []
     for i, r in enumerate(results, start=1):
-        # Most results have nothing to escape: one scan of them all, then `str` (the value itself) for escape.
-        esc = str if plain("".join((r.test_code, r.test_name, r.instrument_test_code, r.instrument, r.equipment_id,
-                                    r.value, r.units, r.reference_range, r.operator, *r.flags))) else escape
+        test_code, test_name, instrument_code, value, units = (r.test_code, r.test_name, r.instrument_test_code,
+                                                               r.value, r.units)
+        reference_range, operator, instrument, equipment_id, flags = (r.reference_range, r.operator, r.instrument,
+                                                                      r.equipment_id, r.flags)
+        # Most results have nothing to escape: one scan of them all, and then their values as they are (no call
+        # per value); the others have each value escaped.
+        if not plain("".join((test_code, test_name, instrument_code, instrument, equipment_id, value, units,
+                              reference_range, operator, *flags))):
+            test_code, test_name, instrument_code = escape(test_code), escape(test_name), escape(instrument_code)
+            value, units, reference_range = escape(value), escape(units), escape(reference_range)
+            operator, instrument, equipment_id = escape(operator), escape(instrument), escape(equipment_id)
+            flags = tuple([escape(f) for f in flags])
         value_type = "NM" if r.numeric_value is not None else "ST"
-        code = f"{esc(r.test_code)}^{esc(r.test_name)}^{opts.coding_system}^{esc(r.instrument_test_code)}^^99INST"
-        flags = "~".join([esc(f) for f in r.flags])
-        equipment = esc(r.instrument) + (f"~{esc(r.equipment_id)}" if r.equipment_id else "")
-        out.append("|".join(["OBX", str(i), value_type, code, "", esc(r.value), esc(r.units),
-                             esc(r.reference_range), flags, "", "", _STATUS.get(r.status, "F"),
-                             "", "", hl7_timestamp(r.measured_at), "", esc(r.operator), "", equipment]))
+        code = f"{test_code}^{test_name}^{opts.coding_system}^{instrument_code}^^99INST"
+        equipment = instrument + (f"~{equipment_id}" if equipment_id else "")
+        out.append("|".join(["OBX", str(i), value_type, code, "", value, units, reference_range, "~".join(flags),
+                             "", "", _STATUS.get(r.status, "F"), "", "", hl7_timestamp(r.measured_at), "", operator,
+                             "", equipment]))
         if r.comments:
             out += _nte(r.comments)
         if r.dilution.strip().upper() not in _NO_DILUTION:

@@ -139,3 +139,33 @@ def test_results_stored_before_issue_20_render_for_the_lis_exactly_as_before() -
                          sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB")) == BEFORE_ISSUE_20_ORU
     assert build_oul_r22(stored, control_id="LB1", created_at=datetime(2026, 11, 23, tzinfo=UTC),
                          sender=Party("LABBRIDGE", "ARLON"), receiver=Party("LIS", "LAB")) == BEFORE_ISSUE_20_OUL
+
+
+OBX_TEXT = st.text(alphabet="ab1 .|^~\\&", max_size=8)
+
+
+@given(test_code=OBX_TEXT.filter(bool), test_name=OBX_TEXT, instrument_code=OBX_TEXT.filter(bool), value=OBX_TEXT,
+       units=OBX_TEXT, reference_range=OBX_TEXT, operator=OBX_TEXT, equipment_id=OBX_TEXT,
+       flags=st.lists(OBX_TEXT.filter(bool), max_size=3), plain_first=st.booleans())
+def test_every_obx_field_reads_back_as_the_result_had_it(test_code: str, test_name: str, instrument_code: str,
+                                                         value: str, units: str, reference_range: str,
+                                                         operator: str, equipment_id: str, flags: list[str],
+                                                         plain_first: bool) -> None:
+    """Each value an OBX carries (code, name, instrument code, value, units, range, flags, operator, the
+    instrument and its equipment ID) is escaped where it must be and reads back as it was, beside a result with
+    nothing to escape (results are escaped one by one: a plain one must not change how the next is written)."""
+    odd = Result(instrument="chem|1^a", sample_id="S1", test_code=test_code, test_name=test_name,
+                 instrument_test_code=instrument_code, value=value, units=units, reference_range=reference_range,
+                 flags=tuple(flags), operator=operator, equipment_id=equipment_id,
+                 measured_at="2026-11-23T10:15:00+01:00")
+    plain = Result(instrument="chem-1", sample_id="S1", test_code="GLU", instrument_test_code="GLU", value="5.4",
+                   units="mmol/L", measured_at="2026-11-23T10:15:00+01:00")
+    payload = build_oru_r01([plain, odd] if plain_first else [odd, plain], control_id="LB1",
+                            created_at=datetime(2026, 11, 23, tzinfo=UTC), sender=Party("LABBRIDGE"),
+                            receiver=Party("LIS"))
+    msg = parse_message_ours(payload)
+    obx = [s for s in msg.segments if s.name == "OBX"][1 if plain_first else 0]
+    assert [msg.value(obx, 3, n) for n in (1, 2, 4)] == [test_code, test_name, instrument_code]
+    assert [msg.value(obx, n, 0) for n in (5, 6, 7, 16)] == [value, units, reference_range, operator]
+    assert (msg.repeats(obx, 8, 0) if flags else []) == flags
+    assert msg.repeats(obx, 18, 0) == (["chem|1^a", equipment_id] if equipment_id else ["chem|1^a"])

@@ -57,6 +57,8 @@ class ResultMapper:
         self.unmapped_tests = unmapped_tests
         # Nothing configured that changes a code, unit or value: results pass as they are (no lookups per result).
         self._identity = not (self.test_map or self.unit_map or self.value_map or self.test_units or self.test_values)
+        # ... and nothing dropped, held or refused as unmapped: the message's results go as they are, in one step.
+        self._passes_all = self._identity and not self.actions and unmapped_tests != "dead-letter"
 
     @classmethod
     def from_config(cls, cfg: InstrumentConfig) -> ResultMapper:
@@ -76,6 +78,8 @@ class ResultMapper:
         return dataclasses.replace(result, test_code=test_code, units=units, value=value)
 
     def apply(self, results: Iterable[Result]) -> Mapped:
+        if self._passes_all:
+            return Mapped(results=list(results))
         out = Mapped()
         unmapped: set[str] = set()
         for result in results:

@@ -105,14 +105,21 @@ def test_stored_hl7_messages_are_re_decoded_with_the_current_mapping() -> None:
     ({"tests": {"GLU": {"values": {"90": "ninety"}}}}, ("GLU", "mg/dL", "ninety")),
     ({"tests": {"GLU": {"code": "GLUC"}}}, ("GLUC", "mg/dL", "90")),
     ({"drop_tests": ["TSH"]}, ("GLU", "mg/dL", "90")),
-], ids=["none", "test_map", "unit_map", "value_map", "test-units", "test-values", "test-code", "actions-only"])
-def test_each_kind_of_mapping_alone_applies_and_none_passes_results_as_decoded(settings: dict[str, Any],
-                                                                            expected: tuple[str, str, str]) -> None:
-    """With nothing configured that changes a code, unit or value, results pass untouched (no lookups); any one
-    kind of mapping alone is enough to apply it."""
+    ({"hold_tests": ["TSH"]}, ("GLU", "mg/dL", "90")),
+    ({"unmapped_tests": "dead-letter"}, None),
+], ids=["none", "test_map", "unit_map", "value_map", "test-units", "test-values", "test-code", "drop", "hold",
+        "dead-letter"])
+def test_each_kind_of_mapping_alone_applies_and_none_passes_results_as_decoded(
+        settings: dict[str, Any], expected: tuple[str, str, str] | None) -> None:
+    """With nothing configured that changes a code, unit or value, or drops, holds or refuses a result, results
+    pass untouched; any one of those alone is enough to apply it."""
     plain = GenericAstmDriver().decode(ASTM, decoder(GenericAstmDriver()).context).results
-    got = astm(**settings).results
-    glu = next(r for r in got if r.instrument_test_code == "GLU")
-    assert (glu.test_code, glu.units, glu.value) == expected
+    intake = astm(**settings)
+    sent = {r.instrument_test_code: (r.test_code, r.units, r.value) for r in intake.results}
+    assert sent.get("GLU") == expected
+    assert ("TSH" in sent) == (expected is not None and not settings.get("drop_tests") and not settings.get(
+        "hold_tests"))
+    assert [r.instrument_test_code for r in intake.held_results] == (["TSH"] if settings.get("hold_tests") else [])
+    assert [h.kind for h in intake.held] == (["unmapped"] if expected is None else [])
     if not settings:
-        assert got == plain  # the driver's results as it decoded them
+        assert intake.results == plain  # the driver's results as it decoded them

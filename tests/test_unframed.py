@@ -100,7 +100,7 @@ def test_the_sample_is_the_last_bytes_and_bounded() -> None:
 
 def test_what_is_kept_of_the_bytes_stays_bounded_read_by_read() -> None:
     """Small reads (an ACK-per-frame analyzer's frames, a byte at a time) are trimmed now and then, not at every
-    read: what is held never passes the sample by more than a read's worth of slack, and the sample is exact."""
+    read: what is held never passes the sample by more than the slack (512 bytes), and the sample is exact."""
     h = health()
     h.connected("x", now=0.0)
     sent = bytearray()

@@ -463,17 +463,16 @@ class LinkSession(asyncio.Protocol, Generic[E]):
 
     def _arm(self) -> None:
         """Arm the timer for the earliest of the link's, the role's and the idle deadline, if it comes before
-        the armed one (once per read: the idle deadline's rule is written out here, no list is built)."""
+        the armed one (once per read: no list is built, and no idle deadline is asked for when there is none)."""
         if self._lost:
             return
         deadline = self.link.get_timer()
         role = self.role.deadline()
         if role is not None and (deadline is None or role < deadline):
             deadline = role
-        idle_s = self.limits.idle_timeout_s
-        if idle_s is not None and not self.in_transfer:  # as _idle_deadline
-            idle = self._last_in + idle_s
-            if deadline is None or idle < deadline:
+        if self.limits.idle_timeout_s is not None:  # off by default
+            idle = self._idle_deadline()
+            if idle is not None and (deadline is None or idle < deadline):
                 deadline = idle
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
